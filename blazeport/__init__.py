@@ -1,0 +1,10 @@
+"""blazeport: convert, verify, distill, export and benchmark Google's BlazeFace detectors."""
+
+from __future__ import annotations
+
+from blazeport.detector import Detector, load
+from blazeport.errors import BlazeportError
+from blazeport.postprocess import Detection
+
+__version__ = "0.1.0"
+__all__ = ["Detector", "Detection", "BlazeportError", "load", "__version__"]

@@ -1,0 +1,80 @@
+"""SSD anchors, generated exactly as MediaPipe's ``SsdAnchorsCalculator`` does.
+
+Mirrors ``mediapipe/calculators/tflite/ssd_anchors_calculator.cc``: consecutive layers with the
+same stride share one feature map; each layer adds one anchor per aspect ratio plus, when
+``interpolated_scale_aspect_ratio > 0``, one at the geometric mean of its scale and the next
+layer's. With a single stride MediaPipe's scale is ``(min + max) / 2`` (``CalculateScale``), which
+is where several ports divide by zero. Anchors are ``(N, 4)`` float32 ``[x_center, y_center, w,
+h]`` in normalized input coordinates, in the order the model's outputs are laid out.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from blazeport.specs import AnchorOptions, ModelSpec
+
+ANCHORS_DIR = Path(__file__).resolve().parent.parent / "anchors"
+
+
+def _scale(min_scale: float, max_scale: float, index: int, num_strides: int) -> float:
+    if num_strides == 1:
+        return (min_scale + max_scale) * 0.5
+    return min_scale + (max_scale - min_scale) * index / (num_strides - 1.0)
+
+
+def generate_anchors(opts: AnchorOptions) -> np.ndarray:
+    """Return the ``(N, 4)`` anchor table for ``opts``."""
+    strides = opts.strides
+    if len(strides) != opts.num_layers:
+        raise ValueError(f"num_layers={opts.num_layers} but {len(strides)} strides given")
+    rows: list[np.ndarray] = []
+    layer = 0
+    while layer < opts.num_layers:
+        heights: list[float] = []
+        widths: list[float] = []
+        last = layer
+        while last < len(strides) and strides[last] == strides[layer]:
+            scale = _scale(opts.min_scale, opts.max_scale, last, len(strides))
+            if last == 0 and opts.reduce_boxes_in_lowest_layer:
+                pairs = [(1.0, 0.1), (2.0, scale), (0.5, scale)]
+            else:
+                pairs = [(ar, scale) for ar in opts.aspect_ratios]
+                if opts.interpolated_scale_aspect_ratio > 0.0:
+                    nxt = 1.0 if last == len(strides) - 1 else _scale(opts.min_scale, opts.max_scale, last + 1, len(strides))
+                    pairs.append((opts.interpolated_scale_aspect_ratio, math.sqrt(scale * nxt)))
+            for ratio, s in pairs:
+                heights.append(s / math.sqrt(ratio))
+                widths.append(s * math.sqrt(ratio))
+            last += 1
+        stride = strides[layer]
+        fm = math.ceil(opts.input_size / stride)
+        ys, xs = np.meshgrid(np.arange(fm), np.arange(fm), indexing="ij")
+        n = len(heights)
+        xc = np.repeat(((xs + opts.anchor_offset) / fm).reshape(-1), n)
+        yc = np.repeat(((ys + opts.anchor_offset) / fm).reshape(-1), n)
+        if opts.fixed_anchor_size:
+            w = np.ones_like(xc)
+            h = np.ones_like(yc)
+        else:
+            w = np.tile(np.asarray(widths), fm * fm)
+            h = np.tile(np.asarray(heights), fm * fm)
+        rows.append(np.stack([xc, yc, w, h], axis=1))
+        layer = last
+    return np.concatenate(rows).astype(np.float32)
+
+
+def anchors_for(spec: ModelSpec) -> np.ndarray:
+    """The committed table in ``anchors/NAME.npy`` if present, else freshly generated.
+
+    The committed tables are what a board without blazeport's source reads; a test keeps them
+    equal to the generator.
+    """
+    path = ANCHORS_DIR / f"{spec.name}.npy"
+    table = np.load(path) if path.is_file() else generate_anchors(spec.anchors)
+    if table.shape != (spec.num_anchors, 4):
+        raise ValueError(f"{spec.name}: anchors have shape {table.shape}, spec says ({spec.num_anchors}, 4)")
+    return table

@@ -1,0 +1,349 @@
+"""Convert a BlazeFace ``.tflite`` into the PyTorch module, by walking its graph, and verify it.
+
+Weights are not taken in file order. The walk starts at the graph's input and follows tensors:
+the stem ``CONV_2D``, then each BlazeBlock as the op pattern ``DEPTHWISE_CONV_2D -> CONV_2D ->
+ADD(shortcut) -> RELU`` whose shortcut is the block input, possibly through ``MAX_POOL_2D`` and a
+channel ``PAD``; then the heads, found backwards from the output ``CONCATENATION``s through their
+``RESHAPE``s. That walk yields both the architecture (a :class:`BlazeFaceConfig`) and, for every
+parameter of the module, the TFLite tensor that fills it. Each shape is checked before loading.
+
+Verification runs the original file in LiteRT and the converted module on real photos and a
+random input, and reports the worst absolute difference per output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blazeport.errors import BlazeportError
+from blazeport.specs import SPECS, ModelSpec
+from blazeport.tflite import Op, TFLiteModel, read_tflite
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+TOLERANCE = 1e-4
+SUPPORTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "MAX_POOL_2D", "PAD", "RESHAPE", "CONCATENATION"}
+
+
+class ConversionError(BlazeportError):
+    """The file is a TFLite model, but not one blazeport can map onto a known architecture."""
+
+
+@dataclass
+class Mapping:
+    """The result of walking a graph: architecture plus parameter -> TFLite tensor."""
+
+    config: Any
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # torch name -> array in torch layout
+    sources: dict[str, str] = field(default_factory=dict)  # torch name -> TFLite tensor name
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def spec_for_file(path: str | Path) -> ModelSpec | None:
+    """The spec whose original file has this sha256, if any."""
+    digest = sha256_of(path)
+    for spec in SPECS.values():
+        if spec.sha256 == digest:
+            return spec
+    return None
+
+
+class _Walker:
+    """Follows tensors through a TFLite graph, answering 'who reads / writes this tensor'."""
+
+    def __init__(self, model: TFLiteModel):
+        self.m = model
+        self.producers = model.producers()
+        self.consumers = model.consumers()
+
+    def fail(self, what: str) -> ConversionError:
+        known = ", ".join(sorted(SPECS))
+        return ConversionError(
+            f"{self.m.path}: {what}. blazeport maps BlazeFace-family graphs (known specs: {known}); "
+            f"this graph has ops {self.m.op_counts()}. Pass --spec if it is a known model, or open an issue with the file."
+        )
+
+    def readers(self, tensor: int, op_type: str) -> list[Op]:
+        return [op for op in self.consumers.get(tensor, []) if op.type == op_type]
+
+    def only_reader(self, tensor: int, op_type: str) -> Op:
+        ops = self.readers(tensor, op_type)
+        if len(ops) != 1:
+            name = self.m.tensor(tensor).name
+            raise self.fail(f"expected one {op_type} reading {name!r}, found {len(ops)}")
+        return ops[0]
+
+    def activation_after(self, op: Op) -> int:
+        """Output tensor after the op's ReLU, fused or as a separate RELU op."""
+        if op.options.get("activation") == "relu":
+            return op.outputs[0]
+        return self.only_reader(op.outputs[0], "RELU").outputs[0]
+
+    def weights(self, op: Op, depthwise: bool) -> tuple[np.ndarray, np.ndarray, str]:
+        kernel, bias = self.m.tensor(op.inputs[1]), self.m.tensor(op.inputs[2])
+        if kernel.data is None or bias.data is None:
+            raise self.fail(f"{op.type} op {op.index} has non-constant weights")
+        k = kernel.data.astype(np.float32)
+        # TFLite conv kernels are OHWI; depthwise are 1HWC. PyTorch wants OIHW / C1HW.
+        k = k.transpose(3, 0, 1, 2) if depthwise else k.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(k), bias.data.astype(np.float32), kernel.name
+
+
+def check_ops(model: TFLiteModel) -> None:
+    unknown = sorted({op.type for op in model.ops} - SUPPORTED_OPS)
+    if unknown:
+        raise ConversionError(
+            f"{model.path}: unsupported TFLite op(s) {', '.join(unknown)}. blazeport converts "
+            f"{', '.join(sorted(SUPPORTED_OPS))} (plus folded DEQUANTIZE/DENSIFY); this file needs a newer blazeport."
+        )
+
+
+def extract(model: TFLiteModel) -> Mapping:
+    """Walk a BlazeFace graph: return its :class:`BlazeFaceConfig` and its weights by parameter."""
+    from blazeport.models.blazeface import BlazeFaceConfig, BlockConfig
+
+    check_ops(model)
+    w = _Walker(model)
+    if len(model.inputs) != 1:
+        raise w.fail(f"expected one input, found {len(model.inputs)}")
+    inp = model.tensor(model.inputs[0])
+    if len(inp.shape) != 4 or inp.shape[1] != inp.shape[2] or inp.shape[3] != 3:
+        raise w.fail(f"expected a square NHWC RGB input, found shape {inp.shape}")
+    size = inp.shape[1]
+    params: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+
+    def put(prefix: str, op: Op, depthwise: bool = False) -> tuple[int, ...]:
+        k, b, name = w.weights(op, depthwise)
+        params[f"{prefix}.weight"], params[f"{prefix}.bias"] = k, b
+        sources[f"{prefix}.weight"], sources[f"{prefix}.bias"] = name, model.tensor(op.inputs[2]).name
+        return k.shape
+
+    stem = w.only_reader(model.inputs[0], "CONV_2D")
+    stem_shape = put("stem", stem)
+    x = w.activation_after(stem)
+    blocks: list[BlockConfig] = []
+    block_out: dict[int, int] = {}  # tensor index -> block index
+    while True:
+        dws = w.readers(x, "DEPTHWISE_CONV_2D")
+        if not dws:
+            break
+        if len(dws) != 1:
+            raise w.fail(f"block input {model.tensor(x).name!r} feeds {len(dws)} depthwise convs")
+        dw = dws[0]
+        pw = w.only_reader(dw.outputs[0], "CONV_2D")
+        i = len(blocks)
+        dw_shape = put(f"blocks.{i}.dw", dw, depthwise=True)
+        pw_shape = put(f"blocks.{i}.pw", pw)
+        stride = dw.options["stride"][0]
+        adds = w.readers(pw.outputs[0], "ADD")
+        residual = bool(adds)
+        if residual:
+            add = adds[0]
+            shortcut = next(t for t in add.inputs if t != pw.outputs[0])
+            # The shortcut must lead back to the block input through pool/pad only.
+            t = shortcut
+            while t != x:
+                prod = w.producers.get(t)
+                if prod is None or prod.type not in ("MAX_POOL_2D", "PAD"):
+                    raise w.fail(f"block {i}: shortcut of {add.type} op {add.index} does not lead back to its input")
+                t = prod.inputs[0]
+            x = w.activation_after(add)
+        else:
+            x = w.activation_after(pw)
+        blocks.append(BlockConfig(dw_shape[0], pw_shape[0], stride, dw_shape[-1], residual))
+        block_out[x] = i
+
+    # Heads: walk back from each output CONCATENATION through RESHAPEs to the 1x1 convs.
+    levels: dict[str, list[tuple[Op, int]]] = {}
+    for out in model.outputs:
+        t = model.tensor(out)
+        kind = "cls" if t.shape[-1] == 1 else "reg"
+        concat = w.producers.get(out)
+        parts = concat.inputs if concat is not None and concat.type == "CONCATENATION" else [out]
+        for part in parts:
+            op = w.producers.get(part)
+            while op is not None and op.type == "RESHAPE":
+                op = w.producers.get(op.inputs[0])
+            if op is None or op.type != "CONV_2D" or op.inputs[0] not in block_out:
+                raise w.fail(f"output {t.name!r} is not a concatenation of 1x1 convs on block outputs")
+            levels.setdefault(kind, []).append((op, block_out[op.inputs[0]]))
+    if set(levels) != {"cls", "reg"} or len(levels["cls"]) != len(levels["reg"]):
+        raise w.fail("expected one classificators and one regressors output with matching levels")
+    anchors: list[int] = []
+    num_coords = 16
+    for j, ((cls_op, src), (reg_op, reg_src)) in enumerate(zip(levels["cls"], levels["reg"], strict=True)):
+        if src != reg_src:
+            raise w.fail(f"head level {j}: classifier and regressor read different feature maps")
+        a = put(f"head.cls.{j}", cls_op)[0]
+        num_coords = put(f"head.reg.{j}", reg_op)[0] // a
+        anchors.append(a)
+    config = BlazeFaceConfig(
+        input_size=size,
+        stem_channels=stem_shape[0],
+        stem_kernel=stem_shape[-1],
+        stem_stride=stem.options["stride"][0],
+        blocks=tuple(blocks),
+        head_sources=tuple(src for _, src in levels["cls"]),
+        head_anchors=tuple(anchors),
+        num_coords=num_coords,
+    )
+    return Mapping(config, params, sources)
+
+
+def load_tflite(path: str | Path) -> tuple[Any, Mapping]:
+    """Build the module for a ``.tflite`` file and load its weights, checking every shape."""
+    import torch
+
+    from blazeport.models.blazeface import BlazeFace
+
+    mapping = extract(read_tflite(path))
+    module = BlazeFace(mapping.config).eval()
+    state = module.state_dict()
+    missing = sorted(set(state) - set(mapping.params))
+    extra = sorted(set(mapping.params) - set(state))
+    if missing or extra:
+        raise ConversionError(f"{path}: graph and module disagree: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, arr in mapping.params.items():
+        if tuple(state[name].shape) != arr.shape:
+            raise ConversionError(
+                f"{path}: {mapping.sources[name]} has shape {arr.shape}, module parameter {name} wants {tuple(state[name].shape)}"
+            )
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in mapping.params.items()}, strict=True)
+    return module, mapping
+
+
+def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str | Path) -> Path:
+    """Write weights plus the metadata needed to rebuild the module without the .tflite."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "blazeport",
+        "spec": json.dumps(spec.to_dict()),
+        "config": module.config.to_json(),
+        "source": Path(source).name,
+        "source_sha256": sha256_of(source),
+    }
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return out
+
+
+def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
+    """Rebuild a module and its spec from a blazeport safetensors file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from blazeport.models.blazeface import BlazeFace, BlazeFaceConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise BlazeportError(f"{path}: no such weights file. Run `blazeport convert` on the original .tflite first.")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as exc:
+        raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). Re-run `blazeport convert`.") from None
+    if meta.get("format") != "blazeport" or "config" not in meta:
+        raise BlazeportError(f"{path}: safetensors without blazeport metadata; convert it with `blazeport convert`.")
+    module = BlazeFace(BlazeFaceConfig.from_json(meta["config"]))
+    module.load_state_dict(state, strict=True)
+    return module.eval(), ModelSpec.from_dict(json.loads(meta["spec"]))
+
+
+def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray],
+                    spec: ModelSpec, anchors: np.ndarray) -> dict[str, float]:
+    """Differences between two backends' raw outputs, raw and as the pipeline uses them.
+
+    ``*_scaled`` is ``|a - b| / max(1, |b|)``: absolute for outputs within [-1, 1], relative above.
+    Raw outputs reach magnitudes of 100-250 (background logits, offsets in input pixels), where
+    one float32 ULP is 1.5e-5 and LiteRT itself differs from a float64 evaluation of the same
+    graph by ~2e-4, so the pass criterion (``TOLERANCE``) is on the scaled difference.
+    """
+    from blazeport.postprocess import decode_boxes, decode_scores
+
+    (r, c), (r0, c0) = ours, ref
+    b, k = decode_boxes(r, anchors, spec.input_size, spec.num_keypoints)
+    b0, k0 = decode_boxes(r0, anchors, spec.input_size, spec.num_keypoints)
+    return {
+        "regressors": float(np.abs(r - r0).max()),
+        "classificators": float(np.abs(c - c0).max()),
+        "regressors_scaled": float((np.abs(r - r0) / np.maximum(1.0, np.abs(r0))).max()),
+        "classificators_scaled": float((np.abs(c - c0) / np.maximum(1.0, np.abs(c0))).max()),
+        "scores": float(np.abs(decode_scores(c, spec.score_clip) - decode_scores(c0, spec.score_clip)).max()),
+        "coordinates": float(max(np.abs(b - b0).max(), np.abs(k - k0).max())),
+    }
+
+
+def verify(module: Any, tflite_path: str | Path, inputs: np.ndarray, spec: ModelSpec) -> dict[str, float]:
+    """Worst differences between the module and LiteRT over NHWC inputs (see compare_outputs)."""
+    from blazeport.anchors import anchors_for
+    from blazeport.backends import TFLiteBackend, TorchBackend
+
+    ours = TorchBackend(module)(inputs)
+    ref = TFLiteBackend(tflite_path)(inputs)
+    return compare_outputs(ours, ref, spec, anchors_for(spec))
+
+
+def verification_inputs(spec: ModelSpec, images: list[np.ndarray], seed: int = 0) -> np.ndarray:
+    """Letterboxed real photos plus one random input, NHWC float32 in the model's range."""
+    from blazeport.preprocess import letterbox
+
+    batch = [letterbox(img, spec.input_size, spec.normalization)[0] for img in images]
+    rng = np.random.default_rng(seed)
+    batch.append(rng.uniform(-1, 1, (spec.input_size, spec.input_size, 3)).astype(np.float32))
+    return np.stack(batch)
+
+
+def convert(
+    src: str | Path,
+    out: str | Path | None = None,
+    spec: ModelSpec | None = None,
+    images: list[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Convert, save and verify one file; return the report (the CLI's ``--json``)."""
+    from blazeport.data import sample_images
+
+    t0 = time.perf_counter()
+    src = Path(src)
+    model = read_tflite(src)
+    spec = spec or spec_for_file(src)
+    module, mapping = load_tflite(src)
+    if spec is None:
+        spec = next((s for s in SPECS.values() if s.input_size == mapping.config.input_size), None)
+        if spec is None:
+            raise ConversionError(f"{src}: no known spec has input size {mapping.config.input_size}; pass --spec")
+    if mapping.config.input_size != spec.input_size:
+        raise ConversionError(f"{src}: input is {mapping.config.input_size}px but spec {spec.name} expects {spec.input_size}px")
+    out = Path(out) if out else WEIGHTS_DIR / f"{spec.name}.safetensors"
+    save_safetensors(module, spec, out, src)
+    images = images if images is not None else sample_images()
+    diffs = verify(module, src, verification_inputs(spec, images), spec)
+    report = {
+        "spec": spec.name,
+        "source": str(src),
+        "sha256": sha256_of(src),
+        "output": str(out),
+        "params": int(sum(p.numel() for p in module.parameters())),
+        "tflite_ops": model.op_counts(),
+        "max_abs_diff": diffs,
+        "images": len(images),
+        "random_inputs": 1,
+        "tolerance": TOLERANCE,
+        "ok": max(diffs["regressors_scaled"], diffs["classificators_scaled"]) <= TOLERANCE,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return report

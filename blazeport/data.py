@@ -1,0 +1,43 @@
+"""Real photos that ship inside installed packages (no downloads), and folders of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+# Bundled in scikit-image's wheel: a portrait (astronaut), a person with a camera, a cat, a cup,
+# a rocket launch. Faces and non-faces alike: conversion checks compare raw outputs, not boxes.
+SAMPLE_NAMES = ("astronaut", "camera", "chelsea", "coffee", "rocket")
+
+
+def sample_image_path(name: str = "astronaut") -> Path:
+    """Path of a photo file inside scikit-image's installed package."""
+    import skimage
+
+    path = Path(skimage.__file__).parent / "data" / f"{name}.png"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the scikit-image install")
+    return path
+
+
+def sample_images(names: tuple[str, ...] = SAMPLE_NAMES) -> list[np.ndarray]:
+    """RGB uint8 photos from scikit-image (grayscale ones converted)."""
+    import skimage.data
+
+    from blazeport.preprocess import as_rgb
+
+    return [as_rgb(getattr(skimage.data, n)()) for n in names]
+
+
+def list_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into image files, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,100 @@
+"""The one detection pipeline: letterbox -> backend -> decode -> NMS -> un-letterbox.
+
+Only the backend changes between the converted module, the original ``.tflite`` and exported
+files, so their detections are comparable. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from blazeport.anchors import anchors_for
+from blazeport.errors import BlazeportError
+from blazeport.postprocess import Detection, postprocess
+from blazeport.preprocess import as_rgb, letterbox, read_image
+from blazeport.specs import ModelSpec, get_spec
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+BACKENDS = ("torch", "tflite")
+
+Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Detector:
+    """A spec plus a backend. ``detect(image)`` returns MediaPipe-style normalized detections."""
+
+    spec: ModelSpec
+    backend: Backend
+    score_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        self.anchors = anchors_for(self.spec)
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Any]]:
+        done = [letterbox(img, self.spec.input_size, self.spec.normalization) for img in images]
+        return np.stack([t for t, _ in done]), [p for _, p in done]
+
+    def detect_batch(self, images: list[np.ndarray | str | Path]) -> list[list[Detection]]:
+        arrays = [read_image(i) if isinstance(i, (str, Path)) else as_rgb(i) for i in images]
+        batch, pads = self.preprocess(arrays)
+        raw_boxes, raw_scores = self.backend(batch)
+        return postprocess(raw_boxes, raw_scores, self.anchors, self.spec, pads, self.score_threshold)
+
+    def detect(self, image: np.ndarray | str | Path) -> list[Detection]:
+        """Detect faces in one RGB uint8 image (or an image file path)."""
+        return self.detect_batch([image])[0]
+
+
+def resolve_weights(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def load(model: str | Path = "short_range", backend: str = "torch", threads: int | None = None,
+         score_threshold: float | None = None) -> Detector:
+    """A ready :class:`Detector` for a spec name or a model file.
+
+    ``model`` is a spec name (``short_range``), a ``.safetensors`` written by ``blazeport convert``
+    or a ``.tflite`` file. ``backend`` is ``torch`` (converted weights) or ``tflite`` (LiteRT).
+    """
+    from blazeport.backends import TFLiteBackend, TorchBackend
+
+    if backend not in BACKENDS:
+        raise BlazeportError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = Path(model)
+    if path.suffix in (".tflite", ".safetensors"):
+        if path.suffix == ".tflite":
+            from blazeport.convert import load_tflite, spec_for_file
+
+            spec = spec_for_file(path) if path.is_file() else None
+            if spec is None:
+                raise BlazeportError(f"{path}: not one of the known original files; blazeport cannot tell its spec.")
+            if backend == "tflite":
+                return Detector(spec, TFLiteBackend(path, threads), score_threshold)
+            module, _ = load_tflite(path)
+            return Detector(spec, TorchBackend(module, threads), score_threshold)
+        if backend != "torch":
+            raise BlazeportError(f"{path}: a .safetensors file runs on the torch backend only")
+        from blazeport.convert import load_safetensors
+
+        module, spec = load_safetensors(path)
+        return Detector(spec, TorchBackend(module, threads), score_threshold)
+
+    spec = get_spec(str(model))
+    if backend == "tflite":
+        if spec.tflite is None:
+            raise BlazeportError(f"{spec.name} has no original .tflite; use --backend torch")
+        return Detector(spec, TFLiteBackend(WEIGHTS_DIR / spec.tflite, threads), score_threshold)
+    from blazeport.convert import load_safetensors
+
+    weights = resolve_weights(spec.name)
+    if not weights.is_file():
+        raise BlazeportError(
+            f"{weights}: converted weights not found. Run `blazeport convert weights/{spec.tflite}` first."
+        )
+    module, _ = load_safetensors(weights)
+    return Detector(spec, TorchBackend(module, threads), score_threshold)

@@ -1,0 +1,36 @@
+"""Pictures of detections: boxes, the six keypoints and scores drawn on a copy of the image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from blazeport.postprocess import Detection
+
+# One colour per keypoint (RGB): eyes, nose, mouth, ears.
+KEYPOINT_COLOURS = ((255, 64, 64), (64, 64, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 160, 0))
+
+
+def draw_detections(image: np.ndarray, detections: list[Detection]) -> np.ndarray:
+    """RGB uint8 image -> RGB copy with every detection drawn, sized to the image."""
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    thick = max(1, round(max(h, w) / 400))
+    for det in detections:
+        (x, y, bw, bh), kps = det.pixels(w, h)
+        p0, p1 = (round(x), round(y)), (round(x + bw), round(y + bh))
+        cv2.rectangle(out, p0, p1, (0, 255, 0), thick, cv2.LINE_AA)
+        for (kx, ky), colour in zip(kps, KEYPOINT_COLOURS, strict=False):
+            cv2.circle(out, (round(kx), round(ky)), thick + 1, colour, -1, cv2.LINE_AA)
+        label = f"{det.score:.2f}"
+        scale = 0.4 * thick
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = max(p0[1], th + 2)
+        cv2.rectangle(out, (p0[0], ty - th - 2), (p0[0] + tw + 2, ty), (0, 255, 0), -1)
+        cv2.putText(out, label, (p0[0] + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return out
+
+
+def save_rgb(path: str, image: np.ndarray) -> None:
+    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: OpenCV could not write the image")

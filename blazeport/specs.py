@@ -1,0 +1,115 @@
+"""Model specs: everything the shared pipeline needs to run one detector, as data.
+
+A spec says how to feed a model (input size, normalization), how to read its outputs (anchor
+options, decode scales, keypoints), how to filter them (score threshold, NMS) and where its
+original file and architecture come from. Code never branches on a model name; it reads a spec.
+
+The constants mirror MediaPipe's face detection graphs
+(``mediapipe/modules/face_detection/face_detection.pbtxt`` and the short/full-range wrappers:
+``SsdAnchorsCalculatorOptions``, ``TensorsToDetectionsCalculatorOptions``,
+``NonMaxSuppressionCalculatorOptions``); see ``../shared/DESIGN.md`` for the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from blazeport.errors import BlazeportError
+
+__all__ = ["AnchorOptions", "NMSOptions", "ModelSpec", "SPECS", "get_spec", "KEYPOINT_NAMES"]
+
+# The subject's right and left (keypoint 0 has the smaller x in a frontal photo).
+KEYPOINT_NAMES = (
+    "right_eye",
+    "left_eye",
+    "nose_tip",
+    "mouth_center",
+    "right_ear_tragion",
+    "left_ear_tragion",
+)
+
+
+@dataclass(frozen=True)
+class AnchorOptions:
+    """MediaPipe ``SsdAnchorsCalculatorOptions`` (the subset the face models use)."""
+
+    input_size: int
+    num_layers: int
+    strides: tuple[int, ...]
+    min_scale: float
+    max_scale: float
+    anchor_offset: float = 0.5
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    interpolated_scale_aspect_ratio: float = 1.0
+    fixed_anchor_size: bool = True
+    reduce_boxes_in_lowest_layer: bool = False
+
+
+@dataclass(frozen=True)
+class NMSOptions:
+    """MediaPipe ``NonMaxSuppressionCalculatorOptions``: IoU overlap, weighted or hard."""
+
+    min_suppression_threshold: float = 0.3
+    algorithm: str = "weighted"  # "weighted" (MediaPipe WEIGHTED) or "hard" (DEFAULT)
+    max_detections: int = -1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One detector: how to feed it, decode it, filter it, and where it comes from."""
+
+    name: str
+    input_size: int
+    anchors: AnchorOptions
+    num_anchors: int
+    architecture: str  # key into blazeport.models registry
+    tflite: str | None = None  # original file in weights/
+    sha256: str | None = None
+    num_coords: int = 16
+    num_keypoints: int = 6
+    score_threshold: float = 0.5
+    score_clip: float = 100.0
+    nms: NMSOptions = field(default_factory=NMSOptions)
+    normalization: tuple[float, float] = (-1.0, 1.0)  # uint8 [0, 255] maps onto this range
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        d = dict(d)
+        d["anchors"] = AnchorOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["anchors"].items()})
+        d["nms"] = NMSOptions(**d["nms"])
+        for key in ("normalization", "aliases"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+SHORT_RANGE = ModelSpec(
+    name="short_range",
+    description="BlazeFace short range (front camera, faces within ~2 m), 128x128",
+    input_size=128,
+    anchors=AnchorOptions(input_size=128, num_layers=4, strides=(8, 16, 16, 16), min_scale=0.1484375, max_scale=0.75),
+    num_anchors=896,
+    architecture="blazeface_short_range",
+    tflite="face_detection_short_range.tflite",
+    sha256="3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    score_threshold=0.5,
+    aliases=("front",),
+)
+
+SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE,)}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look a spec up by name or alias; the error lists what is known."""
+    for spec in SPECS.values():
+        if name == spec.name or name in spec.aliases:
+            return spec
+    known = ", ".join(sorted(SPECS) + [a for s in SPECS.values() for a in s.aliases])
+    raise BlazeportError(f"unknown model spec {name!r}; known specs: {known}")
