@@ -30,7 +30,7 @@ def _print_json(obj: object) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from blazeport.convert import TOLERANCE, convert
+    from blazeport.convert import convert
     from blazeport.data import list_images
     from blazeport.preprocess import ImageReadError, read_image
     from blazeport.specs import get_spec
@@ -50,14 +50,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        d = report["max_abs_diff"]
+        a, r, d = report["max_abs_diff"], report["max_scaled_diff"], report["decoded_diff"]
         print(f"converted {report['source']} -> {report['output']}  ({report['spec']}, {report['params']:,} params)")
         print(f"verified against LiteRT on {report['images']} real photos + {report['random_inputs']} random input:")
-        print(f"  regressors      max |diff| {d['regressors']:.3e}   scaled {d['regressors_scaled']:.3e}")
-        print(f"  classificators  max |diff| {d['classificators']:.3e}   scaled {d['classificators_scaled']:.3e}")
-        print(f"  decoded         scores {d['scores']:.3e}   coordinates {d['coordinates']:.3e}")
+        print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {r['regressors']:.2e}")
+        print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {r['classificators']:.2e}")
+        print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
+        tol = report["tolerance"]
         verdict = "OK" if report["ok"] else "FAILED"
-        print(f"{verdict}: scaled difference {'<=' if report['ok'] else '>'} {TOLERANCE:g}  ({report['seconds']:.1f} s)")
+        print(f"{verdict}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded within {tol['abs']:g}"
+              f"  ({report['seconds']:.1f} s)")
     return 0 if report["ok"] else 1
 
 

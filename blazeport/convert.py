@@ -27,7 +27,13 @@ from blazeport.specs import SPECS, ModelSpec
 from blazeport.tflite import Op, TFLiteModel, read_tflite
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-TOLERANCE = 1e-4
+# Float32 noise sets the raw tolerance. Raw outputs reach |x| ~ 100-1500 (background logits,
+# offsets in input pixels) where one float32 ULP is 8e-6 to 1.2e-4, and LiteRT's XNNPACK output
+# itself differs from a float64 evaluation of the same graph by up to 2e-4 relative (measured
+# on short range and back). So raw outputs must satisfy |a - b| <= 1e-4 + 1e-3 * |b| (a mapping
+# error shows as O(1)), and decoded scores and coordinates agree to 1e-4.
+ABS_TOL = 1e-4
+REL_TOL = 1e-3
 SUPPORTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "MAX_POOL_2D", "PAD", "RESHAPE", "CONCATENATION"}
 
 
@@ -265,31 +271,41 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
 
 
 def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray],
-                    spec: ModelSpec, anchors: np.ndarray) -> dict[str, float]:
+                    spec: ModelSpec, anchors: np.ndarray) -> dict[str, dict[str, float]]:
     """Differences between two backends' raw outputs, raw and as the pipeline uses them.
 
-    ``*_scaled`` is ``|a - b| / max(1, |b|)``: absolute for outputs within [-1, 1], relative above.
-    Raw outputs reach magnitudes of 100-250 (background logits, offsets in input pixels), where
-    one float32 ULP is 1.5e-5 and LiteRT itself differs from a float64 evaluation of the same
-    graph by ~2e-4, so the pass criterion (``TOLERANCE``) is on the scaled difference.
+    Returns ``max_abs_diff`` (raw, per output), ``max_scaled_diff`` (``|a - b| / max(1, |b|)``:
+    absolute within [-1, 1], relative beyond) and ``decoded_diff`` (sigmoid scores and normalized
+    box/keypoint coordinates, what a user of the detections sees).
     """
     from blazeport.postprocess import decode_boxes, decode_scores
 
-    (r, c), (r0, c0) = ours, ref
-    b, k = decode_boxes(r, anchors, spec.input_size, spec.num_keypoints)
-    b0, k0 = decode_boxes(r0, anchors, spec.input_size, spec.num_keypoints)
-    return {
-        "regressors": float(np.abs(r - r0).max()),
-        "classificators": float(np.abs(c - c0).max()),
-        "regressors_scaled": float((np.abs(r - r0) / np.maximum(1.0, np.abs(r0))).max()),
-        "classificators_scaled": float((np.abs(c - c0) / np.maximum(1.0, np.abs(c0))).max()),
-        "scores": float(np.abs(decode_scores(c, spec.score_clip) - decode_scores(c0, spec.score_clip)).max()),
-        "coordinates": float(max(np.abs(b - b0).max(), np.abs(k - k0).max())),
+    out: dict[str, dict[str, float]] = {"max_abs_diff": {}, "max_scaled_diff": {}, "tolerance_used": {}}
+    for name, a, b in (("regressors", ours[0], ref[0]), ("classificators", ours[1], ref[1])):
+        d = np.abs(a.astype(np.float64) - b)
+        out["max_abs_diff"][name] = float(d.max())
+        out["max_scaled_diff"][name] = float((d / np.maximum(1.0, np.abs(b))).max())
+        # fraction of the allowed difference used by the worst element (<= 1 passes)
+        out["tolerance_used"][name] = float((d / (ABS_TOL + REL_TOL * np.abs(b))).max())
+    bx, kx = decode_boxes(ours[0], anchors, spec.input_size, spec.num_keypoints)
+    b0, k0 = decode_boxes(ref[0], anchors, spec.input_size, spec.num_keypoints)
+    s, s0 = decode_scores(ours[1], spec.score_clip), decode_scores(ref[1], spec.score_clip)
+    out["decoded_diff"] = {
+        "scores": float(np.abs(s - s0).max()),
+        "coordinates": float(max(np.abs(bx - b0).max(), np.abs(kx - k0).max())),
     }
+    return out
 
 
-def verify(module: Any, tflite_path: str | Path, inputs: np.ndarray, spec: ModelSpec) -> dict[str, float]:
-    """Worst differences between the module and LiteRT over NHWC inputs (see compare_outputs)."""
+def passes(diffs: dict[str, dict[str, float]]) -> bool:
+    """The conversion gate: every raw output within ``ABS_TOL + REL_TOL * |ref|`` (numpy's
+    ``allclose`` rule), and decoded scores and coordinates within ``ABS_TOL``."""
+    raw_ok = all(v <= 1.0 for v in diffs["tolerance_used"].values())
+    return raw_ok and all(v <= ABS_TOL for v in diffs["decoded_diff"].values())
+
+
+def verify(module: Any, tflite_path: str | Path, inputs: np.ndarray, spec: ModelSpec) -> dict[str, dict[str, float]]:
+    """Worst differences between the module and LiteRT (XNNPACK, as MediaPipe runs it) over NHWC inputs."""
     from blazeport.anchors import anchors_for
     from blazeport.backends import TFLiteBackend, TorchBackend
 
@@ -332,18 +348,18 @@ def convert(
     save_safetensors(module, spec, out, src)
     images = images if images is not None else sample_images()
     diffs = verify(module, src, verification_inputs(spec, images), spec)
-    report = {
+    report: dict[str, Any] = {
         "spec": spec.name,
         "source": str(src),
         "sha256": sha256_of(src),
         "output": str(out),
         "params": int(sum(p.numel() for p in module.parameters())),
         "tflite_ops": model.op_counts(),
-        "max_abs_diff": diffs,
+        **diffs,
         "images": len(images),
         "random_inputs": 1,
-        "tolerance": TOLERANCE,
-        "ok": max(diffs["regressors_scaled"], diffs["classificators_scaled"]) <= TOLERANCE,
+        "tolerance": {"abs": ABS_TOL, "rel": REL_TOL},
+        "ok": passes(diffs),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return report

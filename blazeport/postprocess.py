@@ -73,7 +73,7 @@ def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold:
     as it is. Like MediaPipe, the loop stops when a round suppresses nothing (a degenerate box).
     """
     order = np.argsort(-scores, kind="stable")
-    flat_kp = keypoints.reshape(len(keypoints), -1)
+    flat_kp = keypoints.reshape(len(keypoints), int(np.prod(keypoints.shape[1:])))  # -1 fails with no candidates
     out_b, out_k, out_s = [], [], []
     while order.size:
         top = order[0]

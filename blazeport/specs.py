@@ -103,7 +103,19 @@ SHORT_RANGE = ModelSpec(
     aliases=("front",),
 )
 
-SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE,)}
+BACK = ModelSpec(
+    name="back",
+    description="BlazeFace back camera (faces further away), 256x256",
+    input_size=256,
+    anchors=AnchorOptions(input_size=256, num_layers=4, strides=(16, 32, 32, 32), min_scale=0.15625, max_scale=0.75),
+    num_anchors=896,
+    architecture="blazeface_back",
+    tflite="face_detection_back.tflite",
+    sha256="e376cf6b168d5ece8a3cedb94acc4eb168a136aede125ccc3d903ef38f5beda8",
+    score_threshold=0.65,
+)
+
+SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE, BACK)}
 
 
 def get_spec(name: str) -> ModelSpec:

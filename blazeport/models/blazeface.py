@@ -100,6 +100,25 @@ SHORT_RANGE = BlazeFaceConfig(
     head_anchors=(2, 6),
 )
 
+# Back: 32 blocks of 24/48/96 channels; the last one (stride 2, 16x16 -> 8x8) has no shortcut.
+BACK = BlazeFaceConfig(
+    input_size=256,
+    stem_channels=24,
+    stem_kernel=5,
+    stem_stride=2,
+    blocks=(
+        *_stage([24] * 16, {7: 2}),
+        BlockConfig(24, 48, 2),
+        *_stage([48] * 8),
+        BlockConfig(48, 96, 2),
+        *_stage([96] * 8),
+        BlockConfig(96, 96, 2, residual=False),
+    ),
+    head_sources=(30, 31),
+    head_anchors=(2, 6),
+)
+
 VARIANTS: dict[str, BlazeFaceConfig] = {
     "blazeface_short_range": SHORT_RANGE,
+    "blazeface_back": BACK,
 }

@@ -1,0 +1,116 @@
+"""Conversion: the graph walk, weight mapping, verification against LiteRT, safetensors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from blazeport.convert import ConversionError, convert, extract, load_safetensors, load_tflite, passes
+from blazeport.models.blazeface import VARIANTS
+from blazeport.tflite import read_tflite
+from tests.conftest import SHORT_RANGE_TFLITE, WEIGHTS
+
+FILES = {"blazeface_short_range": "face_detection_short_range.tflite", "blazeface_back": "face_detection_back.tflite"}
+
+
+@pytest.mark.parametrize("arch", sorted(FILES))
+def test_graph_walk_recovers_registered_architecture(arch: str) -> None:
+    mapping = extract(read_tflite(WEIGHTS / FILES[arch]))
+    assert mapping.config == VARIANTS[arch]
+
+
+def test_every_parameter_comes_from_the_tensor_the_graph_feeds_it() -> None:
+    mapping = extract(read_tflite(SHORT_RANGE_TFLITE))
+    src = mapping.sources
+    assert src["stem.weight"] == "conv2d/Kernel_dequantize"
+    assert src["blocks.0.dw.weight"] == "depthwise_conv2d/Kernel_dequantize"
+    assert src["blocks.15.pw.bias"] == "conv2d_16/Bias_dequantize"
+    # heads are found from the outputs backwards, in concatenation (= anchor) order
+    assert src["head.cls.0.weight"] == "classificator_8/Kernel_dequantize"
+    assert src["head.reg.1.weight"] == "regressor_16/Kernel_dequantize"
+    assert mapping.params["stem.weight"].shape == (24, 3, 5, 5)  # OHWI -> OIHW
+    assert mapping.params["blocks.0.dw.weight"].shape == (24, 1, 3, 3)  # 1HWC -> C1HW
+    raw = read_tflite(SHORT_RANGE_TFLITE).by_name("conv2d/Kernel_dequantize").data  # (24, 5, 5, 3)
+    np.testing.assert_array_equal(mapping.params["stem.weight"], raw.transpose(0, 3, 1, 2))
+
+
+def test_convert_short_range_matches_litert(tmp_path, astronaut) -> None:
+    from blazeport.data import sample_images
+
+    out = tmp_path / "sr.safetensors"
+    report = convert(SHORT_RANGE_TFLITE, out, images=sample_images())
+    assert report["ok"], report
+    assert report["spec"] == "short_range" and report["images"] == 5
+    assert report["params"] == 101_390
+    assert max(report["max_abs_diff"].values()) < 1e-3
+    assert max(report["decoded_diff"].values()) < 1e-5
+    module, spec = load_safetensors(out)
+    assert spec.name == "short_range"
+    direct, _ = load_tflite(SHORT_RANGE_TFLITE)
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(module(x), direct(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["short_range", "back"])
+def test_committed_safetensors_equal_a_fresh_conversion(name: str) -> None:
+    from blazeport.specs import get_spec
+
+    module, spec = load_safetensors(WEIGHTS / f"{name}.safetensors")
+    fresh, _ = load_tflite(WEIGHTS / get_spec(name).tflite)
+    assert spec == get_spec(name)
+    for (k, a), (k2, b) in zip(module.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert k == k2
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_gate_rejects_a_wrong_weight() -> None:
+    """A single perturbed bias must fail verification: the gate is not too loose."""
+    from blazeport.anchors import anchors_for
+    from blazeport.backends import TFLiteBackend, TorchBackend
+    from blazeport.convert import compare_outputs, verification_inputs
+    from blazeport.data import sample_images
+    from blazeport.specs import get_spec
+
+    spec = get_spec("short_range")
+    module, _ = load_tflite(SHORT_RANGE_TFLITE)
+    with torch.no_grad():
+        module.blocks[3].pw.bias[0] += 0.05
+    x = verification_inputs(spec, sample_images(("astronaut",)))
+    diffs = compare_outputs(TorchBackend(module)(x), TFLiteBackend(SHORT_RANGE_TFLITE)(x), spec, anchors_for(spec))
+    assert not passes(diffs)
+
+
+def test_unsupported_op_names_op_and_file() -> None:
+    path = WEIGHTS / "face_detection_full_range.tflite"
+    with pytest.raises(ConversionError, match="RESIZE_BILINEAR") as err:
+        extract(read_tflite(path))
+    assert str(path) in str(err.value)
+
+
+def test_other_architecture_gets_clear_error() -> None:
+    model = read_tflite(SHORT_RANGE_TFLITE)
+    # cut the heads off: the outputs no longer come from 1x1 convs on block outputs
+    model.ops = [op for op in model.ops if op.type != "CONCATENATION"]
+    with pytest.raises(ConversionError, match="known specs") as err:
+        extract(model)
+    assert str(SHORT_RANGE_TFLITE) in str(err.value)
+
+
+def test_shape_mismatch_is_reported(monkeypatch) -> None:
+    import blazeport.convert as conv
+
+    real = conv.extract
+
+    def widened(model):
+        m = real(model)
+        m.config = dataclasses.replace(m.config, stem_channels=m.config.stem_channels + 8)
+        return m
+
+    monkeypatch.setattr(conv, "extract", widened)
+    with pytest.raises(ConversionError, match="shape"):
+        conv.load_tflite(SHORT_RANGE_TFLITE)
