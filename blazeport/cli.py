@@ -79,7 +79,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     results, skipped = [], 0
-    bar = tqdm(paths, desc="detect", unit="img", disable=len(paths) < 2 or args.quiet, file=sys.stderr)
+    # one line per image is the progress in text mode; --json gets a bar on stderr instead
+    verbose = not args.json and not args.quiet
+    bar = tqdm(paths, desc="detect", unit="img", disable=verbose or args.quiet or len(paths) < 2, file=sys.stderr)
     t0 = time.perf_counter()
     for path in bar:
         try:
@@ -93,7 +95,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         results.append({"image": str(path), "width": w, "height": h, "detections": [d.to_dict() for d in dets]})
         if out_dir:
             save_rgb(str(out_dir / f"{Path(path).stem}.jpg"), draw_detections(image, dets))
-        if not args.json and not args.quiet:
+        if verbose:
             tqdm.write(f"{path}: {len(dets)} face(s)", file=sys.stdout)
             for d in dets:
                 (x, y, bw, bh), _ = d.pixels(w, h)

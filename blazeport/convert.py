@@ -46,6 +46,7 @@ class Mapping:
     """The result of walking a graph: architecture plus parameter -> TFLite tensor."""
 
     config: Any
+    family: str = "blazeface"
     params: dict[str, np.ndarray] = field(default_factory=dict)  # torch name -> array in torch layout
     sources: dict[str, str] = field(default_factory=dict)  # torch name -> TFLite tensor name
 
@@ -203,17 +204,133 @@ def extract(model: TFLiteModel) -> Mapping:
         head_anchors=tuple(anchors),
         num_coords=num_coords,
     )
-    return Mapping(config, params, sources)
+    return Mapping(config, params=params, sources=sources)
 
 
-def load_tflite(path: str | Path) -> tuple[Any, Mapping]:
-    """Build the module for a ``.tflite`` file and load its weights, checking every shape."""
+GRAPH_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "PAD", "MAX_POOL_2D", "ADD", "RELU", "RESIZE_BILINEAR",
+             "DEPTH_TO_SPACE", "RESHAPE", "CONCATENATION"}
+
+
+def extract_graph(model: TFLiteModel) -> Mapping:
+    """Translate a whole TFLite graph, op by op, into a :class:`GraphConfig` and its weights.
+
+    Used for the networks that are not plain BlazeFace (full range dense and sparse). Each op
+    becomes a :class:`Node` named by its kind and position; NHWC attributes are kept as TFLite
+    states them and translated by :class:`GraphNet` where it runs them.
+    """
+    from blazeport.models.graph import GraphConfig, Node, _param_name
+
+    w = _Walker(model)
+    unknown = sorted({op.type for op in model.ops} - GRAPH_OPS)
+    if unknown:
+        raise ConversionError(
+            f"{model.path}: unsupported TFLite op(s) {', '.join(unknown)}. blazeport converts "
+            f"{', '.join(sorted(GRAPH_OPS))} (plus folded DEQUANTIZE/DENSIFY); this file needs a newer blazeport."
+        )
+    inp = model.tensor(model.inputs[0])
+    names = {model.inputs[0]: "input"}
+    counts: dict[str, int] = {}
+    nodes: list[Node] = []
+    params: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+
+    def const(i: int) -> np.ndarray:
+        data = model.tensor(i).data
+        if data is None:
+            raise w.fail(f"tensor {model.tensor(i).name!r} was expected to be a constant")
+        return data
+
+    for op in model.ops:
+        act = [names[i] for i in op.inputs if i >= 0 and model.tensor(i).data is None]
+        kind = op.type.lower()
+        attrs: dict[str, Any] = {}
+        if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            depthwise = op.type == "DEPTHWISE_CONV_2D"
+            if depthwise and op.options.get("depth_multiplier", 1) != 1:
+                raise w.fail(f"op {op.index}: depthwise conv with depth_multiplier {op.options['depth_multiplier']}")
+            if op.options["stride"][0] != op.options["stride"][1] or op.options["dilation"] != (1, 1):
+                raise w.fail(f"op {op.index}: non-square stride or dilated conv")
+            k, b, src = w.weights(op, depthwise)
+            kind = "dwconv" if depthwise else "conv"
+            attrs = {"in_ch": int(k.shape[0] if depthwise else k.shape[1]), "out_ch": int(k.shape[0]),
+                     "kernel": int(k.shape[-1]), "stride": op.options["stride"][0],
+                     "padding": op.options["padding"], "activation": op.options["activation"]}
+        elif op.type == "PAD":
+            pads = const(op.inputs[1]).astype(int).tolist()
+            if pads[0] != [0, 0]:
+                raise w.fail(f"op {op.index}: PAD on the batch axis")
+            kind, attrs = "pad", {"hwc": pads[1:]}
+        elif op.type == "MAX_POOL_2D":
+            o = op.options
+            kind, attrs = "maxpool", {"kernel": o["filter"][0], "stride": o["stride"][0], "padding": o["padding"],
+                                      "activation": o["activation"]}
+        elif op.type == "ADD":
+            if len(act) != 2:
+                raise w.fail(f"op {op.index}: ADD with a constant operand")
+            attrs = {"activation": op.options["activation"]}
+        elif op.type == "RESIZE_BILINEAR":
+            kind = "resize_bilinear"
+            attrs = {"size": const(op.inputs[1]).astype(int).tolist(), "align_corners": op.options["align_corners"]}
+            if not op.options["half_pixel_centers"] and not op.options["align_corners"]:
+                raise w.fail(f"op {op.index}: legacy RESIZE_BILINEAR sampling (no half-pixel centres)")
+        elif op.type == "DEPTH_TO_SPACE":
+            attrs = {"block_size": op.options["block_size"]}
+        elif op.type == "RESHAPE":
+            shape = model.tensor(op.outputs[0]).shape
+            if len(shape) != 3 or len(model.tensor(op.inputs[0]).shape) != 4:
+                raise w.fail(f"op {op.index}: RESHAPE to {shape}; only (1, H, W, C) -> (1, N, k) is supported")
+            kind, attrs = "flatten", {"last_dim": int(shape[-1])}
+        elif op.type == "CONCATENATION":
+            rank = len(model.tensor(op.outputs[0]).shape)
+            axis = op.options["axis"] % rank
+            if rank != 3 or axis != 1:
+                raise w.fail(f"op {op.index}: CONCATENATION on axis {op.options['axis']} of a rank-{rank} tensor")
+            kind, attrs = "concat", {"axis": 1}
+        counts[kind] = counts.get(kind, 0) + 1
+        name = f"{kind}{counts[kind] - 1}"
+        names[op.outputs[0]] = name
+        node = Node(kind, tuple(act), name, attrs)
+        nodes.append(node)
+        if kind in ("conv", "dwconv"):
+            pname = f"layers.{_param_name(node)}"
+            params[f"{pname}.weight"], params[f"{pname}.bias"] = k, b
+            sources[f"{pname}.weight"], sources[f"{pname}.bias"] = src, model.tensor(op.inputs[2]).name
+    outs = {("cls" if model.tensor(o).shape[-1] == 1 else "reg"): names[o] for o in model.outputs}
+    if set(outs) != {"cls", "reg"}:
+        raise w.fail("expected one (1, N, 1) and one (1, N, k) output")
+    config = GraphConfig(int(inp.shape[1]), "input", (outs["reg"], outs["cls"]), tuple(nodes))
+    return Mapping(config, params=params, sources=sources)
+
+
+def build_module(family: str, config: Any) -> Any:
+    from blazeport.models.blazeface import BlazeFace
+    from blazeport.models.graph import GraphNet
+
+    return BlazeFace(config) if family == "blazeface" else GraphNet(config)
+
+
+def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mapping]:
+    """Build the module for a ``.tflite`` file and load its weights, checking every shape.
+
+    ``family`` is ``blazeface`` (the readable BlazeFace module) or ``graph`` (:class:`GraphNet`);
+    by default the spec of a known file decides, and an unknown file gets the BlazeFace walk
+    first, then the generic graph.
+    """
     import torch
 
-    from blazeport.models.blazeface import BlazeFace
-
-    mapping = extract(read_tflite(path))
-    module = BlazeFace(mapping.config).eval()
+    model = read_tflite(path)
+    if family is None:
+        spec = spec_for_file(path)
+        family = spec.family if spec is not None else None
+    if family is None:
+        try:
+            mapping, family = extract(model), "blazeface"
+        except ConversionError:
+            mapping, family = extract_graph(model), "graph"
+    else:
+        mapping = extract(model) if family == "blazeface" else extract_graph(model)
+    mapping.family = family
+    module = build_module(family, mapping.config).eval()
     state = module.state_dict()
     missing = sorted(set(state) - set(mapping.params))
     extra = sorted(set(mapping.params) - set(state))
@@ -237,6 +354,7 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
     meta = {
         "format": "blazeport",
         "spec": json.dumps(spec.to_dict()),
+        "family": "blazeface" if type(module).__name__ == "BlazeFace" else "graph",
         "config": module.config.to_json(),
         "source": Path(source).name,
         "source_sha256": sha256_of(source),
@@ -252,7 +370,8 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from blazeport.models.blazeface import BlazeFace, BlazeFaceConfig
+    from blazeport.models.blazeface import BlazeFaceConfig
+    from blazeport.models.graph import GraphConfig
 
     path = Path(path)
     if not path.is_file():
@@ -265,7 +384,9 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
         raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). Re-run `blazeport convert`.") from None
     if meta.get("format") != "blazeport" or "config" not in meta:
         raise BlazeportError(f"{path}: safetensors without blazeport metadata; convert it with `blazeport convert`.")
-    module = BlazeFace(BlazeFaceConfig.from_json(meta["config"]))
+    family = meta.get("family", "blazeface")
+    config = (BlazeFaceConfig if family == "blazeface" else GraphConfig).from_json(meta["config"])
+    module = build_module(family, config)
     module.load_state_dict(state, strict=True)
     return module.eval(), ModelSpec.from_dict(json.loads(meta["spec"]))
 
@@ -341,7 +462,10 @@ def convert(
     if spec is None:
         spec = next((s for s in SPECS.values() if s.input_size == mapping.config.input_size), None)
         if spec is None:
-            raise ConversionError(f"{src}: no known spec has input size {mapping.config.input_size}; pass --spec")
+            known = ", ".join(f"{s.name} ({s.input_size}px)" for s in SPECS.values())
+            raise ConversionError(
+                f"{src}: no known spec has input size {mapping.config.input_size}; known specs: {known}. Pass --spec."
+            )
     if mapping.config.input_size != spec.input_size:
         raise ConversionError(f"{src}: input is {mapping.config.input_size}px but spec {spec.name} expects {spec.input_size}px")
     out = Path(out) if out else WEIGHTS_DIR / f"{spec.name}.safetensors"

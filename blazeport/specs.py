@@ -64,7 +64,7 @@ class ModelSpec:
     input_size: int
     anchors: AnchorOptions
     num_anchors: int
-    architecture: str  # key into blazeport.models registry
+    architecture: str  # blazeport.models registry key, or "graph" (read from the .tflite)
     tflite: str | None = None  # original file in weights/
     sha256: str | None = None
     num_coords: int = 16
@@ -75,6 +75,11 @@ class ModelSpec:
     normalization: tuple[float, float] = (-1.0, 1.0)  # uint8 [0, 255] maps onto this range
     description: str = ""
     aliases: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        """Which module runs it: the readable BlazeFace family or the generic GraphNet."""
+        return "graph" if self.architecture == "graph" else "blazeface"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,7 +120,36 @@ BACK = ModelSpec(
     score_threshold=0.65,
 )
 
-SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE, BACK)}
+_FULL_RANGE_ANCHORS = AnchorOptions(
+    input_size=192, num_layers=1, strides=(4,), min_scale=0.1484375, max_scale=0.75, interpolated_scale_aspect_ratio=0.0
+)
+
+FULL_RANGE = ModelSpec(
+    name="full_range",
+    description="BlazeFace full range, dense weights (faces within ~5 m), 192x192",
+    input_size=192,
+    anchors=_FULL_RANGE_ANCHORS,
+    num_anchors=2304,
+    architecture="graph",
+    tflite="face_detection_full_range.tflite",
+    sha256="99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+    score_threshold=0.6,
+)
+
+# What MediaPipe itself runs for model_selection=1: another network, block-sparse fp16 weights.
+FULL_RANGE_SPARSE = ModelSpec(
+    name="full_range_sparse",
+    description="BlazeFace full range as MediaPipe runs it (sparse weights, other network), 192x192",
+    input_size=192,
+    anchors=_FULL_RANGE_ANCHORS,
+    num_anchors=2304,
+    architecture="graph",
+    tflite="face_detection_full_range_sparse.tflite",
+    sha256="671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
+    score_threshold=0.6,
+)
+
+SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE)}
 
 
 def get_spec(name: str) -> ModelSpec:

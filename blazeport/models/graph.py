@@ -1,0 +1,132 @@
+"""A network described as data: TFLite's op list, one torch layer per op, run in graph order.
+
+The BlazeFace family (:mod:`blazeport.models.blazeface`) is a hand-readable module. The
+full-range detectors are other networks (double BlazeBlocks, a feature pyramid with bilinear
+upsampling; the sparse file is an MLIR-lowered graph with explicit PADs, fused activations and a
+DEPTH_TO_SPACE head), and MediaPipe ships more (BlazePalm, the pose detector). Rather than a
+hand-written module per file, :class:`GraphNet` takes the graph itself as its configuration: a
+list of :class:`Node` (op, input names, output name, attributes) read from the file by
+:func:`blazeport.convert.extract_graph`, stored as JSON beside the weights. Adding a detector
+whose ops are in :data:`OPS` needs a spec, not code.
+
+Layout: NCHW inside; each op's NHWC attributes (paddings, concat axes, DEPTH_TO_SPACE order)
+are translated where the op runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blazeport.models.blocks import same_padding
+
+OPS = ("conv", "dwconv", "pad", "maxpool", "add", "relu", "resize_bilinear", "depth_to_space", "flatten", "concat")
+
+
+@dataclass(frozen=True)
+class Node:
+    op: str
+    inputs: tuple[str, ...]
+    output: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    input_size: int
+    input: str
+    outputs: tuple[str, str]  # (regressors, classificators)
+    nodes: tuple[Node, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> GraphConfig:
+        d = json.loads(text)
+        nodes = tuple(Node(n["op"], tuple(n["inputs"]), n["output"], n["attrs"]) for n in d["nodes"])
+        return cls(d["input_size"], d["input"], tuple(d["outputs"]), nodes)
+
+
+def _activate(x: torch.Tensor, name: str | None) -> torch.Tensor:
+    if name is None:
+        return x
+    if name == "relu":
+        return F.relu(x)
+    if name == "relu6":
+        return F.relu6(x)
+    raise ValueError(f"fused activation {name!r} is not supported")
+
+
+def _param_name(node: Node) -> str:
+    return "l_" + "".join(c if c.isalnum() else "_" for c in node.output)
+
+
+class GraphNet(nn.Module):
+    """Runs a :class:`GraphConfig`; convs are ``nn.Conv2d`` with names derived from TFLite's."""
+
+    def __init__(self, config: GraphConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleDict()
+        for node in config.nodes:
+            if node.op not in OPS:
+                raise ValueError(f"op {node.op!r} is not supported by GraphNet")
+            if node.op in ("conv", "dwconv"):
+                a = node.attrs
+                groups = a["in_ch"] if node.op == "dwconv" else 1
+                self.layers[_param_name(node)] = nn.Conv2d(a["in_ch"], a["out_ch"], a["kernel"], a["stride"], groups=groups)
+
+    def _conv(self, node: Node, x: torch.Tensor) -> torch.Tensor:
+        a = node.attrs
+        if a["padding"] == "SAME":
+            ph = same_padding(x.shape[-2], a["kernel"], a["stride"])
+            pw = same_padding(x.shape[-1], a["kernel"], a["stride"])
+            if any(ph + pw):
+                x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
+        return _activate(self.layers[_param_name(node)](x), a.get("activation"))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        env: dict[str, torch.Tensor] = {self.config.input: x}
+        for node in self.config.nodes:
+            ins = [env[i] for i in node.inputs]
+            a = node.attrs
+            if node.op in ("conv", "dwconv"):
+                y = self._conv(node, ins[0])
+            elif node.op == "pad":
+                (t, b), (left, r), (c0, c1) = a["hwc"]  # NHWC paddings without the batch axis
+                y = F.pad(ins[0], (left, r, t, b, c0, c1))
+            elif node.op == "maxpool":
+                k, s = a["kernel"], a["stride"]
+                z = ins[0]
+                if a["padding"] == "SAME":
+                    ph, pw = same_padding(z.shape[-2], k, s), same_padding(z.shape[-1], k, s)
+                    if any(ph + pw):
+                        z = F.pad(z, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf"))
+                y = _activate(F.max_pool2d(z, k, s), a.get("activation"))
+            elif node.op == "add":
+                y = _activate(ins[0] + ins[1], a.get("activation"))
+            elif node.op == "relu":
+                y = F.relu(ins[0])
+            elif node.op == "resize_bilinear":
+                # TFLite half_pixel_centers=True, align_corners=False is PyTorch's default sampling
+                y = F.interpolate(ins[0], size=tuple(a["size"]), mode="bilinear", align_corners=a["align_corners"])
+            elif node.op == "depth_to_space":
+                # TF's DCR order: input channel (i * bs + j) * C + c goes to pixel (h*bs+i, w*bs+j), channel c.
+                # torch.pixel_shuffle uses CRD order (c * bs * bs + i * bs + j), so reorder explicitly.
+                bs = a["block_size"]
+                b, c, h, w = ins[0].shape
+                y = ins[0].reshape(b, bs, bs, c // (bs * bs), h, w).permute(0, 3, 4, 1, 5, 2)
+                y = y.reshape(b, c // (bs * bs), h * bs, w * bs)
+            elif node.op == "flatten":
+                # TFLite RESHAPE (1, H, W, A*k) -> (1, H*W*A, k) in NHWC order
+                y = ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1, a["last_dim"])
+            else:  # concat along the anchor axis of (B, N, k) tensors
+                y = torch.cat(ins, dim=a["axis"])
+            env[node.output] = y
+        return env[self.config.outputs[0]], env[self.config.outputs[1]]
