@@ -7,4 +7,4 @@ from blazeport.errors import BlazeportError
 from blazeport.postprocess import Detection
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "Detection", "BlazeportError", "load", "__version__"]
+__all__ = ["BlazeportError", "Detection", "Detector", "__version__", "load"]

@@ -111,32 +111,36 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from blazeport.convert import load_safetensors, load_tflite
     from blazeport.detector import WEIGHTS_DIR
-    from blazeport.models import VARIANTS, BlazeFace
+    from blazeport.profile import count_macs, count_params
     from blazeport.specs import SPECS
 
     rows = []
     for spec in SPECS.values():
-        params = sum(p.numel() for p in BlazeFace(VARIANTS[spec.architecture]).parameters())
+        weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
+        module = load_safetensors(weights)[0] if weights.is_file() else load_tflite(WEIGHTS_DIR / spec.tflite)[0]
         rows.append({
             "name": spec.name,
             "aliases": list(spec.aliases),
             "input": spec.input_size,
             "anchors": spec.num_anchors,
-            "params": params,
+            "params": count_params(module),
+            "macs": count_macs(module, spec.input_size),
+            "family": spec.family,
             "score_threshold": spec.score_threshold,
             "source": spec.tflite,
             "sha256": spec.sha256,
-            "converted": (WEIGHTS_DIR / f"{spec.name}.safetensors").is_file(),
+            "converted": weights.is_file(),
             "description": spec.description,
         })
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'name':<14}{'input':>6}{'anchors':>9}{'params':>10}  {'converted':<10}source")
+    print(f"{'name':<19}{'input':>6}{'anchors':>9}{'params':>10}{'MMACs':>8}  {'family':<10}{'converted':<10}source")
     for r in rows:
-        print(f"{r['name']:<14}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}  {'yes' if r['converted'] else 'no':<10}"
-              f"{r['source']}  sha256 {r['sha256'][:12]}…")
+        print(f"{r['name']:<19}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
+              f"{r['family']:<10}{'yes' if r['converted'] else 'no':<10}{r['source']}  sha256 {r['sha256'][:12]}…")
     return 0
 
 

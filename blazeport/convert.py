@@ -225,7 +225,8 @@ def extract_graph(model: TFLiteModel) -> Mapping:
     if unknown:
         raise ConversionError(
             f"{model.path}: unsupported TFLite op(s) {', '.join(unknown)}. blazeport converts "
-            f"{', '.join(sorted(GRAPH_OPS))} (plus folded DEQUANTIZE/DENSIFY); this file needs a newer blazeport."
+            f"{', '.join(sorted(GRAPH_OPS))} (plus folded DEQUANTIZE/DENSIFY). Known specs: {', '.join(sorted(SPECS))}; "
+            "this file needs a newer blazeport."
         )
     inp = model.tensor(model.inputs[0])
     names = {model.inputs[0]: "input"}

@@ -18,7 +18,7 @@ from typing import Any
 
 from blazeport.errors import BlazeportError
 
-__all__ = ["AnchorOptions", "NMSOptions", "ModelSpec", "SPECS", "get_spec", "KEYPOINT_NAMES"]
+__all__ = ["KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions", "get_spec"]
 
 # The subject's right and left (keypoint 0 has the smaller x in a frontal photo).
 KEYPOINT_NAMES = (

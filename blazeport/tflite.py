@@ -25,7 +25,7 @@ import numpy as np
 
 from blazeport.errors import BlazeportError
 
-__all__ = ["TFLiteError", "Tensor", "Op", "TFLiteModel", "read_tflite"]
+__all__ = ["Op", "TFLiteError", "TFLiteModel", "Tensor", "read_tflite"]
 
 _FILE_IDENTIFIER = b"TFL3"
 

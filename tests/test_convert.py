@@ -56,7 +56,55 @@ def test_convert_short_range_matches_litert(tmp_path, astronaut) -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+ALL_SPECS = ["short_range", "back", "full_range", "full_range_sparse"]
+
+
+@pytest.mark.parametrize("name", ALL_SPECS[1:])
+def test_every_other_google_model_converts_and_verifies(name: str, tmp_path) -> None:
+    from blazeport.data import sample_images
+    from blazeport.specs import get_spec
+
+    report = convert(WEIGHTS / get_spec(name).tflite, tmp_path / f"{name}.safetensors", images=sample_images()[:3])
+    assert report["ok"], report
+    assert report["spec"] == name
+    assert max(report["decoded_diff"].values()) < 1e-5
+
+
+def test_sparse_file_is_densified_and_lowered_ops_are_kept() -> None:
+    model = read_tflite(WEIGHTS / "face_detection_full_range_sparse.tflite")
+    assert model.folded["DENSIFY"] == 46
+    mapping = load_tflite(model.path)[1]
+    assert mapping.family == "graph"
+    ops = [n.op for n in mapping.config.nodes]
+    assert ops.count("depth_to_space") == 2 and ops.count("resize_bilinear") == 3 and "maxpool" not in ops
+
+
 @pytest.mark.parametrize("name", ["short_range", "back"])
+def test_graphnet_equals_blazeface_module(name: str) -> None:
+    from blazeport.specs import get_spec
+
+    path = WEIGHTS / get_spec(name).tflite
+    a, _ = load_tflite(path, "blazeface")
+    b, _ = load_tflite(path, "graph")
+    x = torch.rand(1, 3, a.config.input_size, a.config.input_size) * 2 - 1
+    with torch.no_grad():
+        for p, q in zip(a(x), b(x), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_depth_to_space_uses_tensorflow_channel_order() -> None:
+    from blazeport.models.graph import GraphConfig, GraphNet, Node
+
+    bs, c_out, h, w = 2, 3, 2, 2
+    nhwc = np.arange(h * w * bs * bs * c_out, dtype=np.float32).reshape(1, h, w, bs * bs * c_out)
+    # TF DepthToSpace (DCR): out[h*bs+i, w*bs+j, c] = in[h, w, (i*bs + j)*C + c]
+    expected = nhwc.reshape(1, h, w, bs, bs, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(1, h * bs, w * bs, c_out)
+    cfg = GraphConfig(h, "input", ("d2s", "d2s"), (Node("depth_to_space", ("input",), "d2s", {"block_size": bs}),))
+    out = GraphNet(cfg)(torch.from_numpy(nhwc).permute(0, 3, 1, 2))[0]
+    np.testing.assert_array_equal(out.permute(0, 2, 3, 1).numpy(), expected)
+
+
+@pytest.mark.parametrize("name", ALL_SPECS)
 def test_committed_safetensors_equal_a_fresh_conversion(name: str) -> None:
     from blazeport.specs import get_spec
 
@@ -85,7 +133,19 @@ def test_gate_rejects_a_wrong_weight() -> None:
     assert not passes(diffs)
 
 
-def test_unsupported_op_names_op_and_file() -> None:
+def test_unsupported_op_names_op_file_and_known_specs(tmp_path, capsys) -> None:
+    from blazeport.cli import main
+    from tests.tiny_tflite import write_single_op_model
+
+    path = write_single_op_model(tmp_path / "tanh.tflite", "TANH")
+    with pytest.raises(ConversionError, match="TANH") as err:
+        load_tflite(path)
+    assert str(path) in str(err.value) and "short_range" in str(err.value)
+    assert main(["convert", str(path)]) == 2
+    assert "TANH" in capsys.readouterr().err
+
+
+def test_blazeface_walk_rejects_a_pyramid_network() -> None:
     path = WEIGHTS / "face_detection_full_range.tflite"
     with pytest.raises(ConversionError, match="RESIZE_BILINEAR") as err:
         extract(read_tflite(path))

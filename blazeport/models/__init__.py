@@ -5,7 +5,7 @@ from __future__ import annotations
 from blazeport.errors import BlazeportError
 from blazeport.models.blazeface import VARIANTS, BlazeFace, BlazeFaceConfig, BlockConfig
 
-__all__ = ["BlazeFace", "BlazeFaceConfig", "BlockConfig", "VARIANTS", "build"]
+__all__ = ["VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "build"]
 
 
 def build(architecture: str) -> BlazeFace:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ class BlazeFaceConfig:
 def _stage(channels: list[int], strides: dict[int, int] | None = None) -> tuple[BlockConfig, ...]:
     """Blocks along a channel list; ``strides`` maps block index -> stride (default 1)."""
     strides = strides or {}
-    return tuple(BlockConfig(a, b, strides.get(i, 1)) for i, (a, b) in enumerate(zip(channels, channels[1:])))
+    return tuple(BlockConfig(a, b, strides.get(i, 1)) for i, (a, b) in enumerate(pairwise(channels)))
 
 
 class BlazeFace(nn.Module):

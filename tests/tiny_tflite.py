@@ -1,0 +1,83 @@
+"""Write small TFLite flatbuffers for error-path tests (a graph no real model file has)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flatbuffers
+import tflite
+
+
+def _int_vector(b: flatbuffers.Builder, start, values: list[int]) -> int:
+    start(b, len(values))
+    for v in reversed(values):
+        b.PrependInt32(v)
+    return b.EndVector()
+
+
+def write_single_op_model(path: Path, op: str = "TANH", shape: tuple[int, ...] = (1, 128, 128, 3)) -> Path:
+    """A valid one-op model: input -> OP -> output, float32, no weights."""
+    b = flatbuffers.Builder(1024)
+    names = [b.CreateString("input"), b.CreateString("output")]
+    tensors = []
+    for name in names:
+        shp = _int_vector(b, tflite.TensorStartShapeVector, list(shape))
+        tflite.TensorStart(b)
+        tflite.TensorAddShape(b, shp)
+        tflite.TensorAddType(b, tflite.TensorType.FLOAT32)
+        tflite.TensorAddBuffer(b, 0)
+        tflite.TensorAddName(b, name)
+        tensors.append(tflite.TensorEnd(b))
+    op_inputs = _int_vector(b, tflite.OperatorStartInputsVector, [0])
+    op_outputs = _int_vector(b, tflite.OperatorStartOutputsVector, [1])
+    tflite.OperatorStart(b)
+    tflite.OperatorAddOpcodeIndex(b, 0)
+    tflite.OperatorAddInputs(b, op_inputs)
+    tflite.OperatorAddOutputs(b, op_outputs)
+    operator = tflite.OperatorEnd(b)
+
+    tflite.SubGraphStartTensorsVector(b, len(tensors))
+    for t in reversed(tensors):
+        b.PrependUOffsetTRelative(t)
+    tensor_vec = b.EndVector()
+    tflite.SubGraphStartOperatorsVector(b, 1)
+    b.PrependUOffsetTRelative(operator)
+    op_vec = b.EndVector()
+    sg_in = _int_vector(b, tflite.SubGraphStartInputsVector, [0])
+    sg_out = _int_vector(b, tflite.SubGraphStartOutputsVector, [1])
+    tflite.SubGraphStart(b)
+    tflite.SubGraphAddTensors(b, tensor_vec)
+    tflite.SubGraphAddOperators(b, op_vec)
+    tflite.SubGraphAddInputs(b, sg_in)
+    tflite.SubGraphAddOutputs(b, sg_out)
+    subgraph = tflite.SubGraphEnd(b)
+
+    code = getattr(tflite.BuiltinOperator, op)
+    tflite.OperatorCodeStart(b)
+    tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
+    tflite.OperatorCodeAddBuiltinCode(b, code)
+    tflite.OperatorCodeAddVersion(b, 1)
+    opcode = tflite.OperatorCodeEnd(b)
+
+    tflite.BufferStart(b)
+    empty = tflite.BufferEnd(b)
+
+    tflite.ModelStartOperatorCodesVector(b, 1)
+    b.PrependUOffsetTRelative(opcode)
+    codes = b.EndVector()
+    tflite.ModelStartSubgraphsVector(b, 1)
+    b.PrependUOffsetTRelative(subgraph)
+    subgraphs = b.EndVector()
+    tflite.ModelStartBuffersVector(b, 1)
+    b.PrependUOffsetTRelative(empty)
+    buffers = b.EndVector()
+    desc = b.CreateString("blazeport test model")
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    tflite.ModelAddOperatorCodes(b, codes)
+    tflite.ModelAddSubgraphs(b, subgraphs)
+    tflite.ModelAddBuffers(b, buffers)
+    tflite.ModelAddDescription(b, desc)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    path.write_bytes(b.Output())
+    return path
