@@ -91,7 +91,9 @@ def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold:
         if max_detections > 0 and len(out_s) >= max_detections:
             break
         if not member.any():
-            break
+            if weighted:  # MediaPipe's WEIGHTED loop ends when a round removes nothing (degenerate box)
+                break
+            member[0] = True  # DEFAULT (hard) NMS drops the top box and carries on
         order = order[~member]
     if not out_s:
         return np.zeros((0, 4), np.float32), np.zeros((0,) + keypoints.shape[1:], np.float32), np.zeros(0, np.float32)

@@ -267,8 +267,8 @@ def read_tflite(path: str | Path) -> TFLiteModel:
         )
     try:
         return _parse(path, buf)
-    except TFLiteError:
-        raise
+    except TFLiteError as exc:
+        raise TFLiteError(f"{path}: {exc}") from None
     except Exception as exc:  # flatbuffers raises struct/index errors on damaged files
         raise TFLiteError(
             f"{path}: the TFLite flatbuffer is damaged or truncated ({len(buf):,} bytes; "

