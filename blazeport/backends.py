@@ -74,11 +74,13 @@ class TorchBackend:
         self.torch = torch
         if threads:
             torch.set_num_threads(threads)
-        self.module = module.eval()
+        # channels-last runs depthwise convs ~3x faster on CPU (oneDNN's NHWC kernels)
+        self.module = module.eval().to(memory_format=torch.channels_last)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
+            # an NHWC array viewed as NCHW is already channels-last memory: no copy
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, S, S)
             r, c = self.module(x)
         return r.numpy(), c.numpy()

@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   blazeport detect                               # the bundled sample photo
   blazeport detect photos/ --out runs/detect --json
   blazeport detect img.jpg --backend tflite      # the original file in LiteRT
+  blazeport eval --model full_range --boxes ../shared/data/faces-boxed/boxes.json
+  blazeport distill --images ../shared/data/unlabeled --out runs/distill --epochs 30
   blazeport models
 """
 
@@ -110,37 +112,118 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """COCO AP against a boxes file or a teacher; exit 1 when an image could not be read."""
+    import math
+
+    import blazeport
+    from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
+
+    images = [Path(p) for p in args.images] if args.images else None
+    if args.boxes:
+        boxes = load_boxes(args.boxes)
+        if images is None:
+            images = [Path(args.boxes).parent / "images"]
+            if not images[0].is_dir():
+                raise BlazeportError(f"{images[0]} does not exist; pass --images DIR with the photos of {args.boxes}")
+    elif images is None:
+        raise BlazeportError("--teacher needs --images DIR (the photos to compare the two detectors on)")
+    for p in images:
+        if not p.exists():
+            raise BlazeportError(f"{p}: no such file or folder")
+    detector = blazeport.load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold)
+    if args.boxes:
+        result = evaluate_on_boxes(detector, images, boxes, progress=True)
+        against = str(args.boxes)
+        if result["images"] == 0:
+            raise BlazeportError(f"none of the images in {' '.join(map(str, images))} has an entry in {args.boxes} "
+                                 "(matched by file name)")
+    else:
+        teacher = blazeport.load(args.teacher, backend=args.teacher_backend, threads=args.threads)
+        result = evaluate_against_teacher(detector, teacher, images, progress=True)
+        against = f"teacher {args.teacher} ({args.teacher_backend}, threshold {teacher.spec.score_threshold:g})"
+        if result["images"] == 0:
+            raise BlazeportError(f"no readable images in {' '.join(map(str, images))}")
+    for msg in result.pop("messages"):
+        if "no entry in the boxes file" not in msg:
+            print(f"skipped: {msg}", file=sys.stderr)
+    threshold = detector.spec.score_threshold if args.threshold is None else args.threshold
+    report = {"model": str(args.model), "backend": args.backend, "threshold": threshold, "against": against, **result}
+    if args.json:
+        _print_json({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in report.items()})
+    else:
+        print(f"{args.model} ({args.backend}, threshold {threshold:g}) against {against}")
+        keys = ["AP50", "AP", "AP75", "AR100", "images", "references", "predictions", "skipped"]
+        print("".join(f"{k:>12}" for k in keys))
+        print("".join(f"{report[k]:>12.3f}" if isinstance(report[k], float) else f"{report[k]:>12}" for k in keys))
+    return 1 if result.get("unreadable") else 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from blazeport.distill.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        teacher=args.teacher, student=args.student, images=args.images, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, temperature=args.temperature, alpha=args.alpha,
+        seed=args.seed, val_fraction=args.val_fraction, limit=args.limit, resume=args.resume, device=args.device,
+        amp=not args.no_amp, threads=args.threads, progress=not args.json,
+    )
+    summary = train(cfg)
+    if not summary:  # a non-zero DDP rank
+        return 0
+    if args.json:
+        _print_json(summary)
+    else:
+        best = summary["best"]
+        print(f"student {summary['student']} ({summary['params']:,} params, {summary['macs'] / 1e6:.1f} MMACs) <- "
+              f"teacher {summary['teacher']}, loss {summary['loss']}")
+        print(f"best epoch {summary['best_epoch']}: held-out AP50 vs teacher {best['val_AP50']:.3f}, AP {best['val_AP']:.3f}, "
+              f"score MAE {best['val_mae_scores']:.4f}")
+        print(f"weights: {Path(args.out) / 'student.safetensors'}   curves: {Path(args.out) / 'curves.png'}   "
+              f"tensorboard --logdir {Path(args.out) / 'tensorboard'}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from blazeport.convert import load_safetensors, load_tflite
     from blazeport.detector import WEIGHTS_DIR
+    from blazeport.models import STUDENTS, build_student
     from blazeport.profile import count_macs, count_params
     from blazeport.specs import SPECS
 
     rows = []
     for spec in SPECS.values():
         weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
-        module = load_safetensors(weights)[0] if weights.is_file() else load_tflite(WEIGHTS_DIR / spec.tflite)[0]
+        if weights.is_file():
+            module = load_safetensors(weights)[0]
+        elif spec.tflite:
+            module = load_tflite(WEIGHTS_DIR / spec.tflite)[0]
+        else:
+            module = build_student(spec.architecture)
         rows.append({
-            "name": spec.name,
-            "aliases": list(spec.aliases),
-            "input": spec.input_size,
-            "anchors": spec.num_anchors,
-            "params": count_params(module),
-            "macs": count_macs(module, spec.input_size),
-            "family": spec.family,
-            "score_threshold": spec.score_threshold,
-            "source": spec.tflite,
-            "sha256": spec.sha256,
-            "converted": weights.is_file(),
-            "description": spec.description,
+            "name": spec.name, "kind": "spec", "aliases": list(spec.aliases), "input": spec.input_size,
+            "anchors": spec.num_anchors, "params": count_params(module), "macs": count_macs(module, spec.input_size),
+            "family": spec.family, "score_threshold": spec.score_threshold, "source": spec.tflite, "sha256": spec.sha256,
+            "converted": weights.is_file(), "description": spec.description,
         })
+    for name, cfg in STUDENTS.items():
+        module = build_student(name)
+        rows.append({"name": name, "kind": "student", "input": cfg.input_size, "params": count_params(module),
+                     "macs": count_macs(module, cfg.input_size), "family": "resnet",
+                     "description": "student architecture for `blazeport distill --student`"})
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'name':<19}{'input':>6}{'anchors':>9}{'params':>10}{'MMACs':>8}  {'family':<10}{'converted':<10}source")
+    print(f"{'name':<20}{'input':>6}{'anchors':>9}{'params':>10}{'MMACs':>8}  {'family':<10}{'weights':<9}source")
     for r in rows:
-        print(f"{r['name']:<19}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
-              f"{r['family']:<10}{'yes' if r['converted'] else 'no':<10}{r['source']}  sha256 {r['sha256'][:12]}…")
+        if r["kind"] == "spec":
+            source = f"{r['source']}  sha256 {r['sha256'][:12]}…" if r["source"] else "distilled (blazeport distill)"
+            print(f"{r['name']:<20}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
+                  f"{r['family']:<10}{'yes' if r['converted'] else 'no':<9}{source}")
+    print("\nstudent architectures (blazeport distill --student NAME):")
+    for r in rows:
+        if r["kind"] == "student":
+            print(f"{r['name']:<20}{r['input']:>6}{'':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  {r['family']}")
     return 0
 
 
@@ -174,6 +257,55 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     d.set_defaults(func=cmd_detect)
+
+    e = sub.add_parser("eval", help="COCO AP of a model against face boxes or a teacher model",
+                       description="Average precision (pycocotools: AP50, AP at IoU 0.50:0.95, AP75, AR100) of a model's "
+                       "detections, against hand-drawn boxes (--boxes, a boxes.json matched to images by file name) or "
+                       "against a teacher model's detections (--teacher). Images without an entry and unreadable images "
+                       "are skipped and counted; the exit status is 1 when an image could not be read. The default score "
+                       "threshold is the spec's, so the detector is scored as it ships; COCO practice ranks detections "
+                       "down to a low threshold (e.g. --threshold 0.1), which gives a fuller precision-recall curve.",
+                       formatter_class=fmt)
+    e.add_argument("--model", default="short_range", help="spec name, .safetensors or .tflite (default: short_range)")
+    e.add_argument("--backend", default="torch", choices=("torch", "tflite"), help="runtime (default: torch)")
+    e.add_argument("--images", nargs="+", metavar="DIR",
+                   help="image folders or files (default with --boxes: the boxes file's folder + /images)")
+    refs = e.add_mutually_exclusive_group(required=True)
+    refs.add_argument("--boxes", help="reference boxes: JSON {file: {width, height, boxes_xywh: [[left, top, w, h], ...]}}")
+    refs.add_argument("--teacher", help="reference model (spec name or file): its detections are the references")
+    e.add_argument("--teacher-backend", default="torch", choices=("torch", "tflite"),
+                   help="runtime of the teacher, which uses its spec's threshold (default: torch)")
+    e.add_argument("--threshold", type=float, help="score threshold of the evaluated model (default: the spec's)")
+    e.add_argument("--threads", type=int, help="CPU threads for the backends")
+    e.add_argument("--json", action="store_true", help="print the result as JSON (nan as null)")
+    e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("distill", help="distill a converted original into a student on unlabeled images",
+                       description="Train a student to reproduce a teacher's outputs on unlabeled photos (the teacher's "
+                       "outputs are the labels). Checks the teacher against its .tflite first; writes checkpoints, "
+                       "TensorBoard logs, curves.png, metrics.json, summary.json and student.safetensors to --out.",
+                       formatter_class=fmt)
+    t.add_argument("--teacher", default="short_range", help="converted original to distill (default: short_range)")
+    t.add_argument("--student", default="resnet", help="student architecture (see `blazeport models`; default: resnet)")
+    t.add_argument("--images", nargs="+", required=True, help="folders (searched recursively) or files of unlabeled photos")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--loss", default="recipe",
+                   help="'+'-joined terms with optional weights: recipe, kl, score, score_l1, box, hinton, mgd, hard "
+                   "(e.g. recipe+mgd=0.5; default: recipe)")
+    t.add_argument("--temperature", type=float, default=2.0, help="KD temperature T (default 2)")
+    t.add_argument("--alpha", type=float, default=0.6, help="recipe's KL share against the score loss (default 0.6)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of the images (by file-name hash)")
+    t.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    t.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
+    t.add_argument("--threads", type=int, help="CPU threads")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
+    t.set_defaults(func=cmd_distill)
 
     m = sub.add_parser("models", help="list the model specs", description="List known model specs.", formatter_class=fmt)
     m.add_argument("--json", action="store_true", help="print as JSON")

@@ -304,10 +304,9 @@ def extract_graph(model: TFLiteModel) -> Mapping:
 
 
 def build_module(family: str, config: Any) -> Any:
-    from blazeport.models.blazeface import BlazeFace
-    from blazeport.models.graph import GraphNet
+    from blazeport.models import FAMILIES
 
-    return BlazeFace(config) if family == "blazeface" else GraphNet(config)
+    return FAMILIES[family][1](config)
 
 
 def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mapping]:
@@ -346,8 +345,13 @@ def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mappi
     return module, mapping
 
 
-def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str | Path) -> Path:
-    """Write weights plus the metadata needed to rebuild the module without the .tflite."""
+def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str | Path | None = None,
+                     extra: dict[str, str] | None = None) -> Path:
+    """Write weights plus the metadata needed to rebuild the module (family, config, spec).
+
+    ``source`` is the .tflite a conversion came from (name and sha256 recorded); ``extra`` adds
+    string metadata (a student records its teacher and training summary). Written atomically.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -355,10 +359,10 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
     meta = {
         "format": "blazeport",
         "spec": json.dumps(spec.to_dict()),
-        "family": "blazeface" if type(module).__name__ == "BlazeFace" else "graph",
+        "family": module.family,
         "config": module.config.to_json(),
-        "source": Path(source).name,
-        "source_sha256": sha256_of(source),
+        **({"source": Path(source).name, "source_sha256": sha256_of(source)} if source else {}),
+        **(extra or {}),
     }
     tmp = out.with_suffix(out.suffix + ".tmp")
     save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=meta)
@@ -371,8 +375,7 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from blazeport.models.blazeface import BlazeFaceConfig
-    from blazeport.models.graph import GraphConfig
+    from blazeport.models import from_config
 
     path = Path(path)
     if not path.is_file():
@@ -385,9 +388,7 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
         raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). Re-run `blazeport convert`.") from None
     if meta.get("format") != "blazeport" or "config" not in meta:
         raise BlazeportError(f"{path}: safetensors without blazeport metadata; convert it with `blazeport convert`.")
-    family = meta.get("family", "blazeface")
-    config = (BlazeFaceConfig if family == "blazeface" else GraphConfig).from_json(meta["config"])
-    module = build_module(family, config)
+    module = from_config(meta.get("family", "blazeface"), meta["config"])
     module.load_state_dict(state, strict=True)
     return module.eval(), ModelSpec.from_dict(json.loads(meta["spec"]))
 

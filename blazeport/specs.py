@@ -78,8 +78,10 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        """Which module runs it: the readable BlazeFace family or the generic GraphNet."""
-        return "graph" if self.architecture == "graph" else "blazeface"
+        """Which module family runs it: BlazeFace, the generic GraphNet, or a ResNet student."""
+        if self.architecture == "graph":
+            return "graph"
+        return "resnet" if self.architecture.startswith("resnet") else "blazeface"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,7 +151,18 @@ FULL_RANGE_SPARSE = ModelSpec(
     score_threshold=0.6,
 )
 
-SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE)}
+# The residual student distilled from short range (blazeport distill; weights/short_range_resnet.safetensors).
+SHORT_RANGE_RESNET = dataclasses.replace(
+    SHORT_RANGE,
+    name="short_range_resnet",
+    description="ResNet-style student distilled from short range on unlabeled photos, 128x128",
+    architecture="resnet",
+    tflite=None,
+    sha256=None,
+    aliases=(),
+)
+
+SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET)}
 
 
 def get_spec(name: str) -> ModelSpec:

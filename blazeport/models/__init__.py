@@ -1,15 +1,45 @@
-"""Networks: the BlazeFace family converted from TFLite, and (later) students."""
+"""Networks: the BlazeFace family, the generic TFLite GraphNet, and residual students.
+
+Every network meets the head contract of :mod:`blazeport.models.blazeface`. A *family* names a
+(config class, module class) pair; safetensors files record the family and the config as JSON,
+so any of them is rebuilt from its weights file alone.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from blazeport.errors import BlazeportError
 from blazeport.models.blazeface import VARIANTS, BlazeFace, BlazeFaceConfig, BlockConfig
+from blazeport.models.graph import GraphConfig, GraphNet
+from blazeport.models.resnet import STUDENTS, ResNetBlazeFace, ResNetConfig
 
-__all__ = ["VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "build"]
+__all__ = ["FAMILIES", "STUDENTS", "VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "build", "build_student",
+           "from_config"]
+
+FAMILIES: dict[str, tuple[Any, Any]] = {
+    "blazeface": (BlazeFaceConfig, BlazeFace),
+    "graph": (GraphConfig, GraphNet),
+    "resnet": (ResNetConfig, ResNetBlazeFace),
+}
+
+
+def from_config(family: str, config_json: str) -> Any:
+    """Rebuild a module from a family name and its JSON config (as stored beside the weights)."""
+    if family not in FAMILIES:
+        raise BlazeportError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    config_cls, module_cls = FAMILIES[family]
+    return module_cls(config_cls.from_json(config_json))
 
 
 def build(architecture: str) -> BlazeFace:
-    """A freshly initialised network for a registered architecture name."""
+    """A freshly initialised BlazeFace-family network for a registered architecture name."""
     if architecture not in VARIANTS:
         raise BlazeportError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(VARIANTS))}")
     return BlazeFace(VARIANTS[architecture])
+
+
+def build_student(name: str) -> ResNetBlazeFace:
+    if name not in STUDENTS:
+        raise BlazeportError(f"unknown student {name!r}; known: {', '.join(sorted(STUDENTS))}")
+    return ResNetBlazeFace(STUDENTS[name])

@@ -65,6 +65,8 @@ def _stage(channels: list[int], strides: dict[int, int] | None = None) -> tuple[
 class BlazeFace(nn.Module):
     """Stem conv -> BlazeBlocks -> SSD head on chosen block outputs."""
 
+    family = "blazeface"
+
     def __init__(self, config: BlazeFaceConfig):
         super().__init__()
         self.config = config

@@ -70,6 +70,8 @@ def _param_name(node: Node) -> str:
 class GraphNet(nn.Module):
     """Runs a :class:`GraphConfig`; convs are ``nn.Conv2d`` with names derived from TFLite's."""
 
+    family = "graph"
+
     def __init__(self, config: GraphConfig):
         super().__init__()
         self.config = config

@@ -1,0 +1,1 @@
+"""Distillation of a converted original (teacher) into a student, on unlabeled images."""

@@ -1,0 +1,137 @@
+"""Unlabeled images for distillation: a cached, split, deterministically augmented dataset.
+
+The teacher labels each sample on the fly, on the very tensor the student sees, so every
+augmentation keeps the pseudo-labels consistent by construction. Geometry (zoom, shift, flip)
+is folded into the letterbox warp itself: one ``cv2.warpAffine`` from the (cached) photo to the
+model input, composed from MediaPipe's letterbox transform and the random affine, so no
+resolution is lost to a second resampling. Photometric changes (brightness, contrast,
+saturation, blur) follow on the uint8 result.
+
+Randomness is seeded per (seed, epoch, sample index), not drawn from a global stream: a run
+resumed from a checkpoint, or split across DDP ranks or loader workers, sees exactly the same
+samples as an uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from blazeport.data import list_images
+from blazeport.errors import BlazeportError
+from blazeport.preprocess import ImageReadError, read_image, roi_transform
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    zoom: tuple[float, float] = (0.75, 1.5)  # > 1 zooms in (faces grow)
+    shift: float = 0.15  # fraction of the input size
+    flip: float = 0.5
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.3
+    blur: float = 0.2  # probability of a Gaussian blur, sigma in [0.5, 1.5]
+
+
+@dataclass
+class ImageSet:
+    """Photos decoded once, downscaled to at most ``2 * input_size`` on the long side."""
+
+    paths: list[Path]
+    images: list[np.ndarray]
+    skipped: list[str]
+
+    @classmethod
+    def load(cls, sources: list[str | Path], input_size: int, limit: int | None = None) -> ImageSet:
+        paths = list_images(sources)
+        if not paths:
+            raise BlazeportError(f"no images found in {', '.join(map(str, sources))}: give folders of .jpg/.png photos")
+        keep, images, skipped = [], [], []
+        for p in paths:
+            if limit is not None and len(images) >= limit:
+                break
+            try:
+                img = read_image(p)
+            except ImageReadError as exc:
+                skipped.append(str(exc))
+                continue
+            scale = 2 * input_size / max(img.shape[:2])
+            if scale < 1:
+                img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            keep.append(p)
+            images.append(img)
+        if not images:
+            raise BlazeportError(f"none of the {len(paths)} files in {', '.join(map(str, sources))} is a readable image")
+        return cls(keep, images, skipped)
+
+    def split(self, val_fraction: float) -> tuple[list[int], list[int]]:
+        """Train / validation indices, by a hash of each file name (stable as folders grow)."""
+        train, val = [], []
+        for i, p in enumerate(self.paths):
+            h = int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+            (val if h < val_fraction else train).append(i)
+        if not train or not val:
+            raise BlazeportError(f"{len(self.paths)} images are too few to hold out {val_fraction:.0%} for validation")
+        return train, val
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def make_input(image: np.ndarray, size: int, rng: np.random.Generator | None = None,
+               aug: AugmentConfig | None = None) -> np.ndarray:
+    """RGB uint8 photo -> ``(size, size, 3)`` float32 in [-1, 1]; augmented when ``rng`` is given."""
+    h, w = image.shape[:2]
+    matrix, _ = roi_transform(w, h, size)  # MediaPipe's letterbox, a pure scale + shift
+    if rng is not None:
+        aug = aug or AugmentConfig()
+        s = float(np.exp(rng.uniform(np.log(aug.zoom[0]), np.log(aug.zoom[1]))))
+        tx, ty = rng.uniform(-aug.shift, aug.shift, 2) * size
+        fx = -1.0 if rng.random() < aug.flip else 1.0
+        c = size / 2.0
+        around = np.array([[s * fx, 0, c - s * fx * c + tx], [0, s, c - s * c + ty], [0, 0, 1]])
+        matrix = around @ matrix
+    out = cv2.warpAffine(image, matrix[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    if rng is not None:
+        x = out.astype(np.float32)
+        x *= rng.uniform(1 - aug.contrast, 1 + aug.contrast)
+        x += rng.uniform(-aug.brightness, aug.brightness) * 255
+        gray = x.mean(axis=2, keepdims=True)
+        x = gray + (x - gray) * rng.uniform(1 - aug.saturation, 1 + aug.saturation)
+        out = np.clip(x, 0, 255).astype(np.uint8)
+        if rng.random() < aug.blur:
+            out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
+    return out.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+
+class DistillDataset:
+    """Index -> (size, size, 3) float32 sample; call :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, images: ImageSet, indices: list[int], size: int, seed: int, augment: bool,
+                 aug: AugmentConfig | None = None):
+        self.images, self.indices, self.size, self.seed, self.augment = images, indices, size, seed, augment
+        self.aug = aug or AugmentConfig()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        idx = self.indices[i]
+        rng = sample_rng(self.seed, self.epoch, idx) if self.augment else None
+        return make_input(self.images.images[idx], self.size, rng, self.aug)
+
+    def order(self, rank: int = 0, world: int = 1) -> list[int]:
+        """This epoch's shuffled sample order, this rank's share (same on every rank)."""
+        perm = np.random.default_rng([self.seed, self.epoch, 7919]).permutation(len(self))
+        if self.augment:
+            return perm[rank::world].tolist()
+        return list(range(len(self)))[rank::world]

@@ -1,0 +1,239 @@
+"""Average precision of detections: against hand-drawn boxes, and against a teacher detector.
+
+The AP itself comes from ``pycocotools`` (the COCO reference implementation: greedy matching by
+score, 101-point interpolated precision, IoU thresholds 0.50:0.05:0.95), not from a home-made
+loop, so the numbers mean what every detection paper means by them. The ground truth and result
+structures are built in memory (one category, ``face``; ``area`` = w * h in pixels; ``iscrowd`` 0)
+and pycocotools' printing is silenced.
+
+Two uses:
+
+* :func:`evaluate_on_boxes` scores a :class:`~blazeport.detector.Detector` on a folder of photos
+  against boxes in the ``faces-boxed/boxes.json`` format (:func:`load_boxes`).
+* :func:`agreement_with_teacher` takes a teacher's detections as the references and the student's
+  as predictions: how well a distilled student reproduces its teacher, on unlabeled images.
+
+Score threshold. COCO AP ranks detections by score and integrates precision over recall, so it is
+usually measured with a low threshold (the curve is cut where the detector stops reporting).
+``blazeport eval`` nevertheless defaults to the spec's own threshold (0.5 short range, 0.65 back,
+0.6 full range): the threshold is applied *before* MediaPipe's weighted NMS, so it changes which
+candidates get blended and therefore the boxes themselves. The default thus scores the detector
+exactly as it ships (what ``blazeport detect`` and MediaPipe return). Pass a lower ``--threshold``
+(e.g. 0.1) for the textbook, full-curve AP, and report which threshold a number was measured at.
+
+Boxes are compared as they come: BlazeFace's boxes are not clipped to the image, and they are not
+reshaped to the reference annotation's convention (dlib's tight squares in ``faces-boxed``), so
+AP75 and AP also measure how well the two box conventions agree, AP50 mostly whether faces are found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blazeport.detector import Detector
+from blazeport.errors import BlazeportError
+from blazeport.postprocess import Detection
+
+__all__ = ["agreement_with_teacher", "coco_ap", "evaluate_against_teacher", "evaluate_on_boxes", "load_boxes"]
+
+Box = tuple[float, float, float, float]  # xmin, ymin, w, h, normalized
+MAX_DETS = [1, 10, 100]  # pycocotools' default; 100 per image does not cut group photos
+
+
+def _nan_result(value: float) -> dict[str, float]:
+    return {"AP50": value, "AP": value, "AP75": value, "AR100": value}
+
+
+def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[float, float, float, float]]],
+            sizes: list[tuple[int, int]]) -> dict[str, float]:
+    """COCO box AP of ``predictions`` against ``references``, one list of each per image.
+
+    Args:
+        predictions: per image, :class:`Detection` objects (normalized xmin, ymin, w, h and a score).
+        references: per image, reference boxes as normalized (xmin, ymin, w, h); no scores.
+        sizes: per image, (width, height) in pixels, used to turn both into pixel boxes (so IoU
+            and area are those of the real image, not of a unit square).
+
+    Returns:
+        ``{"AP50", "AP" (IoU 0.50:0.95), "AP75", "AR100" (recall, 100 detections per image),
+        "images", "references", "predictions"}``. When there are no references at all the AP and
+        AR values are ``float('nan')`` (precision is undefined; pycocotools reports -1). When
+        there are references but no predictions they are 0.0.
+    """
+    if not (len(predictions) == len(references) == len(sizes)):
+        raise ValueError(f"coco_ap: {len(predictions)} prediction lists, {len(references)} reference lists "
+                         f"and {len(sizes)} sizes; expected one of each per image")
+    n_refs = sum(len(r) for r in references)
+    n_preds = sum(len(p) for p in predictions)
+    counts = {"images": len(sizes), "references": n_refs, "predictions": n_preds}
+    if n_refs == 0:
+        return {**_nan_result(math.nan), **counts}
+    if n_preds == 0:
+        return {**_nan_result(0.0), **counts}
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, gts, dts = [], [], []
+    for i, ((width, height), refs, dets) in enumerate(zip(sizes, references, predictions, strict=True), start=1):
+        images.append({"id": i, "width": int(width), "height": int(height)})
+        for x, y, w, h in refs:
+            box = [x * width, y * height, w * width, h * height]
+            # ids start at 1: pycocotools treats a matched id of 0 as "unmatched"
+            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": 1, "bbox": box,
+                        "area": box[2] * box[3], "iscrowd": 0})
+        for d in dets:
+            x, y, w, h = d.box
+            dts.append({"image_id": i, "category_id": 1, "score": float(d.score),
+                        "bbox": [x * width, y * height, w * width, h * height]})
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO()
+        truth.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1, "name": "face"}]}
+        truth.createIndex()
+        result = truth.loadRes(dts)
+        ev = COCOeval(truth, result, iouType="bbox")
+        ev.params.maxDets = list(MAX_DETS)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(s) if s >= 0 else math.nan for s in ev.stats]  # -1: nothing to evaluate
+    return {"AP50": stats[1], "AP": stats[0], "AP75": stats[2], "AR100": stats[8], **counts}
+
+
+def _normalized(dets: list[Detection]) -> list[Box]:
+    return [tuple(float(v) for v in d.box) for d in dets]  # type: ignore[misc]
+
+
+def _agreement(student: Detector, teacher: Detector, images: Iterable[np.ndarray]) -> dict[str, float]:
+    preds: list[list[Detection]] = []
+    refs: list[list[Box]] = []
+    sizes: list[tuple[int, int]] = []
+    for image in images:
+        h, w = image.shape[:2]
+        refs.append(_normalized(teacher.detect(image)))
+        preds.append(student.detect(image))
+        sizes.append((w, h))
+    return coco_ap(preds, refs, sizes)
+
+
+def agreement_with_teacher(student: Detector, teacher: Detector, images: list[np.ndarray]) -> dict[str, float]:
+    """COCO AP of the student's detections, taking the teacher's boxes as the references.
+
+    Both run on the same RGB uint8 ``images``, each with its own score threshold (give the student
+    a low one for a full precision-recall curve; the teacher's defines what counts as a face). The
+    teacher's scores are ignored. Returns :func:`coco_ap`'s dict; a detector against itself gives
+    1.0, and AP is nan when the teacher finds no face in any image.
+    """
+    return _agreement(student, teacher, images)
+
+
+def load_boxes(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a ``boxes.json``: ``{file: {split, width, height, boxes_xywh: [[left, top, w, h], ...]}}``.
+
+    Boxes are in pixels of an image ``width`` x ``height``. Returns the mapping as read, with
+    ``boxes_xywh`` as lists of 4 floats; raises :class:`BlazeportError` naming the file if it is
+    missing, not JSON, or not in that format.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BlazeportError(f"{path}: cannot read the boxes file ({exc.strerror or exc}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BlazeportError(f"{path}: not a JSON file ({exc}).") from None
+    if not isinstance(data, dict):
+        raise BlazeportError(f"{path}: expected {{file: {{width, height, boxes_xywh}}}}, got a JSON {type(data).__name__}.")
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in data.items():
+        boxes = entry.get("boxes_xywh") if isinstance(entry, dict) else None
+        if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
+            raise BlazeportError(f"{path}: entry {name!r} needs 'boxes_xywh': [[left, top, w, h], ...] in pixels.")
+        try:
+            clean = dict(entry, boxes_xywh=[[float(v) for v in b] for b in boxes])
+            for key in ("width", "height"):
+                if key in entry:
+                    clean[key] = int(entry[key])
+        except (TypeError, ValueError):
+            raise BlazeportError(f"{path}: entry {name!r} has a non-numeric box, width or height.") from None
+        out[str(name)] = clean
+    return out
+
+
+def _read_all(paths: Iterable[Path], unreadable: list[str]) -> Iterator[tuple[Path, np.ndarray]]:
+    """Yield (path, RGB image); an unreadable file is skipped and its message appended to ``unreadable``."""
+    from blazeport.preprocess import ImageReadError, read_image
+
+    for path in paths:
+        try:
+            yield path, read_image(path)
+        except ImageReadError as exc:
+            unreadable.append(str(exc))
+
+
+def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
+                      boxes: str | Path | dict[str, dict[str, Any]], progress: bool = False) -> dict[str, Any]:
+    """COCO AP of ``detector`` on image files against reference boxes (:func:`load_boxes` format).
+
+    ``images`` is a folder (searched recursively) or a list of files and folders; images are
+    matched to ``boxes`` entries by file name. Images without an entry and unreadable images are
+    skipped and counted, never fatal. Reference boxes are normalized with the entry's ``width`` and
+    ``height`` (the image's own size when absent), so a proportionally resized copy still scores.
+
+    Returns :func:`coco_ap`'s dict plus ``skipped`` (images not evaluated: no entry or unreadable),
+    ``unreadable`` (the part of ``skipped`` that could not be decoded), ``missing`` (annotated
+    files not found among ``images``, their boxes left out) and ``messages`` (why each was skipped).
+    """
+    from tqdm import tqdm
+
+    from blazeport.data import list_images
+
+    table = boxes if isinstance(boxes, dict) else load_boxes(boxes)
+    paths = list_images(list(images) if isinstance(images, list) else [images])
+    annotated = [p for p in paths if p.name in table]
+    unreadable: list[str] = []
+    preds: list[list[Detection]] = []
+    refs: list[list[Box]] = []
+    sizes: list[tuple[int, int]] = []
+    seen: set[str] = set()
+    bar = tqdm(annotated, desc="eval", unit="img", disable=not progress or len(annotated) < 2)
+    for path, image in _read_all(bar, unreadable):
+        entry = table[path.name]
+        h, w = image.shape[:2]
+        ref_w, ref_h = int(entry.get("width", w)), int(entry.get("height", h))
+        refs.append([(x / ref_w, y / ref_h, bw / ref_w, bh / ref_h) for x, y, bw, bh in entry["boxes_xywh"]])
+        preds.append(detector.detect(image))
+        sizes.append((ref_w, ref_h))
+        seen.add(path.name)
+    result: dict[str, Any] = coco_ap(preds, refs, sizes)
+    result["skipped"] = len(paths) - len(preds)
+    result["unreadable"] = len(unreadable)
+    found = {p.name for p in annotated}
+    result["missing"] = sum(1 for name in table if name not in found)
+    result["messages"] = [f"{p}: no entry in the boxes file" for p in paths if p.name not in table] + unreadable
+    return result
+
+
+def evaluate_against_teacher(student: Detector, teacher: Detector, images: str | Path | list[str | Path],
+                             progress: bool = False) -> dict[str, Any]:
+    """:func:`agreement_with_teacher` on image files, streamed (unreadable files skipped and counted)."""
+    from tqdm import tqdm
+
+    from blazeport.data import list_images
+
+    paths = list_images(list(images) if isinstance(images, list) else [images])
+    unreadable: list[str] = []
+    bar = tqdm(paths, desc="eval", unit="img", disable=not progress or len(paths) < 2)
+    result: dict[str, Any] = _agreement(student, teacher, (img for _, img in _read_all(bar, unreadable)))
+    result["skipped"] = len(unreadable)
+    result["unreadable"] = len(unreadable)
+    result["messages"] = unreadable
+    return result
