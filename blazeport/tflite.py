@@ -113,6 +113,20 @@ class TFLiteModel:
         return dict(sorted(counts.items()))
 
 
+def _builtin_code(code: Any) -> int:
+    """The op code as LiteRT reads it: ``max(deprecated_builtin_code, builtin_code)``.
+
+    The ``tflite`` package's ``BuiltinCode()`` returns the deprecated int8 field whenever the
+    int32 one is below 127, so a writer that leaves the deprecated field at 0 (ai-edge-quantizer's
+    float16 output, used by ``blazeport export --fp16``) reads as ADD. Read the raw field instead.
+    """
+    import flatbuffers
+
+    o = code._tab.Offset(10)  # OperatorCode.builtin_code (schema.fbs field 3)
+    raw = code._tab.Get(flatbuffers.number_types.Int32Flags, o + code._tab.Pos) if o else 0
+    return max(int(raw), int(code.DeprecatedBuiltinCode()))
+
+
 def _op_names() -> dict[int, str]:
     import tflite
 
@@ -310,7 +324,8 @@ def _parse(path: Path, buf: bytes) -> TFLiteModel:
         if q is not None and q.ScaleLength():
             t.quantization = {
                 "scale": q.ScaleAsNumpy().astype(np.float32),
-                "zero_point": q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength() else np.zeros(q.ScaleLength(), np.int64),
+                "zero_point": (q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength()
+                               else np.zeros(q.ScaleLength(), np.int64)),
                 "axis": np.asarray(q.QuantizedDimension()),
             }
         data = buffer_data(raw.Buffer())
@@ -332,7 +347,7 @@ def _parse(path: Path, buf: bytes) -> TFLiteModel:
     for i in range(sg.OperatorsLength()):
         raw = sg.Operators(i)
         code = model.OperatorCodes(raw.OpcodeIndex())
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        builtin = _builtin_code(code)
         op_type = names.get(builtin, f"BUILTIN_{builtin}")
         if op_type == "CUSTOM":
             op_type = f"CUSTOM:{code.CustomCode().decode()}"

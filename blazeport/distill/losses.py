@@ -120,7 +120,8 @@ class DistillLoss(nn.Module):
         return torch.cat([boxes, kps.flatten(-2)], -1) * self.size  # (B, N, 16) input pixels
 
     def forward(self, student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
-                s_feats: list[torch.Tensor] | None = None, t_feats: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                s_feats: list[torch.Tensor] | None = None,
+                t_feats: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         cfg, T = self.cfg, self.cfg.temperature
         (s_reg, s_cls), (t_reg, t_cls) = student, teacher
         zs = s_cls[..., 0].float().clamp(-self.clip, self.clip)  # (B, N)

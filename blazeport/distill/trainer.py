@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blazeport.errors import BlazeportError
@@ -147,7 +147,8 @@ def validate(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor]
         t_reg, t_cls = (t.float() for t in teacher(x))
         reg_err += (s_reg - t_reg).abs().mean().item() * len(x)
         clip = spec.score_clip
-        score_err += (torch.sigmoid(s_cls.clamp(-clip, clip)) - torch.sigmoid(t_cls.clamp(-clip, clip))).abs().mean().item() * len(x)
+        s_score, t_score = torch.sigmoid(s_cls.clamp(-clip, clip)), torch.sigmoid(t_cls.clamp(-clip, clip))
+        score_err += (s_score - t_score).abs().mean().item() * len(x)
         n += len(x)
         pads = [Letterbox(0, 0, 0, 0)] * len(x)  # compared in the model's input frame
         preds += postprocess(s_reg.cpu().numpy(), s_cls.cpu().numpy(), anchors, spec, pads, AP_PREDICTION_THRESHOLD)
@@ -234,8 +235,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_idx, val_idx = images.split(cfg.val_fraction)
     train_set = DistillDataset(images, train_idx, spec.input_size, cfg.seed, augment=True)
     val_set = DistillDataset(images, val_idx, spec.input_size, cfg.seed, augment=False)
-    val_batches = [torch.from_numpy(np.stack([val_set[i] for i in range(s, min(s + 64, len(val_set)))])).permute(0, 3, 1, 2)
-                   .to(device) for s in range(0, len(val_set), 64)]
+    val_batches = [torch.from_numpy(np.stack([val_set[i] for i in range(s, min(s + 64, len(val_set)))]))
+                   .permute(0, 3, 1, 2).to(device) for s in range(0, len(val_set), 64)]
 
     # 3. student, loss, optimizer
     student = build_student(cfg.student)
@@ -266,7 +267,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         _set_rng_state(ckpt["rng"])
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
         if main_proc:
-            print(f"resumed {out} at epoch {start_epoch} of {cfg.epochs}", flush=True)
+            print(f"resumed {out} at epoch {start_epoch} of {cfg.epochs}", file=sys.stderr, flush=True)
     if main_proc:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
@@ -346,7 +347,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         _plot(history, out / "curves.png")
         tqdm.write(f"epoch {epoch + 1}: loss {record['train_total']:.4f}  val AP50 {metrics['val_AP50']:.3f}  "
                    f"AP {metrics['val_AP']:.3f}  score MAE {metrics['val_mae_scores']:.4f}"
-                   f"{'  (best)' if improved else ''}", file=os.sys.stderr)
+                   f"{'  (best)' if improved else ''}", file=sys.stderr)
     if world > 1:
         dist.barrier()
     if not main_proc:
@@ -391,4 +392,4 @@ def _student_spec(spec: Any, student: str) -> Any:
                                aliases=(), description=f"{student} student distilled from {spec.name}")
 
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "check_teacher", "train", "validate", "F"]
+__all__ = ["NonFiniteLoss", "TrainConfig", "check_teacher", "train", "validate"]

@@ -1,0 +1,238 @@
+"""Distillation: students, loss terms, data, and the trainer's guarantees (teacher check, NaN stop,
+exact resume after SIGKILL, DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import blazeport
+from blazeport.anchors import anchors_for
+from blazeport.distill.data import DistillDataset, ImageSet, make_input
+from blazeport.distill.losses import DistillLoss, LossConfig
+from blazeport.errors import BlazeportError
+from blazeport.models import STUDENTS, build_student
+from blazeport.models.resnet import fold_batchnorm
+from blazeport.specs import get_spec
+
+SPEC = get_spec("short_range")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return blazeport.load("short_range").backend.module
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory, shared_data: Path) -> Path:
+    """20 real photos (portraits and group shots) plus one unreadable file."""
+    folder = tmp_path_factory.mktemp("unlabeled")
+    picks = sorted((shared_data / "unlabeled" / "caltech1999_half").glob("*.jpg"))[:10]
+    picks += sorted((shared_data / "unlabeled" / "human_samples").glob("*.jpg"))[:10]
+    for p in picks:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_students_meet_the_head_contract_and_fold_batchnorm(name: str) -> None:
+    student = build_student(name).eval()
+    for m in student.modules():  # non-trivial BN statistics, so folding has something to do
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    reg, cls = student(x)
+    assert reg.shape == (2, 896, 16) and cls.shape == (2, 896, 1)
+    folded = fold_batchnorm(student)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        for a, b in zip(student(x), folded(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_spec_parsing() -> None:
+    cfg = LossConfig.parse("recipe+mgd=0.5", alpha=0.6)
+    assert cfg.terms == pytest.approx({"kl": 0.6, "score": 0.4, "box": 1.0, "mgd": 0.5})
+    assert LossConfig.parse("hinton+box").terms == {"hinton": 1.0, "box": 1.0}
+    with pytest.raises(BlazeportError, match="unknown loss term"):
+        LossConfig.parse("recipe+magic")
+
+
+def test_loss_terms_vanish_when_student_equals_teacher_and_grow_otherwise(teacher) -> None:
+    x = torch.from_numpy(make_input(np.asarray(__import__("skimage.data").data.astronaut()), 128)[None]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        t_out = teacher(x)
+    loss = DistillLoss(LossConfig.parse("kl+box+score_l1+hard"), anchors_for(SPEC), SPEC)
+    same = loss(t_out, t_out)
+    for k in ("kl", "box", "score_l1"):
+        assert same[k].item() == pytest.approx(0.0, abs=1e-6), k
+    # softmax over anchors ignores a common logit offset, so scale the logits as well as shift them
+    shifted = (t_out[0] + 3.0, t_out[1] * 0.5 - 2.0)
+    worse = loss(shifted, t_out)
+    for k in ("kl", "box", "score_l1", "hard"):
+        assert worse[k].item() > same[k].item() + 1e-3, k
+    assert torch.isfinite(worse["total"])
+
+
+def test_hard_pseudo_labels_come_from_teacher_detections(teacher, astronaut) -> None:
+    x = torch.from_numpy(make_input(astronaut, 128)[None]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        t_reg, t_cls = teacher(x)
+    loss = DistillLoss(LossConfig.parse("hard"), anchors_for(SPEC), SPEC)
+    (labels,) = loss._pseudo_labels(t_reg, torch.sigmoid(t_cls[..., 0]))
+    assert labels.shape == (1, 16)  # one face on the astronaut photo: box + 6 keypoints
+    assert 0.3 < labels[0, 0] < 0.4 and labels[0, 2] > labels[0, 0]
+
+
+def test_mgd_needs_and_uses_feature_maps(teacher) -> None:
+    student = build_student("resnet_slim")
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    t_feats = teacher.features(x)
+    s_feats = student.features(x)
+    loss = DistillLoss(LossConfig.parse("mgd"), anchors_for(SPEC), SPEC, [f.shape[1] for f in s_feats],
+                       [f.shape[1] for f in t_feats])
+    out = loss(student.head(s_feats), teacher.head(t_feats), s_feats, t_feats)
+    out["total"].backward()
+    assert out["mgd"].item() > 0
+    assert student.stem[0].weight.grad is not None and loss.generator[0].weight.grad is not None
+    with pytest.raises(BlazeportError, match="feature maps"):
+        DistillLoss(LossConfig.parse("mgd"), anchors_for(SPEC), SPEC)
+
+
+def test_augmentation_is_seeded_per_sample(tiny_images: Path) -> None:
+    images = ImageSet.load([tiny_images], 128)
+    assert len(images.images) == 20 and len(images.skipped) == 1  # the broken file is skipped and counted
+    ds = DistillDataset(images, list(range(20)), 128, seed=3, augment=True)
+    a = ds[5]
+    ds.set_epoch(0)
+    np.testing.assert_array_equal(a, ds[5])
+    ds.set_epoch(1)
+    assert np.abs(a - ds[5]).max() > 0.1
+    assert a.shape == (128, 128, 3) and a.dtype == np.float32 and a.min() >= -1.0 and a.max() <= 1.0
+    plain = DistillDataset(images, list(range(20)), 128, seed=3, augment=False)
+    np.testing.assert_array_equal(plain[0], make_input(images.images[0], 128))
+    assert ds.order(0, 2) + ds.order(1, 2) and sorted(ds.order(0, 2) + ds.order(1, 2)) == list(range(20))
+
+
+def test_empty_or_unreadable_folders_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(BlazeportError, match="no images found"):
+        ImageSet.load([tmp_path], 128)
+    (tmp_path / "x.jpg").write_bytes(b"nope")
+    with pytest.raises(BlazeportError, match="readable"):
+        ImageSet.load([tmp_path], 128)
+
+
+def _cfg(images: Path, out: Path, **kw):
+    from blazeport.distill.trainer import TrainConfig
+
+    base = dict(images=[str(images)], out=str(out), student="resnet_slim", epochs=2, batch_size=8, lr=2e-3,
+                val_fraction=0.25, progress=False, threads=1, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_teacher_that_did_not_load_is_refused_before_training(tiny_images: Path, tmp_path: Path, monkeypatch) -> None:
+    from blazeport.distill import trainer
+
+    real_load = blazeport.load
+
+    def broken_load(*args, **kwargs):
+        det = real_load(*args, **kwargs)
+        with torch.no_grad():
+            det.backend.module.blocks[0].pw.weight.zero_()  # as if a layer was never filled
+        return det
+
+    monkeypatch.setattr(blazeport, "load", broken_load)
+    with pytest.raises(BlazeportError, match="did not load correctly"):
+        trainer.train(_cfg(tiny_images, tmp_path / "run"))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_images: Path, tmp_path: Path) -> None:
+    from blazeport.distill.trainer import NonFiniteLoss, train
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_images, out, epochs=1))
+    before = (out / "last.pt").read_bytes()
+    steps_done = torch.load(out / "last.pt", weights_only=False)["scheduler"]["last_epoch"]
+    with pytest.raises(NonFiniteLoss, match=rf"epoch 2, step {steps_done}") as err:
+        train(_cfg(tiny_images, out, epochs=2, resume=True, fail_at_step=steps_done))
+    assert "last.pt" in str(err.value)
+    assert (out / "last.pt").read_bytes() == before
+    with pytest.raises(BlazeportError, match="--resume"):
+        train(_cfg(tiny_images, out))  # refuses to overwrite a run
+
+
+def _run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "blazeport.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _distill_args(images: Path, out: Path) -> list[str]:
+    return ["distill", "--images", str(images), "--out", str(out), "--student", "resnet_slim", "--epochs", "3",
+            "--batch-size", "8", "--val-fraction", "0.25", "--threads", "1", "--seed", "1", "--json"]
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_images: Path, tmp_path: Path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    p = _run_cli(_distill_args(tiny_images, full))
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+
+    p = _run_cli(_distill_args(tiny_images, cut))
+    deadline = time.time() + 240
+    while not (cut / "last.pt").exists():  # epoch 1 is checkpointed; kill during epoch 2
+        assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "timeout"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (cut / "summary.json").exists()
+    p = _run_cli([*_distill_args(tiny_images, cut), "--resume"])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "resumed" in err
+
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_total", "val_AP50", "val_mae_scores", "val_mae_regressors"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
+    sa = json.loads((full / "summary.json").read_text())
+    sb = json.loads((cut / "summary.json").read_text())
+    assert sa["best"]["val_AP50"] == sb["best"]["val_AP50"]
+    # the run's artefacts: curves, TensorBoard events, a loadable student
+    assert (cut / "curves.png").stat().st_size > 10_000
+    assert list((cut / "tensorboard").glob("events.out.tfevents.*"))
+    det = blazeport.load(cut / "student.safetensors")
+    assert det.spec.name == "short_range_resnet_slim" and det.spec.input_size == 128
+
+
+def test_torchrun_ddp_on_two_cpu_processes(tiny_images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not found beside the Python interpreter")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = _distill_args(tiny_images, out)
+    args[args.index("--epochs") + 1] = "1"
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "blazeport.cli", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["images_seen_this_session"] > 0
+    assert (out / "student.safetensors").exists()
