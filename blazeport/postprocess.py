@@ -1,9 +1,9 @@
 """Decode raw outputs with anchors, NMS, and letterbox removal (numpy; decode also takes torch).
 
-Mirrors MediaPipe: ``tensors_to_detections_calculator.cc`` (decoding, score clipping, sigmoid,
-threshold before NMS), ``non_max_suppression_calculator.cc`` (IoU overlap; WEIGHTED keeps the top
-detection's score and blends coordinates by score) and
-``detection_letterbox_removal_calculator.cc`` (coordinates back onto the original image).
+Mirrors MediaPipe: ``tensors_to_detections_calculator.cc`` (decoding, score clipping, sigmoid;
+the score threshold and the drop of boxes with a negative width or height, both before NMS),
+``non_max_suppression_calculator.cc`` (IoU overlap; WEIGHTED keeps the top detection's score and
+blends coordinates by score) and ``detection_letterbox_removal_calculator.cc`` (coordinates back onto the original image).
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold:
             member[0] = True  # DEFAULT (hard) NMS drops the top box and carries on
         order = order[~member]
     if not out_s:
-        return np.zeros((0, 4), np.float32), np.zeros((0,) + keypoints.shape[1:], np.float32), np.zeros(0, np.float32)
-    return (np.asarray(out_b, np.float32), np.asarray(out_k, np.float32).reshape((-1,) + keypoints.shape[1:]),
+        return np.zeros((0, 4), np.float32), np.zeros((0, *keypoints.shape[1:]), np.float32), np.zeros(0, np.float32)
+    return (np.asarray(out_b, np.float32), np.asarray(out_k, np.float32).reshape((-1, *keypoints.shape[1:])),
             np.asarray(out_s, np.float32))
 
 
@@ -135,9 +135,10 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarr
     scores = decode_scores(raw_scores, spec.score_clip)  # (B, N)
     results: list[list[Detection]] = []
     for i, pad in enumerate(pads):
-        keep = np.nonzero(scores[i] >= threshold)[0]
-        boxes, kps = decode_boxes(raw_boxes[i, keep], anchors[keep], spec.input_size, spec.num_keypoints)
-        boxes, kps, sc = nms(boxes, kps, scores[i, keep], spec.nms.min_suppression_threshold,
+        boxes, kps = decode_boxes(raw_boxes[i], anchors, spec.input_size, spec.num_keypoints)
+        # like ConvertToDetections, drop boxes with a negative or NaN width or height before NMS
+        keep = np.nonzero((scores[i] >= threshold) & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1]))[0]
+        boxes, kps, sc = nms(boxes[keep], kps[keep], scores[i, keep], spec.nms.min_suppression_threshold,
                              spec.nms.algorithm == "weighted", spec.nms.max_detections)
         boxes, kps = remove_letterbox(boxes, kps, pad)
         results.append([

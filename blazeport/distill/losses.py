@@ -113,7 +113,9 @@ class DistillLoss(nn.Module):
                 raise BlazeportError("the mgd loss needs feature maps from both teacher and student (BlazeFace-family teacher)")
             cs, ct = student_channels[cfg.mgd_level], teacher_channels[cfg.mgd_level]
             self.align = nn.Conv2d(cs, ct, 1) if cs != ct else nn.Identity()
-            self.generator = nn.Sequential(nn.Conv2d(ct, ct, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ct, ct, 3, padding=1))
+            self.generator = nn.Sequential(
+                nn.Conv2d(ct, ct, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ct, ct, 3, padding=1)
+            )
 
     def _decoded(self, raw: torch.Tensor) -> torch.Tensor:
         boxes, kps = decode_boxes(raw, self.anchors, self.size)

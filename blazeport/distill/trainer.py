@@ -241,7 +241,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # 3. student, loss, optimizer
     student = build_student(cfg.student)
     if student.config.input_size != spec.input_size:
-        raise BlazeportError(f"student {cfg.student} takes {student.config.input_size}px, teacher {spec.name} {spec.input_size}px")
+        raise BlazeportError(
+            f"student {cfg.student} takes {student.config.input_size}px, teacher {spec.name} {spec.input_size}px"
+        )
     loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
     needs_feats = "mgd" in loss_cfg.terms
     t_channels = [f.shape[1] for f in teacher.features(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))] \
