@@ -135,4 +135,6 @@ STUDENTS: dict[str, ResNetConfig] = {
     "resnet": _short_range((24, 32, 48), (1, 2, 2), 16),
     # half the width: for the smallest boards
     "resnet_slim": _short_range((16, 24, 32), (1, 1, 1), 12),
+    # wider and deeper: more capacity where regular convs are cheap (GPUs, NPUs without depthwise)
+    "resnet_large": _short_range((32, 48, 64), (2, 2, 2), 24),
 }
