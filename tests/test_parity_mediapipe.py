@@ -1,5 +1,7 @@
-"""End to end against MediaPipe itself: ``blazeport.load("short_range").detect`` vs MediaPipe's
-``FaceDetection(model_selection=0)`` on real photos, for the torch and the tflite backends.
+"""End to end against MediaPipe itself: ``blazeport.load(NAME).detect`` vs MediaPipe's
+``FaceDetection(model_selection=...)`` on real photos, for the torch and the tflite backends: short
+range (model_selection=0) and full range, which MediaPipe runs from the sparse file
+(model_selection=1, score threshold 0.6).
 
 Same number of detections; per pair (greedy IoU) score within 0.01 and box and keypoints within
 0.005, normalized. In practice the two agree to ~1e-6: the letterbox reproduces the fixed-point
@@ -24,6 +26,7 @@ from blazeport import load  # noqa: E402
 from blazeport.preprocess import read_image  # noqa: E402
 from tools.parity_report import (  # noqa: E402
     COORD_TOL,
+    MODEL_SELECTION,
     SCORE_TOL,
     Face,
     ImageResult,
@@ -52,10 +55,13 @@ def photos() -> list[tuple[str, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def mediapipe_results(photos: list[tuple[str, np.ndarray]]) -> list[list[Face]]:
-    """MediaPipe's detections, one FaceDetection for all photos (it keeps no state between images)."""
-    with mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5) as fd:
-        return [mediapipe_faces(fd, rgb) for _, rgb in photos]
+def mediapipe_results(photos: list[tuple[str, np.ndarray]]) -> dict[str, list[list[Face]]]:
+    """MediaPipe's detections per model, one FaceDetection for all photos (it keeps no state between images)."""
+    out = {}
+    for model, selection in MODEL_SELECTION.items():
+        with mp.solutions.face_detection.FaceDetection(model_selection=selection, min_detection_confidence=0.5) as fd:
+            out[model] = [mediapipe_faces(fd, rgb) for _, rgb in photos]
+    return out
 
 
 def _report(results: list[ImageResult], backend: str) -> str:
@@ -69,13 +75,14 @@ def _report(results: list[ImageResult], backend: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(MODEL_SELECTION))
 @pytest.mark.parametrize("backend", ["torch", "tflite"])
 def test_detect_matches_mediapipe_on_real_photos(
-    backend: str, photos: list[tuple[str, np.ndarray]], mediapipe_results: list[list[Face]]
+    backend: str, model: str, photos: list[tuple[str, np.ndarray]], mediapipe_results: dict[str, list[list[Face]]]
 ) -> None:
-    detector = load("short_range", backend=backend)
+    detector = load(model, backend=backend)
     results = [compare(name, blazeport_faces(detector, rgb), theirs)
-               for (name, rgb), theirs in zip(photos, mediapipe_results, strict=True)]
+               for (name, rgb), theirs in zip(photos, mediapipe_results[model], strict=True)]
     assert sum(r.mediapipe for r in results) >= 25, "too few faces for the comparison to mean much"
     assert all(r.within() for r in results), _report(results, backend)
 
