@@ -49,7 +49,7 @@ MAX_DETS = [1, 10, 100]  # pycocotools' default; 100 per image does not cut grou
 
 
 def _nan_result(value: float) -> dict[str, float]:
-    return {"AP50": value, "AP": value, "AP75": value, "AR100": value}
+    return {"AP50": value, "AP": value, "AP75": value, "AR100": value, "found50": 0}
 
 
 def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[float, float, float, float]]],
@@ -64,7 +64,7 @@ def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[floa
 
     Returns:
         ``{"AP50", "AP" (IoU 0.50:0.95), "AP75", "AR100" (recall, 100 detections per image),
-        "images", "references", "predictions"}``. When there are no references at all the AP and
+        "found50" (references matched at IoU 0.5), "images", "references", "predictions"}``. When there are no references at all the AP and
         AR values are ``float('nan')`` (precision is undefined; pycocotools reports -1). When
         there are references but no predictions they are 0.0.
     """
@@ -106,7 +106,10 @@ def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[floa
         ev.accumulate()
         ev.summarize()
     stats = [float(s) if s >= 0 else math.nan for s in ev.stats]  # -1: nothing to evaluate
-    return {"AP50": stats[1], "AP": stats[0], "AP75": stats[2], "AR100": stats[8], **counts}
+    # references matched by some prediction at IoU >= 0.5 (all areas, the largest maxDets)
+    all_areas = ev.params.areaRng[0]
+    found = sum(int((e["gtMatches"][0] > 0).sum()) for e in ev.evalImgs if e is not None and e["aRng"] == all_areas)
+    return {"AP50": stats[1], "AP": stats[0], "AP75": stats[2], "AR100": stats[8], "found50": found, **counts}
 
 
 def _normalized(dets: list[Detection]) -> list[Box]:
