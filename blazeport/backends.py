@@ -63,6 +63,64 @@ class TFLiteBackend:
         return np.concatenate(regs), np.concatenate(clss)
 
 
+class OnnxBackend:
+    """An ``.onnx`` file in onnxruntime (CPU), e.g. one written by ``blazeport export``.
+
+    blazeport's files take NHWC input like the ``.tflite`` (see :mod:`blazeport.export`); an ONNX
+    file with NCHW input ``(B, 3, S, S)`` is transposed here. A fixed batch of 1 runs image by
+    image. ``metadata`` holds the file's ``metadata_props`` (``blazeport.spec`` among them).
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BlazeportError(f"{self.path}: no such file")
+        try:
+            import onnxruntime as ort
+        except ImportError:  # pragma: no cover - depends on the install
+            raise BlazeportError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3  # errors only; the message below names the file
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BlazeportError(f"{self.path}: onnxruntime cannot load this file as an ONNX model ({reason}).") from None
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs = self.session.get_inputs()
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        if len(shape) != 4 or 3 not in (shape[1], shape[3]) or not str(inputs[0].type).startswith("tensor(float"):
+            got = [(i.name, i.shape, i.type) for i in inputs]
+            raise BlazeportError(f"{self.path}: expected one float image input (B, S, S, 3) or (B, 3, S, S), got {got}")
+        self.input = inputs[0].name
+        self.nchw = shape[3] != 3
+        size = shape[2] if self.nchw else shape[1]
+        if not isinstance(size, int):
+            raise BlazeportError(f"{self.path}: the input size must be fixed, got shape {shape}")
+        self.input_size = size
+        self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
+        outputs = self.session.get_outputs()
+        if len(outputs) != 2 or any(len(o.shape) != 3 for o in outputs):
+            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), got {[o.shape for o in outputs]}")
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)
+        chunks = [x] if self.batch is None else [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
+        regs, clss = [], []
+        for chunk in chunks:
+            n = len(chunk)
+            if self.batch is not None and n < self.batch:  # a fixed batch > 1: pad the last chunk
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), np.float32)])
+            r, c = _split_outputs(self.session.run(None, {self.input: chunk}), str(self.path))
+            regs.append(r[:n])
+            clss.append(c[:n])
+        return np.concatenate(regs), np.concatenate(clss)
+
+
 class TorchBackend:
     """A PyTorch module (converted original or student), NCHW inside, NHWC at the boundary."""
 

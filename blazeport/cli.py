@@ -20,6 +20,9 @@ EXAMPLES = """examples:
   blazeport detect                               # the bundled sample photo
   blazeport detect photos/ --out runs/detect --json
   blazeport detect img.jpg --backend tflite      # the original file in LiteRT
+  blazeport export short_range --format onnx     # -> short_range.onnx, verified in onnxruntime
+  blazeport export full_range_sparse --format tflite --fp16 --json
+  blazeport detect img.jpg --model short_range.onnx --backend onnx
   blazeport eval --model full_range --boxes ../shared/data/faces-boxed/boxes.json
   blazeport distill --images ../shared/data/unlabeled --out runs/distill --epochs 30
   blazeport models
@@ -76,7 +79,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     paths = list_images(args.images) if args.images else [sample_image_path("astronaut")]
     if not paths:
         raise BlazeportError(f"no images found in {' '.join(args.images)}")
-    detector = blazeport.load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold)
+    detector = blazeport.load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
+                              spec=args.spec)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _print_json({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in report.items()})
     else:
         print(f"{args.model} ({args.backend}, threshold {threshold:g}) against {against}")
-        keys = ["AP50", "AP", "AP75", "AR100", "images", "references", "predictions", "skipped"]
+        keys = ["AP50", "AP", "AP75", "AR100", "found50", "images", "references", "predictions", "skipped"]
         print("".join(f"{k:>12}" for k in keys))
         print("".join(f"{report[k]:>12.3f}" if isinstance(report[k], float) else f"{report[k]:>12}" for k in keys))
     return 1 if result.get("unreadable") else 0
@@ -182,6 +186,56 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print(f"weights: {Path(args.out) / 'student.safetensors'}   curves: {Path(args.out) / 'curves.png'}   "
               f"tensorboard --logdir {Path(args.out) / 'tensorboard'}")
     return 0
+
+
+def _read_images(paths: list[str]) -> list:
+    from blazeport.data import list_images
+    from blazeport.preprocess import ImageReadError, read_image
+
+    images = []
+    for p in list_images(paths):
+        try:
+            images.append(read_image(p))
+        except ImageReadError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+    if not images:
+        raise BlazeportError(f"no readable images in {' '.join(paths)}")
+    return images
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from blazeport.export import export
+
+    images = _read_images(args.images) if args.images else None
+    r = export(args.model, args.format, args.output, fp16=args.fp16, dynamic_batch=args.dynamic_batch, images=images)
+    if args.json:
+        _print_json(r)
+        return 0 if r["ok"] else 1
+    a, s, d, det = r["max_abs_diff"], r["max_scaled_diff"], r["decoded_diff"], r["detections"]
+    batch = "dynamic batch" if r["input_shape"][0] == "batch" else "batch 1"
+    opset = f", opset {r['opset']}" if r["opset"] else ""
+    print(f"exported {r['spec']} ({r['source']}) -> {r['output']}  ({r['format']}{opset}, {r['layout']} input, {batch}, "
+          f"{r['weights']} weights)")
+    orig = f"   (original .tflite {r['original_size_bytes']:,} B)" if r.get("original_size_bytes") else ""
+    print(f"  size {r['size_bytes']:,} B{orig}   export {r['seconds']:.1f} s   verify {r['verify_seconds']:.1f} s")
+    print(f"verified in {r['runtime']} against PyTorch on {r['images']} real photos + {r['random_inputs']} random input:")
+    print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {s['regressors']:.2e}")
+    print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {s['classificators']:.2e}")
+    print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
+    same = "same count" if det["same_count"] else "COUNT DIFFERS"
+    print(f"  detections      {det['faces_exported']} vs {det['faces']} faces ({same}); worst coordinate "
+          f"{det['max_coordinate_diff']:.2e}, score {det['max_score_diff']:.2e}")
+    print(f"ops {r['format']:<7} {', '.join(f'{k} {v}' for k, v in r['op_counts'].items())}")
+    if r["original_op_counts"]:
+        print(f"ops original {', '.join(f'{k} {v}' for k, v in r['original_op_counts'].items())}  ({Path(r['original']).name})")
+    tol = r["tolerance"]
+    if r["gated"]:
+        verdict = "OK" if r["ok"] else "FAILED"
+        print(f"{verdict}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded and detections within {tol['abs']:g}")
+    else:
+        print(f"{'OK' if r['ok'] else 'FAILED'}: float16 weights, differences reported, not gated "
+              f"(the float32 gate {'would pass' if r['passes_gate'] else 'would not pass'})")
+    return 0 if r["ok"] else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -249,8 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the detection pipeline (letterbox, model, decode, weighted NMS) on images. "
                        "With no IMAGE, uses a real photo bundled with scikit-image.", formatter_class=fmt)
     d.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
-    d.add_argument("--model", default="short_range", help="spec name, .safetensors or .tflite (default: short_range)")
-    d.add_argument("--backend", default="torch", choices=("torch", "tflite"), help="runtime (default: torch)")
+    d.add_argument("--model", default="short_range", help="spec name, .safetensors, .tflite or .onnx (default: short_range)")
+    d.add_argument("--backend", default="torch", choices=("torch", "tflite", "onnx"),
+                   help="runtime (default: torch); a .onnx model runs on onnx")
+    d.add_argument("--spec", help="spec of a .onnx/.tflite file that does not carry one (files from `blazeport export` do)")
     d.add_argument("--out", help="folder for copies of the images with detections drawn")
     d.add_argument("--threshold", type=float, help="score threshold (default: the spec's)")
     d.add_argument("--threads", type=int, help="CPU threads for the backend")
@@ -306,6 +362,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="CPU threads")
     t.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     t.set_defaults(func=cmd_distill)
+
+    from blazeport.export import FORMATS
+
+    x = sub.add_parser("export", help="export a model to ONNX or TFLite and verify the written file",
+                       description="Export a spec's converted weights (weights/NAME.safetensors) or a .safetensors from "
+                       "`blazeport convert` to ONNX (onnxruntime) or TFLite (LiteRT; needs the [export] extra). Input is "
+                       "NHWC float32 like Google's .tflite; the spec is stored in the file's metadata. The written file is "
+                       "then run on real photos and compared with PyTorch: raw outputs (the conversion gate for float32) "
+                       "and detections after decode + NMS. Prints size, export time, worst differences and op counts "
+                       "next to the original .tflite's.", formatter_class=fmt)
+    x.add_argument("model", metavar="MODEL",
+                   help="spec name (short_range, back, full_range, full_range_sparse), a .safetensors or an original .tflite")
+    x.add_argument("--format", required=True, choices=tuple(FORMATS), help="file format")
+    x.add_argument("-o", "--output", help="output file (default: NAME[_fp16].onnx|.tflite in the current folder)")
+    x.add_argument("--fp16", action="store_true", help="float16 weights (compute stays float32); differences reported, not gated")
+    x.add_argument("--dynamic-batch", action="store_true", help="ONNX only: a dynamic batch dimension (default: batch 1)")
+    x.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")
+    x.add_argument("--json", action="store_true", help="print the report as JSON")
+    x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list the model specs", description="List known model specs.", formatter_class=fmt)
     m.add_argument("--json", action="store_true", help="print as JSON")

@@ -20,7 +20,7 @@ from blazeport.preprocess import as_rgb, letterbox, read_image
 from blazeport.specs import ModelSpec, get_spec
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-BACKENDS = ("torch", "tflite")
+BACKENDS = ("torch", "tflite", "onnx")
 
 Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -56,17 +56,24 @@ def resolve_weights(name: str) -> Path:
 
 
 def load(model: str | Path = "short_range", backend: str = "torch", threads: int | None = None,
-         score_threshold: float | None = None) -> Detector:
+         score_threshold: float | None = None, spec: str | ModelSpec | None = None) -> Detector:
     """A ready :class:`Detector` for a spec name or a model file.
 
     ``model`` is a spec name (``short_range``), a ``.safetensors`` written by ``blazeport convert``
     or a ``.tflite`` file. ``backend`` is ``torch`` (converted weights) or ``tflite`` (LiteRT).
+    An ``.onnx`` file runs on ``backend="onnx"`` (onnxruntime); it and a ``.tflite`` written by
+    ``blazeport export`` carry their spec in their metadata; ``spec`` (a name or a
+    :class:`ModelSpec`) names it for other ``.onnx``/``.tflite`` files.
     """
     from blazeport.backends import TFLiteBackend, TorchBackend
 
     if backend not in BACKENDS:
         raise BlazeportError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(model)
+    if path.suffix == ".onnx" or (path.suffix == ".tflite" and backend == "tflite"):
+        return _load_file(path, backend, threads, score_threshold, spec)
+    if backend == "onnx":
+        raise BlazeportError(f"the onnx backend runs a .onnx file; write one with `blazeport export {model} --format onnx`")
     if path.suffix in (".tflite", ".safetensors"):
         if path.suffix == ".tflite":
             from blazeport.convert import load_tflite, spec_for_file
@@ -99,3 +106,33 @@ def load(model: str | Path = "short_range", backend: str = "torch", threads: int
         )
     module, _ = load_safetensors(weights)
     return Detector(spec, TorchBackend(module, threads), score_threshold)
+
+
+def _load_file(path: Path, backend: str, threads: int | None, score_threshold: float | None,
+               spec: str | ModelSpec | None) -> Detector:
+    """An ``.onnx`` (onnx backend) or ``.tflite`` (tflite backend) file. Its spec is ``spec`` if
+    given, else Google's original recognised by sha256, else the ``blazeport.spec`` metadata that
+    ``blazeport export`` writes into the file."""
+    from blazeport.backends import OnnxBackend, TFLiteBackend
+    from blazeport.export import spec_from_metadata, tflite_metadata
+
+    wanted = "onnx" if path.suffix == ".onnx" else "tflite"
+    if backend != wanted:
+        raise BlazeportError(f"{path}: a {path.suffix} file runs on the {wanted} backend (--backend {wanted})")
+    if not path.is_file():
+        raise BlazeportError(f"{path}: no such file")
+    runner = OnnxBackend(path, threads) if wanted == "onnx" else TFLiteBackend(path, threads)
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    if spec is None and wanted == "tflite":
+        from blazeport.convert import spec_for_file
+
+        spec = spec_for_file(path) or spec_from_metadata(tflite_metadata(path), path)
+    elif spec is None:
+        spec = spec_from_metadata(runner.metadata, path)
+    if spec is None:
+        raise BlazeportError(f"{path}: no blazeport.spec metadata and not a known original file; "
+                             "pass --spec NAME (e.g. short_range) to say how to feed and decode it")
+    if runner.input_size != spec.input_size:
+        raise BlazeportError(f"{path}: input is {runner.input_size}px but spec {spec.name} expects {spec.input_size}px")
+    return Detector(spec, runner, score_threshold)
