@@ -64,9 +64,9 @@ def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[floa
 
     Returns:
         ``{"AP50", "AP" (IoU 0.50:0.95), "AP75", "AR100" (recall, 100 detections per image),
-        "found50" (references matched at IoU 0.5), "images", "references", "predictions"}``. When there are no references at all the AP and
-        AR values are ``float('nan')`` (precision is undefined; pycocotools reports -1). When
-        there are references but no predictions they are 0.0.
+        "found50" (references matched at IoU 0.5), "images", "references", "predictions"}``. When
+        there are no references at all the AP and AR values are ``float('nan')`` (precision is
+        undefined; pycocotools reports -1). When there are references but no predictions they are 0.0.
     """
     if not (len(predictions) == len(references) == len(sizes)):
         raise ValueError(f"coco_ap: {len(predictions)} prediction lists, {len(references)} reference lists "
