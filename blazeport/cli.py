@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   blazeport detect img.jpg --model short_range.onnx --backend onnx
   blazeport eval --model full_range --boxes ../shared/data/faces-boxed/boxes.json
   blazeport distill --images ../shared/data/unlabeled --out runs/distill --epochs 30
+  blazeport bench short_range full_range_sparse --threads 1,2 --e2e --json runs/bench.json
   blazeport models
 """
 
@@ -381,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")
     x.add_argument("--json", action="store_true", help="print the report as JSON")
     x.set_defaults(func=cmd_export)
+
+    from blazeport.bench import add_bench_parser
+
+    add_bench_parser(sub, fmt)
 
     m = sub.add_parser("models", help="list the model specs", description="List known model specs.", formatter_class=fmt)
     m.add_argument("--json", action="store_true", help="print as JSON")

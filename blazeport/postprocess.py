@@ -63,6 +63,22 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+_IOU_MATRIX_MAX = 256  # candidates up to which NMS computes all pairwise IoUs at once (256^2 floats)
+
+
+def iou_matrix(boxes: np.ndarray) -> np.ndarray:
+    """All pairwise IoUs, row i equal bit for bit to ``iou_one_to_many(boxes[i], boxes)``
+    (the same float32 operations in the same order, broadcast instead of looped)."""
+    a, b = boxes[:, None, :], boxes[None, :, :]
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = ix * iy
+    area = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    areas = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold: float = 0.3,
         weighted: bool = True, max_detections: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MediaPipe NMS over one image's candidates; returns (boxes, keypoints, scores).
@@ -71,22 +87,36 @@ def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold:
     the score-weighted mean of the cluster's boxes and keypoints (the cluster being every
     remaining candidate with IoU > ``threshold`` against it, itself included). Hard: the top box
     as it is. Like MediaPipe, the loop stops when a round suppresses nothing (a degenerate box).
+
+    Speed: up to ``_IOU_MATRIX_MAX`` candidates, every IoU is computed once up front
+    (:func:`iou_matrix`, bit-identical to the per-round :func:`iou_one_to_many`), so a round costs a
+    few small numpy calls instead of a dozen.
     """
+    if not len(boxes):
+        return np.zeros((0, 4), np.float32), np.zeros((0, *keypoints.shape[1:]), np.float32), np.zeros(0, np.float32)
+    # boxes and keypoints side by side: one weighted sum per round (column sums are independent)
+    flat = np.concatenate([boxes, keypoints.reshape(len(keypoints), -1)], axis=1)
+    kept, kept_scores = _nms_flat(flat, scores, threshold, weighted, max_detections)
+    return kept[:, :4], kept[:, 4:].reshape((-1, *keypoints.shape[1:])), kept_scores
+
+
+def _nms_flat(flat: np.ndarray, scores: np.ndarray, threshold: float, weighted: bool,
+              max_detections: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nms` on rows ``[xmin, ymin, xmax, ymax, kx0, ky0, ...]`` (at least one row)."""
+    boxes = flat[:, :4]
     order = np.argsort(-scores, kind="stable")
-    flat_kp = keypoints.reshape(len(keypoints), int(np.prod(keypoints.shape[1:])))  # -1 fails with no candidates
-    out_b, out_k, out_s = [], [], []
+    ious = iou_matrix(boxes) if len(boxes) <= _IOU_MATRIX_MAX else None
+    out, out_s = [], []
     while order.size:
         top = order[0]
-        overlap = iou_one_to_many(boxes[top], boxes[order])
+        overlap = ious[top, order] if ious is not None else iou_one_to_many(boxes[top], boxes[order])
         member = overlap > threshold
         cluster = order[member]
         if weighted and cluster.size:
             w = scores[cluster][:, None]
-            out_b.append((boxes[cluster] * w).sum(0) / w.sum())
-            out_k.append((flat_kp[cluster] * w).sum(0) / w.sum())
+            out.append((flat[cluster] * w).sum(0) / w.sum())
         else:
-            out_b.append(boxes[top])
-            out_k.append(flat_kp[top])
+            out.append(flat[top])
         out_s.append(scores[top])
         if max_detections > 0 and len(out_s) >= max_detections:
             break
@@ -95,10 +125,7 @@ def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold:
                 break
             member[0] = True  # DEFAULT (hard) NMS drops the top box and carries on
         order = order[~member]
-    if not out_s:
-        return np.zeros((0, 4), np.float32), np.zeros((0, *keypoints.shape[1:]), np.float32), np.zeros(0, np.float32)
-    return (np.asarray(out_b, np.float32), np.asarray(out_k, np.float32).reshape((-1, *keypoints.shape[1:])),
-            np.asarray(out_s, np.float32))
+    return np.asarray(out, np.float32), np.asarray(out_s, np.float32)
 
 
 @dataclass
@@ -128,22 +155,70 @@ def remove_letterbox(boxes: np.ndarray, keypoints: np.ndarray, pad: Letterbox) -
     return b.reshape(-1, 4), k
 
 
+_LOGIT_MARGIN = 1e-6  # in score units: far above float32 rounding of a sigmoid (<= 3e-8)
+
+
+def candidate_logit(threshold: float, clip: float) -> float | None:
+    """A raw logit below which no anchor can reach ``threshold`` after :func:`decode_scores`, or
+    None when every anchor might (a threshold at or below 1e-6). The margin keeps this a safe
+    superset of the exact test, which still runs on the survivors: outputs are unchanged."""
+    t = threshold - _LOGIT_MARGIN
+    if not t > 0.0:  # also NaN
+        return None
+    if t >= 1.0:
+        return float(clip)  # nothing passes; keep the clipped maximum as the (empty) candidate set
+    return float(np.log(t) - np.log1p(-t)) - 1e-9
+
+
 def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, spec: ModelSpec,
                 pads: list[Letterbox], score_threshold: float | None = None) -> list[list[Detection]]:
-    """Batched raw outputs -> detections per image, in original-image normalized coordinates."""
+    """Batched raw outputs -> detections per image, in original-image normalized coordinates.
+
+    Threshold first, decode after: anchors whose raw logit cannot reach the score threshold
+    (:func:`candidate_logit`) are dropped before the sigmoid and the box decoding, so only a handful
+    of the 896 / 2304 anchors are decoded. Every value is computed by the same elementwise
+    operations as decoding everything and thresholding after, so the detections are identical.
+    """
     threshold = spec.score_threshold if score_threshold is None else score_threshold
-    scores = decode_scores(raw_scores, spec.score_clip)  # (B, N)
+    lo = candidate_logit(threshold, spec.score_clip)
+    k = spec.num_keypoints
     results: list[list[Detection]] = []
     for i, pad in enumerate(pads):
-        boxes, kps = decode_boxes(raw_boxes[i], anchors, spec.input_size, spec.num_keypoints)
+        idx = np.flatnonzero(raw_scores[i, :, 0] >= lo) if lo is not None else np.arange(raw_scores.shape[1])
+        if not idx.size:
+            results.append([])
+            continue
+        scores = decode_scores(raw_scores[i, idx], spec.score_clip)  # (n,)
+        flat = _decode_flat(raw_boxes[i, idx], anchors[idx], spec.input_size, k)
         # like ConvertToDetections, drop boxes with a negative or NaN width or height before NMS
-        keep = np.nonzero((scores[i] >= threshold) & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1]))[0]
-        boxes, kps, sc = nms(boxes[keep], kps[keep], scores[i, keep], spec.nms.min_suppression_threshold,
+        keep = np.flatnonzero((scores >= threshold) & (flat[:, 2:4] >= flat[:, 0:2]).all(1))
+        if not keep.size:
+            results.append([])
+            continue
+        kept, sc = _nms_flat(flat[keep], scores[keep], spec.nms.min_suppression_threshold,
                              spec.nms.algorithm == "weighted", spec.nms.max_detections)
-        boxes, kps = remove_letterbox(boxes, kps, pad)
+        # remove_letterbox on boxes and keypoints at once (the same arithmetic per coordinate)
+        offset = np.array([pad.left, pad.top], np.float32)
+        scale = np.array([1.0 - pad.left - pad.right, 1.0 - pad.top - pad.bottom], np.float32)
+        pts = (kept.reshape(len(kept), 2 + k, 2) - offset) / scale
+        wh = pts[:, 1] - pts[:, 0]
         results.append([
-            Detection(float(s), (float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])),
-                      [(float(x), float(y)) for x, y in k])
-            for b, k, s in zip(boxes, kps, sc, strict=True)
+            Detection(s, (p[0][0], p[0][1], w[0], w[1]), [tuple(q) for q in p[2:]])
+            for p, w, s in zip(pts.tolist(), wh.tolist(), sc.tolist(), strict=True)
         ])
     return results
+
+
+def _decode_flat(raw: np.ndarray, anchors: np.ndarray, scale: float, num_keypoints: int) -> np.ndarray:
+    """:func:`decode_boxes` for numpy in fewer calls: rows ``[xmin, ymin, xmax, ymax, kx0, ky0, ...]``.
+
+    Every coordinate goes through the same float32 operations in the same order
+    (``raw / scale * anchor_size + anchor_centre``; ``centre -+ size / 2``), so the values are
+    identical to ``decode_boxes``'s.
+    """
+    n = len(raw)
+    pairs = raw[:, : 4 + 2 * num_keypoints].reshape(n, 2 + num_keypoints, 2) / scale * anchors[:, None, 2:4]
+    centre = pairs[:, 0] + anchors[:, 0:2]
+    half = pairs[:, 1] / 2
+    points = pairs[:, 2:] + anchors[:, None, 0:2]
+    return np.concatenate([centre - half, centre + half, points.reshape(n, -1)], axis=1)
