@@ -12,6 +12,7 @@ import pytest
 
 import blazeport
 from blazeport.cli import build_parser, main
+from blazeport.detector import WEIGHTS_DIR
 
 # MediaPipe 0.10.14's FaceDetection(model_selection=0) on skimage's astronaut (measured once).
 MEDIAPIPE_ASTRONAUT = {
@@ -128,3 +129,21 @@ def test_runtime_pipeline_needs_no_torch(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_shipped_student_loads_by_name_and_agrees_with_its_teacher(astronaut, capsys) -> None:
+    from blazeport.convert import load_safetensors
+
+    student = blazeport.load("short_range_resnet")
+    assert student.spec.architecture == "resnet" and student.spec.num_anchors == 896
+    (s,) = student.detect(astronaut)
+    (t,) = blazeport.load("short_range").detect(astronaut)
+    sx, sy, sw, sh = s.box
+    tx, ty, tw, th = t.box
+    ix = max(0.0, min(sx + sw, tx + tw) - max(sx, tx))
+    iy = max(0.0, min(sy + sh, ty + th) - max(sy, ty))
+    assert ix * iy / (sw * sh + tw * th - ix * iy) > 0.7
+    _, spec = load_safetensors(WEIGHTS_DIR / "short_range_resnet.safetensors")
+    assert spec.name == "short_range_resnet"
+    code, out, _ = run(capsys, "detect", "--model", "short_range_resnet", "--json")
+    assert code == 0 and len(json.loads(out)[0]["detections"]) == 1
