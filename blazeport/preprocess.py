@@ -121,11 +121,19 @@ def letterbox(image: np.ndarray, size: int, normalization: tuple[float, float] =
     """RGB uint8 image -> ``(size, size, 3)`` float32 tensor in ``normalization`` range, padding."""
     image = as_rgb(image)
     h, w = image.shape[:2]
-    _, pad = roi_transform(w, h, size)
+    pad = _letterbox_pad(w, h, size)
     xy, alpha = _warp_maps(w, h, size)
     warped = cv2.remap(
         image, xy, alpha, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
     )  # (size, size, 3) uint8, what MediaPipe's cv::warpPerspective gives
     lo, hi = normalization
-    tensor = warped.astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)
+    # = warped.astype(float32) * scale + lo, without the temporaries (same two float32 roundings)
+    tensor = np.multiply(warped, np.float32((hi - lo) / 255.0), dtype=np.float32)
+    np.add(tensor, np.float32(lo), out=tensor)
     return tensor, pad
+
+
+@lru_cache(maxsize=32)
+def _letterbox_pad(width: int, height: int, size: int) -> Letterbox:
+    """:func:`roi_transform`'s padding, cached per image and tensor size like the warp maps."""
+    return roi_transform(width, height, size)[1]
