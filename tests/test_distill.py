@@ -94,6 +94,13 @@ def test_hard_pseudo_labels_come_from_teacher_detections(teacher, astronaut) -> 
     (labels,) = loss._pseudo_labels(t_reg, torch.sigmoid(t_cls[..., 0]))
     assert labels.shape == (1, 16)  # one face on the astronaut photo: box + 6 keypoints
     assert 0.3 < labels[0, 0] < 0.4 and labels[0, 2] > labels[0, 0]
+    # a photo without faces: no pseudo-labels, and the loss is still finite (all anchors negative)
+    blank = torch.full((1, 3, 128, 128), -1.0)
+    with torch.no_grad():
+        b_reg, b_cls = teacher(blank)
+    (none,) = loss._pseudo_labels(b_reg, torch.sigmoid(b_cls[..., 0]))
+    assert none.shape == (0, 16)
+    assert torch.isfinite(loss((b_reg, b_cls), (b_reg, b_cls))["hard"])
 
 
 def test_mgd_needs_and_uses_feature_maps(teacher) -> None:

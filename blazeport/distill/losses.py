@@ -162,7 +162,8 @@ class DistillLoss(nn.Module):
             keep = (pt[b] >= self.cfg.hard_threshold).nonzero()[:, 0]
             bx, kp, _ = nms(boxes[b, keep].cpu().numpy(), kps[b, keep].cpu().numpy(), pt[b, keep].cpu().numpy(),
                             self.nms_threshold)
-            labels.append(torch.from_numpy(np.concatenate([bx, kp.reshape(len(kp), -1)], 1)).to(t_reg.device))
+            flat_kp = kp.reshape(kp.shape[0], kp.shape[1] * kp.shape[2])  # (M, 12), M may be 0
+            labels.append(torch.from_numpy(np.concatenate([bx, flat_kp], 1)).to(t_reg.device))
         return labels
 
     def _hard(self, s_reg: torch.Tensor, zs: torch.Tensor, t_reg: torch.Tensor, pt: torch.Tensor) -> torch.Tensor:
