@@ -162,7 +162,17 @@ SHORT_RANGE_RESNET = dataclasses.replace(
     aliases=(),
 )
 
-SPECS: dict[str, ModelSpec] = {s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET)}
+# A wider, deeper student from the same recipe (weights/short_range_resnet_large.safetensors).
+SHORT_RANGE_RESNET_LARGE = dataclasses.replace(
+    SHORT_RANGE_RESNET,
+    name="short_range_resnet_large",
+    description="ResNet-style student, 2.6x the teacher's params, distilled from short range, 128x128",
+    architecture="resnet_large",
+)
+
+SPECS: dict[str, ModelSpec] = {
+    s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE)
+}
 
 
 def get_spec(name: str) -> ModelSpec:
