@@ -8,6 +8,7 @@ blends coordinates by score) and ``detection_letterbox_removal_calculator.cc`` (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,14 +70,14 @@ _IOU_MATRIX_MAX = 256  # candidates up to which NMS computes all pairwise IoUs a
 def iou_matrix(boxes: np.ndarray) -> np.ndarray:
     """All pairwise IoUs, row i equal bit for bit to ``iou_one_to_many(boxes[i], boxes)``
     (the same float32 operations in the same order, broadcast instead of looped)."""
-    a, b = boxes[:, None, :], boxes[None, :, :]
-    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = ix * iy
-    area = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    areas = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    # x and y side by side: (n, n, 2) extents of the intersections, then the same formula
+    wh = np.clip(np.minimum(boxes[:, None, 2:], boxes[None, :, 2:]) - np.maximum(boxes[:, None, :2], boxes[None, :, :2]),
+                 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area[:, None] + area[None, :] - inter
+    # = np.where(union > 0, inter / union, 0.0), dividing only where the union is positive
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold: float = 0.3,
@@ -102,14 +103,56 @@ def nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold:
 
 def _nms_flat(flat: np.ndarray, scores: np.ndarray, threshold: float, weighted: bool,
               max_detections: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`nms` on rows ``[xmin, ymin, xmax, ymax, kx0, ky0, ...]`` (at least one row)."""
+    """:func:`nms` on rows ``[xmin, ymin, xmax, ymax, kx0, ky0, ...]`` (at least one row).
+
+    Up to ``_IOU_MATRIX_MAX`` candidates the greedy rounds run on Python lists (which candidate
+    joins which cluster only needs ``iou > threshold``, computed once for all pairs), and every
+    cluster's blend is the same float operations as the loop below: products ``row * score``, a
+    column sum over the members in round order, divided by the sum of their scores.
+    """
+    if len(flat) > _IOU_MATRIX_MAX:
+        return _nms_rounds(flat, scores, threshold, weighted, max_detections)
+    adjacent = (iou_matrix(flat[:, :4]) > threshold).tolist()
+    remaining = np.argsort(-scores, kind="stable").tolist()
+    tops, clusters = [], []
+    while remaining:
+        top = remaining[0]
+        row = adjacent[top]
+        member = [j for j in remaining if row[j]]
+        tops.append(top)
+        clusters.append(member)
+        if max_detections > 0 and len(tops) >= max_detections:
+            break
+        if not member:
+            if weighted:  # MediaPipe's WEIGHTED loop ends when a round removes nothing (degenerate box)
+                break
+            remaining = remaining[1:]  # DEFAULT (hard) NMS drops the top box and carries on
+        else:
+            remaining = [j for j in remaining if not row[j]]
+    if not weighted:
+        return np.asarray(flat[tops], np.float32), np.asarray(scores[tops], np.float32)
+    products = flat * scores[:, None]
+    sums, weights = [], []
+    for top, member in zip(tops, clusters, strict=True):
+        if member:
+            sums.append(products[member].sum(0))
+            weights.append(scores[member].sum())
+        else:  # a degenerate top box: kept as it is (x / 1 == x)
+            sums.append(flat[top])
+            weights.append(1)
+    blended = np.asarray(sums) / np.asarray(weights, dtype=scores.dtype)[:, None]
+    return np.asarray(blended, np.float32), np.asarray(scores[tops], np.float32)
+
+
+def _nms_rounds(flat: np.ndarray, scores: np.ndarray, threshold: float, weighted: bool,
+                max_detections: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_nms_flat` round by round, for large candidate sets (no all-pairs IoU matrix)."""
     boxes = flat[:, :4]
     order = np.argsort(-scores, kind="stable")
-    ious = iou_matrix(boxes) if len(boxes) <= _IOU_MATRIX_MAX else None
     out, out_s = [], []
     while order.size:
         top = order[0]
-        overlap = ious[top, order] if ious is not None else iou_one_to_many(boxes[top], boxes[order])
+        overlap = iou_one_to_many(boxes[top], boxes[order])
         member = overlap > threshold
         cluster = order[member]
         if weighted and cluster.size:
@@ -167,7 +210,7 @@ def candidate_logit(threshold: float, clip: float) -> float | None:
         return None
     if t >= 1.0:
         return float(clip)  # nothing passes; keep the clipped maximum as the (empty) candidate set
-    return float(np.log(t) - np.log1p(-t)) - 1e-9
+    return math.log(t) - math.log1p(-t) - 1e-9
 
 
 def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, spec: ModelSpec,
@@ -191,11 +234,14 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarr
         scores = decode_scores(raw_scores[i, idx], spec.score_clip)  # (n,)
         flat = _decode_flat(raw_boxes[i, idx], anchors[idx], spec.input_size, k)
         # like ConvertToDetections, drop boxes with a negative or NaN width or height before NMS
-        keep = np.flatnonzero((scores >= threshold) & (flat[:, 2:4] >= flat[:, 0:2]).all(1))
-        if not keep.size:
-            results.append([])
-            continue
-        kept, sc = _nms_flat(flat[keep], scores[keep], spec.nms.min_suppression_threshold,
+        ordered = flat[:, 2:4] >= flat[:, 0:2]
+        keep = (scores >= threshold) & ordered[:, 0] & ordered[:, 1]
+        if not keep.all():
+            if not keep.any():
+                results.append([])
+                continue
+            flat, scores = flat[keep], scores[keep]
+        kept, sc = _nms_flat(flat, scores, spec.nms.min_suppression_threshold,
                              spec.nms.algorithm == "weighted", spec.nms.max_detections)
         # remove_letterbox on boxes and keypoints at once (the same arithmetic per coordinate)
         offset = np.array([pad.left, pad.top], np.float32)
@@ -216,9 +262,10 @@ def _decode_flat(raw: np.ndarray, anchors: np.ndarray, scale: float, num_keypoin
     (``raw / scale * anchor_size + anchor_centre``; ``centre -+ size / 2``), so the values are
     identical to ``decode_boxes``'s.
     """
-    n = len(raw)
-    pairs = raw[:, : 4 + 2 * num_keypoints].reshape(n, 2 + num_keypoints, 2) / scale * anchors[:, None, 2:4]
-    centre = pairs[:, 0] + anchors[:, 0:2]
+    n, k = len(raw), 2 + num_keypoints
+    pairs = raw[:, : 2 * k].reshape(n, k, 2) / scale * anchors[:, None, 2:4]  # (x, y), (w, h), keypoints
     half = pairs[:, 1] / 2
-    points = pairs[:, 2:] + anchors[:, None, 0:2]
-    return np.concatenate([centre - half, centre + half, points.reshape(n, -1)], axis=1)
+    points = pairs + anchors[:, None, 0:2]  # pair 0: the centre; pairs 2...: keypoints; pair 1 is overwritten
+    np.add(points[:, 0], half, out=points[:, 1])  # xmax, ymax
+    np.subtract(points[:, 0], half, out=points[:, 0])  # xmin, ymin
+    return points.reshape(n, 2 * k)
