@@ -109,12 +109,13 @@ def check_teacher(spec: Any, module: nn.Module) -> dict[str, dict[str, float]]:
 class _Joint(nn.Module):
     """Student and the loss module's trainable parts under one module, for DDP."""
 
-    def __init__(self, student: nn.Module, loss: nn.Module):
+    def __init__(self, student: nn.Module, loss: nn.Module, memory_format: torch.memory_format):
         super().__init__()
-        self.student, self.loss = student, loss
+        self.student, self.loss, self.memory_format = student, loss, memory_format
 
     def forward(self, x: torch.Tensor, t_out: tuple[torch.Tensor, torch.Tensor],
                 t_feats: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        x = x.contiguous(memory_format=self.memory_format)  # the batch arrives as an NCHW view of NHWC samples
         feats = self.student.features(x) if t_feats is not None else None
         out = self.student.head(feats) if feats is not None else self.student(x)
         return self.loss(out, t_out, feats, t_feats)
@@ -250,7 +251,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if needs_feats and hasattr(teacher, "features") else None
     s_channels = [s.channels for s in (student.config.stages[i] for i in student.config.head_stages)]
     loss_fn = DistillLoss(loss_cfg, anchors, spec, s_channels, t_channels)
-    joint = _Joint(student, loss_fn).to(device, memory_format=torch.channels_last)
+    # The student trains channels-last only on CUDA. On CPU, torch 2.13's oneDNN backward of a channels-last
+    # 1x1 stride-2 conv with few channels (resnet_slim's 12 -> 16 shortcut) corrupts the heap and aborts
+    # the process on AVX-512 hosts; NCHW takes another kernel and costs little on this small a network.
+    student_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    joint = _Joint(student, loss_fn, student_format).to(device, memory_format=student_format)
     model = nn.parallel.DistributedDataParallel(joint) if world > 1 else joint
     optimizer = torch.optim.AdamW(joint.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_set.order(rank, world)) // max(1, cfg.batch_size // world))
