@@ -139,6 +139,8 @@ def test_empty_or_unreadable_folders_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "x.jpg").write_bytes(b"nope")
     with pytest.raises(BlazeportError, match="readable"):
         ImageSet.load([tmp_path], 128)
+    with pytest.raises(BlazeportError, match=r"No such file or directory"):  # a mistyped folder says so
+        ImageSet.load([tmp_path / "missing"], 128)
 
 
 def _cfg(images: Path, out: Path, **kw):

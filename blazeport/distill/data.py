@@ -65,7 +65,8 @@ class ImageSet:
             keep.append(p)
             images.append(img)
         if not images:
-            raise BlazeportError(f"none of the {len(paths)} files in {', '.join(map(str, sources))} is a readable image")
+            raise BlazeportError(f"none of the {len(paths)} files in {', '.join(map(str, sources))} is a readable image "
+                                 f"(first: {skipped[0]})")
         return cls(keep, images, skipped)
 
     def split(self, val_fraction: float) -> tuple[list[int], list[int]]:
