@@ -304,7 +304,7 @@ def resolve_targets(models: list[str], backends: set[str], cache: Path, spec_nam
         if export_source is not None:
             for fmt in ("onnx", "tflite"):
                 if fmt in wanted and fmt not in own:
-                    own[fmt] = export_source  # placeholder, exported below
+                    own[fmt] = export_source  # exported (and cached) in the loop below
         runnable = {b: p for b, p in own.items() if b in wanted}
         if not runnable:
             raise BlazeportError(f"{arg}: runs on {', '.join(sorted(own))}, not on {', '.join(sorted(backends))}")
