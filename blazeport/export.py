@@ -30,9 +30,10 @@ TFLite: ``litert-torch`` (optional extra ``[export]``), float32 or float16 weigh
 Two graph-level fixes keep the file free of layout ``TRANSPOSE`` ops (measured: 38 of them in
 short range without these): litert-torch 0.10.0 has no NHWC rewriter for ``constant_pad_nd``, so
 every ``F.pad`` was wrapped in a transpose pair; :func:`_register_nhwc_pad` adds one. And a
-``MAX_POOL_2D`` followed by a channel ``PAD`` (BlazeBlock's shortcut) left the pad in NCHW; the
-exported graph pads first and pools after (:func:`_pad_before_pool`; identical values, since
-max-pooling zero channels gives zeros).
+``MAX_POOL_2D`` followed by a channel ``PAD`` (BlazeBlock's shortcut) left the pad in NCHW, so
+the traced graph pads first and pools after (:func:`_pad_before_pool`; identical values, since
+max-pooling zero channels gives zeros), and the written flatbuffer is put back in Google's order
+(:func:`_pool_before_pad`), where the PAD runs on a quarter of the pixels.
 
 Verification: the written file runs in its runtime (onnxruntime / LiteRT) on real photos,
 letterboxed like the pipeline does, plus one random input; raw outputs are compared with the
@@ -272,12 +273,55 @@ def _pad_before_pool(gm: Any) -> int:
     return swapped
 
 
+def _pool_before_pad(model: Any) -> int:
+    """Rewrite ``MAX_POOL_2D(PAD_channels(x))`` as ``PAD_channels(MAX_POOL_2D(x))`` in a TFLite model.
+
+    Undoes :func:`_pad_before_pool` once LiteRT's graph is NHWC: Google's files pool first, so the
+    shortcut's PAD writes a quarter of the pixels and the pool reads only the real channels. The
+    PAD's output tensor is reused for the pool's unpadded result (new shape ``(N, Ho, Wo, C_in)``);
+    both ops swap places in the operator list so each still runs after its input is made.
+    Returns how many pairs were swapped.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    ops_ = schema.BuiltinOperator
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    sg = model.subgraphs[0]
+    consumers: dict[int, list[int]] = {}
+    for i, op in enumerate(sg.operators):
+        for t in op.inputs:
+            consumers.setdefault(int(t), []).append(i)
+    swapped = 0
+    for i, pad in enumerate(sg.operators):
+        if codes[pad.opcodeIndex] != ops_.PAD or int(pad.outputs[0]) in sg.outputs:
+            continue
+        users = consumers.get(int(pad.outputs[0]), [])
+        if len(users) != 1 or codes[sg.operators[users[0]].opcodeIndex] != ops_.MAX_POOL_2D:
+            continue
+        j, pool = users[0], sg.operators[users[0]]
+        widths = model.buffers[sg.tensors[pad.inputs[1]].buffer].data
+        if widths is None or np.frombuffer(bytes(widths), np.int32)[:-2].any():  # channel padding only
+            continue
+        x, mid, y = int(pad.inputs[0]), int(pad.outputs[0]), int(pool.outputs[0])
+        shape = sg.tensors[y].shape.copy()  # (N, Ho, Wo, C_in + pad)
+        shape[-1] = sg.tensors[x].shape[-1]
+        sg.tensors[mid].shape = shape  # (N, Ho, Wo, C_in)
+        sg.tensors[mid].shapeSignature = None
+        pool.inputs, pool.outputs = np.array([x], np.int32), np.array([mid], np.int32)
+        pad.inputs, pad.outputs = np.array([mid, int(pad.inputs[1])], np.int32), np.array([y], np.int32)
+        sg.operators[i], sg.operators[j] = pool, pad
+        swapped += 1
+    return swapped
+
+
 def _tflite_with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
-    """Add ``Model.metadata`` entries and name the I/O tensors like Google's files."""
+    """Add ``Model.metadata`` entries, name the I/O tensors like Google's files and pool before
+    padding as they do (:func:`_pool_before_pad`)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    _pool_before_pad(model)
     sg = model.subgraphs[0]
     sg.tensors[sg.inputs[0]].name = "input"
     for i in sg.outputs:

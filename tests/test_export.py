@@ -16,6 +16,7 @@ import pytest
 import blazeport
 from blazeport.backends import OnnxBackend, TorchBackend
 from blazeport.cli import build_parser, main
+from blazeport.detector import WEIGHTS_DIR
 from blazeport.errors import BlazeportError
 from blazeport.export import SPEC_KEY, spec_from_metadata, tflite_metadata
 from blazeport.specs import get_spec
@@ -251,11 +252,24 @@ def test_tflite_fp32_round_trip(sr_tflite) -> None:
     assert "TRANSPOSE" not in ops and "GATHER" not in ops
     for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MAX_POOL_2D", "PAD", "RESHAPE", "CONCATENATION"):
         assert ops[op] == orig[op], op
+    # pools run before the shortcut's channel PAD, as in Google's file (the PAD then writes 1/4 the pixels)
+    assert _pools_then_pads(path) == _pools_then_pads(WEIGHTS_DIR / get_spec("short_range").tflite) == 3
     det = blazeport.load(path, backend="tflite")  # spec from the file's metadata
     assert det.spec == get_spec("short_range")
     assert tflite_metadata(path)[SPEC_KEY] == json.dumps(get_spec("short_range").to_dict())
     assert det.backend.input["shape"].tolist() == [1, 128, 128, 3]  # NHWC like Google's file
     _assert_same_detections(det, blazeport.load("short_range"))
+
+
+def _pools_then_pads(path: Path) -> int:
+    """MAX_POOL_2D ops that read no PAD's output and feed a PAD."""
+    from blazeport.tflite import read_tflite
+
+    ops = read_tflite(path).ops
+    made_by = {t: op.type for op in ops for t in op.outputs}
+    read_by = {t: op.type for op in ops for t in op.inputs}
+    return sum(op.type == "MAX_POOL_2D" and made_by.get(op.inputs[0]) != "PAD" and read_by.get(op.outputs[0]) == "PAD"
+               for op in ops)
 
 
 def test_tflite_fp16_reported_and_detections_match(sr_tflite) -> None:
