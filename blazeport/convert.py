@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
-from blazeport.specs import SPECS, ModelSpec
+from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec
 from blazeport.tflite import Op, TFLiteModel, read_tflite
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # Float32 noise sets the raw tolerance. Raw outputs reach |x| ~ 100-1500 (background logits,
 # offsets in input pixels) where one float32 ULP is 8e-6 to 1.2e-4, and LiteRT's XNNPACK output
 # itself differs from a float64 evaluation of the same graph by up to 2e-4 relative (measured

@@ -17,9 +17,8 @@ from blazeport.anchors import anchors_for
 from blazeport.errors import BlazeportError
 from blazeport.postprocess import Detection, postprocess
 from blazeport.preprocess import as_rgb, letterbox, read_image
-from blazeport.specs import ModelSpec, get_spec
+from blazeport.specs import WEIGHTS_DIR, ModelSpec, get_spec
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 BACKENDS = ("torch", "tflite", "onnx")
 
 Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]

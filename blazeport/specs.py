@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from blazeport.errors import BlazeportError
+
+# the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 __all__ = ["KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions", "get_spec"]
 
