@@ -349,9 +349,10 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
     """Write weights plus the metadata needed to rebuild the module (family, config, spec).
 
     ``source`` is the .tflite a conversion came from (name and sha256 recorded); ``extra`` adds
-    string metadata (a student records its teacher and training summary). Written atomically.
+    string metadata (a student records its teacher and training summary). Written atomically and
+    byte for byte reproducibly: the same module and metadata give the same file (and sha256).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -363,10 +364,25 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
         **({"source": Path(source).name, "source_sha256": sha256_of(source)} if source else {}),
         **(extra or {}),
     }
+    data = save({k: v.detach().contiguous() for k, v in module.state_dict().items()}, metadata=meta)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=meta)
+    tmp.write_bytes(_canonical_header(data))
     tmp.replace(out)
     return out
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The safetensors file with its JSON header's keys sorted.
+
+    safetensors 0.8 writes ``__metadata__`` in Rust hash-map order, which changes from run to run,
+    so two conversions of one file differed in bytes. The header is a JSON map whose tensor
+    entries carry their own offsets, so reordering its keys leaves the data as it is; it is
+    padded with spaces to a multiple of 8 bytes, as safetensors pads it.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-(8 + len(header)) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:

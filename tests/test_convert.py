@@ -47,6 +47,9 @@ def test_convert_short_range_matches_litert(tmp_path, astronaut) -> None:
     assert report["params"] == 101_390
     assert max(report["max_abs_diff"].values()) < 1e-3
     assert max(report["decoded_diff"].values()) < 1e-5
+    # byte for byte the committed file: conversions are reproducible (same sha256), and the
+    # quickstart's `blazeport convert` leaves the checkout unchanged
+    assert out.read_bytes() == (WEIGHTS / "short_range.safetensors").read_bytes()
     module, spec = load_safetensors(out)
     assert spec.name == "short_range"
     direct, _ = load_tflite(SHORT_RANGE_TFLITE)
@@ -64,9 +67,11 @@ def test_every_other_google_model_converts_and_verifies(name: str, tmp_path) -> 
     from blazeport.data import sample_images
     from blazeport.specs import get_spec
 
-    report = convert(WEIGHTS / get_spec(name).tflite, tmp_path / f"{name}.safetensors", images=sample_images()[:3])
+    out = tmp_path / f"{name}.safetensors"
+    report = convert(WEIGHTS / get_spec(name).tflite, out, images=sample_images()[:3])
     assert report["ok"], report
     assert report["spec"] == name
+    assert out.read_bytes() == (WEIGHTS / f"{name}.safetensors").read_bytes()
     assert max(report["decoded_diff"].values()) < 1e-5
 
 
