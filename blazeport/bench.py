@@ -48,6 +48,7 @@ TFLite graph). ``--android`` prints the equivalent ``benchmark_model`` command l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -434,13 +435,11 @@ def _peak_rss_mb() -> tuple[float, float]:
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
     peak = maxrss
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):  # no /proc (macOS): ru_maxrss stands
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) / 1024
                 break
-    except (OSError, ValueError, IndexError):
-        pass
     return round(peak, 1), round(maxrss, 1)
 
 
@@ -660,13 +659,11 @@ def _version(dist: str | tuple[str, ...]) -> str | None:
 
 def host_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # no /proc (macOS): platform's name stands
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith(("model name", "hardware", "cpu model")):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

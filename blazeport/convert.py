@@ -355,7 +355,6 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
     from safetensors.torch import save
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": "blazeport",
         "spec": json.dumps(spec.to_dict()),
@@ -365,10 +364,16 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
         **(extra or {}),
     }
     data = save({k: v.detach().contiguous() for k, v in module.state_dict().items()}, metadata=meta)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_bytes(_canonical_header(data))
-    tmp.replace(out)
+    write_atomic(out, _canonical_header(data))
     return out
+
+
+def write_atomic(out: Path, data: bytes) -> None:
+    """Write ``data`` next to ``out``, then rename: an interrupted write never leaves a half file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
 
 
 def _canonical_header(data: bytes) -> bytes:

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from blazeport.convert import write_atomic
 from blazeport.errors import BlazeportError
 from blazeport.specs import ModelSpec
 
@@ -222,7 +223,7 @@ def export_onnx(module: Any, spec: ModelSpec, out: Path, *, fp16: bool, dynamic_
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
-    _write_atomic(out, model.SerializeToString())
+    write_atomic(out, model.SerializeToString())
 
 
 def _register_nhwc_pad() -> None:
@@ -384,14 +385,7 @@ def export_tflite(module: Any, spec: ModelSpec, out: Path, *, fp16: bool, dynami
     data = _litert_convert(module, spec)
     if fp16:
         data = _tflite_fp16(data)
-    _write_atomic(out, _tflite_with_metadata(data, metadata))
-
-
-def _write_atomic(out: Path, data: bytes) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    write_atomic(out, _tflite_with_metadata(data, metadata))
 
 
 def onnx_op_counts(path: Path) -> dict[str, int]:
