@@ -30,6 +30,17 @@ EXAMPLES = """examples:
 """
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --threads: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _print_json(obj: object) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -53,11 +64,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
             raise BlazeportError(f"no readable images in {' '.join(args.images)}")
     spec = get_spec(args.spec) if args.spec else None
     report = convert(args.src, args.output, spec, images)
+    if not report["written"]:
+        print(f"nothing written: {report['output']} was left as it was", file=sys.stderr)
     if args.json:
         _print_json(report)
     else:
         a, r, d = report["max_abs_diff"], report["max_scaled_diff"], report["decoded_diff"]
-        print(f"converted {report['source']} -> {report['output']}  ({report['spec']}, {report['params']:,} params)")
+        arrow = "->" if report["written"] else "-> (not written)"
+        print(f"converted {report['source']} {arrow} {report['output']}  ({report['spec']}, {report['params']:,} params)")
         print(f"verified against LiteRT on {report['images']} real photos + {report['random_inputs']} random input:")
         print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {r['regressors']:.2e}")
         print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {r['classificators']:.2e}")
@@ -75,22 +89,26 @@ def cmd_detect(args: argparse.Namespace) -> int:
     import blazeport
     from blazeport.data import list_images, sample_image_path
     from blazeport.draw import draw_detections, save_rgb
+    from blazeport.files import drawing_paths
     from blazeport.preprocess import ImageReadError, read_image
 
-    paths = list_images(args.images) if args.images else [sample_image_path("astronaut")]
+    arguments = args.images or [sample_image_path("astronaut")]
+    paths = list_images(arguments)
     if not paths:
         raise BlazeportError(f"no images found in {' '.join(args.images)}")
+    out_dir = Path(args.out) if args.out else None
+    # every drawing's name is decided, and checked against the inputs, before any work
+    drawings = drawing_paths(arguments, paths, out_dir) if out_dir else []
+    if out_dir and out_dir.exists() and not out_dir.is_dir():
+        raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
     detector = blazeport.load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
                               spec=args.spec)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
     verbose = not args.json and not args.quiet
     bar = tqdm(paths, desc="detect", unit="img", disable=verbose or args.quiet or len(paths) < 2, file=sys.stderr)
     t0 = time.perf_counter()
-    for path in bar:
+    for i, path in enumerate(bar):
         try:
             image = read_image(path)
         except ImageReadError as exc:
@@ -101,7 +119,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         h, w = image.shape[:2]
         results.append({"image": str(path), "width": w, "height": h, "detections": [d.to_dict() for d in dets]})
         if out_dir:
-            save_rgb(str(out_dir / f"{Path(path).stem}.jpg"), draw_detections(image, dets))
+            save_rgb(drawings[i], draw_detections(image, dets))
         if verbose:
             tqdm.write(f"{path}: {len(dets)} face(s)", file=sys.stdout)
             for d in dets:
@@ -209,6 +227,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     images = _read_images(args.images) if args.images else None
     r = export(args.model, args.format, args.output, fp16=args.fp16, dynamic_batch=args.dynamic_batch, images=images)
+    if not r["written"]:
+        print(f"nothing written: {r['output']} was left as it was", file=sys.stderr)
     if args.json:
         _print_json(r)
         return 0 if r["ok"] else 1
@@ -310,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--spec", help="spec of a .onnx/.tflite file that does not carry one (files from `blazeport export` do)")
     d.add_argument("--out", help="folder for copies of the images with detections drawn")
     d.add_argument("--threshold", type=float, help="score threshold (default: the spec's)")
-    d.add_argument("--threads", type=int, help="CPU threads for the backend")
+    d.add_argument("--threads", type=positive_int, help="CPU threads for the backend")
     d.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     d.set_defaults(func=cmd_detect)
@@ -333,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher-backend", default="torch", choices=("torch", "tflite"),
                    help="runtime of the teacher, which uses its spec's threshold (default: torch)")
     e.add_argument("--threshold", type=float, help="score threshold of the evaluated model (default: the spec's)")
-    e.add_argument("--threads", type=int, help="CPU threads for the backends")
+    e.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
     e.add_argument("--json", action="store_true", help="print the result as JSON (nan as null)")
     e.set_defaults(func=cmd_eval)
 
@@ -360,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     t.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
-    t.add_argument("--threads", type=int, help="CPU threads")
+    t.add_argument("--threads", type=positive_int, help="CPU threads")
     t.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     t.set_defaults(func=cmd_distill)
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
+from blazeport.files import check_output, staged, write_atomic
 from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec
 from blazeport.tflite import Op, TFLiteModel, read_tflite
 
@@ -368,14 +369,6 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
     return out
 
 
-def write_atomic(out: Path, data: bytes) -> None:
-    """Write ``data`` next to ``out``, then rename: an interrupted write never leaves a half file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
-
-
 def _canonical_header(data: bytes) -> bytes:
     """The safetensors file with its JSON header's keys sorted.
 
@@ -391,26 +384,65 @@ def _canonical_header(data: bytes) -> bytes:
 
 
 def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
-    """Rebuild a module and its spec from a blazeport safetensors file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Rebuild a module and its spec from a blazeport safetensors file.
 
+    Everything in the file is checked before it is trusted, and each problem is one
+    :class:`BlazeportError` naming the file: unreadable, not safetensors, no blazeport metadata,
+    a spec or config that is not valid JSON or not complete, and tensors missing, unexpected or of
+    the wrong shape for the model the config describes. (safetensors holds no code: nothing in the
+    file is executed.)
+    """
+    from safetensors import safe_open
+
+    from blazeport.anchors import anchors_for
     from blazeport.models import from_config
 
     path = Path(path)
-    if not path.is_file():
+    fix = "Re-run `blazeport convert` (or `blazeport distill`) to write it again."
+    if not path.exists():
         raise BlazeportError(f"{path}: no such weights file. Run `blazeport convert` on the original .tflite first.")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise BlazeportError(f"{path}: cannot read the weights file ({exc.strerror or exc}).") from None
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as exc:
-        raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). Re-run `blazeport convert`.") from None
-    if meta.get("format") != "blazeport" or "config" not in meta:
-        raise BlazeportError(f"{path}: safetensors without blazeport metadata; convert it with `blazeport convert`.")
-    module = from_config(meta.get("family", "blazeface"), meta["config"])
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) on damaged files
+        raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). {fix}") from None
+    if meta.get("format") != "blazeport" or "config" not in meta or "spec" not in meta:
+        raise BlazeportError(f"{path}: safetensors without blazeport metadata (format, spec, config); "
+                             "convert the original with `blazeport convert`.")
+    try:
+        spec = ModelSpec.from_dict(json.loads(meta["spec"]))
+    except (ValueError, BlazeportError) as exc:  # JSONDecodeError is a ValueError
+        raise BlazeportError(f"{path}: its spec metadata is not usable ({exc}). {fix}") from None
+    try:
+        anchors_for(spec)
+    except BlazeportError as exc:
+        raise BlazeportError(f"{path}: {exc}. {fix}") from None
+    family = meta.get("family", "blazeface")
+    try:
+        module = from_config(family, meta["config"])
+    except BlazeportError as exc:
+        raise BlazeportError(f"{path}: {exc}. {fix}") from None
+    except Exception as exc:  # a config is user data: any way it fails to build is the same problem
+        raise BlazeportError(f"{path}: its config metadata does not describe a {family} model "
+                             f"({type(exc).__name__}: {exc}). {fix}") from None
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise BlazeportError(f"{path}: tensors do not match its config: missing {missing[:4]}, unexpected {extra[:4]}. {fix}")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise BlazeportError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, its config wants {shape}. {fix}")
     module.load_state_dict(state, strict=True)
-    return module.eval(), ModelSpec.from_dict(json.loads(meta["spec"]))
+    if getattr(module.config, "input_size", spec.input_size) != spec.input_size:
+        raise BlazeportError(f"{path}: the model takes {module.config.input_size}px but its spec says "
+                             f"{spec.input_size}px. {fix}")
+    return module.eval(), spec
 
 
 def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray],
@@ -473,11 +505,21 @@ def convert(
     spec: ModelSpec | None = None,
     images: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Convert, save and verify one file; return the report (the CLI's ``--json``)."""
+    """Convert, verify and save one file; return the report (the CLI's ``--json``).
+
+    The weights go to a temporary file that is read back and verified against LiteRT; only a
+    file that passes the gate replaces ``out`` (``report["written"]``). A failed conversion
+    leaves any previous ``out`` untouched and writes nothing.
+    """
     from blazeport.data import sample_images
 
     t0 = time.perf_counter()
     src = Path(src)
+    if out is not None:
+        out = Path(out)
+        if out.suffix != ".safetensors":
+            raise ConversionError(f"{out}: converted weights are a .safetensors file; choose an -o name ending in .safetensors")
+        check_output(out, [src], "converted weights")
     model = read_tflite(src)
     spec = spec or spec_for_file(src)
     module, mapping = load_tflite(src)
@@ -491,21 +533,29 @@ def convert(
     if mapping.config.input_size != spec.input_size:
         raise ConversionError(f"{src}: input is {mapping.config.input_size}px but spec {spec.name} expects {spec.input_size}px")
     out = Path(out) if out else WEIGHTS_DIR / f"{spec.name}.safetensors"
-    save_safetensors(module, spec, out, src)
+    check_output(out, [src], "converted weights")
     images = images if images is not None else sample_images()
-    diffs = verify(module, src, verification_inputs(spec, images), spec)
+    with staged(out) as stage:
+        # verify what was written, read back from disk, and only then replace the previous output
+        save_safetensors(module, spec, stage.path, src)
+        written, _ = load_safetensors(stage.path)
+        diffs = verify(written, src, verification_inputs(spec, images), spec)
+        ok = passes(diffs)
+        if ok:
+            stage.commit()
     report: dict[str, Any] = {
         "spec": spec.name,
         "source": str(src),
         "sha256": sha256_of(src),
         "output": str(out),
+        "written": ok,
         "params": int(sum(p.numel() for p in module.parameters())),
         "tflite_ops": model.op_counts(),
         **diffs,
         "images": len(images),
         "random_inputs": 1,
         "tolerance": {"abs": ABS_TOL, "rel": REL_TOL},
-        "ok": passes(diffs),
+        "ok": ok,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return report

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
+from blazeport.errors import BlazeportError
+from blazeport.files import write_atomic
 from blazeport.postprocess import Detection
 
 # One colour per keypoint (RGB): eyes, nose, mouth, ears.
@@ -31,6 +35,10 @@ def draw_detections(image: np.ndarray, detections: list[Detection]) -> np.ndarra
     return out
 
 
-def save_rgb(path: str, image: np.ndarray) -> None:
-    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: OpenCV could not write the image")
+def save_rgb(path: str | Path, image: np.ndarray) -> Path:
+    """Encode by the path's suffix and write atomically (a half-written drawing never replaces one)."""
+    path = Path(path)
+    ok, data = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise BlazeportError(f"{path}: OpenCV could not encode the drawing")
+    return write_atomic(path, data.tobytes())

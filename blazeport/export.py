@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.convert import write_atomic
 from blazeport.errors import BlazeportError
+from blazeport.files import check_output, same_file, staged, write_atomic
 from blazeport.specs import ModelSpec
 
 SPEC_KEY = "blazeport.spec"
@@ -453,10 +453,25 @@ def load_source(model: str | Path) -> tuple[Any, ModelSpec, Path]:
 
 
 def default_output(model: str | Path, spec: ModelSpec, fmt: ExportFormat, fp16: bool) -> Path:
-    """``NAME[_fp16].SUFFIX`` in the current directory (NAME: the spec or the .safetensors stem)."""
+    """``NAME[_fp16].SUFFIX`` in the current directory (NAME: the spec or the source file's stem).
+
+    Exporting ``face_detection_short_range.tflite`` to TFLite from inside ``weights/`` would name
+    the original itself: then the name gets ``_export`` so the default never lands on an input.
+    """
     path = Path(model)
     stem = path.stem if path.suffix in (".safetensors", ".tflite") else spec.name
-    return Path(f"{stem}{'_fp16' if fp16 else ''}{fmt.suffix}")
+    out = Path(f"{stem}{'_fp16' if fp16 else ''}{fmt.suffix}")
+    if any(same_file(out, p) for p in protected_inputs(path, spec)):
+        out = out.with_name(f"{out.stem}_export{out.suffix}")
+    return out
+
+
+def protected_inputs(source: Path, spec: ModelSpec) -> list[Path]:
+    """Files an export must never overwrite: its source and Google's bundled originals."""
+    from blazeport.specs import SPECS, WEIGHTS_DIR
+
+    originals = [WEIGHTS_DIR / s.tflite for s in SPECS.values() if s.tflite]
+    return [source, *originals, *([WEIGHTS_DIR / spec.tflite] if spec.tflite else [])]
 
 
 def _match_detections(ours: list[list[Any]], ref: list[list[Any]]) -> dict[str, Any]:
@@ -533,16 +548,22 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
     out = Path(out) if out else default_output(model, spec, f, fp16)
     if out.suffix != f.suffix:
         raise BlazeportError(f"{out}: {f.name} files end in {f.suffix}; choose another -o name")
-    t0 = time.perf_counter()
-    f.exporter(module.eval(), spec, out, fp16=fp16, dynamic_batch=dynamic_batch,
-               metadata=file_metadata(spec, source, fp16, dynamic_batch))
-    seconds = time.perf_counter() - t0
+    check_output(out, protected_inputs(source, spec), f"{f.name} export")
     images = images if images is not None else sample_images()
-    t1 = time.perf_counter()
-    check = verify_file(module, spec, f, out, images)
-    verify_seconds = time.perf_counter() - t1
-    dets = check["detections"]
-    gate = passes(check) and dets["same_count"] and max(dets["max_coordinate_diff"], dets["max_score_diff"]) <= ABS_TOL
+    with staged(out) as stage:
+        t0 = time.perf_counter()
+        f.exporter(module.eval(), spec, stage.path, fp16=fp16, dynamic_batch=dynamic_batch,
+                   metadata=file_metadata(spec, source, fp16, dynamic_batch))
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        check = verify_file(module, spec, f, stage.path, images)
+        verify_seconds = time.perf_counter() - t1
+        size, op_counts = stage.path.stat().st_size, f.op_counter(stage.path)
+        dets = check["detections"]
+        gate = passes(check) and dets["same_count"] and max(dets["max_coordinate_diff"], dets["max_score_diff"]) <= ABS_TOL
+        ok = bool(gate) if not fp16 else check["finite"]
+        if ok:  # a file that fails its check never replaces a previous export
+            stage.commit()
     original = WEIGHTS_DIR / spec.tflite if spec.tflite else None
     report: dict[str, Any] = {
         "format": f.name,
@@ -554,7 +575,8 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         "input_shape": ["batch" if dynamic_batch else 1, spec.input_size, spec.input_size, 3],
         "weights": "float16" if fp16 else "float32",
         "opset": ONNX_OPSET if f.name == "onnx" else None,
-        "size_bytes": out.stat().st_size,
+        "size_bytes": size,
+        "written": ok,
         "seconds": round(seconds, 3),
         "verify_seconds": round(verify_seconds, 3),
         **{k: check[k] for k in ("max_abs_diff", "max_scaled_diff", "tolerance_used", "decoded_diff", "detections")},
@@ -563,8 +585,8 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         "tolerance": {"abs": ABS_TOL, "rel": REL_TOL},
         "gated": not fp16,
         "passes_gate": bool(gate),
-        "ok": bool(gate) if not fp16 else check["finite"],
-        "op_counts": f.op_counter(out),
+        "ok": ok,
+        "op_counts": op_counts,
         "original": str(original) if original and original.is_file() else None,
         "original_op_counts": tflite_op_counts(original) if original and original.is_file() else None,
     }

@@ -1,0 +1,165 @@
+"""Writing a user's files safely: the one place every command's outputs go through.
+
+Three rules, each one a bug a user hit before it existed:
+
+- **Never write where we read.** :func:`check_output` refuses an output path that resolves to an
+  input (the same file, through symlinks or hard links too): ``blazeport convert X.tflite -o
+  X.tflite`` once replaced Google's original with safetensors.
+- **Check the target before the work.** :func:`check_output` also refuses a folder where a file is
+  wanted and a place that cannot be written, *before* a minute of export or conversion runs.
+- **Replace a good output only with a verified one.** :func:`staged` writes to a temporary file
+  beside the target; the caller verifies it and calls :meth:`Staged.commit`, which renames it over
+  the target (atomic on one filesystem). A failure, or no commit, deletes the temporary file and
+  leaves the previous output exactly as it was.
+
+:func:`write_atomic` is the one atomic writer for bytes (weights, exports, checkpoints, reports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from blazeport.errors import BlazeportError
+
+__all__ = ["Staged", "check_output", "drawing_paths", "same_file", "staged", "write_atomic"]
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file: same inode when both exist, else same resolved path."""
+    a, b = Path(a), Path(b)
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _temp_name(out: Path) -> Path:
+    # keeps the real suffix: runtimes and blazeport.load pick the format from it
+    return out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path] = (), what: str = "output") -> Path:
+    """Refuse ``out`` before any work if it is an input, a folder, or cannot be written there.
+
+    Creates nothing but a probe file that is removed at once (as root, permission bits say nothing;
+    only trying to create a file tells whether the folder, its filesystem or its quota takes one).
+    """
+    out = Path(out)
+    for src in inputs:
+        if same_file(out, src):
+            raise BlazeportError(f"{out}: this {what} is the input {src}; writing it would destroy the input. "
+                                 "Choose another output path.")
+    if out.is_dir():
+        raise BlazeportError(f"{out}: is a folder; the {what} must be a file path (e.g. {out / 'model'}...)")
+    parent = out.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BlazeportError(f"{out}: cannot create the {what} there: {existing} is a file, not a folder.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".blazeport-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BlazeportError(f"{out}: cannot write the {what} into {existing} ({exc.strerror or exc}). "
+                             "Choose a writable place.") from None
+    return out
+
+
+class Staged:
+    """A temporary file beside ``target``; :meth:`commit` puts it in place, else it is deleted."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.path = _temp_name(target)
+        self.committed = False
+
+    def commit(self) -> Path:
+        os.replace(self.path, self.target)
+        self.committed = True
+        return self.target
+
+
+@contextlib.contextmanager
+def staged(target: str | Path) -> Iterator[Staged]:
+    """Write to ``stage.path``, verify, then ``stage.commit()``; anything else leaves ``target`` as it was."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BlazeportError(f"{target}: cannot create its folder ({exc.strerror or exc}).") from None
+    stage = Staged(target)
+    try:
+        yield stage
+    finally:
+        if not stage.committed:
+            stage.path.unlink(missing_ok=True)
+
+
+def write_atomic(out: str | Path, data: bytes) -> Path:
+    """Write ``data`` beside ``out``, then rename: an interrupted write never leaves a half file,
+    and a failed one (full disk, read-only folder) leaves no temporary file behind."""
+    out = Path(out)
+    tmp = _temp_name(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise BlazeportError(f"{out}: cannot write ({exc.strerror or exc}).") from None
+    return out
+
+
+def drawing_paths(arguments: list[str | Path], images: list[Path], out_dir: str | Path, suffix: str = ".jpg") -> list[Path]:
+    """Where ``detect --out`` draws each image: never onto an input, never two onto one name.
+
+    An image found in a folder argument keeps its path relative to that folder (``photos/a/x.jpg``
+    -> ``OUT/a/x.jpg``); a file argument keeps its name. Names that would still collide (``a.jpg``
+    and ``a.png``; ``x.jpg`` from two folders) get the source suffix (``a_jpg.jpg``, ``a_png.jpg``),
+    then a counter. Raises before anything is drawn if a drawing would replace an input image.
+    """
+    out_dir = Path(out_dir)
+    folders = [Path(a).resolve() for a in arguments if Path(a).is_dir()]
+
+    def relative(image: Path) -> Path:
+        resolved = image.resolve()
+        for folder in folders:
+            if resolved.is_relative_to(folder):
+                return resolved.relative_to(folder)
+        return Path(image.name)
+
+    rels = [relative(p) for p in images]
+    first = [r.with_suffix(suffix) for r in rels]
+    counts: dict[Path, int] = {}
+    for t in first:
+        counts[t] = counts.get(t, 0) + 1
+    named = [t if counts[t] == 1 else r.with_name(f"{r.stem}_{r.suffix.lstrip('.') or 'img'}{suffix}")
+             for t, r in zip(first, rels, strict=True)]
+    seen: dict[Path, int] = {}
+    targets = []
+    for t in named:
+        n = seen.get(t, 0)
+        seen[t] = n + 1
+        targets.append(out_dir / (t if n == 0 else t.with_name(f"{t.stem}_{n + 1}{suffix}")))
+    resolved = {p.resolve() for p in images}
+    inodes = {_inode(p) for p in images} - {None}
+    for target, image in zip(targets, images, strict=True):
+        if target.resolve() in resolved or _inode(target) in inodes:  # hard links too
+            raise BlazeportError(f"--out {out_dir}: the drawing of {image} would be written to {target}, which is an "
+                                 "input image. Choose an --out folder that holds no input.")
+    return targets
