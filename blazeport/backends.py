@@ -7,6 +7,7 @@ only when built: a board with LiteRT or onnxruntime and numpy runs the others.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ class TFLiteBackend:
 
     ``xnnpack=False`` uses the builtin reference kernels without default delegates, which is also
     what makes intermediate tensors readable (with XNNPACK they read back as zeros).
+
+    Safe to share across threads: a LiteRT ``Interpreter`` is not (shared by 4 threads, most calls
+    raised "There is at least 1 reference to internal data" and some returned another image's
+    faces, because ``set_tensor``/``invoke``/``get_tensor`` of two threads interleave on one input
+    buffer). Each calling thread gets its own interpreter, built from the same validated bytes on
+    its first call; threads then run in parallel instead of queueing on a lock (measured in
+    ``tests/test_threads.py``' note and the README). Interpreters are small (the model's tensors).
     """
 
     name = "tflite"
@@ -37,27 +45,46 @@ class TFLiteBackend:
         from blazeport.tflite import read_tflite
 
         self.path = Path(path)
-        read_tflite(self.path)  # a clear error for missing, empty, truncated or foreign files
+        read_tflite(self.path)  # a clear error for missing, unreadable, truncated, foreign or malformed files
         try:
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+            import ai_edge_litert.interpreter  # noqa: F401
         except ImportError:  # pragma: no cover - depends on the install
             raise BlazeportError("the tflite backend needs LiteRT: pip install ai-edge-litert") from None
-        resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads, experimental_op_resolver_type=resolver)
-            self.interpreter.allocate_tensors()
-        except (RuntimeError, ValueError) as exc:
-            raise BlazeportError(f"{self.path}: LiteRT cannot load this model ({exc}).") from None
-        self.input = self.interpreter.get_input_details()[0]
-        self.outputs = self.interpreter.get_output_details()
+        self.threads, self.xnnpack = threads, xnnpack
+        self._content = self.path.read_bytes()
+        self._local = threading.local()
+        interpreter = self._interpreter()
+        self.input = interpreter.get_input_details()[0]
+        self.outputs = interpreter.get_output_details()
         self.input_size = int(self.input["shape"][1])
 
+    @property
+    def interpreter(self) -> Any:
+        """This thread's interpreter (intermediate tensors, details)."""
+        return self._interpreter()
+
+    def _interpreter(self) -> Any:
+        interpreter = getattr(self._local, "interpreter", None)
+        if interpreter is None:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+            resolver = OpResolverType.AUTO if self.xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            try:
+                interpreter = Interpreter(model_content=self._content, num_threads=self.threads,
+                                          experimental_op_resolver_type=resolver)
+                interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as exc:
+                raise BlazeportError(f"{self.path}: LiteRT cannot load this model ({exc}).") from None
+            self._local.interpreter = interpreter
+        return interpreter
+
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        interpreter = self._interpreter()
         regs, clss = [], []
         for x in batch:  # the original files have a fixed batch of 1
-            self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x[None], dtype=np.float32))
-            self.interpreter.invoke()
-            r, c = _split_outputs([self.interpreter.get_tensor(o["index"]) for o in self.outputs], str(self.path))
+            interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x[None], dtype=np.float32))
+            interpreter.invoke()
+            r, c = _split_outputs([interpreter.get_tensor(o["index"]) for o in self.outputs], str(self.path))
             regs.append(r)
             clss.append(c)
         return np.concatenate(regs), np.concatenate(clss)
