@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blazeport.errors import BlazeportError
 from blazeport.specs import AnchorOptions, ModelSpec
 
 ANCHORS_DIR = Path(__file__).resolve().parent.parent / "anchors"
@@ -76,5 +77,6 @@ def anchors_for(spec: ModelSpec) -> np.ndarray:
     path = ANCHORS_DIR / f"{spec.name}.npy"
     table = np.load(path) if path.is_file() else generate_anchors(spec.anchors)
     if table.shape != (spec.num_anchors, 4):
-        raise ValueError(f"{spec.name}: anchors have shape {table.shape}, spec says ({spec.num_anchors}, 4)")
+        raise BlazeportError(f"spec {spec.name}: its anchor options give {len(table)} anchors, but it says "
+                             f"num_anchors {spec.num_anchors}")
     return table

@@ -49,6 +49,22 @@ class Detector:
         """Detect faces in one RGB uint8 image (or an image file path)."""
         return self.detect_batch([image])[0]
 
+    def check(self, source: str | Path) -> Detector:
+        """Run one blank input and require one output row per anchor of the spec.
+
+        A model paired with the wrong spec (``palm_detection_lite.tflite`` with ``--spec
+        full_range``: 2016 rows against 2304 anchors) would otherwise run and decode junk.
+        """
+        s, n = self.spec.input_size, len(self.anchors)
+        reg, cls = self.backend(np.zeros((1, s, s, 3), np.float32))
+        if reg.shape != (1, n, self.spec.num_coords) or cls.shape != (1, n, 1):
+            raise BlazeportError(
+                f"{source}: the model outputs regressors {tuple(reg.shape)} and classificators {tuple(cls.shape)}, but "
+                f"spec {self.spec.name} decodes {n} anchors x {self.spec.num_coords} coordinates. Pass the spec this "
+                "model was made for (--spec NAME)."
+            )
+        return self
+
 
 def resolve_weights(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
@@ -64,10 +80,17 @@ def load(model: str | Path = "short_range", backend: str = "torch", threads: int
     ``blazeport export`` carry their spec in their metadata; ``spec`` (a name or a
     :class:`ModelSpec`) names it for other ``.onnx``/``.tflite`` files.
     """
-    from blazeport.backends import TFLiteBackend, TorchBackend
-
     if backend not in BACKENDS:
         raise BlazeportError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise BlazeportError(f"threads must be a whole number >= 1, got {threads!r}")
+    return _open(model, backend, threads, score_threshold, spec).check(model)
+
+
+def _open(model: str | Path, backend: str, threads: int | None, score_threshold: float | None,
+          spec: str | ModelSpec | None) -> Detector:
+    from blazeport.backends import TFLiteBackend, TorchBackend
+
     path = Path(model)
     if path.suffix == ".onnx" or (path.suffix == ".tflite" and backend == "tflite"):
         return _load_file(path, backend, threads, score_threshold, spec)

@@ -87,18 +87,104 @@ class ModelSpec:
             return "graph"
         return "resnet" if self.architecture.startswith("resnet") else "blazeface"
 
+    def __post_init__(self) -> None:
+        """Refuse a spec the pipeline cannot run: specs also arrive as JSON inside user files."""
+        problems = _spec_problems(self)
+        if problems:
+            raise BlazeportError(f"invalid model spec {self.name!r}: {'; '.join(problems)}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+    def from_dict(cls, d: Any) -> ModelSpec:
+        """Rebuild a spec from :meth:`to_dict`'s JSON; any missing, unknown or mistyped field is a
+        :class:`BlazeportError` that names it (callers add the file)."""
+        if not isinstance(d, dict):
+            raise BlazeportError(f"a model spec is a JSON object, got {type(d).__name__}")
         d = dict(d)
-        d["anchors"] = AnchorOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["anchors"].items()})
-        d["nms"] = NMSOptions(**d["nms"])
-        for key in ("normalization", "aliases"):
+        for key, sub in (("anchors", AnchorOptions), ("nms", NMSOptions)):
             if key in d:
+                d[key] = _sub_options(sub, key, d[key])
+        for key in ("normalization", "aliases"):
+            if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
+        _check_fields(cls, "spec", d)
         return cls(**d)
+
+
+def _check_fields(cls: Any, what: str, d: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if missing := sorted(required - set(d)):
+        raise BlazeportError(f"{what} lacks {', '.join(missing)}")
+    if unknown := sorted(set(d) - names):
+        raise BlazeportError(f"{what} has unknown field(s) {', '.join(unknown)}")
+
+
+def _sub_options(cls: Any, key: str, value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise BlazeportError(f"spec field {key} must be an object, got {type(value).__name__}")
+    value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    _check_fields(cls, f"spec field {key}", value)
+    return cls(**value)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _spec_problems(s: ModelSpec) -> list[str]:
+    """What makes a spec unusable, each as a phrase naming the field (empty when fine)."""
+    p: list[str] = []
+
+    def integer(name: str, v: Any, lo: int = 1) -> None:
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            p.append(f"{name} must be an integer >= {lo}, got {v!r}")
+
+    def number(name: str, v: Any, lo: float, hi: float) -> None:
+        if not _number(v) or not lo <= v <= hi:
+            p.append(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+
+    if not isinstance(s.name, str) or not s.name:
+        p.append("name must be a non-empty string")
+    integer("input_size", s.input_size)
+    integer("num_anchors", s.num_anchors)
+    integer("num_coords", s.num_coords, 4)
+    integer("num_keypoints", s.num_keypoints, 0)
+    if not p and s.num_coords != 4 + 2 * s.num_keypoints:
+        p.append(f"num_coords {s.num_coords} != 4 + 2 x num_keypoints {s.num_keypoints}")
+    number("score_threshold", s.score_threshold, 0.0, 1.0)
+    number("score_clip", s.score_clip, 0.0, 1e4)
+    if not isinstance(s.architecture, str) or not s.architecture:
+        p.append("architecture must be a non-empty string")
+    if not (isinstance(s.normalization, tuple) and len(s.normalization) == 2 and all(map(_number, s.normalization))
+            and s.normalization[0] < s.normalization[1]):
+        p.append(f"normalization must be [low, high] numbers with low < high, got {s.normalization!r}")
+    a = s.anchors
+    if isinstance(a, AnchorOptions):
+        integer("anchors.input_size", a.input_size)
+        integer("anchors.num_layers", a.num_layers)
+        if not (isinstance(a.strides, tuple) and a.strides and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                   and x > 0 for x in a.strides)):
+            p.append(f"anchors.strides must be positive integers, got {a.strides!r}")
+        elif isinstance(a.num_layers, int) and len(a.strides) != a.num_layers:  # as SsdAnchorsCalculator requires
+            p.append(f"anchors.strides has {len(a.strides)} entries for num_layers {a.num_layers}")
+        for name in ("min_scale", "max_scale", "anchor_offset", "interpolated_scale_aspect_ratio"):
+            number(f"anchors.{name}", getattr(a, name), 0.0, 1e3)
+    else:
+        p.append("anchors must be anchor options")
+    n = s.nms
+    if isinstance(n, NMSOptions):
+        number("nms.min_suppression_threshold", n.min_suppression_threshold, 0.0, 1.0)
+        if n.algorithm not in ("weighted", "hard"):
+            p.append(f"nms.algorithm must be 'weighted' or 'hard', got {n.algorithm!r}")
+        if not isinstance(n.max_detections, int) or isinstance(n.max_detections, bool):
+            p.append(f"nms.max_detections must be an integer, got {n.max_detections!r}")
+    else:
+        p.append("nms must be NMS options")
+    return p
 
 
 SHORT_RANGE = ModelSpec(
