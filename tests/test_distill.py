@@ -175,7 +175,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_images: Path, tmp_pat
     out = tmp_path / "run"
     train(_cfg(tiny_images, out, epochs=1))
     before = (out / "last.pt").read_bytes()
-    steps_done = torch.load(out / "last.pt", weights_only=False)["scheduler"]["last_epoch"]
+    steps_done = torch.load(out / "last.pt", weights_only=True)["scheduler"]["last_epoch"]
     with pytest.raises(NonFiniteLoss, match=rf"epoch 2, step {steps_done}") as err:
         train(_cfg(tiny_images, out, epochs=2, resume=True, fail_at_step=steps_done))
     assert "last.pt" in str(err.value)

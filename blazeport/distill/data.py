@@ -75,8 +75,14 @@ class ImageSet:
         for i, p in enumerate(self.paths):
             h = int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
             (val if h < val_fraction else train).append(i)
-        if not train or not val:
-            raise BlazeportError(f"{len(self.paths)} images are too few to hold out {val_fraction:.0%} for validation")
+        if not val:
+            raise BlazeportError(
+                f"none of the {len(self.paths)} images falls in the held-out {val_fraction:.0%} (the split is by a hash of "
+                "each file name); the validation images choose best.pt, so the split must not be empty: add images or "
+                "raise --val-fraction")
+        if not train:
+            raise BlazeportError(f"all {len(self.paths)} images fall in the held-out {val_fraction:.0%}, none is left "
+                                 "to train on: add images or lower --val-fraction")
         return train, val
 
 

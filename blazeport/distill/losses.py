@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -54,7 +55,12 @@ class LossConfig:
         terms: dict[str, float] = {}
         for part in filter(None, re.split(r"[+,]", text.replace(" ", ""))):
             name, _, weight = part.partition("=")
-            w = float(weight) if weight else 1.0
+            try:
+                w = float(weight) if weight else 1.0
+            except ValueError:
+                w = math.nan
+            if not (math.isfinite(w) and w >= 0):  # a NaN or negative weight would train on nonsense or diverge
+                raise BlazeportError(f"loss term {part!r} in {text!r}: the weight must be a finite number >= 0")
             if name == "recipe":
                 for k, v in {"kl": alpha, "score": 1 - alpha, "box": 1.0}.items():
                     terms[k] = terms.get(k, 0.0) + v * w
@@ -62,8 +68,8 @@ class LossConfig:
                 terms[name] = terms.get(name, 0.0) + w
             else:
                 raise BlazeportError(f"unknown loss term {name!r} in {text!r}; terms: recipe, {', '.join(TERMS)}")
-        if not terms:
-            raise BlazeportError(f"--loss {text!r} names no loss term")
+        if not any(terms.values()):
+            raise BlazeportError(f"--loss {text!r} names no loss term with a weight above 0")
         return cls(terms=terms, **kwargs)
 
     def describe(self) -> str:

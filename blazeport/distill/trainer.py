@@ -6,15 +6,39 @@ DistributedDataParallel (gloo on CPU, NCCL on GPU), with mixed precision on GPU.
 
 What makes a run trustworthy, in order:
 
-1. The teacher is checked against its original ``.tflite`` on a real photo before anything
-   else; a teacher that silently did not load is the most common failure of distillation tools.
-2. Checkpoints are written atomically (temp file + rename): ``last.pt`` every epoch, ``best.pt``
-   on the best validation AP50, with model, loss-module, optimizer, scheduler, epoch, history
-   and RNG states. ``--resume`` continues exactly: sampling is seeded per (seed, epoch, index)
-   and RNG states are restored, so a killed and resumed run ends with the same metrics as an
-   uninterrupted one.
-3. A NaN or infinite loss stops the run with a message naming the step; the last checkpoint is
+1. Every argument is checked (:meth:`TrainConfig.validate`) before anything is computed or
+   written, and the teacher, the images and a checkpoint to resume are all loaded and checked
+   before the run folder is created: a mistyped argument or an empty image folder leaves nothing
+   behind.
+2. The teacher is checked against its original ``.tflite`` on a real photo before training; a
+   teacher that silently did not load is the most common failure of distillation tools.
+3. Checkpoints are written atomically (serialized to bytes, then
+   :func:`blazeport.convert.write_atomic`: temp file + rename): ``last.pt`` every epoch,
+   ``best.pt`` on the best validation AP50, with model, loss-module, optimizer, scheduler, epoch,
+   history and RNG states. ``--resume`` continues exactly: sampling is seeded per (seed, epoch,
+   index) and RNG states are restored, so a killed and resumed run ends with the same metrics as
+   an uninterrupted one.
+4. A NaN or infinite loss stops the run with a message naming the step; the last checkpoint is
    left as it was.
+
+**Checkpoint format: ``torch.save``, read only with ``torch.load(weights_only=True)``.** A
+checkpoint is a file a user hands us (``--resume`` reads whatever ``last.pt`` is in ``--out``),
+and a full unpickle of it would run any code a crafted file names. torch's weights-only
+unpickler (torch >= 2.6; the project pins 2.13) builds nothing but tensors and plain containers
+of numbers and strings, and refuses any other global *before* calling it, so a pickle with a
+malicious ``__reduce__`` is rejected without running. We keep torch's format rather than moving
+to safetensors + JSON because a checkpoint must stay ONE file written by ONE rename (two files
+cannot be replaced atomically together, and a kill between them would pair a new model with an
+old optimizer), and because optimizer and scheduler states are nested dicts that
+``weights_only`` reads as they are, where safetensors would need them flattened and rebuilt.
+The price is that everything stored must be a tensor or plain data: the Python and numpy RNG
+states are stored as lists and tensors (:func:`_rng_state`), not as the tuples and numpy
+arrays their ``getstate`` functions return.
+
+Whatever :func:`read_checkpoint` cannot read, or reads but does not recognise as a checkpoint
+of this very run (truncated, corrupted, a foreign pickle, zip or safetensors file, a dict
+without our keys, another student or teacher) ends in one :class:`BlazeportError` naming the
+file and the fix; the file is never modified, moved or deleted.
 """
 
 from __future__ import annotations
@@ -69,21 +93,182 @@ class TrainConfig:
     progress: bool = True
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
 
+    def validate(self, world: int = 1) -> None:
+        """Raise a one-line :class:`BlazeportError` for the first argument that cannot work.
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+        :func:`train` calls this before computing or writing anything, so the CLI and the Python
+        API refuse the same things. Several of these used to pass silently (``batch_size=0`` ran
+        batch 1, ``epochs=0`` wrote a summary of nothing) or failed minutes later with a traceback.
+        """
+        from blazeport.distill.losses import LossConfig
+        from blazeport.models import STUDENTS
+        from blazeport.specs import get_spec
+
+        def whole(name: str, value: Any, least: int, why: str = "") -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise BlazeportError(f"{name} must be a whole number of at least {least} (got {value!r}){why}")
+
+        def real(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool, why: str = "") -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+            if not ok:
+                span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                raise BlazeportError(f"{name} must be a finite number in {span} (got {value!r}){why}")
+
+        if not self.images:
+            raise BlazeportError("--images: give at least one folder or file of photos")
+        whole("--epochs", self.epochs, 1)
+        whole("--batch-size", self.batch_size, max(1, world),
+              f" with {world} processes (each takes batch-size / {world})" if world > 1 else "")
+        real("--lr", self.lr, 0.0, math.inf, True, True)
+        real("weight_decay", self.weight_decay, 0.0, math.inf, False, True)
+        real("warmup_epochs", self.warmup_epochs, 0.0, math.inf, False, True)
+        real("--val-fraction", self.val_fraction, 0.0, 1.0, True, True,
+             ": the held-out images choose best.pt, so neither the validation nor the training split may be empty")
+        real("--temperature", self.temperature, 0.0, math.inf, True, True)
+        real("--alpha", self.alpha, 0.0, 1.0, False, False)
+        whole("--seed", self.seed, 0)
+        if self.seed >= 2**32:
+            raise BlazeportError(f"--seed must be below 2**32 (got {self.seed}): numpy's generator takes 32-bit seeds")
+        if self.limit is not None:
+            whole("--limit", self.limit, 1)
+        if self.threads is not None:
+            whole("--threads", self.threads, 1)
+        if self.student not in STUDENTS:
+            raise BlazeportError(f"unknown student {self.student!r}; known: {', '.join(sorted(STUDENTS))}")
+        spec = get_spec(self.teacher)  # an unknown name lists the known ones
+        if spec.tflite is None:
+            raise BlazeportError(f"teacher {spec.name} has no original .tflite to check it against; use a converted "
+                                 "original (e.g. --teacher short_range)")
+        if STUDENTS[self.student].input_size != spec.input_size:
+            raise BlazeportError(f"student {self.student} takes {STUDENTS[self.student].input_size}px, teacher "
+                                 f"{spec.name} {spec.input_size}px: choose a teacher of the student's input size")
+        LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature)
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, TypeError, ValueError):
+                raise BlazeportError(f"--device {self.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise BlazeportError(f"--device {self.device}: no CUDA GPU is available here; use --device cpu")
+        out = Path(self.out)
+        for folder in (out, *out.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise BlazeportError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
+                break
+
+
+CHECKPOINT_MARK = "blazeport distill checkpoint"  # the "format" key of every checkpoint we write
+CHECKPOINT_VERSION = 2  # 1: RNG states as tuples / numpy arrays, readable only by a full unpickle
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "history", "best", "config")
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch RNG states as lists, numbers and tensors, so that a checkpoint
+    holding them loads under ``torch.load(weights_only=True)`` (numpy arrays would not)."""
+    version, key, gauss = random.getstate()
+    name, mt, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"python": [version, list(key), gauss],
+            "numpy": {"name": str(name), "key": torch.from_numpy(mt.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state()}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, key, gauss = state["python"]
+    random.setstate((version, tuple(key), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Serialize in memory, then write with the package's one atomic writer (temp + rename), so a
+    kill mid-write leaves the previous checkpoint whole."""
+    import io
+
+    from blazeport.convert import write_atomic
+
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_MARK, "version": CHECKPOINT_VERSION, **state}, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def _spec_name(teacher: Any) -> str:
+    """A teacher's canonical spec name (aliases resolved), or the text itself if unknown."""
+    from blazeport.specs import get_spec
+
+    try:
+        return get_spec(str(teacher)).name
+    except BlazeportError:
+        return str(teacher)
+
+
+def read_checkpoint(path: Path, cfg: TrainConfig, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load ``path`` without running anything in it, and check it is a checkpoint of this run.
+
+    Raises one :class:`BlazeportError` naming the file and the fix for a file that is unreadable,
+    truncated, corrupted, foreign, or written for another student or teacher. The file itself is
+    only read: a refused checkpoint is left exactly as it was.
+    """
+    import pickle
+
+    fix = f"it was left as it is: choose another --out, or move or delete {path} to start over"
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        raise BlazeportError(f"cannot read {path} ({exc.strerror or exc}); {fix}") from None
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler refused it before building (let alone running) anything
+        if "numpy" in str(exc) and "multiarray" in str(exc):  # version 1 stored numpy's RNG state as an array
+            raise BlazeportError(
+                f"{path} looks like a checkpoint of an older blazeport, which stored numpy arrays that cannot be read "
+                f"without a full unpickle (nothing in it was run); {fix}") from None
+        raise BlazeportError(
+            f"{path} is not a blazeport checkpoint: it is corrupted or holds Python objects other than tensors and "
+            f"plain values, which are refused unread (nothing in it was run); {fix}") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError... for broken archives
+        raise BlazeportError(
+            f"{path} is not a readable checkpoint (truncated or not a torch file: {type(exc).__name__}); {fix}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_MARK:
+        raise BlazeportError(f"{path} is not a checkpoint written by `blazeport distill`; {fix}")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise BlazeportError(f"{path} is a checkpoint of format version {ckpt.get('version')!r}; this blazeport reads "
+                             f"version {CHECKPOINT_VERSION} only; {fix}")
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise BlazeportError(f"{path} is a damaged checkpoint ({problem}); {fix}")
+    saved = ckpt["config"]
+    if saved.get("student") != cfg.student or _spec_name(saved.get("teacher")) != _spec_name(cfg.teacher):
+        raise BlazeportError(
+            f"{path} is a checkpoint of --student {saved.get('student')} --teacher {saved.get('teacher')}, not of "
+            f"--student {cfg.student} --teacher {cfg.teacher}; resume with those, or {fix}")
+    return ckpt
+
+
+def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is missing or of the wrong type in a loaded checkpoint, or None."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        return f"no {', '.join(missing)}"
+    expected = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": dict, "epoch": int,
+                "history": list, "best": (int, float), "config": dict}
+    for key, kind in expected.items():
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            return f"{key} is a {type(ckpt[key]).__name__}"
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        return "model holds values that are not tensors"
+    if not {"state", "param_groups"} <= ckpt["optimizer"].keys():
+        return "optimizer state incomplete"
+    rng = ckpt["rng"]
+    if not ({"python", "numpy", "torch"} <= rng.keys() and isinstance(rng["torch"], torch.Tensor)
+            and isinstance(rng["numpy"], dict) and isinstance(rng["numpy"].get("key"), torch.Tensor)):
+        return "RNG state incomplete"
+    if ckpt["epoch"] < 0 or not all(isinstance(h, dict) for h in ckpt["history"]):
+        return "epoch or history malformed"
+    return None
 
 
 def check_teacher(spec: Any, module: nn.Module) -> dict[str, dict[str, float]]:
@@ -203,6 +388,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    cfg.validate(world)
     if cfg.device == "auto":
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
@@ -213,10 +399,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not cfg.resume:
-        raise BlazeportError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    if not cfg.resume:
+        for held in (last_path, best_path):
+            if held.exists():
+                raise BlazeportError(f"{out} already holds a run ({held.name}); pass --resume to continue it or choose "
+                                     "another --out")
+    ckpt = None
+    if cfg.resume:
+        if last_path.exists():
+            ckpt = read_checkpoint(last_path, cfg, device)
+        elif best_path.exists():
+            raise BlazeportError(f"cannot resume {out}: it has best.pt but no last.pt; choose another --out, or move "
+                                 f"{best_path} away to start over")
+        if best_path.exists():
+            read_checkpoint(best_path, cfg)  # checked now, so an epoch never overwrites a foreign best.pt
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -240,11 +437,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                    .permute(0, 3, 1, 2).to(device) for s in range(0, len(val_set), 64)]
 
     # 3. student, loss, optimizer
-    student = build_student(cfg.student)
-    if student.config.input_size != spec.input_size:
-        raise BlazeportError(
-            f"student {cfg.student} takes {student.config.input_size}px, teacher {spec.name} {spec.input_size}px"
-        )
+    student = build_student(cfg.student)  # validate() checked the name and the input size
     loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
     needs_feats = "mgd" in loss_cfg.terms
     t_channels = [f.shape[1] for f in teacher.features(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))] \
@@ -266,17 +459,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, history, best = 0, [], -1.0
-    if cfg.resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        joint.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+    if ckpt is not None:
+        try:
+            joint.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise BlazeportError(
+                f"{last_path} does not fit this run (saved with --loss {ckpt['config'].get('loss')!r}, this run has "
+                f"--loss {cfg.loss!r}: {first}); it was left as it is: resume with the saved options, or choose another "
+                f"--out") from None
+        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], float(ckpt["best"])
         if main_proc:
             print(f"resumed {out} at epoch {start_epoch} of {cfg.epochs}", file=sys.stderr, flush=True)
+    # Only now, with teacher, images and checkpoint loaded and checked, does the run folder appear.
     if main_proc:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BlazeportError(f"cannot create --out {out} ({exc.strerror or exc}); choose another --out") from None
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     writer = None
@@ -348,9 +552,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = {"model": joint.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "history": history, "best": best,
                  "config": asdict(cfg)}
-        _atomic_save(state, last_path)
+        save_checkpoint(state, last_path)
         if improved:
-            _atomic_save(state, best_path)
+            save_checkpoint(state, best_path)
         (out / "metrics.json").write_text(json.dumps(history, indent=2))
         _plot(history, out / "curves.png")
         tqdm.write(f"epoch {epoch + 1}: loss {record['train_total']:.4f}  val AP50 {metrics['val_AP50']:.3f}  "
@@ -362,7 +566,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return {}
     writer.close()
     # the best epoch's student, as a model blazeport can load by path
-    best_state = torch.load(best_path if best_path.exists() else last_path, map_location="cpu", weights_only=False)
+    best_state = read_checkpoint(best_path if best_path.exists() else last_path, cfg)
     joint.load_state_dict(best_state["model"])
     student_cpu = joint.student.to("cpu").eval()
     best_record = max(history, key=lambda h: h["val_AP50"]) if history else {}
@@ -400,4 +604,4 @@ def _student_spec(spec: Any, student: str) -> Any:
                                aliases=(), description=f"{student} student distilled from {spec.name}")
 
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "check_teacher", "train", "validate"]
+__all__ = ["NonFiniteLoss", "TrainConfig", "check_teacher", "read_checkpoint", "save_checkpoint", "train", "validate"]
