@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import blazeport
-import blazeport.convert
+import blazeport.files
 from blazeport.cli import main as cli_main
 from blazeport.distill import trainer
 from blazeport.distill.trainer import CHECKPOINT_MARK, CHECKPOINT_VERSION, TrainConfig, train
@@ -51,7 +51,7 @@ def real_run(tmp_path_factory, photos: Path) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("real") / "run"
     loads: list[dict[str, Any]] = []
     writes: list[Path] = []
-    real_load, real_write = torch.load, blazeport.convert.write_atomic
+    real_load, real_write = torch.load, blazeport.files.write_atomic
 
     def spy_load(*args: Any, **kwargs: Any) -> Any:
         loads.append(kwargs)
@@ -63,7 +63,7 @@ def real_run(tmp_path_factory, photos: Path) -> dict[str, Any]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, "load", spy_load)
-        mp.setattr(blazeport.convert, "write_atomic", spy_write)
+        mp.setattr(blazeport.files, "write_atomic", spy_write)
         train(_cfg(photos, out))
     return {"out": out, "loads": loads, "writes": writes}
 

@@ -13,7 +13,7 @@ What makes a run trustworthy, in order:
 2. The teacher is checked against its original ``.tflite`` on a real photo before training; a
    teacher that silently did not load is the most common failure of distillation tools.
 3. Checkpoints are written atomically (serialized to bytes, then
-   :func:`blazeport.convert.write_atomic`: temp file + rename): ``last.pt`` every epoch,
+   :func:`blazeport.files.write_atomic`: temp file + rename): ``last.pt`` every epoch,
    ``best.pt`` on the best validation AP50, with model, loss-module, optimizer, scheduler, epoch,
    history and RNG states. ``--resume`` continues exactly: sampling is seeded per (seed, epoch,
    index) and RNG states are restored, so a killed and resumed run ends with the same metrics as
@@ -189,7 +189,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     kill mid-write leaves the previous checkpoint whole."""
     import io
 
-    from blazeport.convert import write_atomic
+    from blazeport.files import write_atomic
 
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_MARK, "version": CHECKPOINT_VERSION, **state}, buf)
