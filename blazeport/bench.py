@@ -53,6 +53,7 @@ import dataclasses
 import datetime
 import gc
 import hashlib
+import io
 import json
 import os
 import platform
@@ -67,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
+from blazeport.files import check_output, write_atomic
 from blazeport.specs import SPECS, ModelSpec, get_spec
 
 BACKENDS = ("torch", "onnx", "tflite", "tflite-original")
@@ -862,9 +864,10 @@ def write_plot(report: dict[str, Any], out: Path) -> None:
 
     fig.suptitle(textwrap.fill("blazeport bench  -  " + host_line(report["host"]), 160), fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
+    write_atomic(out, buf.getvalue())
 
 
 def android_commands(targets: list[Target], threads: list[int], runs: int, warmup: int) -> str:
@@ -1008,6 +1011,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except (ImportError, FileNotFoundError):
             raise BlazeportError("no default photo (scikit-image is not installed): pass --image PATH") from None
     read_image(image)  # one clear error for a missing or unreadable image, before anything runs
+    inputs = [image, *(m for m in args.models if Path(m).is_file())]
+    for out, what in ((args.json, "JSON report"), (args.plot, "chart")):
+        if out:
+            check_output(out, inputs, what)
     cache = Path(args.cache)
     notes: list[str] = []
     targets = resolve_targets(args.models, set(args.backend), cache, args.spec, notes, _log)
@@ -1086,9 +1093,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report["targets"] = check_targets(results)
     print_report(report)
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1))
+        out = write_atomic(args.json, json.dumps(report, indent=1).encode())
         _log(f"report: {out}")
     if args.plot:
         write_plot(report, Path(args.plot))

@@ -196,3 +196,12 @@ def test_check_output_and_write_atomic_refuse_clearly(tmp_path) -> None:
     with pytest.raises(BlazeportError, match="cannot write"):
         write_atomic(tmp_path / "in.tflite" / "child", b"y")
     assert _leftovers(tmp_path) == []
+
+
+def test_bench_refuses_a_report_over_its_model(tmp_path, capsys) -> None:
+    model = tmp_path / "face_detection_short_range.tflite"
+    shutil.copy(SHORT_RANGE_TFLITE, model)
+    for flag in ("--json", "--plot"):
+        code, _, err = run(capsys, "bench", str(model), "--backend", "tflite", flag, str(model))
+        assert code == 2 and "destroy the input" in err
+    assert model.read_bytes() == SHORT_RANGE_TFLITE.read_bytes()
