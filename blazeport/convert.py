@@ -52,7 +52,10 @@ class Mapping:
 
 
 def sha256_of(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BlazeportError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
 
 
 def spec_for_file(path: str | Path) -> ModelSpec | None:
