@@ -42,7 +42,8 @@ from blazeport.detector import Detector
 from blazeport.errors import BlazeportError
 from blazeport.postprocess import Detection
 
-__all__ = ["agreement_with_teacher", "coco_ap", "evaluate_against_teacher", "evaluate_on_boxes", "load_boxes"]
+__all__ = ["agreement_with_teacher", "coco_ap", "evaluate_against_teacher", "evaluate_on_boxes", "load_boxes",
+           "validate_boxes"]
 
 Box = tuple[float, float, float, float]  # xmin, ymin, w, h, normalized
 MAX_DETS = [1, 10, 100]  # pycocotools' default; 100 per image does not cut group photos
@@ -139,57 +140,161 @@ def agreement_with_teacher(student: Detector, teacher: Detector, images: list[np
     return _agreement(student, teacher, images)
 
 
+# Largest width or height a boxes file may give: OpenCV's sizes are C ints
+_MAX_SIDE = 2**31 - 1
+_BOXES_FORMAT = "{file: {width, height, boxes_xywh: [[left, top, w, h], ...]}}"
+
+
+class _HugeInteger:
+    """A JSON integer too long to be a pixel count, kept as a placeholder so the check that finds it can
+    name its entry and box (``int()`` itself refuses over 4300 digits, with no hint of where)."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<a {self.digits}-digit integer>"
+
+
+def _parse_int(text: str) -> int | _HugeInteger:
+    return _HugeInteger(len(text.lstrip("-"))) if len(text) > 30 else int(text)
+
+
+def _show(value: object) -> str:
+    """``value`` as the JSON the user wrote (true, NaN, Infinity), shortened."""
+    if isinstance(value, _HugeInteger):
+        return repr(value)
+    try:
+        text = json.dumps(value, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number: int or float, and not a boolean (``True`` is an ``int`` to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load_boxes(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a ``boxes.json``: ``{file: {split, width, height, boxes_xywh: [[left, top, w, h], ...]}}``.
 
     Boxes are in pixels of an image ``width`` x ``height``. Returns the mapping as read, with
     ``boxes_xywh`` as lists of 4 floats; raises :class:`BlazeportError` naming the file if it is
-    missing, not JSON, or not in that format.
+    missing, not JSON, or not in that format, and naming the entry and box for a bad value
+    (see :func:`validate_boxes`): a wrong box would otherwise only show as a lower AP.
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BlazeportError(f"{path}: cannot read the boxes file ({exc.strerror or exc}).") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise BlazeportError(f"{path}: not a JSON file ({exc}).") from None
+    try:
+        data = json.loads(text, parse_int=_parse_int)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise BlazeportError(f"{path}: not a JSON file ({exc}).") from None
+    except RecursionError:
+        raise BlazeportError(f"{path}: not a boxes file: its JSON nests deeper than Python's parser allows "
+                             f"(the format, {_BOXES_FORMAT}, is 4 levels deep).") from None
+    return validate_boxes(data, str(path))
+
+
+def validate_boxes(data: object, source: str = "boxes") -> dict[str, dict[str, Any]]:
+    """Check a parsed boxes mapping; return it with ``boxes_xywh`` as floats and ``width``/``height`` as ints.
+
+    ``width`` and ``height`` (optional; the image's own size is used without them) must be whole
+    numbers from 1 to 2**31 - 1. Every box must be 4 finite numbers (not booleans, not strings) with
+    w and h > 0, overlapping the image and within one image width/height of its border (dlib-style
+    boxes of faces cut by the border stick out a little; a box further out is a typo or wrong units).
+    Raises :class:`BlazeportError` naming ``source``, the entry (file name) and the box index.
+    """
     if not isinstance(data, dict):
-        raise BlazeportError(f"{path}: expected {{file: {{width, height, boxes_xywh}}}}, got a JSON {type(data).__name__}.")
+        raise BlazeportError(f"{source}: expected {_BOXES_FORMAT}, got a JSON {type(data).__name__}.")
     out: dict[str, dict[str, Any]] = {}
     for name, entry in data.items():
+        where = f"{source}: entry {name!r}"
         boxes = entry.get("boxes_xywh") if isinstance(entry, dict) else None
-        if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
-            raise BlazeportError(f"{path}: entry {name!r} needs 'boxes_xywh': [[left, top, w, h], ...] in pixels.")
-        try:
-            clean = dict(entry, boxes_xywh=[[float(v) for v in b] for b in boxes])
-            for key in ("width", "height"):
-                if key in entry:
-                    clean[key] = int(entry[key])
-        except (TypeError, ValueError):
-            raise BlazeportError(f"{path}: entry {name!r} has a non-numeric box, width or height.") from None
+        if not isinstance(boxes, list):
+            raise BlazeportError(f"{where} needs 'boxes_xywh': [[left, top, w, h], ...] in pixels.")
+        clean: dict[str, Any] = dict(entry)
+        for key in ("width", "height"):
+            if key in entry:
+                value = entry[key]
+                if not (_is_number(value) and 1 <= value <= _MAX_SIDE and float(value).is_integer()):  # NaN fails the range
+                    raise BlazeportError(f"{where}: {key} must be a whole number of pixels from 1 to 2**31 - 1, "
+                                         f"got {_show(value)}.")
+                clean[key] = int(value)
+        clean["boxes_xywh"] = [_clean_box(f"{where}, box {i}", box, clean.get("width"), clean.get("height"))
+                               for i, box in enumerate(boxes)]
         out[str(name)] = clean
     return out
 
 
-def _read_all(paths: Iterable[Path], unreadable: list[str]) -> Iterator[tuple[Path, np.ndarray]]:
-    """Yield (path, RGB image); an unreadable file is skipped and its message appended to ``unreadable``."""
-    from blazeport.preprocess import ImageReadError, read_image
+def _clean_box(where: str, box: object, width: int | None, height: int | None) -> list[float]:
+    """One box as 4 floats, or a :class:`BlazeportError` saying what is wrong with it (see :func:`validate_boxes`)."""
+    if not isinstance(box, list) or len(box) != 4:
+        raise BlazeportError(f"{where}: expected [left, top, w, h] in pixels, got {_show(box)}.")
+    for value in box:
+        if isinstance(value, _HugeInteger):
+            raise BlazeportError(f"{where}: holds {value!r}, far too large for pixels.")
+        if not _is_number(value):
+            raise BlazeportError(f"{where}: {_show(value)} in {_show(box)} is not a number.")
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except OverflowError:  # a Python int over 1e308 in a mapping given directly (JSON ones are _HugeInteger)
+        raise BlazeportError(f"{where}: holds a number too large for a float.") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise BlazeportError(f"{where}: {_show(box)} is not finite (NaN or Infinity).")
+    if w <= 0 or h <= 0:
+        raise BlazeportError(f"{where}: {_show(box)} has a width or height <= 0; boxes are [left, top, w, h], not corners.")
+    _check_inside(where, (x, y, w, h), width, height)
+    return [x, y, w, h]
+
+
+def _check_inside(where: str, box: Box, width: int | None, height: int | None) -> None:
+    """Refuse a box that misses the image, or reaches more than the image's own size beyond its border."""
+    x, y, w, h = box
+    for lo, extent, side in ((x, w, width), (y, h, height)):
+        if side is not None and not (lo < side and lo + extent > 0 and lo >= -side and lo + extent <= 2 * side):
+            size = f"{width if width is not None else '?'}x{height if height is not None else '?'}"
+            raise BlazeportError(f"{where}: {_show([_num(v) for v in box])} lies outside the {size} image, or reaches more "
+                                 "than the image's own size past its border (pixels of another image, or a typo?).")
+
+
+def _num(value: float) -> int | float:
+    return int(value) if value.is_integer() else value
+
+
+def _read_all(paths: Iterable[Path], unreadable: list[str],
+              max_pixels: int | None = None) -> Iterator[tuple[Path, np.ndarray, tuple[int, int]]]:
+    """Yield (path, RGB image, the file's full (width, height)); an unreadable file is skipped and its
+    message appended to ``unreadable``. The size differs from the array's for a JPEG decoded reduced."""
+    from blazeport.preprocess import ImageReadError, read_image_sized
 
     for path in paths:
         try:
-            yield path, read_image(path)
+            image, size = read_image_sized(path, max_pixels)
         except ImageReadError as exc:
             unreadable.append(str(exc))
+            continue
+        yield path, image, size
 
 
 def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
-                      boxes: str | Path | dict[str, dict[str, Any]], progress: bool = False) -> dict[str, Any]:
+                      boxes: str | Path | dict[str, dict[str, Any]], progress: bool = False,
+                      max_pixels: int | None = None) -> dict[str, Any]:
     """COCO AP of ``detector`` on image files against reference boxes (:func:`load_boxes` format).
 
     ``images`` is a folder (searched recursively) or a list of files and folders; images are
     matched to ``boxes`` entries by file name. Images without an entry and unreadable images are
-    skipped and counted, never fatal. Reference boxes are normalized with the entry's ``width`` and
-    ``height`` (the image's own size when absent), so a proportionally resized copy still scores.
+    skipped and counted, never fatal; images over ``max_pixels`` (default
+    :data:`blazeport.preprocess.MAX_PIXELS`) count as unreadable. Reference boxes are normalized with
+    the entry's ``width`` and ``height`` (the file's own full size when absent, even when a big JPEG
+    was decoded reduced), so a proportionally resized copy still scores. A mapping given as ``boxes``
+    is checked like a file (:func:`validate_boxes`); a box outside an image whose size only the file
+    tells is a :class:`BlazeportError`.
 
     Returns :func:`coco_ap`'s dict plus ``skipped`` (images not evaluated: no entry or unreadable),
     ``unreadable`` (the part of ``skipped`` that could not be decoded), ``missing`` (annotated
@@ -199,7 +304,8 @@ def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
 
     from blazeport.data import list_images
 
-    table = boxes if isinstance(boxes, dict) else load_boxes(boxes)
+    source = "boxes" if isinstance(boxes, dict) else str(boxes)
+    table = validate_boxes(boxes, source) if isinstance(boxes, dict) else load_boxes(boxes)
     paths = list_images(list(images) if isinstance(images, list) else [images])
     annotated = [p for p in paths if p.name in table]
     unreadable: list[str] = []
@@ -208,10 +314,12 @@ def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
     sizes: list[tuple[int, int]] = []
     seen: set[str] = set()
     bar = tqdm(annotated, desc="eval", unit="img", disable=not progress or len(annotated) < 2)
-    for path, image in _read_all(bar, unreadable):
+    for path, image, (w, h) in _read_all(bar, unreadable, max_pixels):
         entry = table[path.name]
-        h, w = image.shape[:2]
         ref_w, ref_h = int(entry.get("width", w)), int(entry.get("height", h))
+        if "width" not in entry or "height" not in entry:  # only now is the image's size known
+            for i, box in enumerate(entry["boxes_xywh"]):
+                _check_inside(f"{source}: entry {path.name!r}, box {i}", tuple(box), ref_w, ref_h)  # type: ignore[arg-type]
         refs.append([(x / ref_w, y / ref_h, bw / ref_w, bh / ref_h) for x, y, bw, bh in entry["boxes_xywh"]])
         preds.append(detector.detect(image))
         sizes.append((ref_w, ref_h))
@@ -226,8 +334,9 @@ def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
 
 
 def evaluate_against_teacher(student: Detector, teacher: Detector, images: str | Path | list[str | Path],
-                             progress: bool = False) -> dict[str, Any]:
-    """:func:`agreement_with_teacher` on image files, streamed (unreadable files skipped and counted)."""
+                             progress: bool = False, max_pixels: int | None = None) -> dict[str, Any]:
+    """:func:`agreement_with_teacher` on image files, streamed (unreadable files and files over
+    ``max_pixels``, default :data:`blazeport.preprocess.MAX_PIXELS`, skipped and counted)."""
     from tqdm import tqdm
 
     from blazeport.data import list_images
@@ -235,7 +344,7 @@ def evaluate_against_teacher(student: Detector, teacher: Detector, images: str |
     paths = list_images(list(images) if isinstance(images, list) else [images])
     unreadable: list[str] = []
     bar = tqdm(paths, desc="eval", unit="img", disable=not progress or len(paths) < 2)
-    result: dict[str, Any] = _agreement(student, teacher, (img for _, img in _read_all(bar, unreadable)))
+    result: dict[str, Any] = _agreement(student, teacher, (img for _, img, _ in _read_all(bar, unreadable, max_pixels)))
     result["skipped"] = len(unreadable)
     result["unreadable"] = len(unreadable)
     result["messages"] = unreadable

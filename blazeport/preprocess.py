@@ -18,9 +18,11 @@ the tensor is bit-identical to MediaPipe's whatever OpenCV is installed.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -29,7 +31,30 @@ from blazeport.errors import BlazeportError
 
 
 class ImageReadError(BlazeportError):
-    """An image file that OpenCV cannot decode."""
+    """An image file that cannot be read: missing, unreadable, not decodable, or over the pixel limit."""
+
+
+# Images over this many pixels are refused from their header, before any decoding. 500 MP is 2.5x the
+# largest camera sensors (200 MP phones, 100-150 MP medium format), so every photo and most stitched
+# panoramas pass; what is bigger is a gigapixel scan or a decompression bomb (a one-colour 30000 x 30000
+# PNG is a few MB on disk and 2.7 GB decoded). At the limit a PNG or TIFF still peaks at ~3 GB while OpenCV
+# decodes it (6 bytes a pixel: it decodes, then copies); JPEGs that large are decoded reduced (below):
+# ~100 MB for a baseline one, ~1.5 GB for a progressive one (libjpeg keeps every DCT coefficient).
+# OpenCV refuses 2**30 pixels and more by itself unless OPENCV_IO_MAX_IMAGE_PIXELS is set before cv2 is imported.
+MAX_PIXELS = 500_000_000
+
+# JPEGs over this many pixels are decoded reduced by 2, 4 or 8 in libjpeg's IDCT (cv2.IMREAD_REDUCED_COLOR_N),
+# never to a long side under REDUCED_MIN_SIDE: 8x the largest model input (256), so the model input keeps
+# its detail, at a fraction of the memory and time. 50 MP keeps every 48 MP phone photo and
+# anything smaller decoded in full, pixel for pixel what MediaPipe sees (the parity tests rely on it).
+REDUCE_ABOVE_PIXELS = 50_000_000
+REDUCED_MIN_SIDE = 2048
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_OPENCV_MAX_PIXELS = 1 << 30  # imgcodecs' default OPENCV_IO_MAX_IMAGE_PIXELS
+
+# cv2.remap (the letterbox) asserts both sides < SHRT_MAX; a longer image is first shrunk to this long side
+_REMAP_MAX_SIDE = 32767
+_SHRUNK_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -42,34 +67,211 @@ class Letterbox:
     bottom: float
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Read any OpenCV-readable image as RGB uint8 ``(H, W, 3)``.
 
-    Grayscale and 16-bit files are converted, alpha is dropped, EXIF rotation is applied.
+    Grayscale and 16-bit files are converted, alpha is dropped, EXIF rotation is applied. Files
+    over ``max_pixels`` (default :data:`MAX_PIXELS`) are refused; JPEGs over
+    :data:`REDUCE_ABOVE_PIXELS` come back reduced (see :func:`read_image_sized` for the file's size).
+    """
+    return read_image_sized(path, max_pixels)[0]
+
+
+def read_image_sized(path: str | Path, max_pixels: int | None = None,
+                     reduce_above: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`, plus the file's full ``(width, height)`` (after EXIF rotation).
+
+    The size matters when a big JPEG was decoded reduced: detections are normalized, so multiply them
+    by this size, not the array's, for pixel coordinates in the original file. The size is read from
+    the header (PNG, JPEG, BMP, WebP, TIFF) before the file is decoded, so an image over ``max_pixels``
+    costs nothing; other formats are checked once decoded. ``reduce_above`` (default
+    :data:`REDUCE_ABOVE_PIXELS`) is the JPEG size above which decoding is reduced.
+
+    Raises:
+        ImageReadError: missing or unreadable file, not a decodable image, or over ``max_pixels``.
+        BlazeportError: ``max_pixels`` or ``reduce_above`` not a positive integer.
     """
     path = Path(path)
+    limit = _positive_int("max_pixels", MAX_PIXELS if max_pixels is None else max_pixels)
+    reduce_above = _positive_int("reduce_above", REDUCE_ABOVE_PIXELS if reduce_above is None else reduce_above)
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb") as file:
+            header = _header_size(file)
+            if header is not None:
+                _check_pixels(path, header, limit)
+            file.seek(0)
+            data = np.fromfile(file, dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    factor = 1
+    if header is not None and data[:3].tobytes() == b"\xff\xd8\xff" and header[0] * header[1] > reduce_above:
+        factor = _reduction(*header)
+    try:
+        img = cv2.imdecode(data, _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR)) if data.size else None
+    except cv2.error as exc:
+        hint = ""
+        if (header is not None and header[0] * header[1] >= _OPENCV_MAX_PIXELS) or "MAX_IMAGE_PIXELS" in str(exc):
+            hint = " OpenCV refuses 2**30 pixels and more unless OPENCV_IO_MAX_IMAGE_PIXELS is set before cv2 is imported."
+        reason = str(exc).strip().split(" error: ", 1)[-1] or "cv2.error"  # drop "OpenCV(5.x) /path/file.cpp:80:"
+        raise ImageReadError(f"{path}: OpenCV cannot decode it ({reason}).{hint}") from None
+    del data
     if img is None:
         raise ImageReadError(f"{path}: not an image OpenCV can decode (empty, truncated or another format).")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    h, w = img.shape[:2]
+    if header is None:
+        size = (w, h)
+        _check_pixels(path, size, limit)  # a format without a parsed header: checked once decoded
+    elif factor == 1:
+        size = (w, h)  # the header's, or its transpose when EXIF rotated the image
+    else:
+        width, height = header  # libjpeg's reduced size is ceil(side / factor); anything else means EXIF rotated it
+        size = (width, height) if (w, h) == (-(-width // factor), -(-height // factor)) else (height, width)
+    cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second full-size copy
+    return img, size
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise BlazeportError(f"{name} must be a positive integer (pixels), got {value!r}")
+    return int(value)
+
+
+def _check_pixels(path: Path, size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width * height > limit:
+        raise ImageReadError(
+            f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of {limit:,} pixels (a decompression "
+            "bomb, or a huge scan or panorama); raise the limit with --max-pixels (max_pixels= in Python) if the file "
+            "is trusted."
+        )
+
+
+def _reduction(width: int, height: int) -> int:
+    """The largest JPEG reduction (8, 4, 2) that keeps the long side at REDUCED_MIN_SIDE or more; else 1."""
+    side = max(width, height)
+    return next((f for f in (8, 4, 2) if -(-side // f) >= REDUCED_MIN_SIDE), 1)
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): all but DHT C4, JPG C8, DAC CC
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_HEADER_SCAN_LIMIT = 4096  # JPEG segments or TIFF tags looked at before giving up (then checked once decoded)
+
+
+def _header_size(file: BinaryIO) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG, JPEG, BMP, WebP or TIFF header, without decoding; None if not found.
+
+    Pillow could tell too, but its ``Image.open`` applies its own global decompression-bomb limit
+    (a warning at 89 MP, an error at 179 MP); these few fixed-layout headers are simpler to read here.
+    """
+    head = file.read(32)
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            return _positive_size(*struct.unpack_from(">II", head, 16))
+        if head.startswith(b"\xff\xd8\xff"):
+            return _jpeg_size(file)
+        if head.startswith(b"BM"):
+            if struct.unpack_from("<I", head, 14)[0] == 12:  # OS/2 BITMAPCOREHEADER
+                return _positive_size(*struct.unpack_from("<HH", head, 18))
+            width, height = struct.unpack_from("<ii", head, 18)
+            return _positive_size(width, abs(height))  # negative height: rows stored top-down
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _webp_size(head)
+        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            return _tiff_size(file, head)
+    except (struct.error, OverflowError, ValueError, OSError):  # truncated, or offsets past any file: let the
+        return None  # decoder report it (a real read error comes back when the whole file is read)
+    return None
+
+
+def _positive_size(width: int, height: int) -> tuple[int, int] | None:
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _jpeg_size(file: BinaryIO) -> tuple[int, int] | None:
+    """Walk the marker segments (EXIF, ICC, ...) by their lengths up to the start-of-frame."""
+    file.seek(2)
+    for _ in range(_HEADER_SCAN_LIMIT):
+        if file.read(1) != b"\xff":
+            return None
+        marker = file.read(1)
+        for _ in range(64):  # fill bytes
+            if marker != b"\xff":
+                break
+            marker = file.read(1)
+        if not marker or marker == b"\xff":
+            return None
+        code = marker[0]
+        if code == 0x01 or 0xD0 <= code <= 0xD8:  # segments without a length
+            continue
+        if code in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        length = struct.unpack(">H", file.read(2))[0]
+        if code in _JPEG_SOF:
+            _, height, width = struct.unpack(">BHH", file.read(5))
+            return _positive_size(width, height)  # height 0: defined later (DNL), unknown here
+        if length < 2:
+            return None
+        file.seek(length - 2, 1)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":  # lossy: 14-bit sizes after the start code
+        width, height = struct.unpack_from("<HH", head, 26)
+        return _positive_size(width & 0x3FFF, height & 0x3FFF)
+    if chunk == b"VP8L" and head[20] == 0x2F:  # lossless: 14-bit sizes minus one
+        bits = struct.unpack_from("<I", head, 21)[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit canvas sizes minus one
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def _tiff_size(file: BinaryIO, head: bytes) -> tuple[int, int] | None:
+    """ImageWidth (256) and ImageLength (257) of the first IFD, classic or BigTIFF."""
+    order = "<" if head[:2] == b"II" else ">"
+    if head[2:4] in (b"+\x00", b"\x00+"):  # BigTIFF: 64-bit offsets and counts, 20-byte entries
+        file.seek(struct.unpack_from(order + "Q", head, 8)[0])
+        count, entry_size, entry = struct.unpack(order + "Q", file.read(8))[0], 20, order + "HHQ8s"
+    else:
+        file.seek(struct.unpack_from(order + "I", head, 4)[0])
+        count, entry_size, entry = struct.unpack(order + "H", file.read(2))[0], 12, order + "HHI4s"
+    entries = file.read(min(count, _HEADER_SCAN_LIMIT) * entry_size)
+    values: dict[int, int] = {}
+    value_formats = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
+    for offset in range(0, len(entries) - entry_size + 1, entry_size):
+        tag, kind, _, raw = struct.unpack_from(entry, entries, offset)
+        if tag in (256, 257) and kind in value_formats:
+            values[tag] = struct.unpack_from(order + value_formats[kind], raw)[0]
+    if 256 in values and 257 in values:
+        return _positive_size(values[256], values[257])
+    return None
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
-    """Accept (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA uint8 arrays."""
+    """Accept (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA uint8 arrays, and nothing else.
+
+    Anything else is a :class:`BlazeportError` saying what was wrong and what to pass instead, so
+    a caller's mistake never surfaces as an OpenCV assertion. Non-contiguous views are fine (OpenCV
+    copies them).
+    """
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise BlazeportError(f"images must be uint8 arrays, got {image.dtype}")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise BlazeportError(f"images must be uint8 arrays (0-255), got {image.dtype}; for floats in [0, 1] "
+                             "pass (image * 255).round().astype(np.uint8)")
+    channels_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
+    if not channels_ok:
+        batch = "; for several images call detect_batch with a list of them" if image.ndim == 4 else ""
+        raise BlazeportError(f"expected an (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA image, "
+                             f"got shape {image.shape}{batch}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise BlazeportError(f"empty image: shape {image.shape} has no pixels")
+    if image.ndim == 2 or image.shape[2] == 1:
         return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
-    if image.ndim == 3 and image.shape[2] == 4:
+    if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise BlazeportError(f"expected an (H, W[, 1|3|4]) image, got shape {image.shape}")
+    return image
 
 
 def roi_transform(width: int, height: int, size: int) -> tuple[np.ndarray, Letterbox]:
@@ -121,6 +323,12 @@ def letterbox(image: np.ndarray, size: int, normalization: tuple[float, float] =
     """RGB uint8 image -> ``(size, size, 3)`` float32 tensor in ``normalization`` range, padding."""
     image = as_rgb(image)
     h, w = image.shape[:2]
+    if max(h, w) >= _REMAP_MAX_SIDE:
+        # cv2.remap cannot take it (MediaPipe's warpPerspective cannot either): shrink it first. Boxes move
+        # by at most the rounding of the shrunk size, < 1e-4 of the image.
+        scale = _SHRUNK_SIDE / max(h, w)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
     pad = _letterbox_pad(w, h, size)
     xy, alpha = _warp_maps(w, h, size)
     warped = cv2.remap(

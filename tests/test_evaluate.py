@@ -143,3 +143,136 @@ def test_eval_help_exits_zero(capsys) -> None:
         build_parser().parse_args(["eval", "--help"])
     assert exc.value.code == 0
     assert "usage: blazeport eval" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- bad boxes files: one clear error each
+
+
+def _boxes_file(tmp_path: Path, entry: object, text: str | None = None) -> Path:
+    path = tmp_path / "boxes.json"
+    path.write_text(text if text is not None else json.dumps({"a.jpg": entry}))
+    return path
+
+
+def _entry(box: object = (10, 20, 30, 40), **size: object) -> dict[str, object]:
+    return {"width": 200, "height": 100, **size, "boxes_xywh": [[1, 2, 3, 4], list(box) if isinstance(box, tuple) else box]}
+
+
+def test_load_boxes_keeps_the_real_file_as_it_is(boxes_json: Path) -> None:
+    raw = json.loads(boxes_json.read_text())
+    table = load_boxes(boxes_json)
+    assert list(table) == list(raw)
+    for name, entry in raw.items():
+        assert table[name] == {**entry, "boxes_xywh": [[float(v) for v in b] for b in entry["boxes_xywh"]]}
+
+
+def test_load_boxes_accepts_dlib_style_boxes_across_the_border_and_whole_float_sizes(tmp_path: Path) -> None:
+    table = load_boxes(_boxes_file(tmp_path, _entry((-12, 70, 40, 45), width=200.0)))
+    assert table["a.jpg"]["width"] == 200 and isinstance(table["a.jpg"]["width"], int)
+    assert table["a.jpg"]["boxes_xywh"][1] == [-12.0, 70.0, 40.0, 45.0]
+    assert load_boxes(_boxes_file(tmp_path, {"boxes_xywh": []}))["a.jpg"]["boxes_xywh"] == []  # no face, no size
+
+
+@pytest.mark.parametrize("key", ["width", "height"])
+@pytest.mark.parametrize("value", [0, -5, 12.5, True, "200", None, 2**31])
+def test_load_boxes_rejects_a_bad_image_size(key: str, value: object, tmp_path: Path) -> None:
+    path = _boxes_file(tmp_path, _entry(**{key: value}))
+    with pytest.raises(BlazeportError, match=rf"boxes\.json: entry 'a\.jpg': {key} must be a whole number of pixels"):
+        load_boxes(path)
+
+
+def test_load_boxes_rejects_a_huge_integer_and_names_the_box(tmp_path: Path) -> None:
+    """Over 4300 digits Python's int() raises ValueError inside json; the entry and box must still be named."""
+    huge = "9" * 5000
+    path = _boxes_file(tmp_path, None, text='{"a.jpg": {"width": 200, "height": 100, "boxes_xywh": [[1, 2, 3, 4], '
+                                            f'[{huge}, 2, 3, 4]]}}}}')
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg', box 1: holds <a 5000-digit integer>, far too large"):
+        load_boxes(path)
+    path = _boxes_file(tmp_path, None, text=f'{{"a.jpg": {{"width": {huge}, "height": 100, "boxes_xywh": []}}}}')
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg': width must be .* got <a 5000-digit integer>"):
+        load_boxes(path)
+
+
+def test_load_boxes_rejects_deep_nesting(tmp_path: Path) -> None:
+    path = _boxes_file(tmp_path, None, text="[" * 100_000 + "]" * 100_000)  # RecursionError inside json
+    with pytest.raises(BlazeportError, match=r"boxes\.json: not a boxes file: its JSON nests deeper"):
+        load_boxes(path)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_load_boxes_rejects_non_finite_numbers(value: str, tmp_path: Path) -> None:
+    path = _boxes_file(tmp_path, None, text='{"a.jpg": {"width": 200, "height": 100, "boxes_xywh": [[1, 2, 3, 4], '
+                                            f'[10, {value}, 30, 40]]}}}}')
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg', box 1: .* is not finite"):
+        load_boxes(path)
+
+
+@pytest.mark.parametrize("box", [(10, 20, 0, 40), (10, 20, 30, 0), (10, 20, -30, 40), (50, 60, 10, -5)])
+def test_load_boxes_rejects_zero_size_and_negative_boxes(box: tuple[int, ...], tmp_path: Path) -> None:
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg', box 1: .* width or height <= 0"):
+        load_boxes(_boxes_file(tmp_path, _entry(box)))
+
+
+@pytest.mark.parametrize("box", [[True, 20, 30, 40], [10, 20, 30, False], ["10", 20, 30, 40], [10, None, 30, 40],
+                                 [10, [20], 30, 40]])
+def test_load_boxes_rejects_booleans_strings_and_nulls_as_numbers(box: list[object], tmp_path: Path) -> None:
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg', box 1: .* is not a number"):
+        load_boxes(_boxes_file(tmp_path, _entry(box)))
+
+
+@pytest.mark.parametrize("box", [(250, 20, 30, 40),  # right of a 200 px wide image
+                                 (10, -60, 30, 40),  # above it
+                                 (10, 20, 5000, 40),  # reaching 25 image widths past its border
+                                 (-300, 20, 310, 40),  # starting more than an image width before it
+                                 (1e300, 20, 30, 40)])
+def test_load_boxes_rejects_boxes_far_outside_the_image(box: tuple[float, ...], tmp_path: Path) -> None:
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg', box 1: .* lies outside the 200x100 image"):
+        load_boxes(_boxes_file(tmp_path, _entry(box)))
+
+
+def test_load_boxes_rejects_a_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "boxes.json"
+    path.write_bytes(b'{"a.jpg": "\xff\xfe"}')
+    with pytest.raises(BlazeportError, match=r"boxes\.json: not a JSON file"):
+        load_boxes(path)
+
+
+def _never_detects() -> blazeport.Detector:
+    """A short-range Detector whose backend reports no face anywhere (no model, no torch)."""
+    from blazeport.specs import get_spec
+
+    detector = blazeport.Detector(get_spec("short_range"), lambda batch: (None, None))
+    n = len(detector.anchors)
+    detector.backend = lambda batch: (np.zeros((len(batch), n, 16), np.float32), np.full((len(batch), n, 1), -100, np.float32))
+    return detector
+
+
+def test_evaluate_on_boxes_checks_a_mapping_and_boxes_against_the_image_size(tmp_path: Path) -> None:
+    """Without width/height in the entry, a box is checked against the image once it is read."""
+    assert cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((100, 200, 3), np.uint8))
+    detector = _never_detects()
+    r = evaluate_on_boxes(detector, tmp_path, {"a.jpg": {"boxes_xywh": [[10, 20, 30, 40]]}})
+    assert (r["images"], r["references"], r["AP50"]) == (1, 1, 0.0)
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg', box 0: .* lies outside the 200x100 image"):
+        evaluate_on_boxes(detector, tmp_path, {"a.jpg": {"boxes_xywh": [[250, 20, 30, 40]]}})
+    with pytest.raises(BlazeportError, match=r"entry 'a\.jpg', box 0: .* is not finite"):
+        evaluate_on_boxes(detector, tmp_path, {"a.jpg": {"boxes_xywh": [[math.nan, 20, 30, 40]]}})
+
+
+def test_evaluate_on_boxes_normalizes_by_the_full_size_of_a_reduced_jpeg(tmp_path: Path, monkeypatch) -> None:
+    """A big JPEG decoded reduced (here 1600x1200 -> 200x150): boxes are in the file's pixels, not the array's."""
+    from blazeport import preprocess
+
+    monkeypatch.setattr(preprocess, "REDUCE_ABOVE_PIXELS", 100_000)
+    monkeypatch.setattr(preprocess, "REDUCED_MIN_SIDE", 200)
+    assert cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((1200, 1600, 3), np.uint8))
+    assert preprocess.read_image(tmp_path / "a.jpg").shape == (150, 200, 3)
+    r = evaluate_on_boxes(_never_detects(), tmp_path, {"a.jpg": {"boxes_xywh": [[1000, 800, 100, 100]]}})
+    assert (r["images"], r["references"], r["unreadable"]) == (1, 1, 0)
+
+
+def test_evaluate_on_boxes_counts_images_over_max_pixels_as_unreadable(tmp_path: Path) -> None:
+    assert cv2.imwrite(str(tmp_path / "a.png"), np.zeros((100, 200, 3), np.uint8))
+    r = evaluate_on_boxes(_never_detects(), tmp_path, {"a.png": {"boxes_xywh": [[10, 20, 30, 40]]}}, max_pixels=19_999)
+    assert (r["images"], r["skipped"], r["unreadable"]) == (0, 1, 1)
+    assert "200x100 is 20,000 pixels, over the limit of 19,999 pixels" in r["messages"][0]
