@@ -41,6 +41,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    from blazeport.preprocess import MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=positive_int, metavar="N",
+                        help=f"skip (and count) images over N pixels, read from the file header before decoding "
+                        f"(default {MAX_PIXELS:,})")
+
+
 def _print_json(obj: object) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -48,20 +56,9 @@ def _print_json(obj: object) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from blazeport.convert import convert
-    from blazeport.data import list_images
-    from blazeport.preprocess import ImageReadError, read_image
     from blazeport.specs import get_spec
 
-    images = None
-    if args.images:
-        images = []
-        for p in list_images(args.images):
-            try:
-                images.append(read_image(p))
-            except ImageReadError as exc:
-                print(f"skipped: {exc}", file=sys.stderr)
-        if not images:
-            raise BlazeportError(f"no readable images in {' '.join(args.images)}")
+    images = _read_images(args.images, args.max_pixels) if args.images else None
     spec = get_spec(args.spec) if args.spec else None
     report = convert(args.src, args.output, spec, images)
     if not report["written"]:
@@ -90,7 +87,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from blazeport.data import list_images, sample_image_path
     from blazeport.draw import draw_detections, save_rgb
     from blazeport.files import drawing_paths
-    from blazeport.preprocess import ImageReadError, read_image
+    from blazeport.preprocess import ImageReadError, read_image_sized
 
     arguments = args.images or [sample_image_path("astronaut")]
     paths = list_images(arguments)
@@ -110,13 +107,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for i, path in enumerate(bar):
         try:
-            image = read_image(path)
+            # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own
+            image, (w, h) = read_image_sized(path, max_pixels=args.max_pixels)
         except ImageReadError as exc:
             skipped += 1
             tqdm.write(f"skipped: {exc}", file=sys.stderr)
             continue
         dets = detector.detect(image)
-        h, w = image.shape[:2]
         results.append({"image": str(path), "width": w, "height": h, "detections": [d.to_dict() for d in dets]})
         if out_dir:
             save_rgb(drawings[i], draw_detections(image, dets))
@@ -156,14 +153,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise BlazeportError(f"{p}: no such file or folder")
     detector = blazeport.load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold)
     if args.boxes:
-        result = evaluate_on_boxes(detector, images, boxes, progress=True)
+        result = evaluate_on_boxes(detector, images, boxes, progress=True, max_pixels=args.max_pixels)
         against = str(args.boxes)
         if result["images"] == 0:
             raise BlazeportError(f"none of the images in {' '.join(map(str, images))} has an entry in {args.boxes} "
                                  "(matched by file name)")
     else:
         teacher = blazeport.load(args.teacher, backend=args.teacher_backend, threads=args.threads)
-        result = evaluate_against_teacher(detector, teacher, images, progress=True)
+        result = evaluate_against_teacher(detector, teacher, images, progress=True, max_pixels=args.max_pixels)
         against = f"teacher {args.teacher} ({args.teacher_backend}, threshold {teacher.spec.score_threshold:g})"
         if result["images"] == 0:
             raise BlazeportError(f"no readable images in {' '.join(map(str, images))}")
@@ -207,14 +204,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_images(paths: list[str]) -> list:
+def _read_images(paths: list[str], max_pixels: int | None) -> list:
     from blazeport.data import list_images
     from blazeport.preprocess import ImageReadError, read_image
 
     images = []
     for p in list_images(paths):
         try:
-            images.append(read_image(p))
+            images.append(read_image(p, max_pixels=max_pixels))
         except ImageReadError as exc:
             print(f"skipped: {exc}", file=sys.stderr)
     if not images:
@@ -225,7 +222,7 @@ def _read_images(paths: list[str]) -> list:
 def cmd_export(args: argparse.Namespace) -> int:
     from blazeport.export import export
 
-    images = _read_images(args.images) if args.images else None
+    images = _read_images(args.images, args.max_pixels) if args.images else None
     r = export(args.model, args.format, args.output, fp16=args.fp16, dynamic_batch=args.dynamic_batch, images=images)
     if not r["written"]:
         print(f"nothing written: {r['output']} was left as it was", file=sys.stderr)
@@ -318,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--spec", help="model spec to use when the file is not a known original")
     c.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_max_pixels(c)
     c.set_defaults(func=cmd_convert)
 
     d = sub.add_parser("detect", help="detect faces in images and draw them",
@@ -333,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=positive_int, help="CPU threads for the backend")
     d.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    add_max_pixels(d)
     d.set_defaults(func=cmd_detect)
 
     e = sub.add_parser("eval", help="COCO AP of a model against face boxes or a teacher model",
@@ -355,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, help="score threshold of the evaluated model (default: the spec's)")
     e.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
     e.add_argument("--json", action="store_true", help="print the result as JSON (nan as null)")
+    add_max_pixels(e)
     e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("distill", help="distill a converted original into a student on unlabeled images",
@@ -401,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dynamic-batch", action="store_true", help="ONNX only: a dynamic batch dimension (default: batch 1)")
     x.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")
     x.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_max_pixels(x)
     x.set_defaults(func=cmd_export)
 
     from blazeport.bench import add_bench_parser

@@ -149,3 +149,14 @@ def test_shipped_student_loads_by_name_and_agrees_with_its_teacher(name: str, as
     assert spec.name == name
     code, out, _ = run(capsys, "detect", "--model", name, "--json")
     assert code == 0 and len(json.loads(out)[0]["detections"]) == 1
+
+
+def test_detect_skips_images_over_max_pixels(tmp_path, astronaut, capsys) -> None:
+    import cv2
+
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), astronaut)  # 512 x 512 = 262,144 pixels
+    code, out, err = run(capsys, "detect", str(big), "--max-pixels", "100000", "--json")
+    assert code == 1 and json.loads(out) == [] and "over the limit of 100,000 pixels" in err
+    code, out, _ = run(capsys, "detect", str(big), "--max-pixels", "300000", "--json")
+    assert code == 0 and len(json.loads(out)[0]["detections"]) == 1
