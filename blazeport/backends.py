@@ -8,6 +8,7 @@ only when built: a board with LiteRT or onnxruntime and numpy runs the others.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,38 @@ class TorchBackend:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, S, S)
             r, c = self.module(x)
         return r.numpy(), c.numpy()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One row of the runtime registry: the single source of the runtime list (CLI choices,
+    ``blazeport.load``, bench), like Ultralytics' AutoBackend picking the runtime from the file."""
+
+    name: str
+    backend: type
+    suffixes: tuple[str, ...]  # model files it runs ('.tflite' on torch: converted on load)
+    runs_spec_names: bool  # a spec name runs on it (torch: converted weights; tflite: Google's original)
+    install: str
+
+
+RUNTIMES: dict[str, Runtime] = {
+    r.name: r
+    for r in (
+        Runtime("torch", TorchBackend, (".safetensors", ".tflite"), True, "pip install -e ."),
+        Runtime("tflite", TFLiteBackend, (".tflite",), True, "pip install ai-edge-litert"),
+        Runtime("onnx", OnnxBackend, (".onnx",), False, "pip install onnxruntime"),
+    )
+}
+MODEL_SUFFIXES = tuple(sorted({s for r in RUNTIMES.values() for s in r.suffixes}))
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise BlazeportError(f"unknown backend {name!r}; choose one of {', '.join(RUNTIMES)}")
+    return RUNTIMES[name]
+
+
+def native_runtime(path: str | Path) -> str | None:
+    """The runtime that reads this file as it is (``.tflite`` -> tflite, ``.onnx`` -> onnx, ...)."""
+    suffix = Path(path).suffix
+    return next((r.name for r in RUNTIMES.values() if r.suffixes and r.suffixes[0] == suffix), None)

@@ -226,8 +226,9 @@ def onnx_counts(path: str | Path) -> tuple[int | None, int | None]:
 def _module_counts(source: Path) -> tuple[int, int] | None:
     if not _torch_available():
         return None
-    from blazeport.convert import load_safetensors, load_tflite
+    from blazeport.convert import load_tflite
     from blazeport.profile import count_macs, count_params
+    from blazeport.weights import load_safetensors
 
     module, spec = (load_tflite(source)[0], None) if source.suffix == ".tflite" else load_safetensors(source)
     size = spec.input_size if spec is not None else _tflite_input_size(source)
@@ -244,8 +245,8 @@ def _tflite_input_size(path: Path) -> int:
 def resolve_targets(models: list[str], backends: set[str], cache: Path, spec_name: str | None,
                     notes: list[str], log: Any) -> list[Target]:
     """Turn MODEL arguments and ``--backend`` into targets, exporting on the fly where needed."""
-    from blazeport.convert import spec_for_file
-    from blazeport.detector import WEIGHTS_DIR, load, resolve_weights
+    from blazeport.detector import load
+    from blazeport.specs import WEIGHTS_DIR, spec_for_file
 
     has_torch = _torch_available()
     students: tuple[str, ...] = ()
@@ -276,7 +277,7 @@ def resolve_targets(models: list[str], backends: set[str], cache: Path, spec_nam
         elif path.suffix == ".safetensors":
             if not has_torch:
                 raise BlazeportError(f"{path}: a .safetensors model needs torch (pip install -e .)")
-            from blazeport.convert import load_safetensors
+            from blazeport.weights import load_safetensors
 
             spec = load_safetensors(path)[1]
             own["torch"] = export_source = path
@@ -289,7 +290,7 @@ def resolve_targets(models: list[str], backends: set[str], cache: Path, spec_nam
             notes.append(f"{label}: freshly initialised weights (seed 0): latency only, it detects nothing")
         else:
             spec = get_spec(arg)
-            weights = resolve_weights(spec.name)
+            weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
             original = WEIGHTS_DIR / spec.tflite if spec.tflite else None
             if original is not None and original.is_file():
                 own[ORIGINAL] = original
@@ -352,7 +353,7 @@ def resolve_targets(models: list[str], backends: set[str], cache: Path, spec_nam
 
 def add_baselines(targets: list[Target], e2e: bool, mediapipe_python: str | None, notes: list[str]) -> list[Target]:
     """The original ``.tflite`` of every reference spec (LiteRT, XNNPACK), and MediaPipe for e2e."""
-    from blazeport.detector import WEIGHTS_DIR
+    from blazeport.specs import WEIGHTS_DIR
 
     have = {t.key() for t in targets}
     out = list(targets)
@@ -452,7 +453,8 @@ def _build_backend(cfg: dict[str, Any]) -> tuple[Any, float, float]:
     if runtime == "torch":
         import torch
 
-        from blazeport.convert import load_safetensors, load_tflite
+        from blazeport.convert import load_tflite
+        from blazeport.weights import load_safetensors
     elif runtime == "onnx":
         import onnxruntime  # noqa: F401
     else:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from blazeport.backends import RUNTIMES
 from blazeport.errors import BlazeportError
 
 EXAMPLES = """examples:
@@ -75,7 +76,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
         tol = report["tolerance"]
         verdict = "OK" if report["ok"] else "FAILED"
-        print(f"{verdict}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded within {tol['abs']:g}"
+        print(f"{verdict}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded and detections within {tol['abs']:g}"
               f"  ({report['seconds']:.1f} s)")
     return 0 if report["ok"] else 1
 
@@ -241,7 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {s['classificators']:.2e}")
     print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
     same = "same count" if det["same_count"] else "COUNT DIFFERS"
-    print(f"  detections      {det['faces_exported']} vs {det['faces']} faces ({same}); worst coordinate "
+    print(f"  detections      {det['faces_checked']} vs {det['faces']} faces ({same}); worst coordinate "
           f"{det['max_coordinate_diff']:.2e}, score {det['max_score_diff']:.2e}")
     print(f"ops {r['format']:<7} {', '.join(f'{k} {v}' for k, v in r['op_counts'].items())}")
     if r["original_op_counts"]:
@@ -257,31 +258,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from blazeport.convert import load_safetensors, load_tflite
-    from blazeport.detector import WEIGHTS_DIR
+    from blazeport.loader import open_module
     from blazeport.models import STUDENTS, build_student
     from blazeport.profile import count_macs, count_params
-    from blazeport.specs import SPECS
+    from blazeport.specs import SPECS, WEIGHTS_DIR
 
     rows = []
     for spec in SPECS.values():
         weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
-        if weights.is_file():
-            module = load_safetensors(weights)[0]
-        elif spec.tflite:
-            module = load_tflite(WEIGHTS_DIR / spec.tflite)[0]
+        if weights.is_file() or spec.tflite:  # the original is converted on load when not converted yet
+            module = open_module(weights if weights.is_file() else WEIGHTS_DIR / spec.tflite, spec)[0]
         else:
             module = build_student(spec.architecture)
         rows.append({
             "name": spec.name, "kind": "spec", "aliases": list(spec.aliases), "input": spec.input_size,
             "anchors": spec.num_anchors, "params": count_params(module), "macs": count_macs(module, spec.input_size),
             "family": spec.family, "score_threshold": spec.score_threshold, "source": spec.tflite, "sha256": spec.sha256,
-            "converted": weights.is_file(), "description": spec.description,
+            "teacher": spec.teacher, "converted": weights.is_file(), "description": spec.description,
         })
     for name, cfg in STUDENTS.items():
         module = build_student(name)
         rows.append({"name": name, "kind": "student", "input": cfg.input_size, "params": count_params(module),
-                     "macs": count_macs(module, cfg.input_size), "family": "resnet",
+                     "macs": count_macs(module, cfg.input_size), "family": module.family,
                      "description": "student architecture for `blazeport distill --student`"})
     if args.json:
         _print_json(rows)
@@ -323,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "With no IMAGE, uses a real photo bundled with scikit-image.", formatter_class=fmt)
     d.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
     d.add_argument("--model", default="short_range", help="spec name, .safetensors, .tflite or .onnx (default: short_range)")
-    d.add_argument("--backend", default="torch", choices=("torch", "tflite", "onnx"),
+    d.add_argument("--backend", default="torch", choices=tuple(RUNTIMES),
                    help="runtime (default: torch); a .onnx model runs on onnx")
     d.add_argument("--spec", help="spec of a .onnx/.tflite file that does not carry one (files from `blazeport export` do)")
     d.add_argument("--out", help="folder for copies of the images with detections drawn")
@@ -343,13 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "down to a low threshold (e.g. --threshold 0.1), which gives a fuller precision-recall curve.",
                        formatter_class=fmt)
     e.add_argument("--model", default="short_range", help="spec name, .safetensors or .tflite (default: short_range)")
-    e.add_argument("--backend", default="torch", choices=("torch", "tflite"), help="runtime (default: torch)")
+    e.add_argument("--backend", default="torch", choices=tuple(RUNTIMES), help="runtime (default: torch)")
     e.add_argument("--images", nargs="+", metavar="DIR",
                    help="image folders or files (default with --boxes: the boxes file's folder + /images)")
     refs = e.add_mutually_exclusive_group(required=True)
     refs.add_argument("--boxes", help="reference boxes: JSON {file: {width, height, boxes_xywh: [[left, top, w, h], ...]}}")
     refs.add_argument("--teacher", help="reference model (spec name or file): its detections are the references")
-    e.add_argument("--teacher-backend", default="torch", choices=("torch", "tflite"),
+    e.add_argument("--teacher-backend", default="torch", choices=tuple(RUNTIMES),
                    help="runtime of the teacher, which uses its spec's threshold (default: torch)")
     e.add_argument("--threshold", type=float, help="score threshold of the evaluated model (default: the spec's)")
     e.add_argument("--threads", type=positive_int, help="CPU threads for the backends")

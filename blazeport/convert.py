@@ -13,8 +13,6 @@ random input, and reports the worst absolute difference per output.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.errors import BlazeportError
-from blazeport.files import check_output, staged, write_atomic
-from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec
+from blazeport.files import check_output, sha256_of, staged
+from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, spec_for_file
 from blazeport.tflite import Op, TFLiteModel, read_tflite
+from blazeport.verify import verify
+from blazeport.weights import load_safetensors, save_safetensors
 
-# Float32 noise sets the raw tolerance. Raw outputs reach |x| ~ 100-1500 (background logits,
-# offsets in input pixels) where one float32 ULP is 8e-6 to 1.2e-4, and LiteRT's XNNPACK output
-# itself differs from a float64 evaluation of the same graph by up to 2e-4 relative (measured
-# on short range and back). So raw outputs must satisfy |a - b| <= 1e-4 + 1e-3 * |b| (a mapping
-# error shows as O(1)), and decoded scores and coordinates agree to 1e-4.
-ABS_TOL = 1e-4
-REL_TOL = 1e-3
 SUPPORTED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "MAX_POOL_2D", "PAD", "RESHAPE", "CONCATENATION"}
 
 
@@ -49,22 +43,6 @@ class Mapping:
     family: str = "blazeface"
     params: dict[str, np.ndarray] = field(default_factory=dict)  # torch name -> array in torch layout
     sources: dict[str, str] = field(default_factory=dict)  # torch name -> TFLite tensor name
-
-
-def sha256_of(path: str | Path) -> str:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as exc:
-        raise BlazeportError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
-
-
-def spec_for_file(path: str | Path) -> ModelSpec | None:
-    """The spec whose original file has this sha256, if any."""
-    digest = sha256_of(path)
-    for spec in SPECS.values():
-        if spec.sha256 == digest:
-            return spec
-    return None
 
 
 class _Walker:
@@ -348,160 +326,6 @@ def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mappi
     return module, mapping
 
 
-def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str | Path | None = None,
-                     extra: dict[str, str] | None = None) -> Path:
-    """Write weights plus the metadata needed to rebuild the module (family, config, spec).
-
-    ``source`` is the .tflite a conversion came from (name and sha256 recorded); ``extra`` adds
-    string metadata (a student records its teacher and training summary). Written atomically and
-    byte for byte reproducibly: the same module and metadata give the same file (and sha256).
-    """
-    from safetensors.torch import save
-
-    out = Path(out)
-    meta = {
-        "format": "blazeport",
-        "spec": json.dumps(spec.to_dict()),
-        "family": module.family,
-        "config": module.config.to_json(),
-        **({"source": Path(source).name, "source_sha256": sha256_of(source)} if source else {}),
-        **(extra or {}),
-    }
-    data = save({k: v.detach().contiguous() for k, v in module.state_dict().items()}, metadata=meta)
-    write_atomic(out, _canonical_header(data))
-    return out
-
-
-def _canonical_header(data: bytes) -> bytes:
-    """The safetensors file with its JSON header's keys sorted.
-
-    safetensors 0.8 writes ``__metadata__`` in Rust hash-map order, which changes from run to run,
-    so two conversions of one file differed in bytes. The header is a JSON map whose tensor
-    entries carry their own offsets, so reordering its keys leaves the data as it is; it is
-    padded with spaces to a multiple of 8 bytes, as safetensors pads it.
-    """
-    n = int.from_bytes(data[:8], "little")
-    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-(8 + len(header)) % 8)
-    return len(header).to_bytes(8, "little") + header + data[8 + n :]
-
-
-def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
-    """Rebuild a module and its spec from a blazeport safetensors file.
-
-    Everything in the file is checked before it is trusted, and each problem is one
-    :class:`BlazeportError` naming the file: unreadable, not safetensors, no blazeport metadata,
-    a spec or config that is not valid JSON or not complete, and tensors missing, unexpected or of
-    the wrong shape for the model the config describes. (safetensors holds no code: nothing in the
-    file is executed.)
-    """
-    from safetensors import safe_open
-
-    from blazeport.anchors import anchors_for
-    from blazeport.models import from_config
-
-    path = Path(path)
-    fix = "Re-run `blazeport convert` (or `blazeport distill`) to write it again."
-    if not path.exists():
-        raise BlazeportError(f"{path}: no such weights file. Run `blazeport convert` on the original .tflite first.")
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-    except OSError as exc:
-        raise BlazeportError(f"{path}: cannot read the weights file ({exc.strerror or exc}).") from None
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) on damaged files
-        raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). {fix}") from None
-    if meta.get("format") != "blazeport" or "config" not in meta or "spec" not in meta:
-        raise BlazeportError(f"{path}: safetensors without blazeport metadata (format, spec, config); "
-                             "convert the original with `blazeport convert`.")
-    try:
-        spec = ModelSpec.from_dict(json.loads(meta["spec"]))
-    except (ValueError, BlazeportError) as exc:  # JSONDecodeError is a ValueError
-        raise BlazeportError(f"{path}: its spec metadata is not usable ({exc}). {fix}") from None
-    try:
-        anchors_for(spec)
-    except BlazeportError as exc:
-        raise BlazeportError(f"{path}: {exc}. {fix}") from None
-    family = meta.get("family", "blazeface")
-    try:
-        module = from_config(family, meta["config"])
-    except BlazeportError as exc:
-        raise BlazeportError(f"{path}: {exc}. {fix}") from None
-    except Exception as exc:  # a config is user data: any way it fails to build is the same problem
-        raise BlazeportError(f"{path}: its config metadata does not describe a {family} model "
-                             f"({type(exc).__name__}: {exc}). {fix}") from None
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or extra:
-        raise BlazeportError(f"{path}: tensors do not match its config: missing {missing[:4]}, unexpected {extra[:4]}. {fix}")
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise BlazeportError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, its config wants {shape}. {fix}")
-    module.load_state_dict(state, strict=True)
-    if getattr(module.config, "input_size", spec.input_size) != spec.input_size:
-        raise BlazeportError(f"{path}: the model takes {module.config.input_size}px but its spec says "
-                             f"{spec.input_size}px. {fix}")
-    return module.eval(), spec
-
-
-def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray],
-                    spec: ModelSpec, anchors: np.ndarray) -> dict[str, dict[str, float]]:
-    """Differences between two backends' raw outputs, raw and as the pipeline uses them.
-
-    Returns ``max_abs_diff`` (raw, per output), ``max_scaled_diff`` (``|a - b| / max(1, |b|)``:
-    absolute within [-1, 1], relative beyond) and ``decoded_diff`` (sigmoid scores and normalized
-    box/keypoint coordinates, what a user of the detections sees).
-    """
-    from blazeport.postprocess import decode_boxes, decode_scores
-
-    out: dict[str, dict[str, float]] = {"max_abs_diff": {}, "max_scaled_diff": {}, "tolerance_used": {}}
-    for name, a, b in (("regressors", ours[0], ref[0]), ("classificators", ours[1], ref[1])):
-        d = np.abs(a.astype(np.float64) - b)
-        out["max_abs_diff"][name] = float(d.max())
-        out["max_scaled_diff"][name] = float((d / np.maximum(1.0, np.abs(b))).max())
-        # fraction of the allowed difference used by the worst element (<= 1 passes)
-        out["tolerance_used"][name] = float((d / (ABS_TOL + REL_TOL * np.abs(b))).max())
-    bx, kx = decode_boxes(ours[0], anchors, spec.input_size, spec.num_keypoints)
-    b0, k0 = decode_boxes(ref[0], anchors, spec.input_size, spec.num_keypoints)
-    s, s0 = decode_scores(ours[1], spec.score_clip), decode_scores(ref[1], spec.score_clip)
-    out["decoded_diff"] = {
-        "scores": float(np.abs(s - s0).max()),
-        "coordinates": float(max(np.abs(bx - b0).max(), np.abs(kx - k0).max())),
-    }
-    return out
-
-
-def passes(diffs: dict[str, dict[str, float]]) -> bool:
-    """The conversion gate: every raw output within ``ABS_TOL + REL_TOL * |ref|`` (numpy's
-    ``allclose`` rule), and decoded scores and coordinates within ``ABS_TOL``."""
-    raw_ok = all(v <= 1.0 for v in diffs["tolerance_used"].values())
-    return raw_ok and all(v <= ABS_TOL for v in diffs["decoded_diff"].values())
-
-
-def verify(module: Any, tflite_path: str | Path, inputs: np.ndarray, spec: ModelSpec) -> dict[str, dict[str, float]]:
-    """Worst differences between the module and LiteRT (XNNPACK, as MediaPipe runs it) over NHWC inputs."""
-    from blazeport.anchors import anchors_for
-    from blazeport.backends import TFLiteBackend, TorchBackend
-
-    ours = TorchBackend(module)(inputs)
-    ref = TFLiteBackend(tflite_path)(inputs)
-    return compare_outputs(ours, ref, spec, anchors_for(spec))
-
-
-def verification_inputs(spec: ModelSpec, images: list[np.ndarray], seed: int = 0) -> np.ndarray:
-    """Letterboxed real photos plus one random input, NHWC float32 in the model's range."""
-    from blazeport.preprocess import letterbox
-
-    batch = [letterbox(img, spec.input_size, spec.normalization)[0] for img in images]
-    rng = np.random.default_rng(seed)
-    batch.append(rng.uniform(-1, 1, (spec.input_size, spec.input_size, 3)).astype(np.float32))
-    return np.stack(batch)
-
-
 def convert(
     src: str | Path,
     out: str | Path | None = None,
@@ -539,11 +363,12 @@ def convert(
     check_output(out, [src], "converted weights")
     images = images if images is not None else sample_images()
     with staged(out) as stage:
-        # verify what was written, read back from disk, and only then replace the previous output
+        # verify what was written, read back from disk, against LiteRT (XNNPACK, as MediaPipe runs
+        # it), and only then replace the previous output
         save_safetensors(module, spec, stage.path, src)
         written, _ = load_safetensors(stage.path)
-        diffs = verify(written, src, verification_inputs(spec, images), spec)
-        ok = passes(diffs)
+        check = verify(TorchBackend(written), TFLiteBackend(src), spec, images)
+        ok = check["passes_gate"]
         if ok:
             stage.commit()
     report: dict[str, Any] = {
@@ -554,10 +379,7 @@ def convert(
         "written": ok,
         "params": int(sum(p.numel() for p in module.parameters())),
         "tflite_ops": model.op_counts(),
-        **diffs,
-        "images": len(images),
-        "random_inputs": 1,
-        "tolerance": {"abs": ABS_TOL, "rel": REL_TOL},
+        **check,
         "ok": ok,
         "seconds": round(time.perf_counter() - t0, 3),
     }

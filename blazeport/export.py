@@ -45,7 +45,6 @@ within the same tolerance. Float16 weights are reported, not gated.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import time
@@ -58,12 +57,15 @@ from typing import Any
 
 import numpy as np
 
+from blazeport.backends import RUNTIMES, TorchBackend
+from blazeport.data import sample_images
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, same_file, staged, write_atomic
-from blazeport.specs import ModelSpec
+from blazeport.loader import open_module
+from blazeport.metadata import LAYOUT, file_metadata
+from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec
+from blazeport.verify import verify
 
-SPEC_KEY = "blazeport.spec"
-LAYOUT = "NHWC"
 ONNX_OPSET = 18
 EXPORT_EXTRA = 'pip install -e ".[export]"'
 
@@ -79,54 +81,11 @@ class ExportFormat:
     op_counter: Callable[[Path], dict[str, int]]
     dynamic_batch: bool  # whether --dynamic-batch is supported
     install: str  # what to install when the exporter's packages are missing
+    opset: int | None = None  # the ONNX opset the exporter targets
 
 
 # ----------------------------------------------------------------------------------------------
 # Metadata: the spec inside the file
-
-
-def file_metadata(spec: ModelSpec, source: str | Path, fp16: bool, dynamic_batch: bool) -> dict[str, str]:
-    from blazeport import __version__
-
-    return {
-        SPEC_KEY: json.dumps(spec.to_dict()),
-        "blazeport.layout": LAYOUT,
-        "blazeport.weights": "float16" if fp16 else "float32",
-        "blazeport.batch": "dynamic" if dynamic_batch else "1",
-        "blazeport.source": Path(source).name,
-        "blazeport.version": __version__,
-    }
-
-
-def tflite_metadata(path: str | Path) -> dict[str, str]:
-    """``Model.metadata`` entries of a ``.tflite`` whose buffers hold UTF-8 text (others skipped)."""
-    import tflite
-
-    data = Path(path).read_bytes()
-    out: dict[str, str] = {}
-    try:
-        model = tflite.Model.GetRootAsModel(data, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            buf = model.Buffers(entry.Buffer())
-            if buf is None or buf.DataLength() == 0:
-                continue
-            with contextlib.suppress(UnicodeDecodeError):
-                out[entry.Name().decode()] = buf.DataAsNumpy().tobytes().decode("utf-8")
-    except Exception as exc:  # a corrupt flatbuffer: the backend's own check names the problem
-        raise BlazeportError(f"{path}: cannot read the TFLite metadata ({exc})") from None
-    return out
-
-
-def spec_from_metadata(meta: dict[str, str], path: str | Path) -> ModelSpec | None:
-    """The :class:`ModelSpec` stored in a file's metadata, or None when there is none."""
-    text = meta.get(SPEC_KEY)
-    if text is None:
-        return None
-    try:
-        return ModelSpec.from_dict(json.loads(text))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise BlazeportError(f"{path}: unreadable {SPEC_KEY} metadata ({exc}); pass --spec NAME") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,7 +362,7 @@ def tflite_op_counts(path: Path) -> dict[str, int]:
 FORMATS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
-        ExportFormat("onnx", ".onnx", export_onnx, "onnx", onnx_op_counts, True, "pip install -e ."),
+        ExportFormat("onnx", ".onnx", export_onnx, "onnx", onnx_op_counts, True, "pip install -e .", ONNX_OPSET),
         ExportFormat("tflite", ".tflite", export_tflite, "tflite", tflite_op_counts, False, EXPORT_EXTRA),
     )
 }
@@ -415,41 +374,8 @@ def get_format(name: str) -> ExportFormat:
     return FORMATS[name]
 
 
-def make_backend(fmt: ExportFormat, path: Path) -> Any:
-    from blazeport.backends import OnnxBackend, TFLiteBackend
-
-    return {"onnx": OnnxBackend, "tflite": TFLiteBackend}[fmt.backend](path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Source model, verification, the report
-
-
-def load_source(model: str | Path) -> tuple[Any, ModelSpec, Path]:
-    """(module, spec, source file) for a spec name, a blazeport ``.safetensors`` or an original ``.tflite``."""
-    from blazeport.convert import load_safetensors, load_tflite, spec_for_file
-    from blazeport.detector import resolve_weights
-    from blazeport.specs import get_spec
-
-    path = Path(model)
-    if path.suffix == ".safetensors":
-        module, spec = load_safetensors(path)
-        return module, spec, path
-    if path.suffix == ".tflite":
-        if not path.is_file():
-            raise BlazeportError(f"{path}: no such file")
-        spec = spec_for_file(path)
-        if spec is None:
-            raise BlazeportError(f"{path}: not a known original; run `blazeport convert {path} --spec NAME` "
-                                 "and export the .safetensors it writes")
-        return load_tflite(path)[0], spec, path
-    spec = get_spec(str(model))
-    weights = resolve_weights(spec.name)
-    if not weights.is_file():
-        src = f"weights/{spec.tflite}" if spec.tflite else "the original .tflite"
-        raise BlazeportError(f"{weights}: converted weights not found. Run `blazeport convert {src}` first.")
-    module, spec = load_safetensors(weights)
-    return module, spec, weights
 
 
 def default_output(model: str | Path, spec: ModelSpec, fmt: ExportFormat, fp16: bool) -> Path:
@@ -468,64 +394,8 @@ def default_output(model: str | Path, spec: ModelSpec, fmt: ExportFormat, fp16: 
 
 def protected_inputs(source: Path, spec: ModelSpec) -> list[Path]:
     """Files an export must never overwrite: its source and Google's bundled originals."""
-    from blazeport.specs import SPECS, WEIGHTS_DIR
-
     originals = [WEIGHTS_DIR / s.tflite for s in SPECS.values() if s.tflite]
     return [source, *originals, *([WEIGHTS_DIR / spec.tflite] if spec.tflite else [])]
-
-
-def _match_detections(ours: list[list[Any]], ref: list[list[Any]]) -> dict[str, Any]:
-    """Count agreement and worst score / coordinate difference, pairing each reference face with
-    the nearest unused exported face."""
-    coord = score = 0.0
-    same = True
-    for a, b in zip(ours, ref, strict=True):
-        same &= len(a) == len(b)
-        unused = list(a)
-        for d in b:
-            if not unused:
-                break
-            ref_xy = np.array([*d.box, *np.ravel(d.keypoints)])
-            dists = [float(np.abs(np.array([*o.box, *np.ravel(o.keypoints)]) - ref_xy).max()) for o in unused]
-            j = int(np.argmin(dists))
-            coord = max(coord, dists[j])
-            score = max(score, abs(unused[j].score - d.score))
-            unused.pop(j)
-    return {
-        "images": len(ref),
-        "faces": sum(map(len, ref)),
-        "faces_exported": sum(map(len, ours)),
-        "same_count": bool(same),
-        "max_coordinate_diff": coord,
-        "max_score_diff": score,
-    }
-
-
-def verify_file(module: Any, spec: ModelSpec, fmt: ExportFormat, path: Path,
-                images: list[np.ndarray]) -> dict[str, Any]:
-    """Run the written file and the module on the same letterboxed photos (+1 random input)."""
-    from blazeport.anchors import anchors_for
-    from blazeport.backends import TorchBackend
-    from blazeport.convert import compare_outputs
-    from blazeport.detector import Detector
-    from blazeport.postprocess import postprocess
-
-    backend = make_backend(fmt, path)
-    if backend.input_size != spec.input_size:
-        raise BlazeportError(f"{path}: input is {backend.input_size}px, spec {spec.name} expects {spec.input_size}px")
-    batch, pads = Detector(spec, backend).preprocess(images)
-    rng = np.random.default_rng(0)
-    noise = rng.uniform(-1, 1, (1, spec.input_size, spec.input_size, 3)).astype(np.float32)
-    inputs = np.concatenate([batch, noise])
-    ref = TorchBackend(module)(inputs)
-    ours = backend(inputs)
-    anchors = anchors_for(spec)
-    diffs = compare_outputs(ours, ref, spec, anchors)
-    n = len(images)
-    dets = _match_detections(postprocess(ours[0][:n], ours[1][:n], anchors, spec, pads),
-                             postprocess(ref[0][:n], ref[1][:n], anchors, spec, pads))
-    finite = bool(np.isfinite(ours[0]).all() and np.isfinite(ours[1]).all())
-    return {**diffs, "detections": dets, "finite": finite, "images": n, "random_inputs": 1}
 
 
 def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, fp16: bool = False,
@@ -536,15 +406,11 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
     same count and within ``ABS_TOL``); float16 weights are reported, and ``ok`` only requires
     finite outputs.
     """
-    from blazeport.convert import ABS_TOL, REL_TOL, passes
-    from blazeport.data import sample_images
-    from blazeport.detector import WEIGHTS_DIR
-
     f = get_format(fmt)
     if dynamic_batch and not f.dynamic_batch:
         raise BlazeportError(f"--dynamic-batch is not supported for {f.name}; it is for "
                              f"{', '.join(x.name for x in FORMATS.values() if x.dynamic_batch)}")
-    module, spec, source = load_source(model)
+    module, spec, source = open_module(model)
     out = Path(out) if out else default_output(model, spec, f, fp16)
     if out.suffix != f.suffix:
         raise BlazeportError(f"{out}: {f.name} files end in {f.suffix}; choose another -o name")
@@ -556,12 +422,13 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
                    metadata=file_metadata(spec, source, fp16, dynamic_batch))
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        check = verify_file(module, spec, f, stage.path, images)
+        written = RUNTIMES[f.backend].backend(stage.path)
+        if written.input_size != spec.input_size:
+            raise BlazeportError(f"{out}: input is {written.input_size}px, spec {spec.name} expects {spec.input_size}px")
+        check = verify(written, TorchBackend(module), spec, images)
         verify_seconds = time.perf_counter() - t1
         size, op_counts = stage.path.stat().st_size, f.op_counter(stage.path)
-        dets = check["detections"]
-        gate = passes(check) and dets["same_count"] and max(dets["max_coordinate_diff"], dets["max_score_diff"]) <= ABS_TOL
-        ok = bool(gate) if not fp16 else check["finite"]
+        ok = check["passes_gate"] if not fp16 else check["finite"]
         if ok:  # a file that fails its check never replaces a previous export
             stage.commit()
     original = WEIGHTS_DIR / spec.tflite if spec.tflite else None
@@ -574,17 +441,14 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         "layout": LAYOUT,
         "input_shape": ["batch" if dynamic_batch else 1, spec.input_size, spec.input_size, 3],
         "weights": "float16" if fp16 else "float32",
-        "opset": ONNX_OPSET if f.name == "onnx" else None,
+        "opset": f.opset,
         "size_bytes": size,
         "written": ok,
         "seconds": round(seconds, 3),
         "verify_seconds": round(verify_seconds, 3),
-        **{k: check[k] for k in ("max_abs_diff", "max_scaled_diff", "tolerance_used", "decoded_diff", "detections")},
-        "images": check["images"],
-        "random_inputs": check["random_inputs"],
-        "tolerance": {"abs": ABS_TOL, "rel": REL_TOL},
+        **{k: check[k] for k in ("max_abs_diff", "max_scaled_diff", "tolerance_used", "decoded_diff", "detections",
+                                 "images", "random_inputs", "tolerance", "passes_gate")},
         "gated": not fp16,
-        "passes_gate": bool(gate),
         "ok": ok,
         "op_counts": op_counts,
         "original": str(original) if original and original.is_file() else None,

@@ -18,6 +18,7 @@ Three rules, each one a bug a user hit before it existed:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from blazeport.errors import BlazeportError
 
-__all__ = ["Staged", "check_output", "drawing_paths", "same_file", "staged", "write_atomic"]
+__all__ = ["Staged", "check_output", "drawing_paths", "same_file", "sha256_of", "staged", "write_atomic"]
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
@@ -35,6 +36,14 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256 (hex); an unreadable file is one clear error."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BlazeportError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

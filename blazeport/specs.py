@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from blazeport.errors import BlazeportError
+from blazeport.files import sha256_of
 
 # the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
-__all__ = ["KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions", "get_spec"]
+__all__ = ["KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions", "get_spec", "spec_for_file", "student_spec"]
 
 # The subject's right and left (keypoint 0 has the smaller x in a frontal photo).
 KEYPOINT_NAMES = (
@@ -69,6 +70,7 @@ class ModelSpec:
     anchors: AnchorOptions
     num_anchors: int
     architecture: str  # blazeport.models registry key, or "graph" (read from the .tflite)
+    family: str = "blazeface"  # module family that runs it (blazeport.models.FAMILIES): blazeface, graph, resnet
     tflite: str | None = None  # original file in weights/
     sha256: str | None = None
     num_coords: int = 16
@@ -79,13 +81,9 @@ class ModelSpec:
     normalization: tuple[float, float] = (-1.0, 1.0)  # uint8 [0, 255] maps onto this range
     description: str = ""
     aliases: tuple[str, ...] = ()
-
-    @property
-    def family(self) -> str:
-        """Which module family runs it: BlazeFace, the generic GraphNet, or a ResNet student."""
-        if self.architecture == "graph":
-            return "graph"
-        return "resnet" if self.architecture.startswith("resnet") else "blazeface"
+    teacher: str | None = None  # the original a distilled student stands in for (its reference)
+    # MediaPipe's FaceDetection(model_selection=...) that runs this very file (parity oracle, bench baseline)
+    mediapipe_model_selection: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse a spec the pipeline cannot run: specs also arrive as JSON inside user files."""
@@ -157,8 +155,9 @@ def _spec_problems(s: ModelSpec) -> list[str]:
         p.append(f"num_coords {s.num_coords} != 4 + 2 x num_keypoints {s.num_keypoints}")
     number("score_threshold", s.score_threshold, 0.0, 1.0)
     number("score_clip", s.score_clip, 0.0, 1e4)
-    if not isinstance(s.architecture, str) or not s.architecture:
-        p.append("architecture must be a non-empty string")
+    for name in ("architecture", "family"):
+        if not isinstance(getattr(s, name), str) or not getattr(s, name):
+            p.append(f"{name} must be a non-empty string")
     if not (isinstance(s.normalization, tuple) and len(s.normalization) == 2 and all(map(_number, s.normalization))
             and s.normalization[0] < s.normalization[1]):
         p.append(f"normalization must be [low, high] numbers with low < high, got {s.normalization!r}")
@@ -198,6 +197,7 @@ SHORT_RANGE = ModelSpec(
     sha256="3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
     score_threshold=0.5,
     aliases=("front",),
+    mediapipe_model_selection=0,
 )
 
 BACK = ModelSpec(
@@ -223,6 +223,7 @@ FULL_RANGE = ModelSpec(
     anchors=_FULL_RANGE_ANCHORS,
     num_anchors=2304,
     architecture="graph",
+    family="graph",
     tflite="face_detection_full_range.tflite",
     sha256="99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
     score_threshold=0.6,
@@ -236,33 +237,44 @@ FULL_RANGE_SPARSE = ModelSpec(
     anchors=_FULL_RANGE_ANCHORS,
     num_anchors=2304,
     architecture="graph",
+    family="graph",
     tflite="face_detection_full_range_sparse.tflite",
     sha256="671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
     score_threshold=0.6,
+    mediapipe_model_selection=1,
 )
+
+
+def student_spec(teacher: ModelSpec, architecture: str, family: str, name: str | None = None,
+                 description: str | None = None) -> ModelSpec:
+    """The spec of a student distilled from ``teacher``: the teacher's input, anchors, decoding,
+    thresholds and NMS (the student meets the same head contract), its own architecture, no
+    original file, and ``teacher`` as its reference for evaluation and benchmarks."""
+    return dataclasses.replace(
+        teacher, name=name or f"{teacher.name}_{architecture}", architecture=architecture, family=family, tflite=None,
+        sha256=None, aliases=(), teacher=teacher.name, mediapipe_model_selection=None,
+        description=description or f"{architecture} student distilled from {teacher.name}")
+
 
 # The residual student distilled from short range (blazeport distill; weights/short_range_resnet.safetensors).
-SHORT_RANGE_RESNET = dataclasses.replace(
-    SHORT_RANGE,
-    name="short_range_resnet",
-    description="ResNet-style student distilled from short range on unlabeled photos, 128x128",
-    architecture="resnet",
-    tflite=None,
-    sha256=None,
-    aliases=(),
-)
+SHORT_RANGE_RESNET = student_spec(
+    SHORT_RANGE, "resnet", "resnet", name="short_range_resnet",
+    description="ResNet-style student distilled from short range on unlabeled photos, 128x128")
 
 # A wider, deeper student from the same recipe (weights/short_range_resnet_large.safetensors).
-SHORT_RANGE_RESNET_LARGE = dataclasses.replace(
-    SHORT_RANGE_RESNET,
-    name="short_range_resnet_large",
-    description="ResNet-style student, 2.6x the teacher's params, distilled from short range, 128x128",
-    architecture="resnet_large",
-)
+SHORT_RANGE_RESNET_LARGE = student_spec(
+    SHORT_RANGE, "resnet_large", "resnet", name="short_range_resnet_large",
+    description="ResNet-style student, 2.6x the teacher's params, distilled from short range, 128x128")
 
 SPECS: dict[str, ModelSpec] = {
     s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE)
 }
+
+
+def spec_for_file(path: str | Path) -> ModelSpec | None:
+    """The spec whose original file has this file's sha256 (Google's bytes, wherever they lie), if any."""
+    digest = sha256_of(path)
+    return next((spec for spec in SPECS.values() if spec.sha256 == digest), None)
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -12,7 +12,7 @@ import pytest
 
 import blazeport
 from blazeport.cli import build_parser, main
-from blazeport.detector import WEIGHTS_DIR
+from blazeport.specs import WEIGHTS_DIR
 
 # MediaPipe 0.10.14's FaceDetection(model_selection=0) on skimage's astronaut (measured once).
 MEDIAPIPE_ASTRONAUT = {
@@ -133,7 +133,7 @@ def test_runtime_pipeline_needs_no_torch(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["short_range_resnet", "short_range_resnet_large"])
 def test_shipped_student_loads_by_name_and_agrees_with_its_teacher(name: str, astronaut, capsys) -> None:
-    from blazeport.convert import load_safetensors
+    from blazeport.weights import load_safetensors
 
     student = blazeport.load(name)
     assert student.spec.architecture == name.removeprefix("short_range_") and student.spec.num_anchors == 896

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from blazeport.convert import ConversionError, convert, extract, load_safetensors, load_tflite, passes
+from blazeport.convert import ConversionError, convert, extract, load_tflite
 from blazeport.models.blazeface import VARIANTS
 from blazeport.tflite import read_tflite
+from blazeport.verify import passes, verify
+from blazeport.weights import load_safetensors
 from tests.conftest import SHORT_RANGE_TFLITE, WEIGHTS
 
 FILES = {"blazeface_short_range": "face_detection_short_range.tflite", "blazeface_back": "face_detection_back.tflite"}
@@ -123,9 +125,7 @@ def test_committed_safetensors_equal_a_fresh_conversion(name: str) -> None:
 
 def test_gate_rejects_a_wrong_weight() -> None:
     """A single perturbed bias must fail verification: the gate is not too loose."""
-    from blazeport.anchors import anchors_for
     from blazeport.backends import TFLiteBackend, TorchBackend
-    from blazeport.convert import compare_outputs, verification_inputs
     from blazeport.data import sample_images
     from blazeport.specs import get_spec
 
@@ -133,9 +133,8 @@ def test_gate_rejects_a_wrong_weight() -> None:
     module, _ = load_tflite(SHORT_RANGE_TFLITE)
     with torch.no_grad():
         module.blocks[3].pw.bias[0] += 0.05
-    x = verification_inputs(spec, sample_images(("astronaut",)))
-    diffs = compare_outputs(TorchBackend(module)(x), TFLiteBackend(SHORT_RANGE_TFLITE)(x), spec, anchors_for(spec))
-    assert not passes(diffs)
+    check = verify(TorchBackend(module), TFLiteBackend(SHORT_RANGE_TFLITE), spec, sample_images(("astronaut",)))
+    assert not passes(check) and not check["passes_gate"]
 
 
 def test_unsupported_op_names_op_file_and_known_specs(tmp_path, capsys) -> None:

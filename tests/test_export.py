@@ -16,10 +16,9 @@ import pytest
 import blazeport
 from blazeport.backends import OnnxBackend, TorchBackend
 from blazeport.cli import build_parser, main
-from blazeport.detector import WEIGHTS_DIR
 from blazeport.errors import BlazeportError
-from blazeport.export import SPEC_KEY, spec_from_metadata, tflite_metadata
-from blazeport.specs import get_spec
+from blazeport.metadata import SPEC_KEY, spec_from_metadata, tflite_metadata
+from blazeport.specs import WEIGHTS_DIR, get_spec
 from tests.conftest import SHARED_DATA
 
 ATOL = 1e-4
@@ -104,7 +103,8 @@ def test_onnx_metadata_round_trip(sr_onnx) -> None:
 
 def test_onnx_dynamic_batch_of_three(sr_onnx) -> None:
     from blazeport.anchors import anchors_for
-    from blazeport.convert import compare_outputs, load_safetensors, passes
+    from blazeport.verify import compare_outputs, passes
+    from blazeport.weights import load_safetensors
     from tests.conftest import WEIGHTS
 
     backend = OnnxBackend(sr_onnx[0])

@@ -81,7 +81,7 @@ def test_export_refuses_an_original_or_its_source_before_any_work(tmp_path, caps
     import blazeport.export as export
 
     called = []
-    monkeypatch.setattr(export, "verify_file", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(export, "verify", lambda *a, **k: called.append(a))
     src = tmp_path / "face_detection_short_range.tflite"
     shutil.copy(SHORT_RANGE_TFLITE, src)
     target = src if fmt == "tflite" else tmp_path / "x.onnx"
@@ -109,7 +109,7 @@ def test_export_that_fails_verification_keeps_the_previous_file(tmp_path, capsys
 
     out = tmp_path / "sr.onnx"
     out.write_bytes(b"previous good export")
-    monkeypatch.setattr("blazeport.convert.passes", lambda diffs: False)
+    monkeypatch.setattr("blazeport.verify.passes", lambda diffs: False)
     code, _, err = run(capsys, "export", "short_range", "--format", "onnx", "-o", str(out), "--json")
     assert code == 1 and "nothing written" in err
     assert out.read_bytes() == b"previous good export" and _leftovers(tmp_path) == []

@@ -24,6 +24,7 @@ mp = pytest.importorskip(
 
 from blazeport import load  # noqa: E402
 from blazeport.preprocess import read_image  # noqa: E402
+from blazeport.verify import pair_detections  # noqa: E402
 from tools.parity_report import (  # noqa: E402
     COORD_TOL,
     MODEL_SELECTION,
@@ -34,7 +35,6 @@ from tools.parity_report import (  # noqa: E402
     compare,
     default_images,
     mediapipe_faces,
-    pair,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")  # protobuf 4 vs MediaPipe
@@ -93,7 +93,7 @@ def test_pairing_is_greedy_by_iou() -> None:
 
     ours = [face(0.0), face(0.5), face(0.9)]
     theirs = [face(0.52), face(0.01)]
-    assert sorted(pair(ours, theirs)) == [(0, 1), (1, 0)]  # face(0.9) overlaps nothing: unpaired
+    assert sorted(pair_detections(ours, theirs)) == [(0, 1), (1, 0)]  # face(0.9) overlaps nothing: unpaired
     result = compare("x", ours, theirs)
     assert result.count_mismatch and not result.within()
     assert result.worst_coord == pytest.approx(0.02) and result.worst_score == 0.0

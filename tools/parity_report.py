@@ -32,11 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from blazeport.specs import SPECS
+from blazeport.verify import pair_detections
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 UNLABELED_FOLDERS = ("human_samples", "deepface_tests", "caltech1999_half", "wider_416", "pyfeat_video_frames")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-MODEL_SELECTION = {"short_range": 0, "full_range_sparse": 1}  # blazeport spec -> MediaPipe's model_selection
+# blazeport spec -> the FaceDetection(model_selection=...) that runs the same file
+MODEL_SELECTION = {s.name: s.mediapipe_model_selection for s in SPECS.values() if s.mediapipe_model_selection is not None}
 BACKENDS = ("torch", "tflite")
 SCORE_TOL = 0.01
 COORD_TOL = 0.005
@@ -114,35 +118,10 @@ def blazeport_faces(detector: Any, rgb: np.ndarray) -> list[Face]:
     return [Face(d.score, np.array(d.box), np.array(d.keypoints)) for d in detector.detect(rgb)]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two (xmin, ymin, width, height) boxes."""
-    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def pair(ours: Sequence[Face], theirs: Sequence[Face]) -> list[tuple[int, int]]:
-    """Greedy matching: the overlapping pair with the highest IoU first (ties: detection order)."""
-    candidates = sorted(
-        ((-_iou(a.box, b.box), i, j) for i, a in enumerate(ours) for j, b in enumerate(theirs)),
-    )
-    used_i: set[int] = set()
-    used_j: set[int] = set()
-    pairs = []
-    for neg_iou, i, j in candidates:
-        if neg_iou < 0 and i not in used_i and j not in used_j:
-            pairs.append((i, j))
-            used_i.add(i)
-            used_j.add(j)
-    return pairs
-
-
 def compare(name: str, ours: Sequence[Face], theirs: Sequence[Face]) -> ImageResult:
     """Pair the detections and measure the differences."""
     result = ImageResult(name, len(ours), len(theirs))
-    for i, j in pair(ours, theirs):
+    for i, j in pair_detections(ours, theirs):
         a, b = ours[i], theirs[j]
         result.score_diffs.append(abs(a.score - b.score))
         coords = np.concatenate([np.abs(a.box - b.box), np.abs(a.keypoints - b.keypoints).ravel()])

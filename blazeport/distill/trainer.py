@@ -58,7 +58,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from blazeport.backends import TFLiteBackend, TorchBackend
+from blazeport.data import sample_images
 from blazeport.errors import BlazeportError
+from blazeport.specs import WEIGHTS_DIR, student_spec
+from blazeport.verify import verify
+from blazeport.weights import save_safetensors
 
 # Student detections enter AP with a score threshold below the spec's, so the precision-recall
 # curve is not cut short (COCO evaluates ranked detections); references use the spec's own.
@@ -271,24 +276,17 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
     return None
 
 
-def check_teacher(spec: Any, module: nn.Module) -> dict[str, dict[str, float]]:
+def check_teacher(spec: Any, module: nn.Module) -> dict[str, Any]:
     """Run the converted teacher and its original ``.tflite`` on a real photo; raise if they differ."""
-    from blazeport.anchors import anchors_for
-    from blazeport.backends import TFLiteBackend, TorchBackend
-    from blazeport.convert import compare_outputs, passes, verification_inputs
-    from blazeport.data import sample_images
-    from blazeport.detector import WEIGHTS_DIR
-
     if spec.tflite is None:
         raise BlazeportError(f"teacher {spec.name} has no original .tflite to check it against; use a converted original")
-    x = verification_inputs(spec, sample_images(("astronaut",)))
-    diffs = compare_outputs(TorchBackend(module)(x), TFLiteBackend(WEIGHTS_DIR / spec.tflite)(x), spec, anchors_for(spec))
-    if not passes(diffs):
+    check = verify(TorchBackend(module), TFLiteBackend(WEIGHTS_DIR / spec.tflite), spec, sample_images(("astronaut",)))
+    if not check["passes_gate"]:
         raise BlazeportError(
-            f"teacher {spec.name} does not match {spec.tflite} on a real photo (max |diff| {diffs['max_abs_diff']}): its "
+            f"teacher {spec.name} does not match {spec.tflite} on a real photo (max |diff| {check['max_abs_diff']}): its "
             f"weights did not load correctly. Re-run `blazeport convert weights/{spec.tflite}` and try again."
         )
-    return diffs
+    return check
 
 
 class _Joint(nn.Module):
@@ -380,7 +378,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     import blazeport
     from blazeport.anchors import anchors_for
-    from blazeport.convert import save_safetensors
     from blazeport.distill.data import DistillDataset, ImageSet
     from blazeport.distill.losses import DistillLoss, LossConfig
     from blazeport.models import build_student
@@ -591,17 +588,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "threads": torch.get_num_threads()},
         "config": asdict(cfg),
     }
-    save_safetensors(student_cpu, _student_spec(spec, cfg.student), out / "student.safetensors",
+    save_safetensors(student_cpu, student_spec(spec, cfg.student, student_cpu.family), out / "student.safetensors",
                      extra={"teacher": spec.name, "summary": json.dumps({k: summary[k] for k in ("best", "loss", "epochs")})})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _student_spec(spec: Any, student: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(spec, name=f"{spec.name}_{student}", architecture=student, tflite=None, sha256=None,
-                               aliases=(), description=f"{student} student distilled from {spec.name}")
 
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "check_teacher", "read_checkpoint", "save_checkpoint", "train", "validate"]

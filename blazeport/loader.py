@@ -1,0 +1,113 @@
+"""One way to open a model: from what the user typed to a spec and a ready backend or module.
+
+What a user can name: a spec name or alias (``short_range``, ``front``; converted weights in
+``weights/NAME.safetensors``, Google's original for the tflite runtime), a ``.safetensors`` from
+``blazeport convert`` or ``distill``, a ``.tflite`` (Google's original, recognised by its sha256,
+or a file from ``blazeport export``), or a ``.onnx`` from ``blazeport export``. Every command and
+``blazeport.load`` go through :func:`open_backend` (a runtime) or :func:`open_module` (a PyTorch
+module, for export, distillation and counting), so each loading error is raised here, once.
+
+Which spec a file gets, in order: the ``spec`` the caller names (honoured on every runtime), the
+spec whose original has the file's sha256, the spec stored in the file (safetensors header, ONNX or
+TFLite metadata). A file with none of these is refused with a hint to pass ``--spec``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from blazeport.backends import MODEL_SUFFIXES, get_runtime, native_runtime
+from blazeport.convert import load_tflite
+from blazeport.errors import BlazeportError
+from blazeport.metadata import spec_from_metadata, tflite_metadata
+from blazeport.specs import WEIGHTS_DIR, ModelSpec, get_spec, spec_for_file
+from blazeport.weights import load_safetensors
+
+__all__ = ["open_backend", "open_module", "spec_weights"]
+
+
+def _as_spec(spec: str | ModelSpec | None) -> ModelSpec | None:
+    return get_spec(spec) if isinstance(spec, str) else spec
+
+
+def _model_file(model: str | Path) -> Path | None:
+    """The path, if ``model`` names a model file rather than a spec."""
+    path = Path(model)
+    if path.suffix not in MODEL_SUFFIXES:
+        return None
+    if not path.is_file():
+        raise BlazeportError(f"{path}: no such model file")
+    return path
+
+
+def spec_weights(spec: ModelSpec) -> Path:
+    """``weights/NAME.safetensors`` of a spec, or the one error that says how to make it."""
+    weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
+    if not weights.is_file():
+        how = (f"Run `blazeport convert weights/{spec.tflite}` first." if spec.tflite
+               else "Distill one with `blazeport distill` and load its student.safetensors.")
+        raise BlazeportError(f"{weights}: converted weights for {spec.name} not found. {how}")
+    return weights
+
+
+def open_module(model: str | Path, spec: str | ModelSpec | None = None) -> tuple[Any, ModelSpec, Path]:
+    """``(PyTorch module, spec, source file)`` for a spec name, a ``.safetensors`` or a ``.tflite``
+    (converted on load, every weight shape checked)."""
+    wanted = _as_spec(spec)
+    path = _model_file(model)
+    if path is None:
+        path = spec_weights(get_spec(str(model)))
+    if path.suffix == ".onnx":
+        raise BlazeportError(f"{path}: an .onnx file holds no PyTorch weights; it runs on the onnx backend. "
+                             "Give the .safetensors or .tflite it was exported from.")
+    if path.suffix == ".safetensors":
+        module, stored = load_safetensors(path)
+        return module, wanted or stored, path
+    known = spec_for_file(path)
+    resolved = wanted or known
+    if resolved is None:
+        resolved = spec_from_metadata(tflite_metadata(path), path)
+    if resolved is None:
+        raise BlazeportError(f"{path}: not one of Google's original files and no blazeport.spec metadata; "
+                             "pass --spec NAME (e.g. short_range) to say how to feed and decode it")
+    module, _ = load_tflite(path, family=known.family if known else None)
+    return module, resolved, path
+
+
+def open_backend(model: str | Path, runtime: str = "torch", spec: str | ModelSpec | None = None,
+                 threads: int | None = None) -> tuple[ModelSpec, Any, Path]:
+    """``(spec, backend, source file)``: ``model`` ready to run on ``runtime`` (see the registry in
+    :mod:`blazeport.backends`)."""
+    rt = get_runtime(runtime)
+    path = _model_file(model)
+    wanted = _as_spec(spec)
+    if path is not None and path.suffix not in rt.suffixes:
+        native = native_runtime(path)
+        raise BlazeportError(f"{path}: a {path.suffix} file runs on the {native} backend (--backend {native})")
+    if path is None and not rt.runs_spec_names:
+        raise BlazeportError(f"the {runtime} backend runs a {'/'.join(rt.suffixes)} file; write one with "
+                             f"`blazeport export {model} --format {runtime}`")
+    if runtime == "torch":
+        module, resolved, source = open_module(model, wanted)
+        return resolved, rt.backend(module, threads), source
+    if path is None:  # a spec name on a runtime: Google's original file
+        resolved = get_spec(str(model))
+        if resolved.tflite is None:
+            raise BlazeportError(f"{resolved.name} has no original .tflite; use --backend torch")
+        path = WEIGHTS_DIR / resolved.tflite
+        return resolved, rt.backend(path, threads), path
+    backend = rt.backend(path, threads)  # reads and checks the file: clear errors for damaged ones
+    resolved = wanted or spec_for_file(path) or _stored_spec(path, backend)
+    if resolved is None:
+        raise BlazeportError(f"{path}: no blazeport.spec metadata and not a known original file; "
+                             "pass --spec NAME (e.g. short_range) to say how to feed and decode it")
+    if backend.input_size != resolved.input_size:
+        raise BlazeportError(f"{path}: input is {backend.input_size}px but spec {resolved.name} expects "
+                             f"{resolved.input_size}px")
+    return resolved, backend, path
+
+
+def _stored_spec(path: Path, backend: Any) -> ModelSpec | None:
+    meta = backend.metadata if hasattr(backend, "metadata") else tflite_metadata(path)
+    return spec_from_metadata(meta, path)

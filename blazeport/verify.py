@@ -1,0 +1,134 @@
+"""Verification: run a model and a reference on the same real photos and say how far apart they are.
+
+One module for every check blazeport makes before it says OK: ``convert`` (the converted module
+against the original in LiteRT), ``export`` (the written file in its runtime against the PyTorch
+module), the distillation trainer's teacher check and the MediaPipe parity tool. Each builds two
+backends and calls :func:`verify`; the inputs, the comparison, the gate and the detection
+matching are the same for all of them.
+
+The gate's tolerances, and why they are not a bare 1e-4, are at :data:`ABS_TOL`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from blazeport.anchors import anchors_for
+from blazeport.postprocess import decode_boxes, decode_scores, postprocess
+from blazeport.preprocess import Letterbox, letterbox
+from blazeport.specs import ModelSpec
+
+# Float32 noise sets the raw tolerance. Raw outputs reach |x| ~ 100-1500 (background logits,
+# offsets in input pixels) where one float32 ULP is 8e-6 to 1.2e-4, and LiteRT's XNNPACK output
+# itself differs from a float64 evaluation of the same graph by up to 2e-4 relative (measured
+# on short range and back). So raw outputs must satisfy |a - b| <= 1e-4 + 1e-3 * |b| (a mapping
+# error shows as O(1)), and decoded scores and coordinates agree to 1e-4.
+ABS_TOL = 1e-4
+REL_TOL = 1e-3
+
+__all__ = ["ABS_TOL", "REL_TOL", "compare_outputs", "iou", "match_detections", "pair_detections", "passes",
+           "verification_inputs", "verify"]
+
+
+def verification_inputs(spec: ModelSpec, images: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, list[Letterbox]]:
+    """Real photos letterboxed as the pipeline does, plus one random input in the model's range
+    (NHWC float32); and the photos' letterbox padding, to map detections back."""
+    done = [letterbox(img, spec.input_size, spec.normalization) for img in images]
+    lo, hi = spec.normalization
+    noise = np.random.default_rng(seed).uniform(lo, hi, (spec.input_size, spec.input_size, 3)).astype(np.float32)
+    return np.stack([t for t, _ in done] + [noise]), [p for _, p in done]
+
+
+def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray],
+                    spec: ModelSpec, anchors: np.ndarray) -> dict[str, dict[str, float]]:
+    """Differences between two backends' raw outputs, raw and as the pipeline uses them.
+
+    Returns ``max_abs_diff`` (raw, per output), ``max_scaled_diff`` (``|a - b| / max(1, |b|)``:
+    absolute within [-1, 1], relative beyond) and ``decoded_diff`` (sigmoid scores and normalized
+    box/keypoint coordinates, what a user of the detections sees).
+    """
+    out: dict[str, dict[str, float]] = {"max_abs_diff": {}, "max_scaled_diff": {}, "tolerance_used": {}}
+    for name, a, b in (("regressors", ours[0], ref[0]), ("classificators", ours[1], ref[1])):
+        d = np.abs(a.astype(np.float64) - b)
+        out["max_abs_diff"][name] = float(d.max())
+        out["max_scaled_diff"][name] = float((d / np.maximum(1.0, np.abs(b))).max())
+        # fraction of the allowed difference used by the worst element (<= 1 passes)
+        out["tolerance_used"][name] = float((d / (ABS_TOL + REL_TOL * np.abs(b))).max())
+    bx, kx = decode_boxes(ours[0], anchors, spec.input_size, spec.num_keypoints)
+    b0, k0 = decode_boxes(ref[0], anchors, spec.input_size, spec.num_keypoints)
+    s, s0 = decode_scores(ours[1], spec.score_clip), decode_scores(ref[1], spec.score_clip)
+    out["decoded_diff"] = {
+        "scores": float(np.abs(s - s0).max()),
+        "coordinates": float(max(np.abs(bx - b0).max(), np.abs(kx - k0).max())),
+    }
+    return out
+
+
+def passes(diffs: dict[str, dict[str, float]]) -> bool:
+    """The conversion gate: every raw output within ``ABS_TOL + REL_TOL * |ref|`` (numpy's
+    ``allclose`` rule), and decoded scores and coordinates within ``ABS_TOL``."""
+    raw_ok = all(v <= 1.0 for v in diffs["tolerance_used"].values())
+    return raw_ok and all(v <= ABS_TOL for v in diffs["decoded_diff"].values())
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two ``(xmin, ymin, width, height)`` boxes."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def pair_detections(ours: Sequence[Any], theirs: Sequence[Any]) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching of two detection lists (anything with ``.box``): the overlapping
+    pair with the highest IoU first, ties in detection order."""
+    candidates = sorted((-iou(a.box, b.box), i, j) for i, a in enumerate(ours) for j, b in enumerate(theirs))
+    used_i: set[int] = set()
+    used_j: set[int] = set()
+    pairs = []
+    for neg_iou, i, j in candidates:
+        if neg_iou < 0 and i not in used_i and j not in used_j:
+            pairs.append((i, j))
+            used_i.add(i)
+            used_j.add(j)
+    return pairs
+
+
+def match_detections(ours: list[list[Any]], ref: list[list[Any]]) -> dict[str, Any]:
+    """Per image, pair the detections (:func:`pair_detections`); count agreement and the worst score
+    and coordinate (box and keypoint) difference over the pairs."""
+    coord = score = 0.0
+    same = True
+    for a, b in zip(ours, ref, strict=True):
+        same &= len(a) == len(b)
+        for i, j in pair_detections(a, b):
+            box = np.subtract(a[i].box, b[j].box)
+            diff = np.abs(np.concatenate([box, np.ravel(np.subtract(a[i].keypoints, b[j].keypoints))]))
+            coord = max(coord, float(diff.max()))
+            score = max(score, abs(a[i].score - b[j].score))
+    return {"images": len(ref), "faces": sum(map(len, ref)), "faces_checked": sum(map(len, ours)),
+            "same_count": bool(same), "max_coordinate_diff": coord, "max_score_diff": score}
+
+
+def verify(candidate: Any, reference: Any, spec: ModelSpec, images: list[np.ndarray]) -> dict[str, Any]:
+    """Run two backends (callables NHWC batch -> raw outputs) on the same photos + 1 random input.
+
+    Returns the raw and decoded differences (:func:`compare_outputs`), the detections after decode
+    and NMS matched on the photos (:func:`match_detections`), whether the candidate's outputs are
+    finite, and ``passes_gate``: raw outputs by :func:`passes`, detections in the same count and
+    within ``ABS_TOL``.
+    """
+    inputs, pads = verification_inputs(spec, images)
+    ours, ref = candidate(inputs), reference(inputs)
+    anchors = anchors_for(spec)
+    diffs = compare_outputs(ours, ref, spec, anchors)
+    n = len(images)
+    dets = match_detections(postprocess(ours[0][:n], ours[1][:n], anchors, spec, pads),
+                            postprocess(ref[0][:n], ref[1][:n], anchors, spec, pads))
+    gate = passes(diffs) and dets["same_count"] and max(dets["max_coordinate_diff"], dets["max_score_diff"]) <= ABS_TOL
+    return {**diffs, "detections": dets, "finite": bool(np.isfinite(ours[0]).all() and np.isfinite(ours[1]).all()),
+            "images": n, "random_inputs": 1, "tolerance": {"abs": ABS_TOL, "rel": REL_TOL}, "passes_gate": bool(gate)}
