@@ -5,6 +5,6 @@ from __future__ import annotations
 from blazeport.detector import Detector, load
 from blazeport.errors import BlazeportError
 from blazeport.postprocess import Detection
+from blazeport.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["BlazeportError", "Detection", "Detector", "__version__", "load"]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
+from blazeport.tflite import read_tflite
 
 
 def _split_outputs(outputs: list[np.ndarray], source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +44,6 @@ class TFLiteBackend:
     name = "tflite"
 
     def __init__(self, path: str | Path, threads: int | None = None, xnnpack: bool = True):
-        from blazeport.tflite import read_tflite
-
         self.path = Path(path)
         read_tflite(self.path)  # a clear error for missing, unreadable, truncated, foreign or malformed files
         try:

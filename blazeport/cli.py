@@ -1,4 +1,4 @@
-"""``blazeport`` console command: convert, detect, models.
+"""``blazeport`` console command: convert, detect, eval, distill, export, bench, models.
 
 Every subcommand has ``--help``; ``--json`` prints machine-readable output on stdout while
 progress and messages go to stderr. A :class:`BlazeportError` ends the command with its one-line
@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from blazeport.backends import RUNTIMES
+from blazeport.convert import convert
+from blazeport.data import list_images, sample_image_path
+from blazeport.detector import load
+from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
+from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
+from blazeport.export import FORMATS, export
+from blazeport.files import drawing_paths
+from blazeport.loader import open_module
+from blazeport.preprocess import MAX_PIXELS, ImageReadError, read_image, read_image_sized
+from blazeport.profile import count_macs, count_params
+from blazeport.specs import SPECS, WEIGHTS_DIR, get_spec
+from blazeport.version import __version__
 
 EXAMPLES = """examples:
   blazeport convert weights/face_detection_short_range.tflite
@@ -43,7 +58,6 @@ def positive_int(text: str) -> int:
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:
-    from blazeport.preprocess import MAX_PIXELS
 
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
                         help=f"skip (and count) images over N pixels, read from the file header before decoding "
@@ -56,8 +70,6 @@ def _print_json(obj: object) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from blazeport.convert import convert
-    from blazeport.specs import get_spec
 
     images = _read_images(args.images, args.max_pixels) if args.images else None
     spec = get_spec(args.spec) if args.spec else None
@@ -82,13 +94,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    import blazeport
-    from blazeport.data import list_images, sample_image_path
-    from blazeport.draw import draw_detections, save_rgb
-    from blazeport.files import drawing_paths
-    from blazeport.preprocess import ImageReadError, read_image_sized
 
     arguments = args.images or [sample_image_path("astronaut")]
     paths = list_images(arguments)
@@ -99,7 +104,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     drawings = drawing_paths(arguments, paths, out_dir) if out_dir else []
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
-    detector = blazeport.load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
+    detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
                               spec=args.spec)
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
@@ -135,10 +140,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """COCO AP against a boxes file or a teacher; exit 1 when an image could not be read."""
-    import math
-
-    import blazeport
-    from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
 
     images = [Path(p) for p in args.images] if args.images else None
     if args.boxes:
@@ -152,7 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for p in images:
         if not p.exists():
             raise BlazeportError(f"{p}: no such file or folder")
-    detector = blazeport.load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold)
+    detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold)
     if args.boxes:
         result = evaluate_on_boxes(detector, images, boxes, progress=True, max_pixels=args.max_pixels)
         against = str(args.boxes)
@@ -160,7 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise BlazeportError(f"none of the images in {' '.join(map(str, images))} has an entry in {args.boxes} "
                                  "(matched by file name)")
     else:
-        teacher = blazeport.load(args.teacher, backend=args.teacher_backend, threads=args.threads)
+        teacher = load(args.teacher, backend=args.teacher_backend, threads=args.threads)
         result = evaluate_against_teacher(detector, teacher, images, progress=True, max_pixels=args.max_pixels)
         against = f"teacher {args.teacher} ({args.teacher_backend}, threshold {teacher.spec.score_threshold:g})"
         if result["images"] == 0:
@@ -181,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from blazeport.distill.trainer import TrainConfig, train
+    from blazeport.distill.trainer import TrainConfig, train  # imports torch: only for this command
 
     cfg = TrainConfig(
         teacher=args.teacher, student=args.student, images=args.images, out=args.out, epochs=args.epochs,
@@ -206,8 +207,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _read_images(paths: list[str], max_pixels: int | None) -> list:
-    from blazeport.data import list_images
-    from blazeport.preprocess import ImageReadError, read_image
 
     images = []
     for p in list_images(paths):
@@ -221,7 +220,6 @@ def _read_images(paths: list[str], max_pixels: int | None) -> list:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from blazeport.export import export
 
     images = _read_images(args.images, args.max_pixels) if args.images else None
     r = export(args.model, args.format, args.output, fp16=args.fp16, dynamic_batch=args.dynamic_batch, images=images)
@@ -258,10 +256,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from blazeport.loader import open_module
-    from blazeport.models import STUDENTS, build_student
-    from blazeport.profile import count_macs, count_params
-    from blazeport.specs import SPECS, WEIGHTS_DIR
+    from blazeport.models import STUDENTS, build_student  # imports torch: only for this command
 
     rows = []
     for spec in SPECS.values():
@@ -300,7 +295,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="blazeport", description=__doc__.split("\n")[0], epilog=EXAMPLES, formatter_class=fmt)
-    from blazeport import __version__
 
     p.add_argument("--version", action="version", version=f"blazeport {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -382,7 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
     t.set_defaults(func=cmd_distill)
 
-    from blazeport.export import FORMATS
 
     x = sub.add_parser("export", help="export a model to ONNX or TFLite and verify the written file",
                        description="Export a spec's converted weights (weights/NAME.safetensors) or a .safetensors from "

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.backends import TFLiteBackend, TorchBackend
+from blazeport.data import sample_images
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, sha256_of, staged
 from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, spec_for_file
@@ -338,8 +339,6 @@ def convert(
     file that passes the gate replaces ``out`` (``report["written"]``). A failed conversion
     leaves any previous ``out`` untouched and writes nothing.
     """
-    from blazeport.data import sample_images
-
     t0 = time.perf_counter()
     src = Path(src)
     if out is not None:

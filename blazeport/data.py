@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blazeport.preprocess import as_rgb
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 # Bundled in scikit-image's wheel: a portrait (astronaut), a person with a camera, a cat, a cup,
@@ -26,8 +28,6 @@ def sample_image_path(name: str = "astronaut") -> Path:
 def sample_images(names: tuple[str, ...] = SAMPLE_NAMES) -> list[np.ndarray]:
     """RGB uint8 photos from scikit-image (grayscale ones converted)."""
     import skimage.data
-
-    from blazeport.preprocess import as_rgb
 
     return [as_rgb(getattr(skimage.data, n)()) for n in names]
 

@@ -38,9 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from blazeport.data import list_images
 from blazeport.detector import Detector
 from blazeport.errors import BlazeportError
 from blazeport.postprocess import Detection
+from blazeport.preprocess import ImageReadError, read_image_sized
 
 __all__ = ["agreement_with_teacher", "coco_ap", "evaluate_against_teacher", "evaluate_on_boxes", "load_boxes",
            "validate_boxes"]
@@ -271,8 +273,6 @@ def _read_all(paths: Iterable[Path], unreadable: list[str],
               max_pixels: int | None = None) -> Iterator[tuple[Path, np.ndarray, tuple[int, int]]]:
     """Yield (path, RGB image, the file's full (width, height)); an unreadable file is skipped and its
     message appended to ``unreadable``. The size differs from the array's for a JPEG decoded reduced."""
-    from blazeport.preprocess import ImageReadError, read_image_sized
-
     for path in paths:
         try:
             image, size = read_image_sized(path, max_pixels)
@@ -301,8 +301,6 @@ def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
     files not found among ``images``, their boxes left out) and ``messages`` (why each was skipped).
     """
     from tqdm import tqdm
-
-    from blazeport.data import list_images
 
     source = "boxes" if isinstance(boxes, dict) else str(boxes)
     table = validate_boxes(boxes, source) if isinstance(boxes, dict) else load_boxes(boxes)
@@ -338,8 +336,6 @@ def evaluate_against_teacher(student: Detector, teacher: Detector, images: str |
     """:func:`agreement_with_teacher` on image files, streamed (unreadable files and files over
     ``max_pixels``, default :data:`blazeport.preprocess.MAX_PIXELS`, skipped and counted)."""
     from tqdm import tqdm
-
-    from blazeport.data import list_images
 
     paths = list_images(list(images) if isinstance(images, list) else [images])
     unreadable: list[str] = []

@@ -64,6 +64,7 @@ from blazeport.files import check_output, same_file, staged, write_atomic
 from blazeport.loader import open_module
 from blazeport.metadata import LAYOUT, file_metadata
 from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec
+from blazeport.tflite import read_tflite
 from blazeport.verify import verify
 
 ONNX_OPSET = 18
@@ -354,8 +355,6 @@ def onnx_op_counts(path: Path) -> dict[str, int]:
 
 
 def tflite_op_counts(path: Path) -> dict[str, int]:
-    from blazeport.tflite import read_tflite
-
     return read_tflite(path).op_counts()
 
 

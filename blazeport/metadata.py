@@ -14,6 +14,7 @@ from pathlib import Path
 
 from blazeport.errors import BlazeportError
 from blazeport.specs import ModelSpec
+from blazeport.version import __version__
 
 SPEC_KEY = "blazeport.spec"
 LAYOUT = "NHWC"
@@ -22,8 +23,6 @@ __all__ = ["LAYOUT", "SPEC_KEY", "file_metadata", "spec_from_metadata", "tflite_
 
 
 def file_metadata(spec: ModelSpec, source: str | Path, fp16: bool, dynamic_batch: bool) -> dict[str, str]:
-    from blazeport import __version__
-
     return {
         SPEC_KEY: json.dumps(spec.to_dict()),
         "blazeport.layout": LAYOUT,

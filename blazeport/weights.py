@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from blazeport.anchors import anchors_for
 from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of, write_atomic
 from blazeport.specs import ModelSpec
@@ -67,8 +68,7 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
     """
     from safetensors import safe_open
 
-    from blazeport.anchors import anchors_for
-    from blazeport.models import from_config
+    from blazeport.models import from_config  # imports torch, which a runtime-only install may lack
 
     path = Path(path)
     fix = "Re-run `blazeport convert` (or `blazeport distill`) to write it again."
