@@ -37,9 +37,10 @@ max-pooling zero channels gives zeros), and the written flatbuffer is put back i
 
 Verification: the written file runs in its runtime (onnxruntime / LiteRT) on real photos,
 letterboxed like the pipeline does, plus one random input; raw outputs are compared with the
-PyTorch module by the conversion gate (:func:`blazeport.convert.compare_outputs` and
-:func:`blazeport.convert.passes`), and detections after decode and NMS must agree in count and
-within the same tolerance. Float16 weights are reported, not gated.
+PyTorch module by the conversion gate, and detections after decode and NMS must agree in count
+and within the same tolerance (:func:`blazeport.verify.verify`, the check ``convert`` makes too).
+Students are exported with their BatchNorm folded into the convs (:func:`blazeport.models.fold_batchnorm`)
+and checked against the unfolded module. Float16 weights are reported, not gated.
 """
 
 from __future__ import annotations
@@ -405,6 +406,8 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
     same count and within ``ABS_TOL``); float16 weights are reported, and ``ok`` only requires
     finite outputs.
     """
+    from blazeport.models import fold_batchnorm  # imports torch, which export needs anyway
+
     f = get_format(fmt)
     if dynamic_batch and not f.dynamic_batch:
         raise BlazeportError(f"--dynamic-batch is not supported for {f.name}; it is for "
@@ -417,7 +420,9 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
     images = images if images is not None else sample_images()
     with staged(out) as stage:
         t0 = time.perf_counter()
-        f.exporter(module.eval(), spec, stage.path, fp16=fp16, dynamic_batch=dynamic_batch,
+        # students' BatchNorm folded into their convs (plain convs with bias, like Google's files);
+        # the written file is then checked against the unfolded module, which checks the folding too
+        f.exporter(fold_batchnorm(module), spec, stage.path, fp16=fp16, dynamic_batch=dynamic_batch,
                    metadata=file_metadata(spec, source, fp16, dynamic_batch))
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()

@@ -12,10 +12,10 @@ from typing import Any
 from blazeport.errors import BlazeportError
 from blazeport.models.blazeface import VARIANTS, BlazeFace, BlazeFaceConfig, BlockConfig
 from blazeport.models.graph import GraphConfig, GraphNet
-from blazeport.models.resnet import STUDENTS, ResNetBlazeFace, ResNetConfig
+from blazeport.models.resnet import STUDENTS, ResNetBlazeFace, ResNetConfig, fold_batchnorm
 
-__all__ = ["FAMILIES", "STUDENTS", "VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "build", "build_student",
-           "from_config"]
+__all__ = ["FAMILIES", "STUDENTS", "VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "build_student",
+           "fold_batchnorm", "from_config"]
 
 FAMILIES: dict[str, tuple[Any, Any]] = {
     "blazeface": (BlazeFaceConfig, BlazeFace),
@@ -30,13 +30,6 @@ def from_config(family: str, config_json: str) -> Any:
         raise BlazeportError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, module_cls = FAMILIES[family]
     return module_cls(config_cls.from_json(config_json))
-
-
-def build(architecture: str) -> BlazeFace:
-    """A freshly initialised BlazeFace-family network for a registered architecture name."""
-    if architecture not in VARIANTS:
-        raise BlazeportError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(VARIANTS))}")
-    return BlazeFace(VARIANTS[architecture])
 
 
 def build_student(name: str) -> ResNetBlazeFace:

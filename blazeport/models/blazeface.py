@@ -2,7 +2,7 @@
 
 A variant is a :class:`BlazeFaceConfig`: the stem, the list of BlazeBlocks and which block
 outputs feed the detection head. The converter reads the same config out of a ``.tflite`` graph
-(:func:`blazeport.convert.extract_config`) and a test keeps the registered variants equal to
+(:func:`blazeport.convert.extract`) and a test keeps the registered variants equal to
 what the original files contain, so a variant here is the file's architecture, not a guess.
 
 Head contract (any backbone that meets it plugs into the same anchors, decoding, NMS, export and
