@@ -7,7 +7,7 @@ original file and architecture come from. Code never branches on a model name; i
 The constants mirror MediaPipe's face detection graphs
 (``mediapipe/modules/face_detection/face_detection.pbtxt`` and the short/full-range wrappers:
 ``SsdAnchorsCalculatorOptions``, ``TensorsToDetectionsCalculatorOptions``,
-``NonMaxSuppressionCalculatorOptions``); the README's conversion section tabulates them per model.
+``NonMaxSuppressionCalculatorOptions``), each spec below holding one graph's values.
 """
 
 from __future__ import annotations
