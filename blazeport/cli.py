@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_max_pixels(x)
     x.set_defaults(func=cmd_export)
 
-    from blazeport.bench import add_bench_parser
+    from blazeport.bench.cli import add_bench_parser
 
     add_bench_parser(sub, fmt)
 

@@ -7,6 +7,7 @@ come from the command's report (README, Benchmarks), not from a timed test.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from blazeport import bench
+from blazeport.bench import child, counts, mediapipe, targets
+from blazeport.bench import report as bench_report
 from blazeport.cli import build_parser, main
+from blazeport.errors import BlazeportError
+from blazeport.specs import get_spec
 from tests.conftest import ROOT, SHORT_RANGE_TFLITE
 
 STAT_KEYS = {"min", "p50", "p90", "p99", "mean", "std", "max"}
@@ -90,10 +94,10 @@ def test_e2e_stages_sum_sensibly(tiny_report: dict, photo: Path) -> None:
 
     (row,) = [x for x in tiny_report["results"] if x["mode"] == "e2e"]
     stages = row["stages_ms"]
-    assert set(stages) == set(bench.STAGES)
+    assert set(stages) == set(child.STAGES)
     assert all(len(v) == 3 and min(v) >= 0 for v in stages.values())
     for i, total in enumerate(row["runs_ms"]):
-        parts = sum(stages[s][i] for s in bench.STAGES)
+        parts = sum(stages[s][i] for s in child.STAGES)
         assert parts <= total + 1e-3  # the stages run inside the timed call
     share = 100 * row["stage_stats"]["postprocess"]["p50"] / row["stage_stats"]["infer"]["p50"]
     assert row["postprocess_share_pct"] == pytest.approx(share)
@@ -138,7 +142,7 @@ def test_tflite_graph_counts_match_the_module() -> None:
     from blazeport.profile import count_macs, count_params
 
     module = load_tflite(SHORT_RANGE_TFLITE)[0]
-    assert bench.tflite_counts(SHORT_RANGE_TFLITE) == (count_params(module), count_macs(module, 128))
+    assert counts.tflite_counts(SHORT_RANGE_TFLITE) == (count_params(module), count_macs(module, 128))
 
 
 def test_exports_are_cached_by_source_hash(tmp_path, monkeypatch) -> None:
@@ -155,28 +159,28 @@ def test_exports_are_cached_by_source_hash(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(blazeport.export, "export", fake_export)
     src = tmp_path / "m.safetensors"
     src.write_bytes(b"weights v1")
-    first = bench.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None)
-    again = bench.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None)
+    first = targets.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None)
+    again = targets.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None)
     assert first == again and len(calls) == 1 and first.suffix == ".onnx"
     src.write_bytes(b"weights v2")  # retrained: a new file, not the stale export
-    assert bench.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None) != first and len(calls) == 2
+    assert targets.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None) != first and len(calls) == 2
 
 
 def test_ratios_and_targets_from_results() -> None:
     def row(backend: str, mode: str, p50: float, threads: int = 1, post: float | None = None) -> dict:
         r = {"model": "short_range", "backend": backend, "mode": mode, "threads": threads, "reference": "short_range",
-             "stats": {"p50": p50}, "baseline": backend in (bench.ORIGINAL, bench.MEDIAPIPE)}
+             "stats": {"p50": p50}, "baseline": backend in (targets.ORIGINAL, mediapipe.MEDIAPIPE)}
         if post is not None:
             r["postprocess_share_pct"] = post
         return r
 
     results = [row("tflite-original", "model", 2.0), row("tflite", "model", 2.4), row("onnx", "e2e", 4.5, post=8.0),
                row("tflite-original", "e2e", 5.0, post=12.0), row("mediapipe", "e2e", 5.0), row("tflite", "model", 1.0, 2)]
-    bench.add_ratios(results)
+    bench_report.add_ratios(results)
     assert results[1]["ratios"] == {"vs_original": pytest.approx(1.2)}
     assert results[2]["ratios"] == {"vs_mediapipe": pytest.approx(0.9), "vs_original": pytest.approx(0.9)}
     assert results[5]["ratios"] == {}  # no original measured at 2 threads: no ratio invented
-    met = {(t["target"], t["where"]): t["met"] for t in bench.check_targets(results)}
+    met = {(t["target"], t["where"]): t["met"] for t in bench_report.check_targets(results)}
     assert met[("re-exported tflite <= 1.1x original", "short_range tflite 1t")] is False
     assert met[("e2e onnx <= 1.0x MediaPipe", "short_range onnx 1t")] is True
     assert met[("decode + NMS <= 10% of model time", "short_range onnx 1t")] is True
@@ -186,15 +190,85 @@ def test_ratios_and_targets_from_results() -> None:
 def test_mediapipe_baseline_child(photo: Path) -> None:
     """MediaPipe's own process() on the same file (runs where mediapipe is installed, e.g. CI's parity extra)."""
     pytest.importorskip("mediapipe")
-    from blazeport.specs import get_spec
 
     cfg = {"runtime": "mediapipe", "path": None, "threads": 1, "mode": "e2e", "runs": 3, "warmup": 1, "image": str(photo),
            "spec": get_spec("short_range").to_dict(), "cwd": str(ROOT), "model_selection": 0}
-    res = bench.spawn(cfg, sys.executable)
+    res = child.spawn(cfg, sys.executable)
     assert "error" not in res, res
-    assert len(res["runs_ms"]) == 3 and set(res["stages_ms"]) == set(bench.MP_STAGES)
+    assert len(res["runs_ms"]) == 3 and set(res["stages_ms"]) == set(mediapipe.MP_STAGES)
     assert all(len(v) == 3 for v in res["stages_ms"].values())
     assert res["faces"] == 1 and res["torch_loaded"] is False
+
+
+def test_bench_package_does_not_import_the_cli() -> None:
+    """blazeport.cli imports blazeport.bench.cli's parser; nothing in blazeport.bench imports blazeport.cli back."""
+    code = ("import importlib, pkgutil, sys, blazeport.bench\n"
+            "for m in pkgutil.iter_modules(blazeport.bench.__path__, 'blazeport.bench.'):\n"
+            "    if not m.name.endswith('__main__'):\n"
+            "        importlib.import_module(m.name)\n"
+            "assert 'blazeport.bench.cli' in sys.modules and 'blazeport.cli' not in sys.modules, sorted(sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_child_entry_point_runs_without_torch(tmp_path, photo: Path) -> None:
+    """``python -m blazeport.bench.child`` on a tflite configuration, with a torch that cannot be imported
+    (and says so if anything tries): the child never touches torch."""
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("from pathlib import Path\nPath(__file__).with_name('tried').touch()\n"
+                                      "raise ImportError('torch is unimportable in this test')\n")
+    cfg = {"runtime": "tflite", "path": str(SHORT_RANGE_TFLITE), "threads": 1, "mode": "e2e", "runs": 2, "warmup": 1,
+           "image": str(photo), "spec": get_spec("short_range").to_dict(), "cwd": str(tmp_path)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-m", "blazeport.bench.child"], input=json.dumps(cfg), capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith(child.RESULT_TAG)]
+    res = json.loads(line[len(child.RESULT_TAG):])
+    assert len(res["runs_ms"]) == 2 and set(res["stages_ms"]) == set(child.STAGES) and res["faces"] == 1
+    assert res["torch_loaded"] is False and not (fake / "tried").exists()
+
+
+def test_spec_name_without_converted_weights_is_the_loaders_error(tmp_path, monkeypatch, capsys) -> None:
+    """No silent conversion of the original on load: the one error of blazeport.loader.spec_weights."""
+    pytest.importorskip("torch")
+    import blazeport.loader
+
+    monkeypatch.setattr(blazeport.loader, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(BlazeportError) as want:
+        blazeport.loader.spec_weights(get_spec("short_range"))
+    assert main(["bench", "short_range", "--backend", "torch", "--runs", "1", "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"blazeport bench: error: {want.value}"]
+
+
+def test_baselines_and_references_come_from_the_spec() -> None:
+    """A student is compared with its spec's teacher; MediaPipe runs only the originals whose spec names
+    its pipeline (short_range: 0, full_range_sparse: 1); the dense full_range gets none, and a note says so."""
+    assert targets.reference_of(get_spec("short_range_resnet")) == get_spec("short_range")
+    assert targets.reference_of(get_spec("full_range")) == get_spec("full_range")
+    asked = [targets.Target(name, "torch", None, get_spec(name), targets.reference_of(get_spec(name)))
+             for name in ("short_range_resnet", "full_range", "full_range_sparse")]
+    notes: list[str] = []
+    out = targets.add_baselines(asked, True, "python-with-mediapipe", notes)
+    mp = {t.model: t.extra["model_selection"] for t in out if t.backend == mediapipe.MEDIAPIPE}
+    assert mp == {"short_range": 0, "full_range_sparse": 1}
+    originals = [t.model for t in out if t.backend == targets.ORIGINAL]
+    assert originals == ["short_range", "full_range", "full_range_sparse"]
+    assert any(n.startswith("baseline full_range: no MediaPipe baseline") for n in notes), notes
+
+
+def test_untrained_student_gets_its_teachers_spec(tmp_path) -> None:
+    pytest.importorskip("torch")
+    notes: list[str] = []
+    (t,) = targets.resolve_targets(["resnet"], {"torch"}, tmp_path, None, notes, lambda _: None)
+    assert t.model == "resnet (untrained)" and Path(t.path).parent == tmp_path
+    assert (t.spec.teacher, t.spec.architecture, t.spec.family, t.spec.input_size) == ("short_range", "resnet", "resnet", 128)
+    assert t.reference == get_spec("short_range") and t.params and t.macs
+    assert any("freshly initialised" in n for n in notes)
+    with pytest.raises(BlazeportError, match="takes 128px, teacher full_range 192px"):
+        targets.resolve_targets(["resnet"], {"torch"}, tmp_path, "full_range", [], lambda _: None)
 
 
 # --------------------------------------------------------------------------- the fast post-processing path

@@ -1,0 +1,125 @@
+"""The measured child: one configuration (model x runtime x threads x mode) in a fresh process.
+
+``python -m blazeport.bench.child`` reads the configuration as JSON on stdin and writes one line,
+``BLAZEPORT_BENCH_RESULT {...}``, on stdout; :func:`spawn` starts it from the parent. The runtime's
+own import is timed (``import``), then opening the file through the one loader,
+:func:`blazeport.loader.open_backend` (``init``). Only a torch configuration imports torch: a
+board with LiteRT or onnxruntime alone runs this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from blazeport.bench.mediapipe import MEDIAPIPE, measure_mediapipe
+from blazeport.bench.timing import measure, ms, process_facts
+from blazeport.detector import Detector
+from blazeport.loader import open_backend
+from blazeport.postprocess import postprocess
+from blazeport.preprocess import read_image
+from blazeport.specs import ModelSpec
+
+STAGES = ("read", "preprocess", "infer", "postprocess")
+RESULT_TAG = "BLAZEPORT_BENCH_RESULT "
+# what each runtime of blazeport.backends.RUNTIMES imports: timed apart from opening the file
+RUNTIME_LIBRARIES = {"torch": "torch", "onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter"}
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds this blazeport package
+
+
+def open_timed(cfg: dict[str, Any]) -> tuple[Detector, float, float]:
+    """(detector, import ms, init ms): the runtime's library imported, then the file opened on it."""
+    runtime, threads = cfg["runtime"], int(cfg["threads"])
+    t0 = time.perf_counter_ns()
+    library = importlib.import_module(RUNTIME_LIBRARIES[runtime])
+    t1 = time.perf_counter_ns()
+    if runtime == "torch":
+        library.set_num_interop_threads(1)
+    spec, backend, _ = open_backend(cfg["path"], runtime, ModelSpec.from_dict(cfg["spec"]), threads)
+    t2 = time.perf_counter_ns()
+    return Detector(spec, backend), ms(t1 - t0), ms(t2 - t1)
+
+
+def measure_model(detector: Detector, image: str, runs: int, warmup: int) -> dict[str, Any]:
+    """Model only: the backend call on a ready letterboxed input."""
+    batch, _ = detector.preprocess([read_image(image)])
+    return measure(lambda: detector.backend(batch), runs, warmup)
+
+
+def measure_e2e(detector: Detector, image: str, runs: int, warmup: int) -> dict[str, Any]:
+    """End to end: :meth:`Detector.detect` on the file, with a clock between its stages."""
+    stage_ns: dict[str, list[int]] = {s: [] for s in STAGES}
+    faces: list[Any] = []
+
+    def e2e() -> None:
+        # Detector.detect_batch([path]), with a clock between the stages
+        t0 = time.perf_counter_ns()
+        img = read_image(image)
+        t1 = time.perf_counter_ns()
+        batch, pads = detector.preprocess([img])
+        t2 = time.perf_counter_ns()
+        raw_boxes, raw_scores = detector.backend(batch)
+        t3 = time.perf_counter_ns()
+        dets = postprocess(raw_boxes, raw_scores, detector.anchors, detector.spec, pads, detector.score_threshold)
+        t4 = time.perf_counter_ns()
+        for s, a, b in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
+            stage_ns[s].append(b - a)
+        faces[:] = dets[0]
+
+    out = measure(e2e, runs, warmup, stage_ns)
+    return {**out, "faces": len(faces), "detections": [d.to_dict() for d in faces]}
+
+
+def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Measure one configuration in this process (called in a fresh child)."""
+    cv2.setNumThreads(int(cfg["threads"]))
+    out: dict[str, Any] = {"pid": os.getpid()}
+    if cfg["runtime"] == MEDIAPIPE:
+        return {**out, **measure_mediapipe(cfg)}
+    detector, import_ms, init_ms = open_timed(cfg)
+    loop = measure_model if cfg["mode"] == "model" else measure_e2e
+    out.update(import_ms=import_ms, init_ms=init_ms)
+    out.update(loop(detector, cfg["image"], int(cfg["runs"]), int(cfg["warmup"])))
+    return {**out, **process_facts()}
+
+
+def main() -> int:
+    cfg = json.loads(sys.stdin.read())
+    os.chdir(cfg.get("cwd", "."))
+    result = run_child(cfg)
+    sys.stdout.write(RESULT_TAG + json.dumps(result) + "\n")
+    return 0
+
+
+def spawn(cfg: dict[str, Any], python: str, timeout: float = 900) -> dict[str, Any]:
+    """Run one configuration in a fresh interpreter; a failure comes back as ``{"error": ...}``.
+
+    The child starts in :data:`PACKAGE_ROOT` with it on ``PYTHONPATH`` too, so it imports this very
+    ``blazeport`` (another interpreter, such as MediaPipe's venv, or another checkout installed in
+    the same venv, would otherwise import its own); it then moves to ``cfg["cwd"]``."""
+    threads = str(cfg["threads"])
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+               TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="3", PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([python, "-m", "blazeport.bench.child"], input=json.dumps(cfg), capture_output=True,
+                              text=True, env=env, cwd=PACKAGE_ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+    return {"error": f"exit status {proc.returncode}: {lines[-1] if lines else 'no output'}"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

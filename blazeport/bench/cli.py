@@ -1,0 +1,195 @@
+"""The ``bench`` subcommand: its parser (:func:`add_bench_parser`, added to ``blazeport``'s by
+:mod:`blazeport.cli`) and :func:`cmd_bench`, which resolves targets, runs them and reports.
+
+``python -m blazeport.bench ARGS`` is ``blazeport bench ARGS`` (:func:`main`, its own parser):
+nothing in :mod:`blazeport.bench` imports :mod:`blazeport.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from blazeport.backends import RUNTIMES
+from blazeport.bench.android import android_commands
+from blazeport.bench.mediapipe import MEDIAPIPE, find_mediapipe_python
+from blazeport.bench.report import add_ratios, check_targets, host_info, print_report, write_plot
+from blazeport.bench.rounds import configurations, measure_rows
+from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_baselines, resolve_targets
+from blazeport.errors import BlazeportError
+from blazeport.files import check_output, write_atomic
+from blazeport.preprocess import read_image
+from blazeport.specs import SPECS
+
+DEFAULT_CACHE = Path("runs") / "bench-cache"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _backend_list(text: str) -> list[str]:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [v for v in values if v not in BACKENDS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(bad) or text!r}; choose from {', '.join(BACKENDS)}")
+    return values
+
+
+def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHelpFormatter) -> argparse.ArgumentParser:
+    b = sub.add_parser(
+        "bench", help="latency of models on torch / onnx / tflite, with the original and MediaPipe as baselines",
+        description="Measure init, first-call and steady-state latency (min, p50, p90, p99, mean, std), peak RSS, "
+        "size, params and MACs of each MODEL on each backend and thread count, every configuration in its own "
+        "process. Google's original .tflite (LiteRT, XNNPACK) runs alongside as the baseline, and with --e2e "
+        "MediaPipe's own FaceDetection.process() on the same file. A spec name is exported to ONNX / TFLite on the "
+        f"fly (cached in --cache). Backends: {', '.join(RUNTIMES)} (tflite: the re-export, and the original for an "
+        f"original model), {ORIGINAL}.", formatter_class=formatter_class,
+        epilog="examples:\n  blazeport bench short_range full_range_sparse --threads 1,2 --e2e --json runs/bench.json\n"
+        "  blazeport bench face_detection_short_range.tflite --backend tflite     # on a board: LiteRT only\n"
+        "  blazeport bench short_range --backend tflite --threads 1,4 --android   # benchmark_model command lines")
+    b.add_argument("models", nargs="+", metavar="MODEL",
+                   help=f"spec name ({', '.join(SPECS)}), a student architecture to time untrained (resnet, ...), "
+                   "a .safetensors, .onnx or .tflite file")
+    b.add_argument("--backend", type=_backend_list, default=list(RUNTIMES),
+                   help=f"comma-separated: {', '.join(BACKENDS)} (default: {','.join(RUNTIMES)})")
+    b.add_argument("--threads", type=_int_list, default=[1], help="comma-separated thread counts (default: 1)")
+    b.add_argument("--runs", type=int, default=200, help="timed runs per configuration (default: 200)")
+    b.add_argument("--warmup", type=int, default=20, help="untimed runs before timing (default: 20)")
+    b.add_argument("--rounds", type=int, default=1,
+                   help="split the runs over this many rounds, every configuration once per round (round-robin, "
+                   "every other round reversed), so a slow spell of a shared or throttling host hits all of them alike "
+                   "(default: 1)")
+    b.add_argument("--e2e", action="store_true", help="also measure end to end on --image (file -> detections), "
+                   "stage by stage, with MediaPipe as a baseline")
+    b.add_argument("--image", help="photo for the input and --e2e (default: scikit-image's astronaut)")
+    b.add_argument("--json", metavar="OUT", help="write the full report (raw timings included) to this JSON file")
+    b.add_argument("--plot", metavar="OUT.png", help="write a chart: p50 bars with p90 whiskers")
+    b.add_argument("--mediapipe-python", metavar="PATH",
+                   help="interpreter with mediapipe for the baseline (default: this one if it has mediapipe; 'none': off)")
+    b.add_argument("--no-baselines", action="store_true", help="do not add the original .tflite and MediaPipe baselines")
+    b.add_argument("--spec", help="spec of a model file (a .onnx/.tflite that carries none needs it; files from "
+                   f"`blazeport export` do), and the teacher whose input and head an untrained student gets "
+                   f"(default: {DEFAULT_TEACHER})")
+    b.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"folder for on-the-fly exports (default: {DEFAULT_CACHE})")
+    b.add_argument("--android", action="store_true",
+                   help="print the equivalent TFLite benchmark_model command lines (adb) for the .tflite files and exit")
+    b.set_defaults(func=cmd_bench)
+    return b
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (canonical form of the parsed arguments)."""
+    parts = ["blazeport", "bench", *args.models, "--backend", ",".join(args.backend),
+             "--threads", ",".join(map(str, args.threads)), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+    parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
+    parts += ["--e2e"] if args.e2e else []
+    parts += ["--image", args.image] if args.image else []
+    parts += ["--mediapipe-python", args.mediapipe_python] if args.mediapipe_python else []
+    parts += ["--no-baselines"] if args.no_baselines else []
+    parts += ["--json", args.json] if args.json else []
+    parts += ["--plot", args.plot] if args.plot else []
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _bench_image(image: str | None) -> Path:
+    """--image, or scikit-image's astronaut; read once here for one clear error before anything runs."""
+    if image:
+        path = Path(image).resolve()
+    else:
+        try:
+            from blazeport.data import sample_image_path
+
+            path = sample_image_path("astronaut")
+        except (ImportError, FileNotFoundError):
+            raise BlazeportError("no default photo (scikit-image is not installed): pass --image PATH") from None
+    read_image(path)
+    return path
+
+
+def _build_report(args: argparse.Namespace, host: dict[str, Any], results: list[dict[str, Any]], notes: list[str],
+                  image: Path, rounds: int, mp_python: str | None) -> dict[str, Any]:
+    for row in results:
+        if row["backend"] == MEDIAPIPE:
+            host["mediapipe"] = (row.get("versions") or {}).get("mediapipe")
+    host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    add_ratios(results)
+    report = {
+        "blazeport_bench": 1,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(args),
+        "host": host,
+        "settings": {"runs": args.runs, "warmup": args.warmup, "rounds": rounds, "threads": args.threads, "e2e": args.e2e,
+                     "image": str(image), "backends": args.backend, "mediapipe_python": mp_python,
+                     "timer": "time.perf_counter_ns",
+                     "rss": "peak RSS of the child's own image: VmHWM (Linux), else ru_maxrss"},
+        "notes": notes,
+        "results": results,
+    }
+    report["targets"] = check_targets(results)
+    return report
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.runs < 1 or args.warmup < 0:
+        raise BlazeportError("--runs must be >= 1 and --warmup >= 0")
+    image = _bench_image(args.image)
+    inputs = [image, *(m for m in args.models if Path(m).is_file())]
+    for out, what in ((args.json, "JSON report"), (args.plot, "chart")):
+        if out:
+            check_output(out, inputs, what)
+    notes: list[str] = []
+    targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log)
+    if args.android:
+        print(android_commands(targets, args.threads, args.runs, args.warmup))
+        return 0
+    mp_python = None
+    if args.e2e and not args.no_baselines:
+        mp_python, why = find_mediapipe_python(args.mediapipe_python)
+        notes.append(why)
+    if not args.no_baselines:
+        targets = add_baselines(targets, args.e2e, mp_python, notes)
+    configs = configurations(targets, args.threads, ["model", "e2e"] if args.e2e else ["model"])
+    host = host_info()
+    rounds = max(1, min(args.rounds, args.runs))
+    results = measure_rows(configs, args.runs, args.warmup, rounds, image, _log)
+    report = _build_report(args, host, results, notes, image, rounds, mp_python)
+    print_report(report)
+    if args.json:
+        out = write_atomic(args.json, json.dumps(report, indent=1).encode())
+        _log(f"report: {out}")
+    if args.plot:
+        write_plot(report, Path(args.plot))
+        _log(f"chart: {args.plot}")
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m blazeport.bench ARGS``: ``blazeport bench ARGS`` with the bench's own parser."""
+    parser = argparse.ArgumentParser(prog="blazeport")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return cmd_bench(args)
+    except BlazeportError as exc:
+        print(f"blazeport bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("blazeport bench: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,254 @@
+"""What a run measures: MODEL arguments resolved into targets, the baselines added beside them,
+and the exports made (and cached) on the fly.
+
+A *target* is one file on one backend. Every model is opened through :mod:`blazeport.loader`
+(``blazeport.load`` for a file a runtime reads as it is; :func:`~blazeport.loader.open_module` for
+the module a torch target loads and re-exports are made from), so a spec name whose converted
+weights are missing gets the loader's one error. Facts come from the spec, never from a name: a
+student's reference original is its ``teacher``, an original is its own reference, and the
+MediaPipe pipeline that runs an original is its ``mediapipe_model_selection``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blazeport.export
+from blazeport.backends import MODEL_SUFFIXES, RUNTIMES, native_runtime
+from blazeport.bench.counts import Counts, graph_counts, module_counts, tflite_counts
+from blazeport.bench.mediapipe import MEDIAPIPE
+from blazeport.detector import load
+from blazeport.errors import BlazeportError
+from blazeport.files import sha256_of
+from blazeport.loader import open_module
+from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, get_spec, spec_for_file, student_spec
+from blazeport.weights import save_safetensors
+
+ORIGINAL = "tflite-original"  # Google's original .tflite in LiteRT: the bench's own pseudo-backend
+BACKENDS = (*RUNTIMES, ORIGINAL)  # the --backend labels
+DEFAULT_TEACHER = "short_range"  # whose input, anchors and head an untrained student gets without --spec
+
+
+@dataclass
+class Target:
+    """One file on one backend; a row per thread count and mode."""
+
+    model: str  # the row's model label
+    backend: str  # one of BACKENDS, or MEDIAPIPE
+    path: str | None  # the file the runtime loads (None: MediaPipe's own)
+    spec: ModelSpec
+    reference: ModelSpec | None  # the original this model is compared with
+    baseline: bool = False  # added by the bench, not asked for
+    params: int | None = None
+    macs: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> str:
+        return "tflite" if self.backend == ORIGINAL else self.backend
+
+    def key(self) -> tuple[str, str | None]:
+        return self.backend, self.path if self.path is None else str(Path(self.path).resolve())
+
+
+@dataclass
+class _Model:
+    """One MODEL argument: its label, spec, the files it runs as they are, and what torch opens."""
+
+    label: str
+    stem: str  # names its cached exports
+    spec: ModelSpec
+    files: dict[str, Path]  # backend -> a file that backend runs as it is
+    torch_model: str | Path | None  # what open_module opens (None: no PyTorch weights, e.g. an .onnx)
+    spec_arg: str | None = None  # --spec, for a file
+    module: Any = None  # the PyTorch module, once opened
+    source: Path | None = None  # the file it was opened from: what torch loads, what exports are made from
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def reference_of(spec: ModelSpec) -> ModelSpec | None:
+    """The original a model is compared with: the teacher its spec names (a student), else the model
+    itself when it is an original (it has a Google ``.tflite``)."""
+    if spec.teacher is not None:
+        return SPECS.get(spec.teacher)
+    return spec if spec.tflite else None
+
+
+def original_file(spec: ModelSpec) -> Path | None:
+    return WEIGHTS_DIR / spec.tflite if spec.tflite else None
+
+
+def cached_export(source: Path, fmt: str, cache: Path, stem: str, log: Any) -> Path:
+    """``blazeport export`` of ``source`` into ``cache``, named by the source's sha256 (reused when
+    present; a new source, e.g. retrained weights, gets a new file). Raises BlazeportError."""
+    f = blazeport.export.get_format(fmt)
+    out = cache / f"{stem}-{sha256_of(source)[:12]}{f.suffix}"
+    if out.is_file():
+        return out
+    log(f"exporting {source} -> {out} ({fmt}, verified; once, then cached)")
+    report = blazeport.export.export(source, fmt, out)
+    if not report["ok"]:
+        out.unlink(missing_ok=True)
+        raise BlazeportError(f"{out}: the exported file failed verification against PyTorch; not benchmarked")
+    return out
+
+
+def untrained_student(architecture: str, teacher: ModelSpec, cache: Path) -> Path:
+    """A seeded, untrained student with ``teacher``'s head, saved once to the cache (for timing:
+    weights do not matter). Its spec is :func:`~blazeport.specs.student_spec` of the teacher."""
+    import torch
+
+    from blazeport.models import STUDENTS, build_student
+
+    if STUDENTS[architecture].input_size != teacher.input_size:
+        raise BlazeportError(f"student {architecture} takes {STUDENTS[architecture].input_size}px, teacher "
+                             f"{teacher.name} {teacher.input_size}px: pass --spec with a teacher of the student's input size")
+    name = f"{teacher.name}_{architecture}_untrained"
+    out = cache / f"{name}.safetensors"
+    if not out.is_file():
+        torch.manual_seed(0)
+        module = build_student(architecture).eval()
+        spec = student_spec(teacher, architecture, module.family, name=name,
+                            description=f"untrained {architecture} student of {teacher.name} (benchmark only)")
+        save_safetensors(module, spec, out, extra={"untrained": "true"})
+    return out
+
+
+def _is_student(arg: str, has_torch: bool) -> bool:
+    if not has_torch or arg in SPECS:
+        return False
+    from blazeport.models import STUDENTS
+
+    return arg in STUDENTS
+
+
+def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, notes: list[str]) -> _Model:
+    """What one MODEL argument is: a model file, an untrained student architecture, or a spec name."""
+    path = Path(arg)
+    if path.suffix in MODEL_SUFFIXES:
+        return _describe_file(path, spec_name, has_torch)
+    if _is_student(arg, has_torch):
+        weights = untrained_student(arg, get_spec(spec_name or DEFAULT_TEACHER), cache)
+        module, spec, source = open_module(weights)
+        label = f"{arg} (untrained)"
+        notes.append(f"{label}: freshly initialised weights (seed 0): latency only, it detects nothing")
+        return _Model(label, arg, spec, {}, weights, module=module, source=source)
+    spec = get_spec(arg)
+    original = original_file(spec)
+    files = {ORIGINAL: original} if original is not None and original.is_file() else {}
+    return _Model(arg, arg, spec, files, arg)
+
+
+def _describe_file(path: Path, spec_name: str | None, has_torch: bool) -> _Model:
+    if not path.is_file():
+        raise BlazeportError(f"{path}: no such model file")
+    if path.suffix == ".safetensors":
+        if not has_torch:
+            raise BlazeportError(f"{path}: a .safetensors model needs torch (pip install -e .)")
+        module, spec, source = open_module(path, spec_name)
+        return _Model(path.stem, path.stem, spec, {}, path, spec_name, module, source)
+    runtime = native_runtime(path)
+    spec = load(path, backend=runtime, spec=spec_name).spec  # the loader, and the file's outputs checked against the spec
+    original = spec_for_file(path) if runtime == "tflite" else None
+    if original is not None:  # one of Google's files: it runs as the original, and torch converts it on load
+        return _Model(original.name, original.name, spec, {ORIGINAL: path}, path, spec_name)
+    return _Model(path.stem, path.stem, spec, {runtime: path}, None)
+
+
+def _wanted(m: _Model, backends: set[str]) -> tuple[list[str], list[str]]:
+    """(backends to run in BACKENDS order, those of them made from the PyTorch module)."""
+    wanted = set(backends)
+    if "tflite" in wanted and ORIGINAL in m.files:
+        wanted.add(ORIGINAL)  # `tflite` on an original means the original and the re-export
+    made = ("torch", *blazeport.export.FORMATS) if m.torch_model is not None else ()
+    runnable = [b for b in BACKENDS if b in wanted and (b in m.files or b in made)]
+    if not runnable:
+        can = sorted({*m.files, *made})
+        raise BlazeportError(f"{m.label}: runs on {', '.join(can)}, not on {', '.join(sorted(backends))}")
+    return runnable, [b for b in runnable if b not in m.files]
+
+
+def _from_torch(m: _Model, backend: str, cache: Path, notes: list[str], log: Any) -> Path | None:
+    """The file a backend runs that is made from the module: its weights (torch) or a cached export."""
+    if backend == "torch":
+        return m.source
+    try:
+        return cached_export(m.source, backend, cache, m.stem, log)
+    except BlazeportError as exc:
+        notes.append(f"{m.label}: {backend} skipped: {exc}")
+        return None
+
+
+def _model_targets(m: _Model, backends: set[str], cache: Path, has_torch: bool, notes: list[str],
+                   log: Any) -> list[Target]:
+    runnable, made = _wanted(m, backends)
+    if made and has_torch and m.module is None:
+        m.module, m.spec, m.source = open_module(m.torch_model, m.spec_arg)  # the loader's error if weights are missing
+    counts: Counts = module_counts(m.module, m.spec) if m.module is not None else graph_counts(m.files.values())
+    out = []
+    for backend in runnable:
+        if backend in made and not has_torch:
+            notes.append(f"{m.label}: torch skipped (torch is not importable here)" if backend == "torch"
+                         else f"{m.label}: {backend} export skipped (exporting needs torch)")
+            continue
+        path = _from_torch(m, backend, cache, notes, log) if backend in made else m.files[backend]
+        if path is None:
+            continue
+        t = Target(m.label, backend, str(path), m.spec, reference_of(m.spec), params=counts[0], macs=counts[1])
+        if backend == "torch" and path.suffix == ".tflite":
+            t.extra["note"] = "converted from the .tflite on load"
+        out.append(t)
+    return out
+
+
+def resolve_targets(models: list[str], backends: set[str], cache: Path, spec_name: str | None,
+                    notes: list[str], log: Any) -> list[Target]:
+    """Turn MODEL arguments and ``--backend`` into targets, exporting on the fly where needed.
+    ``spec_name`` (``--spec``) is the spec of a model file, and the teacher of an untrained student."""
+    has_torch = torch_available()
+    targets: list[Target] = []
+    for arg in models:
+        targets += _model_targets(_describe(arg, spec_name, cache, has_torch, notes), backends, cache, has_torch,
+                                  notes, log)
+    if not targets:
+        raise BlazeportError("nothing to benchmark (see the notes above)")
+    return targets
+
+
+def add_baselines(targets: list[Target], e2e: bool, mediapipe_python: str | None, notes: list[str]) -> list[Target]:
+    """The original ``.tflite`` of every reference (LiteRT, XNNPACK), and MediaPipe for e2e."""
+    have = {t.key() for t in targets}
+    out = list(targets)
+    refs = {t.reference.name: t.reference for t in targets if t.reference is not None}
+    for ref in refs.values():
+        original = original_file(ref)
+        if original is None or not original.is_file():
+            notes.append(f"baseline {ref.name}: {original or 'no original .tflite'} not found, no original to compare with")
+        elif (ORIGINAL, str(original.resolve())) not in have:
+            params, macs = tflite_counts(original)
+            out.append(Target(ref.name, ORIGINAL, str(original), ref, ref, baseline=True, params=params, macs=macs))
+        if e2e:
+            out += _mediapipe_baseline(ref, mediapipe_python, notes)
+    return out
+
+
+def _mediapipe_baseline(ref: ModelSpec, python: str | None, notes: list[str]) -> list[Target]:
+    selection = ref.mediapipe_model_selection
+    if selection is None:
+        runs = ", ".join(s.name for s in SPECS.values() if s.mediapipe_model_selection is not None)
+        notes.append(f"baseline {ref.name}: no MediaPipe baseline: no MediaPipe pipeline runs {ref.tflite or 'it'} "
+                     f"(its spec names no mediapipe_model_selection; MediaPipe's run {runs})")
+        return []
+    if python is None:
+        return []
+    return [Target(ref.name, MEDIAPIPE, None, ref, ref, baseline=True,
+                   extra={"model_selection": selection, "python": python})]
