@@ -221,7 +221,8 @@ def sr_tflite(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     writing, verification, the report) runs for each export.
     """
     pytest.importorskip("litert_torch", reason="TFLite export needs the [export] extra (litert-torch)")
-    import blazeport.export as ex
+    import blazeport.export.to_tflite as ex
+    from blazeport.export import export
     from blazeport.preprocess import read_image
 
     images = [read_image(p) for p in _photo_paths()]
@@ -239,7 +240,7 @@ def sr_tflite(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
         mp.setattr(ex, "_litert_convert", convert_once)
         for name, fp16 in (("fp32", False), ("fp16", True)):
             path = d / f"sr_{name}.tflite"
-            out[name] = (path, ex.export("short_range", "tflite", path, fp16=fp16, images=images))
+            out[name] = (path, export("short_range", "tflite", path, fp16=fp16, images=images))
     return out
 
 
