@@ -55,6 +55,7 @@ def test_students_meet_the_head_contract_and_fold_batchnorm(name: str) -> None:
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     reg, cls = student(x)
     assert reg.shape == (2, 896, 16) and cls.shape == (2, 896, 1)
+    assert student.feature_channels == tuple(f.shape[1] for f in student.features(x))
     folded = fold_batchnorm(student)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
@@ -108,8 +109,8 @@ def test_mgd_needs_and_uses_feature_maps(teacher) -> None:
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     t_feats = teacher.features(x)
     s_feats = student.features(x)
-    loss = DistillLoss(LossConfig.parse("mgd"), anchors_for(SPEC), SPEC, [f.shape[1] for f in s_feats],
-                       [f.shape[1] for f in t_feats])
+    assert teacher.feature_channels == tuple(f.shape[1] for f in t_feats)
+    loss = DistillLoss(LossConfig.parse("mgd"), anchors_for(SPEC), SPEC, student.feature_channels, teacher.feature_channels)
     out = loss(student.head(s_feats), teacher.head(t_feats), s_feats, t_feats)
     out["total"].backward()
     assert out["mgd"].item() > 0

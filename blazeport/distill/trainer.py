@@ -437,10 +437,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     student = build_student(cfg.student)  # validate() checked the name and the input size
     loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
     needs_feats = "mgd" in loss_cfg.terms
-    t_channels = [f.shape[1] for f in teacher.features(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))] \
-        if needs_feats and hasattr(teacher, "features") else None
-    s_channels = [s.channels for s in (student.config.stages[i] for i in student.config.head_stages)]
-    loss_fn = DistillLoss(loss_cfg, anchors, spec, s_channels, t_channels)
+    t_channels = getattr(teacher, "feature_channels", None) if needs_feats else None
+    loss_fn = DistillLoss(loss_cfg, anchors, spec, student.feature_channels, t_channels)
     # The student trains channels-last only on CUDA. On CPU, torch 2.13's oneDNN backward of a channels-last
     # 1x1 stride-2 conv with few channels (resnet_slim's 12 -> 16 shortcut) corrupts the heap and aborts
     # the process on AVX-512 hosts. NCHW takes another kernel: the student's own step is ~1.3x slower
