@@ -18,8 +18,10 @@ import torch
 
 import blazeport
 from blazeport.anchors import anchors_for
+from blazeport.cli import main as cli_main
 from blazeport.distill.data import DistillDataset, ImageSet, make_input
-from blazeport.distill.losses import DistillLoss, LossConfig
+from blazeport.distill.loss_terms import ELEMENTARY, TERMS, LossConfig
+from blazeport.distill.losses import DistillLoss
 from blazeport.errors import BlazeportError
 from blazeport.models import STUDENTS, build_student
 from blazeport.models.resnet import fold_batchnorm
@@ -71,6 +73,20 @@ def test_loss_spec_parsing() -> None:
         LossConfig.parse("recipe+magic")
 
 
+def test_loss_terms_come_from_one_table(capsys) -> None:
+    """The unknown-term error, `blazeport distill --help` and DistillLoss all name the table's terms."""
+    with pytest.raises(BlazeportError) as err:
+        LossConfig.parse("magic")
+    assert str(err.value).endswith(f"terms: {', '.join(TERMS)}")
+    with pytest.raises(SystemExit):
+        cli_main(["distill", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"optional weights: {', '.join(TERMS)} (e.g." in help_text
+    assert set(ELEMENTARY) == set(TERMS) - {"recipe"}
+    described = LossConfig.parse("+".join(ELEMENTARY))
+    assert described.describe() == "+".join(f"{name}=1" for name in ELEMENTARY) and described.needs_features
+
+
 def test_loss_terms_vanish_when_student_equals_teacher_and_grow_otherwise(teacher) -> None:
     x = torch.from_numpy(make_input(np.asarray(__import__("skimage.data").data.astronaut()), 128)[None]).permute(0, 3, 1, 2)
     with torch.no_grad():
@@ -92,14 +108,14 @@ def test_hard_pseudo_labels_come_from_teacher_detections(teacher, astronaut) -> 
     with torch.no_grad():
         t_reg, t_cls = teacher(x)
     loss = DistillLoss(LossConfig.parse("hard"), anchors_for(SPEC), SPEC)
-    (labels,) = loss._pseudo_labels(t_reg, torch.sigmoid(t_cls[..., 0]))
+    (labels,) = loss.pseudo_labels(t_reg, torch.sigmoid(t_cls[..., 0]))
     assert labels.shape == (1, 16)  # one face on the astronaut photo: box + 6 keypoints
     assert 0.3 < labels[0, 0] < 0.4 and labels[0, 2] > labels[0, 0]
     # a photo without faces: no pseudo-labels, and the loss is still finite (all anchors negative)
     blank = torch.full((1, 3, 128, 128), -1.0)
     with torch.no_grad():
         b_reg, b_cls = teacher(blank)
-    (none,) = loss._pseudo_labels(b_reg, torch.sigmoid(b_cls[..., 0]))
+    (none,) = loss.pseudo_labels(b_reg, torch.sigmoid(b_cls[..., 0]))
     assert none.shape == (0, 16)
     assert torch.isfinite(loss((b_reg, b_cls), (b_reg, b_cls))["hard"])
 

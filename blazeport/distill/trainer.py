@@ -105,7 +105,7 @@ class TrainConfig:
         API refuse the same things. Several of these used to pass silently (``batch_size=0`` ran
         batch 1, ``epochs=0`` wrote a summary of nothing) or failed minutes later with a traceback.
         """
-        from blazeport.distill.losses import LossConfig
+        from blazeport.distill.loss_terms import LossConfig
         from blazeport.models import STUDENTS
         from blazeport.specs import get_spec
 
@@ -379,7 +379,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import blazeport
     from blazeport.anchors import anchors_for
     from blazeport.distill.data import DistillDataset, ImageSet
-    from blazeport.distill.losses import DistillLoss, LossConfig
+    from blazeport.distill.loss_terms import LossConfig
+    from blazeport.distill.losses import DistillLoss
     from blazeport.models import build_student
     from blazeport.profile import count_macs, count_params
 
@@ -436,7 +437,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # 3. student, loss, optimizer
     student = build_student(cfg.student)  # validate() checked the name and the input size
     loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
-    needs_feats = "mgd" in loss_cfg.terms
+    needs_feats = loss_cfg.needs_features
     t_channels = getattr(teacher, "feature_channels", None) if needs_feats else None
     loss_fn = DistillLoss(loss_cfg, anchors, spec, student.feature_channels, t_channels)
     # The student trains channels-last only on CUDA. On CPU, torch 2.13's oneDNN backward of a channels-last
