@@ -19,7 +19,7 @@ import torch
 import blazeport
 from blazeport.anchors import anchors_for
 from blazeport.cli import main as cli_main
-from blazeport.distill.data import DistillDataset, ImageSet, make_input
+from blazeport.distill.dataset import DistillDataset, ImageSet, make_input
 from blazeport.distill.loss_terms import ELEMENTARY, TERMS, LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.errors import BlazeportError

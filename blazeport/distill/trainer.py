@@ -378,7 +378,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     import blazeport
     from blazeport.anchors import anchors_for
-    from blazeport.distill.data import DistillDataset, ImageSet
+    from blazeport.distill.dataset import DistillDataset, ImageSet
     from blazeport.distill.loss_terms import LossConfig
     from blazeport.distill.losses import DistillLoss
     from blazeport.models import build_student

@@ -10,6 +10,9 @@ saturation, blur) follow on the uint8 result.
 Randomness is seeded per (seed, epoch, sample index), not drawn from a global stream: a run
 resumed from a checkpoint, or split across DDP ranks or loader workers, sees exactly the same
 samples as an uninterrupted single-process run.
+
+(Not to be confused with :mod:`blazeport.data`, which lists image files and the bundled sample
+photos; this module turns those photos into training samples.)
 """
 
 from __future__ import annotations
