@@ -19,15 +19,18 @@ import torch
 import blazeport
 from blazeport.anchors import anchors_for
 from blazeport.cli import main as cli_main
+from blazeport.distill import trainer
 from blazeport.distill.dataset import DistillDataset, ImageSet, make_input
 from blazeport.distill.loss_terms import ELEMENTARY, TERMS, LossConfig
 from blazeport.distill.losses import DistillLoss
+from blazeport.distill.trainer import NonFiniteLoss, TrainConfig, train
 from blazeport.errors import BlazeportError
 from blazeport.models import STUDENTS, build_student
 from blazeport.models.resnet import fold_batchnorm
 from blazeport.specs import get_spec
 
 SPEC = get_spec("short_range")
+ROOT = Path(__file__).resolve().parent.parent  # the checkout these tests belong to
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +164,6 @@ def test_empty_or_unreadable_folders_are_clear_errors(tmp_path: Path) -> None:
 
 
 def _cfg(images: Path, out: Path, **kw):
-    from blazeport.distill.trainer import TrainConfig
-
     base = dict(images=[str(images)], out=str(out), student="resnet_slim", epochs=2, batch_size=8, lr=2e-3,
                 val_fraction=0.25, progress=False, threads=1, seed=1)
     base.update(kw)
@@ -170,8 +171,6 @@ def _cfg(images: Path, out: Path, **kw):
 
 
 def test_teacher_that_did_not_load_is_refused_before_training(tiny_images: Path, tmp_path: Path, monkeypatch) -> None:
-    from blazeport.distill import trainer
-
     real_load = blazeport.load
 
     def broken_load(*args, **kwargs):
@@ -187,8 +186,6 @@ def test_teacher_that_did_not_load_is_refused_before_training(tiny_images: Path,
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_images: Path, tmp_path: Path) -> None:
-    from blazeport.distill.trainer import NonFiniteLoss, train
-
     out = tmp_path / "run"
     train(_cfg(tiny_images, out, epochs=1))
     before = (out / "last.pt").read_bytes()
@@ -201,8 +198,15 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_images: Path, tmp_pat
         train(_cfg(tiny_images, out))  # refuses to overwrite a run
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m` / `torchrun -m` subprocess that imports THIS checkout's blazeport,
+    whatever the current folder and whichever checkout the interpreter has installed."""
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
 def _run_cli(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    env = _env(PYTHONHASHSEED="0")
     return subprocess.Popen([sys.executable, "-m", "blazeport.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -252,7 +256,7 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_images: Path, tmp_path: Path) ->
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun not found beside the Python interpreter")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _env()
     args = _distill_args(tiny_images, out)
     args[args.index("--epochs") + 1] = "1"
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "blazeport.cli", *args],
