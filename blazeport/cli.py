@@ -20,6 +20,7 @@ from blazeport.backends import RUNTIMES
 from blazeport.convert import convert
 from blazeport.data import list_images, sample_image_path
 from blazeport.detector import load
+from blazeport.distill.loss_terms import TERMS as LOSS_TERMS  # the --loss help lists them; imports no torch
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
@@ -362,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--loss", default="recipe",
-                   help="'+'-joined terms with optional weights: recipe, kl, score, score_l1, box, hinton, mgd, hard "
-                   "(e.g. recipe+mgd=0.5; default: recipe)")
+                   help=f"'+'-joined terms with optional weights: {', '.join(LOSS_TERMS)} (e.g. recipe+mgd=0.5; default: "
+                   "recipe)")
     t.add_argument("--temperature", type=float, default=2.0, help="KD temperature T (default 2)")
     t.add_argument("--alpha", type=float, default=0.6, help="recipe's KL share against the score loss (default 0.6)")
     t.add_argument("--seed", type=int, default=0)

@@ -18,14 +18,19 @@ import torch
 
 import blazeport
 from blazeport.anchors import anchors_for
-from blazeport.distill.data import DistillDataset, ImageSet, make_input
-from blazeport.distill.losses import DistillLoss, LossConfig
+from blazeport.cli import main as cli_main
+from blazeport.distill import trainer
+from blazeport.distill.dataset import DistillDataset, ImageSet, make_input
+from blazeport.distill.loss_terms import ELEMENTARY, TERMS, LossConfig
+from blazeport.distill.losses import DistillLoss
+from blazeport.distill.trainer import NonFiniteLoss, TrainConfig, train
 from blazeport.errors import BlazeportError
 from blazeport.models import STUDENTS, build_student
 from blazeport.models.resnet import fold_batchnorm
 from blazeport.specs import get_spec
 
 SPEC = get_spec("short_range")
+ROOT = Path(__file__).resolve().parent.parent  # the checkout these tests belong to
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +60,7 @@ def test_students_meet_the_head_contract_and_fold_batchnorm(name: str) -> None:
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     reg, cls = student(x)
     assert reg.shape == (2, 896, 16) and cls.shape == (2, 896, 1)
+    assert student.feature_channels == tuple(f.shape[1] for f in student.features(x))
     folded = fold_batchnorm(student)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
@@ -68,6 +74,20 @@ def test_loss_spec_parsing() -> None:
     assert LossConfig.parse("hinton+box").terms == {"hinton": 1.0, "box": 1.0}
     with pytest.raises(BlazeportError, match="unknown loss term"):
         LossConfig.parse("recipe+magic")
+
+
+def test_loss_terms_come_from_one_table(capsys) -> None:
+    """The unknown-term error, `blazeport distill --help` and DistillLoss all name the table's terms."""
+    with pytest.raises(BlazeportError) as err:
+        LossConfig.parse("magic")
+    assert str(err.value).endswith(f"terms: {', '.join(TERMS)}")
+    with pytest.raises(SystemExit):
+        cli_main(["distill", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"optional weights: {', '.join(TERMS)} (e.g." in help_text
+    assert set(ELEMENTARY) == set(TERMS) - {"recipe"}
+    described = LossConfig.parse("+".join(ELEMENTARY))
+    assert described.describe() == "+".join(f"{name}=1" for name in ELEMENTARY) and described.needs_features
 
 
 def test_loss_terms_vanish_when_student_equals_teacher_and_grow_otherwise(teacher) -> None:
@@ -91,14 +111,14 @@ def test_hard_pseudo_labels_come_from_teacher_detections(teacher, astronaut) -> 
     with torch.no_grad():
         t_reg, t_cls = teacher(x)
     loss = DistillLoss(LossConfig.parse("hard"), anchors_for(SPEC), SPEC)
-    (labels,) = loss._pseudo_labels(t_reg, torch.sigmoid(t_cls[..., 0]))
+    (labels,) = loss.pseudo_labels(t_reg, torch.sigmoid(t_cls[..., 0]))
     assert labels.shape == (1, 16)  # one face on the astronaut photo: box + 6 keypoints
     assert 0.3 < labels[0, 0] < 0.4 and labels[0, 2] > labels[0, 0]
     # a photo without faces: no pseudo-labels, and the loss is still finite (all anchors negative)
     blank = torch.full((1, 3, 128, 128), -1.0)
     with torch.no_grad():
         b_reg, b_cls = teacher(blank)
-    (none,) = loss._pseudo_labels(b_reg, torch.sigmoid(b_cls[..., 0]))
+    (none,) = loss.pseudo_labels(b_reg, torch.sigmoid(b_cls[..., 0]))
     assert none.shape == (0, 16)
     assert torch.isfinite(loss((b_reg, b_cls), (b_reg, b_cls))["hard"])
 
@@ -108,8 +128,8 @@ def test_mgd_needs_and_uses_feature_maps(teacher) -> None:
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     t_feats = teacher.features(x)
     s_feats = student.features(x)
-    loss = DistillLoss(LossConfig.parse("mgd"), anchors_for(SPEC), SPEC, [f.shape[1] for f in s_feats],
-                       [f.shape[1] for f in t_feats])
+    assert teacher.feature_channels == tuple(f.shape[1] for f in t_feats)
+    loss = DistillLoss(LossConfig.parse("mgd"), anchors_for(SPEC), SPEC, student.feature_channels, teacher.feature_channels)
     out = loss(student.head(s_feats), teacher.head(t_feats), s_feats, t_feats)
     out["total"].backward()
     assert out["mgd"].item() > 0
@@ -144,8 +164,6 @@ def test_empty_or_unreadable_folders_are_clear_errors(tmp_path: Path) -> None:
 
 
 def _cfg(images: Path, out: Path, **kw):
-    from blazeport.distill.trainer import TrainConfig
-
     base = dict(images=[str(images)], out=str(out), student="resnet_slim", epochs=2, batch_size=8, lr=2e-3,
                 val_fraction=0.25, progress=False, threads=1, seed=1)
     base.update(kw)
@@ -153,8 +171,6 @@ def _cfg(images: Path, out: Path, **kw):
 
 
 def test_teacher_that_did_not_load_is_refused_before_training(tiny_images: Path, tmp_path: Path, monkeypatch) -> None:
-    from blazeport.distill import trainer
-
     real_load = blazeport.load
 
     def broken_load(*args, **kwargs):
@@ -170,8 +186,6 @@ def test_teacher_that_did_not_load_is_refused_before_training(tiny_images: Path,
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_images: Path, tmp_path: Path) -> None:
-    from blazeport.distill.trainer import NonFiniteLoss, train
-
     out = tmp_path / "run"
     train(_cfg(tiny_images, out, epochs=1))
     before = (out / "last.pt").read_bytes()
@@ -184,8 +198,15 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_images: Path, tmp_pat
         train(_cfg(tiny_images, out))  # refuses to overwrite a run
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m` / `torchrun -m` subprocess that imports THIS checkout's blazeport,
+    whatever the current folder and whichever checkout the interpreter has installed."""
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
 def _run_cli(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    env = _env(PYTHONHASHSEED="0")
     return subprocess.Popen([sys.executable, "-m", "blazeport.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -235,7 +256,7 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_images: Path, tmp_path: Path) ->
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun not found beside the Python interpreter")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _env()
     args = _distill_args(tiny_images, out)
     args[args.index("--epochs") + 1] = "1"
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "blazeport.cli", *args],

@@ -22,8 +22,9 @@ import torch
 import blazeport
 import blazeport.files
 from blazeport.cli import main as cli_main
-from blazeport.distill import trainer
-from blazeport.distill.trainer import CHECKPOINT_MARK, CHECKPOINT_VERSION, TrainConfig, train
+from blazeport.distill import checkpoint, trainer
+from blazeport.distill.checkpoint import CHECKPOINT_MARK, CHECKPOINT_VERSION
+from blazeport.distill.trainer import TrainConfig, train
 from blazeport.errors import BlazeportError
 
 
@@ -155,7 +156,7 @@ def test_every_checkpoint_read_is_weights_only_and_resume_works(real_run: dict[s
 
 
 def test_checkpoints_are_written_by_the_one_atomic_writer(real_run: dict[str, Any]) -> None:
-    assert not hasattr(trainer, "_atomic_save")
+    assert not hasattr(trainer, "_atomic_save") and not hasattr(checkpoint, "_atomic_save")
     written = [p.name for p in real_run["writes"]]
     assert "last.pt" in written and "best.pt" in written
     assert not list(real_run["out"].glob("*.tmp"))
@@ -230,14 +231,14 @@ def test_checkpoint_of_another_student_or_teacher_is_refused(real_run: dict[str,
     assert _snapshot(out) == before
     # another teacher: rewrite the saved config as a run of --teacher back would have it
     ckpt = torch.load(out / "last.pt", weights_only=True)
-    trainer.save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version")}
+    checkpoint.save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version")}
                             | {"config": {**ckpt["config"], "teacher": "back"}}, out / "last.pt")
     before = _snapshot(out)
     with pytest.raises(BlazeportError, match=r"--teacher back, not of --student resnet_slim --teacher short_range"):
         train(_cfg(photos, out, resume=True))
     assert _snapshot(out) == before
     # the same teacher under an alias is the same run
-    trainer.read_checkpoint(real_run["out"] / "last.pt", _cfg(photos, out, teacher="front"))
+    checkpoint.read_checkpoint(real_run["out"] / "last.pt", _cfg(photos, out, teacher="front"))
 
 
 def test_checkpoint_that_does_not_fit_the_loss_is_refused(real_run: dict[str, Any], photos: Path,

@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from blazeport.distill.trainer import TrainConfig, train
+from blazeport.distill.config import TrainConfig
+from blazeport.distill.trainer import train
 
 LOSSES = {
     "recipe (kl 0.6 + bce 0.4 + box)": "recipe",

@@ -1,7 +1,8 @@
-"""Distillation losses, as named terms that combine with weights.
+"""The distillation loss: each ``--loss`` term of :mod:`blazeport.distill.loss_terms`, in torch.
 
-``--loss`` takes a ``+``-joined list of terms with optional weights, e.g. ``recipe``,
-``hinton+box``, ``recipe+mgd=0.5``. The terms:
+:class:`DistillLoss` computes the terms a :class:`LossConfig` names, each by the function
+registered under its name with :func:`_term` (a name missing from the table, or a table entry
+without a function, stops the import), and their weighted total. The terms:
 
 - ``kl``: the write-up's class term: logits clamped to +-100, softmax over *anchors* at
   temperature T for teacher and student, ``KL(teacher || student) * T^2``.
@@ -10,7 +11,8 @@
   anchors*, in input pixels, weighted per anchor by the teacher's score so background anchors'
   meaningless regressions do not dominate. Comparing raw regressors worked poorly in the
   write-up.
-- ``recipe``: ``alpha * kl + (1 - alpha) * score + box`` (alpha 0.6), the write-up's mix.
+- ``recipe``: ``alpha * kl + (1 - alpha) * score + box`` (alpha 0.6), the write-up's mix
+  (expanded into those three terms when ``--loss`` is parsed).
 - ``hinton``: per-anchor Hinton KD on the sigmoid: BCE(sigmoid(z_s / T), sigmoid(z_t / T)) * T^2.
 - ``mgd``: Masked Generative Distillation (Yang et al., ECCV 2022) on one feature level: mask
   ~65% of the (channel-aligned) student map, regenerate the teacher's with two 3x3 convs,
@@ -22,58 +24,21 @@
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blazeport.anchors import generate_anchors
+from blazeport.distill.loss_terms import ELEMENTARY, LossConfig
 from blazeport.errors import BlazeportError
 from blazeport.postprocess import decode_boxes, nms
 
-TERMS = ("kl", "score", "score_l1", "box", "hinton", "mgd", "hard")
-
-
-@dataclass
-class LossConfig:
-    terms: dict[str, float] = field(default_factory=lambda: {"kl": 0.6, "score": 0.4, "box": 1.0})
-    temperature: float = 2.0
-    box_metric: str = "l1"  # or "mse"
-    mgd_ratio: float = 0.65
-    mgd_alpha: float = 2e-5
-    mgd_level: int = -1  # which head level's feature map
-    hard_threshold: float = 0.5
-    hard_iou: float = 0.5
-
-    @classmethod
-    def parse(cls, text: str, **kwargs: float) -> LossConfig:
-        """``recipe``, ``hinton+box``, ``kl=0.6+score=0.4+box=1+mgd=0.5`` -> LossConfig."""
-        alpha = float(kwargs.pop("alpha", 0.6))
-        terms: dict[str, float] = {}
-        for part in filter(None, re.split(r"[+,]", text.replace(" ", ""))):
-            name, _, weight = part.partition("=")
-            try:
-                w = float(weight) if weight else 1.0
-            except ValueError:
-                w = math.nan
-            if not (math.isfinite(w) and w >= 0):  # a NaN or negative weight would train on nonsense or diverge
-                raise BlazeportError(f"loss term {part!r} in {text!r}: the weight must be a finite number >= 0")
-            if name == "recipe":
-                for k, v in {"kl": alpha, "score": 1 - alpha, "box": 1.0}.items():
-                    terms[k] = terms.get(k, 0.0) + v * w
-            elif name in TERMS:
-                terms[name] = terms.get(name, 0.0) + w
-            else:
-                raise BlazeportError(f"unknown loss term {name!r} in {text!r}; terms: recipe, {', '.join(TERMS)}")
-        if not any(terms.values()):
-            raise BlazeportError(f"--loss {text!r} names no loss term with a weight above 0")
-        return cls(terms=terms, **kwargs)
-
-    def describe(self) -> str:
-        return "+".join(f"{k}={v:g}" for k, v in self.terms.items())
+__all__ = ["DistillLoss", "LossConfig", "ssd_anchor_boxes"]
 
 
 def ssd_anchor_boxes(anchors: np.ndarray, opts: object) -> np.ndarray:
@@ -82,10 +47,6 @@ def ssd_anchor_boxes(anchors: np.ndarray, opts: object) -> np.ndarray:
     The face models use ``fixed_anchor_size`` (w = h = 1 in the table), which says nothing about
     which anchor should own a face; the SSD scales of the same options do.
     """
-    import dataclasses
-
-    from blazeport.anchors import generate_anchors
-
     sized = generate_anchors(dataclasses.replace(opts, fixed_anchor_size=False))
     xc, yc, w, h = sized.T
     assert np.allclose(sized[:, :2], anchors[:, :2])
@@ -101,11 +62,41 @@ def _iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
+@dataclass
+class Outputs:
+    """One batch of student and teacher outputs, in the forms the terms share."""
+
+    s_reg: torch.Tensor  # (B, N, 16) float32 raw regressors
+    t_reg: torch.Tensor
+    zs: torch.Tensor  # (B, N) float32 logits clamped to the spec's score clip
+    zt: torch.Tensor
+    pt: torch.Tensor  # (B, N) teacher sigmoid scores
+    s_feats: list[torch.Tensor] | None  # the head's input maps (terms that need_features)
+    t_feats: list[torch.Tensor] | None
+
+
+TermFn = Callable[["DistillLoss", Outputs], torch.Tensor]
+_IMPLEMENTATIONS: dict[str, TermFn] = {}
+
+
+def _term(name: str) -> Callable[[TermFn], TermFn]:
+    """Register ``fn`` as the implementation of the elementary term ``name`` of the table."""
+
+    def register(fn: TermFn) -> TermFn:
+        if name not in ELEMENTARY:
+            raise ValueError(f"{name!r} is not an elementary loss term of blazeport.distill.loss_terms.TERMS")
+        _IMPLEMENTATIONS[name] = fn
+        return fn
+
+    return register
+
+
 class DistillLoss(nn.Module):
     """Computes the configured terms; owns the trainable MGD aligner and generator."""
 
     def __init__(self, cfg: LossConfig, anchors: np.ndarray, spec: object,
-                 student_channels: list[int] | None = None, teacher_channels: list[int] | None = None):
+                 student_channels: list[int] | tuple[int, ...] | None = None,
+                 teacher_channels: list[int] | tuple[int, ...] | None = None):
         super().__init__()
         self.cfg = cfg
         self.size = float(spec.input_size)
@@ -123,44 +114,25 @@ class DistillLoss(nn.Module):
                 nn.Conv2d(ct, ct, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ct, ct, 3, padding=1)
             )
 
-    def _decoded(self, raw: torch.Tensor) -> torch.Tensor:
+    def decoded(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw regressors -> boxes and keypoints decoded with the anchors, (B, N, 16) in input pixels."""
         boxes, kps = decode_boxes(raw, self.anchors, self.size)
-        return torch.cat([boxes, kps.flatten(-2)], -1) * self.size  # (B, N, 16) input pixels
+        return torch.cat([boxes, kps.flatten(-2)], -1) * self.size
 
     def forward(self, student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
                 s_feats: list[torch.Tensor] | None = None,
                 t_feats: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        cfg, T = self.cfg, self.cfg.temperature
+        """Each configured term by name (in the table's order), and their weighted ``total``."""
         (s_reg, s_cls), (t_reg, t_cls) = student, teacher
-        zs = s_cls[..., 0].float().clamp(-self.clip, self.clip)  # (B, N)
         zt = t_cls[..., 0].float().clamp(-self.clip, self.clip)
-        pt = torch.sigmoid(zt)
-        out: dict[str, torch.Tensor] = {}
-        if "kl" in cfg.terms:
-            out["kl"] = F.kl_div(F.log_softmax(zs / T, -1), F.log_softmax(zt / T, -1), log_target=True,
-                                 reduction="batchmean") * T * T
-        if "score" in cfg.terms:
-            out["score"] = F.binary_cross_entropy_with_logits(zs, pt)
-        if "score_l1" in cfg.terms:
-            out["score_l1"] = (torch.sigmoid(zs) - pt).abs().mean()
-        if "hinton" in cfg.terms:
-            out["hinton"] = F.binary_cross_entropy_with_logits(zs / T, torch.sigmoid(zt / T)) * T * T
-        if "box" in cfg.terms:
-            diff = self._decoded(s_reg.float()) - self._decoded(t_reg.float())
-            per_anchor = diff.abs().mean(-1) if cfg.box_metric == "l1" else diff.pow(2).mean(-1)
-            out["box"] = (per_anchor * pt).sum() / pt.sum().clamp(min=1.0)
-        if "mgd" in cfg.terms:
-            fs, ft = self.align(s_feats[cfg.mgd_level].float()), t_feats[cfg.mgd_level].float()
-            keep = (torch.rand(fs.shape[0], 1, *fs.shape[2:], device=fs.device) >= cfg.mgd_ratio).to(fs.dtype)
-            out["mgd"] = (self.generator(fs * keep) - ft).pow(2).sum() / fs.shape[0] * cfg.mgd_alpha
-        if "hard" in cfg.terms:
-            out["hard"] = self._hard(s_reg.float(), zs, t_reg.float(), pt)
-        total = sum(cfg.terms[k] * v for k, v in out.items())
-        out["total"] = total
+        o = Outputs(s_reg=s_reg.float(), t_reg=t_reg.float(), zs=s_cls[..., 0].float().clamp(-self.clip, self.clip),
+                    zt=zt, pt=torch.sigmoid(zt), s_feats=s_feats, t_feats=t_feats)
+        out = {name: _IMPLEMENTATIONS[name](self, o) for name in ELEMENTARY if name in self.cfg.terms}
+        out["total"] = sum(self.cfg.terms[k] * v for k, v in out.items())
         return out
 
     @torch.no_grad()
-    def _pseudo_labels(self, t_reg: torch.Tensor, pt: torch.Tensor) -> list[torch.Tensor]:
+    def pseudo_labels(self, t_reg: torch.Tensor, pt: torch.Tensor) -> list[torch.Tensor]:
         """Teacher detections after threshold + weighted NMS, as (M, 16) normalized targets."""
         boxes, kps = decode_boxes(t_reg, self.anchors, self.size)
         labels = []
@@ -172,25 +144,69 @@ class DistillLoss(nn.Module):
             labels.append(torch.from_numpy(np.concatenate([bx, flat_kp], 1)).to(t_reg.device))
         return labels
 
-    def _hard(self, s_reg: torch.Tensor, zs: torch.Tensor, t_reg: torch.Tensor, pt: torch.Tensor) -> torch.Tensor:
-        labels = self._pseudo_labels(t_reg, pt)
-        decoded = self._decoded(s_reg)
-        cls_losses, box_losses = [], []
-        for b, gt in enumerate(labels):
-            target = torch.zeros_like(zs[b])
-            if len(gt):
-                iou = _iou_matrix(self.anchor_boxes, gt[:, :4])  # (N, M)
-                best_iou, owner = iou.max(1)
-                positive = best_iou >= self.cfg.hard_iou
-                positive[iou.argmax(0)] = True  # every face gets its best anchor
-                owner[iou.argmax(0)] = torch.arange(len(gt), device=gt.device)
-                target[positive] = 1.0
-                box_losses.append((decoded[b, positive] - gt[owner[positive]] * self.size).abs().mean())
-            n_pos = int(target.sum())
-            per = F.binary_cross_entropy_with_logits(zs[b], target, reduction="none")
-            neg = per.masked_fill(target > 0, -1.0)
-            n_neg = min(max(3 * n_pos, 8), int((target == 0).sum()))
-            hard_neg = neg.topk(n_neg).values
-            cls_losses.append((per[target > 0].sum() + hard_neg.sum()) / max(n_pos + n_neg, 1))
-        box = torch.stack(box_losses).mean() if box_losses else zs.sum() * 0
-        return torch.stack(cls_losses).mean() + box
+
+@_term("kl")
+def _kl(loss: DistillLoss, o: Outputs) -> torch.Tensor:
+    T = loss.cfg.temperature
+    return F.kl_div(F.log_softmax(o.zs / T, -1), F.log_softmax(o.zt / T, -1), log_target=True,
+                    reduction="batchmean") * T * T
+
+
+@_term("score")
+def _score(loss: DistillLoss, o: Outputs) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(o.zs, o.pt)
+
+
+@_term("score_l1")
+def _score_l1(loss: DistillLoss, o: Outputs) -> torch.Tensor:
+    return (torch.sigmoid(o.zs) - o.pt).abs().mean()
+
+
+@_term("hinton")
+def _hinton(loss: DistillLoss, o: Outputs) -> torch.Tensor:
+    T = loss.cfg.temperature
+    return F.binary_cross_entropy_with_logits(o.zs / T, torch.sigmoid(o.zt / T)) * T * T
+
+
+@_term("box")
+def _box(loss: DistillLoss, o: Outputs) -> torch.Tensor:
+    diff = loss.decoded(o.s_reg) - loss.decoded(o.t_reg)
+    per_anchor = diff.abs().mean(-1) if loss.cfg.box_metric == "l1" else diff.pow(2).mean(-1)
+    return (per_anchor * o.pt).sum() / o.pt.sum().clamp(min=1.0)
+
+
+@_term("mgd")
+def _mgd(loss: DistillLoss, o: Outputs) -> torch.Tensor:
+    cfg = loss.cfg
+    fs, ft = loss.align(o.s_feats[cfg.mgd_level].float()), o.t_feats[cfg.mgd_level].float()
+    keep = (torch.rand(fs.shape[0], 1, *fs.shape[2:], device=fs.device) >= cfg.mgd_ratio).to(fs.dtype)
+    return (loss.generator(fs * keep) - ft).pow(2).sum() / fs.shape[0] * cfg.mgd_alpha
+
+
+@_term("hard")
+def _hard(loss: DistillLoss, o: Outputs) -> torch.Tensor:
+    labels = loss.pseudo_labels(o.t_reg, o.pt)
+    decoded = loss.decoded(o.s_reg)
+    cls_losses, box_losses = [], []
+    for b, gt in enumerate(labels):
+        target = torch.zeros_like(o.zs[b])
+        if len(gt):
+            iou = _iou_matrix(loss.anchor_boxes, gt[:, :4])  # (N, M)
+            best_iou, owner = iou.max(1)
+            positive = best_iou >= loss.cfg.hard_iou
+            positive[iou.argmax(0)] = True  # every face gets its best anchor
+            owner[iou.argmax(0)] = torch.arange(len(gt), device=gt.device)
+            target[positive] = 1.0
+            box_losses.append((decoded[b, positive] - gt[owner[positive]] * loss.size).abs().mean())
+        n_pos = int(target.sum())
+        per = F.binary_cross_entropy_with_logits(o.zs[b], target, reduction="none")
+        neg = per.masked_fill(target > 0, -1.0)
+        n_neg = min(max(3 * n_pos, 8), int((target == 0).sum()))
+        hard_neg = neg.topk(n_neg).values
+        cls_losses.append((per[target > 0].sum() + hard_neg.sum()) / max(n_pos + n_neg, 1))
+    box = torch.stack(box_losses).mean() if box_losses else o.zs.sum() * 0
+    return torch.stack(cls_losses).mean() + box
+
+
+if set(_IMPLEMENTATIONS) != set(ELEMENTARY):  # the table and the implementations must name the same terms
+    raise ImportError(f"loss terms without an implementation: {sorted(set(ELEMENTARY) - set(_IMPLEMENTATIONS))}")

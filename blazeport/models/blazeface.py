@@ -9,6 +9,8 @@ Head contract (any backbone that meets it plugs into the same anchors, decoding,
 benchmarks): ``forward(x)`` takes ``(B, 3, S, S)`` RGB in [-1, 1] and returns
 ``(regressors (B, N, 16), classificators (B, N, 1))`` with row i belonging to anchor i of the
 spec; :class:`blazeport.models.blocks.SSDHead` produces that order from NCHW feature maps.
+A backbone that also exposes ``features(x)`` (the head's input maps), ``feature_channels``
+(their channels) and ``head`` can be distilled with the feature-map ``mgd`` loss.
 """
 
 from __future__ import annotations
@@ -72,8 +74,12 @@ class BlazeFace(nn.Module):
         self.config = config
         self.stem = Conv2dSame(3, config.stem_channels, config.stem_kernel, config.stem_stride)
         self.blocks = nn.ModuleList(BlazeBlock(b.in_ch, b.out_ch, b.stride, b.kernel, b.residual) for b in config.blocks)
-        channels = tuple(config.blocks[i].out_ch for i in config.head_sources)
-        self.head = SSDHead(channels, config.head_anchors, config.num_coords)
+        self.head = SSDHead(self.feature_channels, config.head_anchors, config.num_coords)
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        """Channels of each map :meth:`features` returns (the head's inputs), known without running."""
+        return tuple(self.config.blocks[i].out_ch for i in self.config.head_sources)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps at each head level (the MGD distillation hook reads these)."""

@@ -84,10 +84,15 @@ class ResNetBlazeFace(nn.Module):
             stages.append(nn.Sequential(*blocks))
             ch = s.channels
         self.stages = nn.ModuleList(stages)
-        channels = tuple(config.stages[i].channels for i in config.head_stages)
-        self.head = SSDHead(channels, config.head_anchors, config.num_coords)
+        self.head = SSDHead(self.feature_channels, config.head_anchors, config.num_coords)
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        """Channels of each map :meth:`features` returns (the head's inputs), known without running."""
+        return tuple(self.config.stages[i].channels for i in self.config.head_stages)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at each head level (the MGD distillation hook reads these)."""
         x = F.relu(self.stem(x))  # (B, C0, S/2, S/2)
         taps = {}
         for i, stage in enumerate(self.stages):

@@ -10,16 +10,21 @@ saturation, blur) follow on the uint8 result.
 Randomness is seeded per (seed, epoch, sample index), not drawn from a global stream: a run
 resumed from a checkpoint, or split across DDP ranks or loader workers, sees exactly the same
 samples as an uninterrupted single-process run.
+
+(Not to be confused with :mod:`blazeport.data`, which lists image files and the bundled sample
+photos; this module turns those photos into training samples.)
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from blazeport.data import list_images
 from blazeport.errors import BlazeportError
@@ -135,6 +140,11 @@ class DistillDataset:
         idx = self.indices[i]
         rng = sample_rng(self.seed, self.epoch, idx) if self.augment else None
         return make_input(self.images.images[idx], self.size, rng, self.aug)
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
+        """Samples ``indices`` as a ``(B, 3, S, S)`` tensor on ``device``: the stacked NHWC samples
+        viewed as NCHW (channels-last memory, no copy before the move)."""
+        return torch.from_numpy(np.stack([self[i] for i in indices])).permute(0, 3, 1, 2).to(device)
 
     def order(self, rank: int = 0, world: int = 1) -> list[int]:
         """This epoch's shuffled sample order, this rank's share (same on every rank)."""

@@ -1,0 +1,118 @@
+"""A distillation job's arguments, :class:`TrainConfig`, and the checks every one of them passes.
+
+:func:`blazeport.distill.trainer.train` calls :meth:`TrainConfig.validate` before it computes or
+writes anything, so the CLI and the Python API refuse the same things, each with one line that
+names the argument. Several of these used to pass silently (``batch_size=0`` ran batch 1,
+``epochs=0`` wrote a summary of nothing) or failed minutes later with a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blazeport.distill.loss_terms import LossConfig
+from blazeport.errors import BlazeportError
+from blazeport.models import STUDENTS
+from blazeport.specs import get_spec
+
+
+@dataclass
+class TrainConfig:
+    teacher: str = "short_range"
+    student: str = "resnet"
+    images: list[str] = field(default_factory=list)
+    out: str = "runs/distill"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    loss: str = "recipe"
+    temperature: float = 2.0
+    alpha: float = 0.6
+    seed: int = 0
+    val_fraction: float = 0.1
+    limit: int | None = None  # use at most this many images (tests, smoke runs)
+    resume: bool = False
+    device: str = "auto"
+    amp: bool = True
+    threads: int | None = None
+    progress: bool = True
+    fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
+
+    def validate(self, world: int = 1) -> None:
+        """Raise a one-line :class:`BlazeportError` for the first argument that cannot work
+        (``world``: the number of DDP processes, which share the batch)."""
+        if not self.images:
+            raise BlazeportError("--images: give at least one folder or file of photos")
+        self._check_numbers(world)
+        self._check_models()
+        LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature)
+        self._check_device()
+        self._check_out()
+
+    def _check_numbers(self, world: int) -> None:
+        _whole("--epochs", self.epochs, 1)
+        _whole("--batch-size", self.batch_size, max(1, world),
+               f" with {world} processes (each takes batch-size / {world})" if world > 1 else "")
+        _real("--lr", self.lr, 0.0, math.inf, True, True)
+        _real("weight_decay", self.weight_decay, 0.0, math.inf, False, True)
+        _real("warmup_epochs", self.warmup_epochs, 0.0, math.inf, False, True)
+        _real("--val-fraction", self.val_fraction, 0.0, 1.0, True, True,
+              ": the held-out images choose best.pt, so neither the validation nor the training split may be empty")
+        _real("--temperature", self.temperature, 0.0, math.inf, True, True)
+        _real("--alpha", self.alpha, 0.0, 1.0, False, False)
+        _whole("--seed", self.seed, 0)
+        if self.seed >= 2**32:
+            raise BlazeportError(f"--seed must be below 2**32 (got {self.seed}): numpy's generator takes 32-bit seeds")
+        if self.limit is not None:
+            _whole("--limit", self.limit, 1)
+        if self.threads is not None:
+            _whole("--threads", self.threads, 1)
+
+    def _check_models(self) -> None:
+        if self.student not in STUDENTS:
+            raise BlazeportError(f"unknown student {self.student!r}; known: {', '.join(sorted(STUDENTS))}")
+        spec = get_spec(self.teacher)  # an unknown name lists the known ones
+        if spec.tflite is None:
+            raise BlazeportError(f"teacher {spec.name} has no original .tflite to check it against; use a converted "
+                                 "original (e.g. --teacher short_range)")
+        if STUDENTS[self.student].input_size != spec.input_size:
+            raise BlazeportError(f"student {self.student} takes {STUDENTS[self.student].input_size}px, teacher "
+                                 f"{spec.name} {spec.input_size}px: choose a teacher of the student's input size")
+
+    def _check_device(self) -> None:
+        if self.device == "auto":
+            return
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise BlazeportError(f"--device {self.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise BlazeportError(f"--device {self.device}: no CUDA GPU is available here; use --device cpu")
+
+    def _check_out(self) -> None:
+        out = Path(self.out)
+        for folder in (out, *out.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise BlazeportError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
+                break
+
+
+def _whole(name: str, value: Any, least: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise BlazeportError(f"{name} must be a whole number of at least {least} (got {value!r}){why}")
+
+
+def _real(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool, why: str = "") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise BlazeportError(f"{name} must be a finite number in {span} (got {value!r}){why}")

@@ -1,0 +1,81 @@
+"""What a distillation run writes for people to read, all from the main process.
+
+:class:`RunLogs` owns them: TensorBoard scalars in ``RUN/tensorboard`` (each loss term and the
+learning rate per step, the validation metrics per epoch), ``RUN/metrics.json`` (the per-epoch
+history), ``RUN/curves.png`` (:func:`plot_curves`), one line per epoch on stderr, and
+``RUN/summary.json`` at the end. The checkpoints and the student's weights are not logs: see
+:mod:`blazeport.distill.checkpoint` and :mod:`blazeport.distill.trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+class RunLogs:
+    """TensorBoard, metrics.json, curves.png, the epoch line and summary.json of the run in ``out``."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def step(self, losses: dict[str, torch.Tensor], lr: float, step: int) -> None:
+        """One training step's loss terms and learning rate."""
+        for k, v in losses.items():
+            self.writer.add_scalar(f"train/{k}", v.item(), step)
+        self.writer.add_scalar("train/lr", lr, step)
+
+    def epoch(self, history: list[dict[str, Any]], improved: bool) -> None:
+        """The epoch just recorded as ``history[-1]``: its validation scalars, the history and the curves
+        rewritten, and its line on stderr."""
+        record = history[-1]
+        for k, v in record.items():
+            if k.startswith("val_"):
+                self.writer.add_scalar(f"val/{k[4:]}", v, record["epoch"])
+        (self.out / "metrics.json").write_text(json.dumps(history, indent=2))
+        plot_curves(history, self.out / "curves.png")
+        tqdm.write(f"epoch {record['epoch']}: loss {record['train_total']:.4f}  val AP50 {record['val_AP50']:.3f}  "
+                   f"AP {record['val_AP']:.3f}  score MAE {record['val_mae_scores']:.4f}"
+                   f"{'  (best)' if improved else ''}", file=sys.stderr)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Close TensorBoard and write ``summary.json``."""
+        self.writer.close()
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss terms, held-out AP and MAE against the teacher, per epoch, as one PNG.
+
+    A bare :class:`~matplotlib.figure.Figure` renders with Agg without pyplot, so plotting neither
+    switches the process's matplotlib backend nor keeps figures alive.
+    """
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
+    for key in sorted(k for k in history[0] if k.startswith("train_")):
+        axes[0].plot(epochs, [h[key] for h in history], label=key[6:])
+    axes[0].set_yscale("log")
+    axes[0].set_title("training loss terms")
+    for key in ("val_AP50", "val_AP"):
+        axes[1].plot(epochs, [h[key] for h in history], marker="o", label=key[4:])
+    axes[1].set_title("student vs teacher (held out)")
+    axes[1].set_ylim(0, 1)
+    for key in ("val_mae_scores", "val_mae_regressors"):
+        axes[2].plot(epochs, [h[key] for h in history], label=key[8:])
+    axes[2].set_yscale("log")
+    axes[2].set_title("MAE against the teacher")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
