@@ -1,0 +1,48 @@
+"""``blazeport convert``: a .tflite to verified PyTorch safetensors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from blazeport.cli.common import add_max_pixels, print_json, read_images
+from blazeport.convert import convert
+from blazeport.specs import get_spec
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    images = read_images(args.images, args.max_pixels) if args.images else None
+    spec = get_spec(args.spec) if args.spec else None
+    report = convert(args.src, args.output, spec, images)
+    if not report["written"]:
+        print(f"nothing written: {report['output']} was left as it was", file=sys.stderr)
+    if args.json:
+        print_json(report)
+    else:
+        a, r, d = report["max_abs_diff"], report["max_scaled_diff"], report["decoded_diff"]
+        arrow = "->" if report["written"] else "-> (not written)"
+        print(f"converted {report['source']} {arrow} {report['output']}  ({report['spec']}, {report['params']:,} params)")
+        print(f"verified against LiteRT on {report['images']} real photos + {report['random_inputs']} random input:")
+        print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {r['regressors']:.2e}")
+        print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {r['classificators']:.2e}")
+        print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
+        tol = report["tolerance"]
+        verdict = "OK" if report["ok"] else "FAILED"
+        print(f"{verdict}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded and detections within {tol['abs']:g}"
+              f"  ({report['seconds']:.1f} s)")
+    return 0 if report["ok"] else 1
+
+
+def add_parser(sub: Any, fmt: Any) -> None:
+    """The ``convert`` subcommand's arguments."""
+    p = sub.add_parser("convert", help="convert a .tflite to PyTorch safetensors and verify it against LiteRT",
+                       description="Map every weight of a BlazeFace .tflite onto the PyTorch module by walking the graph, "
+                       "save safetensors, then compare with LiteRT on real photos and a random input.", formatter_class=fmt)
+    p.add_argument("src", help="original .tflite file (e.g. weights/face_detection_short_range.tflite)")
+    p.add_argument("-o", "--output", help="output .safetensors (default: weights/SPEC.safetensors)")
+    p.add_argument("--spec", help="model spec to use when the file is not a known original")
+    p.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_max_pixels(p)
+    p.set_defaults(func=cmd_convert)

@@ -1,0 +1,83 @@
+"""``blazeport detect``: faces in images, drawn and printed or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from blazeport.backends import RUNTIMES
+from blazeport.cli.common import add_max_pixels, positive_int, print_json
+from blazeport.data import list_images, sample_image_path
+from blazeport.detector import load
+from blazeport.draw import draw_detections, save_rgb
+from blazeport.errors import BlazeportError
+from blazeport.files import drawing_paths
+from blazeport.preprocess import ImageReadError, read_image_sized
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    arguments = args.images or [sample_image_path("astronaut")]
+    paths = list_images(arguments)
+    if not paths:
+        raise BlazeportError(f"no images found in {' '.join(args.images)}")
+    out_dir = Path(args.out) if args.out else None
+    # every drawing's name is decided, and checked against the inputs, before any work
+    drawings = drawing_paths(arguments, paths, out_dir) if out_dir else []
+    if out_dir and out_dir.exists() and not out_dir.is_dir():
+        raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
+    detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
+                              spec=args.spec)
+    results, skipped = [], 0
+    # one line per image is the progress in text mode; --json gets a bar on stderr instead
+    verbose = not args.json and not args.quiet
+    bar = tqdm(paths, desc="detect", unit="img", disable=verbose or args.quiet or len(paths) < 2, file=sys.stderr)
+    t0 = time.perf_counter()
+    for i, path in enumerate(bar):
+        try:
+            # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own
+            image, (w, h) = read_image_sized(path, max_pixels=args.max_pixels)
+        except ImageReadError as exc:
+            skipped += 1
+            tqdm.write(f"skipped: {exc}", file=sys.stderr)
+            continue
+        dets = detector.detect(image)
+        results.append({"image": str(path), "width": w, "height": h, "detections": [d.to_dict() for d in dets]})
+        if out_dir:
+            save_rgb(drawings[i], draw_detections(image, dets))
+        if verbose:
+            tqdm.write(f"{path}: {len(dets)} face(s)", file=sys.stdout)
+            for d in dets:
+                (x, y, bw, bh), _ = d.pixels(w, h)
+                tqdm.write(f"  score {d.score:.3f}  box x={x:.0f} y={y:.0f} w={bw:.0f} h={bh:.0f} px", file=sys.stdout)
+    elapsed = time.perf_counter() - t0
+    if args.json:
+        print_json(results)
+    if not args.quiet:
+        where = f", drawings in {out_dir}" if out_dir else ""
+        print(f"{len(results)} image(s), {sum(len(r['detections']) for r in results)} face(s), "
+              f"{skipped} skipped, {elapsed:.2f} s ({args.model}, {args.backend}){where}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def add_parser(sub: Any, fmt: Any) -> None:
+    """The ``detect`` subcommand's arguments."""
+    p = sub.add_parser("detect", help="detect faces in images and draw them",
+                       description="Run the detection pipeline (letterbox, model, decode, weighted NMS) on images. "
+                       "With no IMAGE, uses a real photo bundled with scikit-image.", formatter_class=fmt)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--model", default="short_range", help="spec name, .safetensors, .tflite or .onnx (default: short_range)")
+    p.add_argument("--backend", default="torch", choices=tuple(RUNTIMES),
+                   help="runtime (default: torch); a .onnx model runs on onnx")
+    p.add_argument("--spec", help="spec of a .onnx/.tflite file that does not carry one (files from `blazeport export` do)")
+    p.add_argument("--out", help="folder for copies of the images with detections drawn")
+    p.add_argument("--threshold", type=float, help="score threshold (default: the spec's)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for the backend")
+    p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    add_max_pixels(p)
+    p.set_defaults(func=cmd_detect)

@@ -1,0 +1,65 @@
+"""``blazeport distill``: train a student on unlabeled photos with a teacher's outputs as labels."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from blazeport.cli.common import positive_int, print_json
+from blazeport.distill.loss_terms import TERMS as LOSS_TERMS  # the --loss help lists them; imports no torch
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from blazeport.distill.trainer import TrainConfig, train  # imports torch: only for this command
+
+    cfg = TrainConfig(
+        teacher=args.teacher, student=args.student, images=args.images, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, temperature=args.temperature, alpha=args.alpha,
+        seed=args.seed, val_fraction=args.val_fraction, limit=args.limit, resume=args.resume, device=args.device,
+        amp=not args.no_amp, threads=args.threads, progress=not args.json,
+    )
+    summary = train(cfg)
+    if not summary:  # a non-zero DDP rank
+        return 0
+    if args.json:
+        print_json(summary)
+    else:
+        best = summary["best"]
+        print(f"student {summary['student']} ({summary['params']:,} params, {summary['macs'] / 1e6:.1f} MMACs) <- "
+              f"teacher {summary['teacher']}, loss {summary['loss']}")
+        print(f"best epoch {summary['best_epoch']}: held-out AP50 vs teacher {best['val_AP50']:.3f}, AP {best['val_AP']:.3f}, "
+              f"score MAE {best['val_mae_scores']:.4f}")
+        print(f"weights: {Path(args.out) / 'student.safetensors'}   curves: {Path(args.out) / 'curves.png'}   "
+              f"tensorboard --logdir {Path(args.out) / 'tensorboard'}")
+    return 0
+
+
+def add_parser(sub: Any, fmt: Any) -> None:
+    """The ``distill`` subcommand's arguments."""
+    p = sub.add_parser("distill", help="distill a converted original into a student on unlabeled images",
+                       description="Train a student to reproduce a teacher's outputs on unlabeled photos (the teacher's "
+                       "outputs are the labels). Checks the teacher against its .tflite first; writes checkpoints, "
+                       "TensorBoard logs, curves.png, metrics.json, summary.json and student.safetensors to --out.",
+                       formatter_class=fmt)
+    p.add_argument("--teacher", default="short_range", help="converted original to distill (default: short_range)")
+    p.add_argument("--student", default="resnet", help="student architecture (see `blazeport models`; default: resnet)")
+    p.add_argument("--images", nargs="+", required=True, help="folders (searched recursively) or files of unlabeled photos")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--loss", default="recipe",
+                   help=f"'+'-joined terms with optional weights: {', '.join(LOSS_TERMS)} (e.g. recipe+mgd=0.5; default: "
+                   "recipe)")
+    p.add_argument("--temperature", type=float, default=2.0, help="KD temperature T (default 2)")
+    p.add_argument("--alpha", type=float, default=0.6, help="recipe's KL share against the score loss (default 0.6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of the images (by file-name hash)")
+    p.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
+    p.add_argument("--threads", type=positive_int, help="CPU threads")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
+    p.set_defaults(func=cmd_distill)

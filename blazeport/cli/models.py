@@ -1,0 +1,55 @@
+"""``blazeport models``: the specs and student architectures, with params and MACs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from blazeport.cli.common import print_json
+from blazeport.loader import open_module
+from blazeport.profile import count_macs, count_params
+from blazeport.specs import SPECS, WEIGHTS_DIR
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from blazeport.models import STUDENTS, build_student  # imports torch: only for this command
+
+    rows = []
+    for spec in SPECS.values():
+        weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
+        if weights.is_file() or spec.tflite:  # the original is converted on load when not converted yet
+            module = open_module(weights if weights.is_file() else WEIGHTS_DIR / spec.tflite, spec)[0]
+        else:
+            module = build_student(spec.architecture)
+        rows.append({
+            "name": spec.name, "kind": "spec", "aliases": list(spec.aliases), "input": spec.input_size,
+            "anchors": spec.num_anchors, "params": count_params(module), "macs": count_macs(module, spec.input_size),
+            "family": spec.family, "score_threshold": spec.score_threshold, "source": spec.tflite, "sha256": spec.sha256,
+            "teacher": spec.teacher, "converted": weights.is_file(), "description": spec.description,
+        })
+    for name, cfg in STUDENTS.items():
+        module = build_student(name)
+        rows.append({"name": name, "kind": "student", "input": cfg.input_size, "params": count_params(module),
+                     "macs": count_macs(module, cfg.input_size), "family": module.family,
+                     "description": "student architecture for `blazeport distill --student`"})
+    if args.json:
+        print_json(rows)
+        return 0
+    print(f"{'name':<26}{'input':>6}{'anchors':>9}{'params':>10}{'MMACs':>8}  {'family':<10}{'weights':<9}source")
+    for r in rows:
+        if r["kind"] == "spec":
+            source = f"{r['source']}  sha256 {r['sha256'][:12]}…" if r["source"] else "distilled (blazeport distill)"
+            print(f"{r['name']:<26}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
+                  f"{r['family']:<10}{'yes' if r['converted'] else 'no':<9}{source}")
+    print("\nstudent architectures (blazeport distill --student NAME):")
+    for r in rows:
+        if r["kind"] == "student":
+            print(f"{r['name']:<26}{r['input']:>6}{'':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  {r['family']}")
+    return 0
+
+
+def add_parser(sub: Any, fmt: Any) -> None:
+    """The ``models`` subcommand's arguments."""
+    p = sub.add_parser("models", help="list the model specs", description="List known model specs.", formatter_class=fmt)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_models)
