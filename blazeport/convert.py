@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from blazeport.backends import TFLiteBackend, TorchBackend
-from blazeport.data import sample_images
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, sha256_of, staged
+from blazeport.photos import sample_images
 from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, spec_for_file
 from blazeport.tflite import Op, TFLiteModel, read_tflite
 from blazeport.verify import verify

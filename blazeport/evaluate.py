@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.data import list_images
 from blazeport.detector import Detector
 from blazeport.errors import BlazeportError
+from blazeport.photos import list_images
 from blazeport.postprocess import Detection
 from blazeport.preprocess import ImageReadError, read_image_sized
 

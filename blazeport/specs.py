@@ -229,18 +229,14 @@ FULL_RANGE = ModelSpec(
     score_threshold=0.6,
 )
 
-# What MediaPipe itself runs for model_selection=1: another network, block-sparse fp16 weights.
-FULL_RANGE_SPARSE = ModelSpec(
+# What MediaPipe itself runs for model_selection=1: another network, block-sparse fp16 weights,
+# with the dense file's input, anchors, decoding and thresholds.
+FULL_RANGE_SPARSE = dataclasses.replace(
+    FULL_RANGE,
     name="full_range_sparse",
     description="BlazeFace full range as MediaPipe runs it (sparse weights, other network), 192x192",
-    input_size=192,
-    anchors=_FULL_RANGE_ANCHORS,
-    num_anchors=2304,
-    architecture="graph",
-    family="graph",
     tflite="face_detection_full_range_sparse.tflite",
     sha256="671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
-    score_threshold=0.6,
     mediapipe_model_selection=1,
 )
 

@@ -57,21 +57,13 @@ def _canonical_header(data: bytes) -> bytes:
     return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
-def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
-    """Rebuild a module and its spec from a blazeport safetensors file.
+_FIX = "Re-run `blazeport convert` (or `blazeport distill`) to write it again."
 
-    Everything in the file is checked before it is trusted, and each problem is one
-    :class:`BlazeportError` naming the file: unreadable, not safetensors, no blazeport metadata,
-    a spec or config that is not valid JSON or not complete, and tensors missing, unexpected or of
-    the wrong shape for the model the config describes. (safetensors holds no code: nothing in the
-    file is executed.)
-    """
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The header metadata and the tensors, or one error saying why the file cannot be read."""
     from safetensors import safe_open
 
-    from blazeport.models import from_config  # imports torch, which a runtime-only install may lack
-
-    path = Path(path)
-    fix = "Re-run `blazeport convert` (or `blazeport distill`) to write it again."
     if not path.exists():
         raise BlazeportError(f"{path}: no such weights file. Run `blazeport convert` on the original .tflite first.")
     try:
@@ -81,10 +73,25 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
         raise BlazeportError(f"{path}: cannot read the weights file ({exc.strerror or exc}).") from None
     try:
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - no __iter__
     except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) on damaged files
-        raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). {fix}") from None
+        raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). {_FIX}") from None
+
+
+def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
+    """Rebuild a module and its spec from a blazeport safetensors file.
+
+    Everything in the file is checked before it is trusted, and each problem is one
+    :class:`BlazeportError` naming the file: unreadable, not safetensors, no blazeport metadata,
+    a spec or config that is not valid JSON or not complete, and tensors missing, unexpected or of
+    the wrong shape for the model the config describes. (safetensors holds no code: nothing in the
+    file is executed.)
+    """
+    from blazeport.models import from_config  # imports torch, which a runtime-only install may lack
+
+    path = Path(path)
+    fix = _FIX
+    meta, state = _read(path)
     if meta.get("format") != "blazeport" or "config" not in meta or "spec" not in meta:
         raise BlazeportError(f"{path}: safetensors without blazeport metadata (format, spec, config); "
                              "convert the original with `blazeport convert`.")

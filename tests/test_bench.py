@@ -139,7 +139,7 @@ def test_android_prints_benchmark_model_lines(capsys) -> None:
 def test_tflite_graph_counts_match_the_module() -> None:
     pytest.importorskip("torch")
     from blazeport.convert import load_tflite
-    from blazeport.profile import count_macs, count_params
+    from blazeport.counting import count_macs, count_params
 
     module = load_tflite(SHORT_RANGE_TFLITE)[0]
     assert counts.tflite_counts(SHORT_RANGE_TFLITE) == (count_params(module), count_macs(module, 128))

@@ -26,7 +26,7 @@ ATOL = 1e-4
 
 def _photo_paths() -> list[Path]:
     """skimage's astronaut plus two photos of faces-boxed when the shared data is there."""
-    from blazeport.data import sample_image_path
+    from blazeport.photos import sample_image_path
 
     boxed = sorted((SHARED_DATA / "faces-boxed" / "images").glob("*.jpg"))[:2] if SHARED_DATA.is_dir() else []
     return [sample_image_path("astronaut"), *boxed]

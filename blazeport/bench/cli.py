@@ -114,7 +114,7 @@ def _bench_image(image: str | None) -> Path:
         path = Path(image).resolve()
     else:
         try:
-            from blazeport.data import sample_image_path
+            from blazeport.photos import sample_image_path
 
             path = sample_image_path("astronaut")
         except (ImportError, FileNotFoundError):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
-from blazeport.data import list_images
 from blazeport.errors import BlazeportError
+from blazeport.photos import list_images
 from blazeport.preprocess import MAX_PIXELS, ImageReadError, read_image
 
 
@@ -26,6 +27,25 @@ def add_max_pixels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
                         help=f"skip (and count) images over N pixels, read from the file header before decoding "
                         f"(default {MAX_PIXELS:,})")
+
+
+def print_check(r: dict[str, Any]) -> None:
+    """The differences a verification found (:func:`blazeport.verify.verify`'s report), as convert
+    and export print them."""
+    a, s, d, det = r["max_abs_diff"], r["max_scaled_diff"], r["decoded_diff"], r["detections"]
+    print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {s['regressors']:.2e}")
+    print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {s['classificators']:.2e}")
+    print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
+    same = "same count" if det["same_count"] else "COUNT DIFFERS"
+    print(f"  detections      {det['faces_checked']} vs {det['faces']} faces ({same}); worst coordinate "
+          f"{det['max_coordinate_diff']:.2e}, score {det['max_score_diff']:.2e}")
+
+
+def gate_line(r: dict[str, Any]) -> str:
+    """``OK``/``FAILED`` and the gate it was judged by."""
+    tol = r["tolerance"]
+    return (f"{'OK' if r['ok'] else 'FAILED'}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded and "
+            f"detections within {tol['abs']:g}")
 
 
 def print_json(obj: object) -> None:

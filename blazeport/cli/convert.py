@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from blazeport.cli.common import add_max_pixels, print_json, read_images
+from blazeport.cli.common import add_max_pixels, gate_line, print_check, print_json, read_images
 from blazeport.convert import convert
 from blazeport.specs import get_spec
 
@@ -20,17 +20,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        a, r, d = report["max_abs_diff"], report["max_scaled_diff"], report["decoded_diff"]
         arrow = "->" if report["written"] else "-> (not written)"
         print(f"converted {report['source']} {arrow} {report['output']}  ({report['spec']}, {report['params']:,} params)")
         print(f"verified against LiteRT on {report['images']} real photos + {report['random_inputs']} random input:")
-        print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {r['regressors']:.2e}")
-        print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {r['classificators']:.2e}")
-        print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
-        tol = report["tolerance"]
-        verdict = "OK" if report["ok"] else "FAILED"
-        print(f"{verdict}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded and detections within {tol['abs']:g}"
-              f"  ({report['seconds']:.1f} s)")
+        print_check(report)
+        print(f"{gate_line(report)}  ({report['seconds']:.1f} s)")
     return 0 if report["ok"] else 1
 
 

@@ -12,11 +12,11 @@ from tqdm import tqdm
 
 from blazeport.backends import RUNTIMES
 from blazeport.cli.common import add_max_pixels, positive_int, print_json
-from blazeport.data import list_images, sample_image_path
 from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths
+from blazeport.photos import list_images, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blazeport.cli.common import add_max_pixels, print_json, read_images
+from blazeport.cli.common import add_max_pixels, gate_line, print_check, print_json, read_images
 from blazeport.export import FORMATS, export
 
 
@@ -19,7 +19,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print_json(r)
         return 0 if r["ok"] else 1
-    a, s, d, det = r["max_abs_diff"], r["max_scaled_diff"], r["decoded_diff"], r["detections"]
     batch = "dynamic batch" if r["input_shape"][0] == "batch" else "batch 1"
     opset = f", opset {r['opset']}" if r["opset"] else ""
     print(f"exported {r['spec']} ({r['source']}) -> {r['output']}  ({r['format']}{opset}, {r['layout']} input, {batch}, "
@@ -27,12 +26,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     orig = f"   (original .tflite {r['original_size_bytes']:,} B)" if r.get("original_size_bytes") else ""
     print(f"  size {r['size_bytes']:,} B{orig}   export {r['seconds']:.1f} s   verify {r['verify_seconds']:.1f} s")
     print(f"verified in {r['runtime']} against PyTorch on {r['images']} real photos + {r['random_inputs']} random input:")
-    print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {s['regressors']:.2e}")
-    print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {s['classificators']:.2e}")
-    print(f"  decoded         scores {d['scores']:.2e}   coordinates {d['coordinates']:.2e}")
-    same = "same count" if det["same_count"] else "COUNT DIFFERS"
-    print(f"  detections      {det['faces_checked']} vs {det['faces']} faces ({same}); worst coordinate "
-          f"{det['max_coordinate_diff']:.2e}, score {det['max_score_diff']:.2e}")
+    print_check(r)
+    print(f"ops {r['format']:<7} {', '.join(f'{k} {v}' for k, v in r['op_counts'].items())}")
+    if r["original_op_counts"]:
+        print(f"ops original {', '.join(f'{k} {v}' for k, v in r['original_op_counts'].items())}  ({Path(r['original']).name})")
+    if r["gated"]:
+        print(gate_line(r))
+    else:
+        print(f"{'OK' if r['ok'] else 'FAILED'}: float16 weights, differences reported, not gated "
+              f"(the float32 gate {'would pass' if r['passes_gate'] else 'would not pass'})")
+    return 0 if r["ok"] else 1
+    batch = "dynamic batch" if r["input_shape"][0] == "batch" else "batch 1"
+    opset = f", opset {r['opset']}" if r["opset"] else ""
+    print(f"exported {r['spec']} ({r['source']}) -> {r['output']}  ({r['format']}{opset}, {r['layout']} input, {batch}, "
+          f"{r['weights']} weights)")
+    orig = f"   (original .tflite {r['original_size_bytes']:,} B)" if r.get("original_size_bytes") else ""
+    print(f"  size {r['size_bytes']:,} B{orig}   export {r['seconds']:.1f} s   verify {r['verify_seconds']:.1f} s")
+    print(f"verified in {r['runtime']} against PyTorch on {r['images']} real photos + {r['random_inputs']} random input:")
+    print_check(r)
     print(f"ops {r['format']:<7} {', '.join(f'{k} {v}' for k, v in r['op_counts'].items())}")
     if r["original_op_counts"]:
         print(f"ops original {', '.join(f'{k} {v}' for k, v in r['original_op_counts'].items())}  ({Path(r['original']).name})")

@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from blazeport.cli.common import print_json
+from blazeport.counting import count_macs, count_params
 from blazeport.loader import open_module
-from blazeport.profile import count_macs, count_params
 from blazeport.specs import SPECS, WEIGHTS_DIR
 
 

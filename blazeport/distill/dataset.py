@@ -11,7 +11,7 @@ Randomness is seeded per (seed, epoch, sample index), not drawn from a global st
 resumed from a checkpoint, or split across DDP ranks or loader workers, sees exactly the same
 samples as an uninterrupted single-process run.
 
-(Not to be confused with :mod:`blazeport.data`, which lists image files and the bundled sample
+(Not to be confused with :mod:`blazeport.photos`, which lists image files and the bundled sample
 photos; this module turns those photos into training samples.)
 """
 
@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import torch
 
-from blazeport.data import list_images
 from blazeport.errors import BlazeportError
+from blazeport.photos import list_images
 from blazeport.preprocess import ImageReadError, read_image, roi_transform
 
 

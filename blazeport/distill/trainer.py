@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 import blazeport
 from blazeport.anchors import anchors_for
+from blazeport.counting import count_macs, count_params
 from blazeport.distill.checkpoint import (
     checkpoint_state,
     checkpoint_to_resume,
@@ -68,7 +69,6 @@ from blazeport.distill.losses import DistillLoss
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
 from blazeport.models import build_student
-from blazeport.profile import count_macs, count_params
 from blazeport.specs import ModelSpec, student_spec
 from blazeport.weights import save_safetensors
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from blazeport.backends import TFLiteBackend, TorchBackend
-from blazeport.data import sample_images
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import coco_ap
+from blazeport.photos import sample_images
 from blazeport.postprocess import postprocess
 from blazeport.preprocess import Letterbox
 from blazeport.specs import WEIGHTS_DIR, ModelSpec

@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from blazeport.backends import RUNTIMES, TorchBackend
-from blazeport.data import sample_images
 from blazeport.errors import BlazeportError
 from blazeport.export.to_onnx import ONNX_OPSET, export_onnx, onnx_op_counts
 from blazeport.export.to_tflite import EXPORT_EXTRA, export_tflite, tflite_op_counts
 from blazeport.files import check_output, same_file, staged
 from blazeport.loader import open_module
 from blazeport.metadata import LAYOUT, file_metadata
+from blazeport.photos import sample_images
 from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec
 from blazeport.verify import verify
 
@@ -107,9 +107,8 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
            dynamic_batch: bool = False, images: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Export, verify, and return the report (the CLI's ``--json``).
 
-    ``ok`` is the float32 gate (raw outputs by :func:`blazeport.convert.passes`, detections in the
-    same count and within ``ABS_TOL``); float16 weights are reported, and ``ok`` only requires
-    finite outputs.
+    ``ok`` is the float32 gate (:func:`blazeport.verify.verify`: raw outputs, decoded outputs and
+    detections); float16 weights are reported, and ``ok`` only requires finite outputs.
     """
     from blazeport.models import fold_batchnorm  # imports torch, which export needs anyway
 
@@ -140,7 +139,6 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         ok = check["passes_gate"] if not fp16 else check["finite"]
         if ok:  # a file that fails its check never replaces a previous export
             stage.commit()
-    original = WEIGHTS_DIR / spec.tflite if spec.tflite else None
     report: dict[str, Any] = {
         "format": f.name,
         "spec": spec.name,
@@ -160,9 +158,14 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         "gated": not fp16,
         "ok": ok,
         "op_counts": op_counts,
-        "original": str(original) if original and original.is_file() else None,
-        "original_op_counts": tflite_op_counts(original) if original and original.is_file() else None,
     }
-    if original and original.is_file():
-        report["original_size_bytes"] = original.stat().st_size
-    return report
+    return {**report, **_original_facts(spec)}
+
+
+def _original_facts(spec: ModelSpec) -> dict[str, Any]:
+    """Google's original beside the export, for the size and op-count comparison."""
+    original = WEIGHTS_DIR / spec.tflite if spec.tflite else None
+    if original is None or not original.is_file():
+        return {"original": None, "original_op_counts": None}
+    return {"original": str(original), "original_op_counts": tflite_op_counts(original),
+            "original_size_bytes": original.stat().st_size}
