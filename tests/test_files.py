@@ -205,3 +205,28 @@ def test_bench_refuses_a_report_over_its_model(tmp_path, capsys) -> None:
         code, _, err = run(capsys, "bench", str(model), "--backend", "tflite", flag, str(model))
         assert code == 2 and "destroy the input" in err
     assert model.read_bytes() == SHORT_RANGE_TFLITE.read_bytes()
+
+
+def test_export_to_an_unwritable_place_fails_before_exporting(tmp_path, capsys, monkeypatch) -> None:
+    """A read-only target folder used to fail with a traceback after the whole export ran. Root
+    writes through permission bits, so the folder's refusal is simulated where files are created."""
+    import tempfile
+
+    import blazeport.export as export
+
+    exported = []
+    monkeypatch.setitem(export.FORMATS, "onnx", export.FORMATS["onnx"].__class__(
+        **{**export.FORMATS["onnx"].__dict__, "exporter": lambda *a, **k: exported.append(a)}))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, _, err = run(capsys, "export", "short_range", "--format", "onnx", "-o", str(locked / "sr.onnx"))
+    assert code == 2 and "Permission denied" in err and err.count("\n") == 1
+    assert not exported and list(locked.iterdir()) == []
