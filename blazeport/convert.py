@@ -78,13 +78,52 @@ class _Walker:
         return self.only_reader(op.outputs[0], "RELU").outputs[0]
 
     def weights(self, op: Op, depthwise: bool) -> tuple[np.ndarray, np.ndarray, str]:
+        if len(op.inputs) < 3 or min(op.inputs[:3]) < 0:
+            raise self.fail(f"{op.type} op {op.index} has no bias")
         kernel, bias = self.m.tensor(op.inputs[1]), self.m.tensor(op.inputs[2])
         if kernel.data is None or bias.data is None:
             raise self.fail(f"{op.type} op {op.index} has non-constant weights")
+        if kernel.data.ndim != 4 or bias.data.ndim != 1:
+            raise self.fail(f"{op.type} op {op.index} has a kernel of shape {kernel.shape} and a bias of shape {bias.shape}")
         k = kernel.data.astype(np.float32)
         # TFLite conv kernels are OHWI; depthwise are 1HWC. PyTorch wants OIHW / C1HW.
         k = k.transpose(3, 0, 1, 2) if depthwise else k.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(k), bias.data.astype(np.float32), kernel.name
+
+    def square(self, op: Op, activations: tuple[str | None, ...] = (None, "relu", "relu6")) -> int:
+        """The stride of a conv or pool that the torch layers can reproduce (square stride and
+        window, no dilation, a fused activation they apply), else a :class:`ConversionError`."""
+        o = op.options
+        ok = (o["stride"][0] == o["stride"][1] and o.get("dilation", (1, 1)) == (1, 1)
+              and len(set(o.get("filter", (1, 1)))) == 1 and o.get("activation") in activations)
+        if not ok:
+            raise self.fail(f"{op.type} op {op.index} has stride {o['stride']}, dilation {o.get('dilation')}, "
+                            f"window {o.get('filter')}, activation {o.get('activation')!r}")
+        return int(o["stride"][0])
+
+    def data_inputs(self, op: Op, n: int) -> list[int]:
+        """The op's first ``n`` inputs, which must be activations (not constants)."""
+        ins = [i for i in op.inputs if i >= 0 and self.m.tensor(i).data is None]
+        if len(ins) != n or op.inputs[:n] != ins:
+            raise self.fail(f"{op.type} op {op.index} reads {len(ins)} activations, expected {n} first")
+        return ins
+
+    def image_input(self) -> int:
+        """The input size of a graph with one (1, S, S, 3) image input."""
+        if len(self.m.inputs) != 1:
+            raise self.fail(f"expected one input, found {len(self.m.inputs)}")
+        shape = self.m.tensor(self.m.inputs[0]).shape
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
+            raise self.fail(f"expected a square (1, S, S, 3) RGB input, found shape {shape}")
+        return int(shape[1])
+
+    def outputs(self) -> dict[str, int]:
+        """The graph's two outputs by kind: ``cls`` (1, N, 1) and ``reg`` (1, N, k)."""
+        shapes = {o: self.m.tensor(o).shape for o in self.m.outputs}
+        kinds = {("cls" if s[-1] == 1 else "reg"): o for o, s in shapes.items() if len(s) == 3 and s[0] == 1}
+        if len(self.m.outputs) != 2 or set(kinds) != {"cls", "reg"} or len({s[1] for s in shapes.values()}) != 1:
+            raise self.fail(f"expected outputs (1, N, 1) and (1, N, k), found {list(shapes.values())}")
+        return kinds
 
 
 def check_ops(model: TFLiteModel) -> None:
@@ -102,23 +141,25 @@ def extract(model: TFLiteModel) -> Mapping:
 
     check_ops(model)
     w = _Walker(model)
-    if len(model.inputs) != 1:
-        raise w.fail(f"expected one input, found {len(model.inputs)}")
-    inp = model.tensor(model.inputs[0])
-    if len(inp.shape) != 4 or inp.shape[1] != inp.shape[2] or inp.shape[3] != 3:
-        raise w.fail(f"expected a square NHWC RGB input, found shape {inp.shape}")
-    size = inp.shape[1]
+    size = w.image_input()
+    kinds = w.outputs()
     params: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}
 
     def put(prefix: str, op: Op, depthwise: bool = False) -> tuple[int, ...]:
         k, b, name = w.weights(op, depthwise)
+        # Conv2dSame and the 1x1 convs reproduce TF SAME padding; VALID equals it only for 1x1, stride 1
+        if op.options["padding"] != "SAME" and (w.square(op) > 1 or k.shape[-1] > 1):
+            raise w.fail(f"{op.type} op {op.index} uses {op.options['padding']} padding")
+        if prefix.startswith("head.") and w.square(op) != 1:  # SSDHead's convs have stride 1
+            raise w.fail(f"head conv op {op.index} has stride {op.options['stride']}")
         params[f"{prefix}.weight"], params[f"{prefix}.bias"] = k, b
         sources[f"{prefix}.weight"], sources[f"{prefix}.bias"] = name, model.tensor(op.inputs[2]).name
         return k.shape
 
     stem = w.only_reader(model.inputs[0], "CONV_2D")
     stem_shape = put("stem", stem)
+    w.square(stem)
     x = w.activation_after(stem)
     blocks: list[BlockConfig] = []
     block_out: dict[int, int] = {}  # tensor index -> block index
@@ -133,17 +174,21 @@ def extract(model: TFLiteModel) -> Mapping:
         i = len(blocks)
         dw_shape = put(f"blocks.{i}.dw", dw, depthwise=True)
         pw_shape = put(f"blocks.{i}.pw", pw)
-        stride = dw.options["stride"][0]
+        stride = w.square(dw)
+        if w.square(pw) != 1:
+            raise w.fail(f"block {i}: pointwise conv op {pw.index} has stride {pw.options['stride']}")
         adds = w.readers(pw.outputs[0], "ADD")
         residual = bool(adds)
         if residual:
             add = adds[0]
-            shortcut = next(t for t in add.inputs if t != pw.outputs[0])
+            others = [t for t in add.inputs if t != pw.outputs[0]]
+            if len(others) != 1 or dw_shape[0] > pw_shape[0] or model.tensor(x).shape[1] % stride:
+                raise w.fail(f"block {i}: {add.type} op {add.index} is not a shortcut BlazeBlock the module can run")
             # The shortcut must lead back to the block input through pool/pad only.
-            t = shortcut
+            t = others[0]
             while t != x:
                 prod = w.producers.get(t)
-                if prod is None or prod.type not in ("MAX_POOL_2D", "PAD"):
+                if prod is None or prod.type not in ("MAX_POOL_2D", "PAD") or prod.inputs[0] < 0:
                     raise w.fail(f"block {i}: shortcut of {add.type} op {add.index} does not lead back to its input")
                 t = prod.inputs[0]
             x = w.activation_after(add)
@@ -154,14 +199,13 @@ def extract(model: TFLiteModel) -> Mapping:
 
     # Heads: walk back from each output CONCATENATION through RESHAPEs to the 1x1 convs.
     levels: dict[str, list[tuple[Op, int]]] = {}
-    for out in model.outputs:
+    for kind, out in kinds.items():
         t = model.tensor(out)
-        kind = "cls" if t.shape[-1] == 1 else "reg"
         concat = w.producers.get(out)
         parts = concat.inputs if concat is not None and concat.type == "CONCATENATION" else [out]
         for part in parts:
             op = w.producers.get(part)
-            while op is not None and op.type == "RESHAPE":
+            while op is not None and op.type == "RESHAPE" and op.inputs[0] >= 0:
                 op = w.producers.get(op.inputs[0])
             if op is None or op.type != "CONV_2D" or op.inputs[0] not in block_out:
                 raise w.fail(f"output {t.name!r} is not a concatenation of 1x1 convs on block outputs")
@@ -169,13 +213,20 @@ def extract(model: TFLiteModel) -> Mapping:
     if set(levels) != {"cls", "reg"} or len(levels["cls"]) != len(levels["reg"]):
         raise w.fail("expected one classificators and one regressors output with matching levels")
     anchors: list[int] = []
-    num_coords = 16
+    num_coords = model.tensor(kinds["reg"]).shape[-1]
+    rows = 0
     for j, ((cls_op, src), (reg_op, reg_src)) in enumerate(zip(levels["cls"], levels["reg"], strict=True)):
         if src != reg_src:
             raise w.fail(f"head level {j}: classifier and regressor read different feature maps")
         a = put(f"head.cls.{j}", cls_op)[0]
-        num_coords = put(f"head.reg.{j}", reg_op)[0] // a
+        if put(f"head.reg.{j}", reg_op)[0] != a * num_coords:
+            raise w.fail(f"head level {j}: {a} anchors but {model.tensor(reg_op.outputs[0]).shape[-1]} regressor channels")
+        _, h, w_, _ = model.tensor(cls_op.outputs[0]).shape
+        rows += h * w_ * a
         anchors.append(a)
+    # SSDHead flattens each level to (1, H*W*A, k); the graph's outputs must have those rows
+    if model.tensor(kinds["cls"]).shape[1] != rows:
+        raise w.fail(f"the heads give {rows} anchors, the outputs have {model.tensor(kinds['cls']).shape[1]}")
     config = BlazeFaceConfig(
         input_size=size,
         stem_channels=stem_shape[0],
@@ -210,7 +261,8 @@ def extract_graph(model: TFLiteModel) -> Mapping:
             f"{', '.join(sorted(GRAPH_OPS))} (plus folded DEQUANTIZE/DENSIFY). Known specs: {', '.join(sorted(SPECS))}; "
             "this file needs a newer blazeport."
         )
-    inp = model.tensor(model.inputs[0])
+    size = w.image_input()
+    kinds = w.outputs()
     names = {model.inputs[0]: "input"}
     counts: dict[str, int] = {}
     nodes: list[Node] = []
@@ -224,32 +276,34 @@ def extract_graph(model: TFLiteModel) -> Mapping:
         return data
 
     for op in model.ops:
-        act = [names[i] for i in op.inputs if i >= 0 and model.tensor(i).data is None]
+        act = [names[i] for i in w.data_inputs(op, {"ADD": 2, "CONCATENATION": len(op.inputs)}.get(op.type, 1))]
         kind = op.type.lower()
         attrs: dict[str, Any] = {}
         if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             depthwise = op.type == "DEPTHWISE_CONV_2D"
             if depthwise and op.options.get("depth_multiplier", 1) != 1:
                 raise w.fail(f"op {op.index}: depthwise conv with depth_multiplier {op.options['depth_multiplier']}")
-            if op.options["stride"][0] != op.options["stride"][1] or op.options["dilation"] != (1, 1):
-                raise w.fail(f"op {op.index}: non-square stride or dilated conv")
+            w.square(op)
             k, b, src = w.weights(op, depthwise)
+            if (k.shape[1] if not depthwise else k.shape[0]) != model.tensor(op.inputs[0]).shape[-1]:
+                raise w.fail(f"op {op.index}: grouped conv (kernel {model.tensor(op.inputs[1]).shape})")
             kind = "dwconv" if depthwise else "conv"
             attrs = {"in_ch": int(k.shape[0] if depthwise else k.shape[1]), "out_ch": int(k.shape[0]),
                      "kernel": int(k.shape[-1]), "stride": op.options["stride"][0],
                      "padding": op.options["padding"], "activation": op.options["activation"]}
         elif op.type == "PAD":
             pads = const(op.inputs[1]).astype(int).tolist()
-            if pads[0] != [0, 0]:
-                raise w.fail(f"op {op.index}: PAD on the batch axis")
+            if len(pads) != 4 or pads[0] != [0, 0]:
+                raise w.fail(f"op {op.index}: PAD of a rank-{len(pads)} tensor or on the batch axis")
             kind, attrs = "pad", {"hwc": pads[1:]}
         elif op.type == "MAX_POOL_2D":
+            w.square(op)
             o = op.options
             kind, attrs = "maxpool", {"kernel": o["filter"][0], "stride": o["stride"][0], "padding": o["padding"],
                                       "activation": o["activation"]}
         elif op.type == "ADD":
-            if len(act) != 2:
-                raise w.fail(f"op {op.index}: ADD with a constant operand")
+            if op.options["activation"] not in (None, "relu", "relu6"):
+                raise w.fail(f"op {op.index}: ADD with fused {op.options['activation']}")
             attrs = {"activation": op.options["activation"]}
         elif op.type == "RESIZE_BILINEAR":
             kind = "resize_bilinear"
@@ -260,7 +314,7 @@ def extract_graph(model: TFLiteModel) -> Mapping:
             attrs = {"block_size": op.options["block_size"]}
         elif op.type == "RESHAPE":
             shape = model.tensor(op.outputs[0]).shape
-            if len(shape) != 3 or len(model.tensor(op.inputs[0]).shape) != 4:
+            if len(shape) != 3 or len(model.tensor(op.inputs[0]).shape) != 4 or shape[0] != 1:
                 raise w.fail(f"op {op.index}: RESHAPE to {shape}; only (1, H, W, C) -> (1, N, k) is supported")
             kind, attrs = "flatten", {"last_dim": int(shape[-1])}
         elif op.type == "CONCATENATION":
@@ -278,10 +332,9 @@ def extract_graph(model: TFLiteModel) -> Mapping:
             pname = f"layers.{_param_name(node)}"
             params[f"{pname}.weight"], params[f"{pname}.bias"] = k, b
             sources[f"{pname}.weight"], sources[f"{pname}.bias"] = src, model.tensor(op.inputs[2]).name
-    outs = {("cls" if model.tensor(o).shape[-1] == 1 else "reg"): names[o] for o in model.outputs}
-    if set(outs) != {"cls", "reg"}:
-        raise w.fail("expected one (1, N, 1) and one (1, N, k) output")
-    config = GraphConfig(int(inp.shape[1]), "input", (outs["reg"], outs["cls"]), tuple(nodes))
+    if any(o not in names for o in kinds.values()):
+        raise w.fail("an output is not computed from the input")
+    config = GraphConfig(size, "input", (names[kinds["reg"]], names[kinds["cls"]]), tuple(nodes))
     return Mapping(config, params=params, sources=sources)
 
 

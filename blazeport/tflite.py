@@ -17,6 +17,7 @@ one message naming the file and what to do.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,23 +25,21 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
+from blazeport.tflite_check import (
+    DTYPES,
+    ITEMSIZE,
+    DamagedModel,
+    check_constant_size,
+    check_graph,
+    check_options_type,
+    check_quantization,
+    check_tensor,
+    sparse_levels,
+)
 
-__all__ = ["Op", "TFLiteError", "TFLiteModel", "Tensor", "read_tflite"]
+__all__ = ["Op", "TFLiteError", "TFLiteModel", "Tensor", "parse_tflite", "read_tflite"]
 
 _FILE_IDENTIFIER = b"TFL3"
-
-# tflite.TensorType values -> numpy dtypes (schema.fbs, enum TensorType)
-_DTYPES: dict[int, Any] = {
-    0: np.float32,
-    1: np.float16,
-    2: np.int32,
-    3: np.uint8,
-    4: np.int64,
-    6: np.bool_,
-    7: np.int16,
-    9: np.int8,
-    10: np.float64,
-}
 
 _ACTIVATIONS = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit", 6: "sigmoid"}
 _PADDINGS = {0: "SAME", 1: "VALID"}
@@ -61,6 +60,7 @@ class Tensor:
     data: np.ndarray | None = None
     quantization: dict[str, np.ndarray] | None = None
     sparse: bool = False
+    type_code: int = 0  # TFLite TensorType
 
 
 @dataclass
@@ -133,27 +133,38 @@ def _op_names() -> dict[int, str]:
     return {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 
 
-def _parse_options(op_type: str, raw_op: Any) -> dict[str, Any]:
-    """Parse the builtin options the converter needs; other ops keep an empty dict."""
+def _parse_options(index: int, op_type: str, raw_op: Any) -> dict[str, Any]:
+    """Parse the builtin options the converter needs; other ops keep an empty dict.
+
+    An unknown padding or activation code reads as ``None`` / ``"unknown"`` for
+    :func:`blazeport.tflite_check.check_graph` to refuse. Ops whose options TFLite may omit
+    (ADD, CONCATENATION, RESIZE_BILINEAR...) get TFLite's defaults.
+    """
     import tflite
 
     table = raw_op.BuiltinOptions()
-    if table is None:
-        return {}
+    if not check_options_type(index, op_type, raw_op.BuiltinOptionsType(), table is not None):
+        table = None
 
     def load(cls: Any) -> Any:
         opt = cls()
-        opt.Init(table.Bytes, table.Pos)
+        if table is not None:
+            opt.Init(table.Bytes, table.Pos)
+        else:  # an empty table: every field reads as its schema default
+            opt.Init(b"\x04\x00\x04\x00\x04\x00\x00\x00", 4)
         return opt
+
+    def act(o: Any) -> str | None:
+        return _ACTIVATIONS.get(o.FusedActivationFunction(), "unknown")
 
     if op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         cls = tflite.Conv2DOptions if op_type == "CONV_2D" else tflite.DepthwiseConv2DOptions
         o = load(cls)
         out = {
-            "padding": _PADDINGS[o.Padding()],
+            "padding": _PADDINGS.get(o.Padding()),
             "stride": (o.StrideH(), o.StrideW()),
             "dilation": (o.DilationHFactor(), o.DilationWFactor()),
-            "activation": _ACTIVATIONS.get(o.FusedActivationFunction(), "unknown"),
+            "activation": act(o),
         }
         if op_type == "DEPTHWISE_CONV_2D":
             out["depth_multiplier"] = o.DepthMultiplier()
@@ -161,18 +172,17 @@ def _parse_options(op_type: str, raw_op: Any) -> dict[str, Any]:
     if op_type in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         o = load(tflite.Pool2DOptions)
         return {
-            "padding": _PADDINGS[o.Padding()],
+            "padding": _PADDINGS.get(o.Padding()),
             "stride": (o.StrideH(), o.StrideW()),
             "filter": (o.FilterHeight(), o.FilterWidth()),
-            "activation": _ACTIVATIONS.get(o.FusedActivationFunction(), "unknown"),
+            "activation": act(o),
         }
     if op_type in ("ADD", "MUL", "SUB"):
         cls = {"ADD": tflite.AddOptions, "MUL": tflite.MulOptions, "SUB": tflite.SubOptions}[op_type]
-        o = load(cls)
-        return {"activation": _ACTIVATIONS.get(o.FusedActivationFunction(), "unknown")}
+        return {"activation": act(load(cls))}
     if op_type == "CONCATENATION":
         o = load(tflite.ConcatenationOptions)
-        return {"axis": o.Axis(), "activation": _ACTIVATIONS.get(o.FusedActivationFunction(), "unknown")}
+        return {"axis": o.Axis(), "activation": act(o)}
     if op_type == "RESIZE_BILINEAR":
         o = load(tflite.ResizeBilinearOptions)
         return {"align_corners": bool(o.AlignCorners()), "half_pixel_centers": bool(o.HalfPixelCenters())}
@@ -194,10 +204,12 @@ def _sparse_index_vector(dim: Any, which: str) -> np.ndarray:
         tflite.SparseIndexVector.Int32Vector: tflite.Int32Vector,
         tflite.SparseIndexVector.Uint16Vector: tflite.Uint16Vector,
         tflite.SparseIndexVector.Uint8Vector: tflite.Uint8Vector,
-    }[kind]
+    }.get(kind)
+    if cls is None or table is None:
+        raise DamagedModel(f"sparse {which} stored as union type {kind}")
     vec = cls()
     vec.Init(table.Bytes, table.Pos)
-    return np.asarray(vec.ValuesAsNumpy(), dtype=np.int64)
+    return np.asarray(vec.ValuesAsNumpy(), dtype=np.int64) if vec.ValuesLength() else np.zeros(0, np.int64)
 
 
 def densify(values: np.ndarray, dense_shape: tuple[int, ...], sparsity: Any) -> np.ndarray:
@@ -206,47 +218,49 @@ def densify(values: np.ndarray, dense_shape: tuple[int, ...], sparsity: Any) -> 
     Mirrors ``FormatConverter::Populate`` in TFLite's
     ``kernels/internal/utils/sparsity_format_converter.cc``, but vectorised: each level expands
     the list of visited positions (a DENSE level multiplies it, a CSR level follows the segment
-    array), and the leaves come out in the order the values are stored.
+    array), and the leaves come out in the order the values are stored. The metadata is checked
+    against the dense shape first (:func:`blazeport.tflite_check.sparse_levels`).
     """
     import tflite
 
-    order = [int(x) for x in sparsity.TraversalOrderAsNumpy()]
+    order = [int(x) for x in sparsity.TraversalOrderAsNumpy()] if sparsity.TraversalOrderLength() else []
     block_map = [int(x) for x in sparsity.BlockMapAsNumpy()] if sparsity.BlockMapLength() else []
     rank = len(dense_shape)
-    n_levels = sparsity.DimMetadataLength()
-    pos = np.zeros(1, dtype=np.int64)  # index into the current level's storage
-    coords: list[np.ndarray] = []
-    block_sizes: list[int] = []
-    for level in range(n_levels):
+    levels: list[dict[str, Any]] = []
+    for level in range(sparsity.DimMetadataLength()):
         dim = sparsity.DimMetadata(level)
         if dim.Format() == tflite.DimensionType.DENSE:
-            size = dim.DenseSize()
-            if level >= rank:
-                block_sizes.append(size)
+            levels.append({"dense": int(dim.DenseSize())})
+        elif dim.Format() == tflite.DimensionType.SPARSE_CSR:
+            levels.append({"segments": _sparse_index_vector(dim, "segments"), "indices": _sparse_index_vector(dim, "indices")})
+        else:
+            raise DamagedModel(f"sparse level {level} has format {dim.Format()}")
+    sizes, block_sizes = sparse_levels(order, block_map, levels, dense_shape)
+    pos = np.zeros(1, dtype=np.int64)  # index into the current level's storage
+    coords: list[np.ndarray] = []
+    for level, size in zip(levels, sizes, strict=True):
+        if "dense" in level:
             pos = np.repeat(pos * size, size) + np.tile(np.arange(size), len(pos))
             coords = [np.repeat(c, size) for c in coords]
             coords.append(pos % size)
         else:
-            segments = _sparse_index_vector(dim, "segments")
-            indices = _sparse_index_vector(dim, "indices")
+            segments, indices = level["segments"], level["indices"]
             counts = segments[pos + 1] - segments[pos]
             starts = np.repeat(segments[pos], counts)
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             pos = starts + offsets
             coords = [np.repeat(c, counts) for c in coords]
             coords.append(indices[pos])
-            if level >= rank:
-                raise TFLiteError("sparse block dimensions stored as CSR are not supported")
+    if len(values) != len(pos):
+        raise DamagedModel(f"sparse tensor holds {len(values)} values but its index lists {len(pos)}")
     # coords[i] is the index along traversal dimension i; map back to the dense layout
     orig = [np.zeros_like(pos) for _ in range(rank)]
     for i in range(rank):
         orig[order[i]] = coords[i]
-    for i in range(rank, n_levels):
+    for i in range(rank, len(levels)):
         d = block_map[i - rank]
         orig[d] = orig[d] * block_sizes[i - rank] + coords[i]
     dense = np.zeros(dense_shape, dtype=values.dtype)
-    if len(values) != len(pos):
-        raise TFLiteError(f"sparse tensor holds {len(values)} values but its index lists {len(pos)}")
     dense[tuple(orig)] = values
     return dense
 
@@ -266,28 +280,91 @@ def _dequantize(t: Tensor, data: np.ndarray) -> np.ndarray:
     return ((data.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float32)
 
 
+_FIX = "Re-download it; `python tools/fetch_weights.py` restores the bundled ones."
+
+
 def read_tflite(path: str | Path) -> TFLiteModel:
-    """Parse ``path`` into a :class:`TFLiteModel`, folding constant DEQUANTIZE/DENSIFY ops."""
+    """Parse and check ``path`` into a :class:`TFLiteModel`, folding constant DEQUANTIZE/DENSIFY ops.
+
+    Every structural problem (see :mod:`blazeport.tflite_check`) raises :class:`TFLiteError` with
+    one message naming the file, so LiteRT never sees a file the checks refused.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise TFLiteError(f"{path}: no such file. Give the path of a .tflite model (see weights/).")
-    buf = path.read_bytes()
+    try:
+        buf = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise TFLiteError(f"{path}: no such file. Give the path of a .tflite model (see weights/).") from None
+    except IsADirectoryError:
+        raise TFLiteError(f"{path}: is a folder. Give the path of a .tflite model (see weights/).") from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise TFLiteError(f"cannot read {path}: {reason}. Check the file's permissions, or copy it somewhere readable.") from None
     if len(buf) == 0:
-        raise TFLiteError(f"{path}: the file is empty. Re-download it (tools/fetch_weights.py restores the bundled ones).")
+        raise TFLiteError(f"{path}: the file is empty. {_FIX}")
     if len(buf) < 8 or buf[4:8] != _FILE_IDENTIFIER:
         raise TFLiteError(
             f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier; starts with {buf[:8]!r}). "
             "Give a .tflite model file."
         )
+    return parse_tflite(buf, path)
+
+
+def parse_tflite(buf: bytes, path: str | Path = "<bytes>") -> TFLiteModel:
+    """:func:`read_tflite` for bytes already in memory (``path`` only names them in messages)."""
+    path = Path(path)
     try:
         return _parse(path, buf)
+    except DamagedModel as exc:
+        raise TFLiteError(f"{path}: damaged TFLite model: {exc}. {_FIX}") from None
     except TFLiteError as exc:
         raise TFLiteError(f"{path}: {exc}") from None
-    except Exception as exc:  # flatbuffers raises struct/index errors on damaged files
+    except (struct.error, ValueError, TypeError, IndexError, OverflowError) as exc:
+        # the flatbuffers bindings do not verify: an offset or length past the end raises one of these
         raise TFLiteError(
             f"{path}: the TFLite flatbuffer is damaged or truncated ({len(buf):,} bytes; "
-            f"{type(exc).__name__}: {exc}). Re-download the file."
+            f"{type(exc).__name__}: {exc}). {_FIX}"
         ) from None
+
+
+def _buffer_data(model: Any, index: int, buf: bytes) -> bytes | None:
+    """The bytes of buffer ``index`` (None when empty): inside the flatbuffer or, for large models, after it."""
+    b = model.Buffers(index)
+    if b.Offset() > 1:
+        end = b.Offset() + b.Size()
+        if end > len(buf):
+            raise DamagedModel(f"buffer {index} ends at byte {end:,}, past the end of the file")
+        return buf[b.Offset() : end]
+    if b.DataLength() == 0:
+        return None
+    return b.DataAsNumpy().tobytes()
+
+
+def _read_tensor(i: int, raw: Any, model: Any, buf: bytes) -> Tensor:
+    """One tensor, checked (type, shape, buffer) and with its constant data decoded."""
+    name = raw.Name().decode(errors="replace") if raw.Name() is not None else ""
+    shape = tuple(int(x) for x in raw.ShapeAsNumpy()) if raw.ShapeLength() else ()
+    check_tensor(i, name, raw.Type(), shape, raw.Buffer(), model.BuffersLength())
+    t = Tensor(i, name, shape, DTYPES[raw.Type()], sparse=raw.Sparsity() is not None, type_code=raw.Type())
+    q = raw.Quantization()
+    if q is not None and q.ScaleLength():
+        t.quantization = {
+            "scale": q.ScaleAsNumpy().astype(np.float32),
+            "zero_point": (q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength()
+                           else np.zeros(q.ScaleLength(), np.int64)),
+            "axis": np.asarray(q.QuantizedDimension()),
+        }
+        check_quantization(i, name, shape, t.quantization["scale"], q.ZeroPointAsNumpy() if q.ZeroPointLength() else
+                           np.zeros(0), int(q.QuantizedDimension()))
+    data = _buffer_data(model, raw.Buffer(), buf)
+    if data is not None:
+        if t.sparse:
+            if len(data) % ITEMSIZE[t.type_code]:
+                raise DamagedModel(f"sparse tensor {i} ({name!r}) has {len(data)} bytes of values")
+            t.data = densify(np.frombuffer(data, dtype=t.dtype).copy(), shape, raw.Sparsity())
+        else:
+            check_constant_size(i, name, t.type_code, shape, len(data))
+            t.data = np.frombuffer(data, dtype=t.dtype).copy().reshape(shape)
+    return t
 
 
 def _parse(path: Path, buf: bytes) -> TFLiteModel:
@@ -295,72 +372,38 @@ def _parse(path: Path, buf: bytes) -> TFLiteModel:
 
     model = tflite.Model.GetRootAsModel(buf, 0)
     if model.Version() != 3:
-        raise TFLiteError(f"{path}: TFLite schema version {model.Version()}, blazeport reads version 3.")
+        raise TFLiteError(f"TFLite schema version {model.Version()}, blazeport reads version 3.")
     if model.SubgraphsLength() < 1:
-        raise TFLiteError(f"{path}: the model has no subgraph.")
+        raise DamagedModel("the model has no subgraph")
     sg = model.Subgraphs(0)
     names = _op_names()
+    tensors = [_read_tensor(i, sg.Tensors(i), model, buf) for i in range(sg.TensorsLength())]
 
-    def buffer_data(index: int) -> bytes | None:
-        b = model.Buffers(index)
-        if b is None:
-            return None
-        if b.Offset() > 1:  # large models keep buffers after the flatbuffer
-            end = b.Offset() + b.Size()
-            if end > len(buf):
-                raise TFLiteError(f"buffer {index} ends at byte {end:,} past the end of the file")
-            return buf[b.Offset() : end]
-        if b.DataLength() == 0:
-            return None
-        return b.DataAsNumpy().tobytes()
-
-    tensors: list[Tensor] = []
-    for i in range(sg.TensorsLength()):
-        raw = sg.Tensors(i)
-        dtype = _DTYPES.get(raw.Type())
-        shape = tuple(int(x) for x in raw.ShapeAsNumpy()) if raw.ShapeLength() else ()
-        t = Tensor(i, raw.Name().decode(), shape, dtype, sparse=raw.Sparsity() is not None)
-        q = raw.Quantization()
-        if q is not None and q.ScaleLength():
-            t.quantization = {
-                "scale": q.ScaleAsNumpy().astype(np.float32),
-                "zero_point": (q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength()
-                               else np.zeros(q.ScaleLength(), np.int64)),
-                "axis": np.asarray(q.QuantizedDimension()),
-            }
-        data = buffer_data(raw.Buffer())
-        if data is not None:
-            if dtype is None:
-                raise TFLiteError(f"tensor {t.name!r} has TFLite type {raw.Type()}, which blazeport cannot read")
-            arr = np.frombuffer(data, dtype=dtype).copy()
-            if t.sparse:
-                t.data = densify(arr, shape, raw.Sparsity())
-            else:
-                expected = int(np.prod(shape)) if shape else 1
-                if arr.size != expected:
-                    raise TFLiteError(f"tensor {t.name!r}: {arr.size} values for shape {shape}")
-                t.data = arr.reshape(shape)
-        tensors.append(t)
-
-    ops: list[Op] = []
-    folded: dict[str, int] = {}
+    graph: list[Op] = []
     for i in range(sg.OperatorsLength()):
         raw = sg.Operators(i)
+        if not 0 <= raw.OpcodeIndex() < model.OperatorCodesLength():
+            raise DamagedModel(f"op {i} uses operator code {raw.OpcodeIndex()}; the file has {model.OperatorCodesLength()}")
         code = model.OperatorCodes(raw.OpcodeIndex())
         builtin = _builtin_code(code)
         op_type = names.get(builtin, f"BUILTIN_{builtin}")
         if op_type == "CUSTOM":
-            op_type = f"CUSTOM:{code.CustomCode().decode()}"
+            op_type = f"CUSTOM:{(code.CustomCode() or b'').decode(errors='replace')}"
         ins = [int(x) for x in raw.InputsAsNumpy()] if raw.InputsLength() else []
         outs = [int(x) for x in raw.OutputsAsNumpy()] if raw.OutputsLength() else []
-        if op_type in ("DEQUANTIZE", "DENSIFY") and tensors[ins[0]].data is not None:
-            src, dst = tensors[ins[0]], tensors[outs[0]]
-            dst.data = src.data if op_type == "DENSIFY" else _dequantize(src, src.data)
-            folded[op_type] = folded.get(op_type, 0) + 1
-            continue
-        ops.append(Op(i, op_type, ins, outs, _parse_options(op_type, raw)))
+        graph.append(Op(i, op_type, ins, outs, _parse_options(i, op_type, raw)))
+    inputs = [int(x) for x in sg.InputsAsNumpy()] if sg.InputsLength() else []
+    outputs = [int(x) for x in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
+    check_graph(tensors, graph, inputs, outputs)
 
+    ops: list[Op] = []
+    folded: dict[str, int] = {}
+    for op in graph:
+        if op.type in ("DEQUANTIZE", "DENSIFY") and tensors[op.inputs[0]].data is not None:
+            src, dst = tensors[op.inputs[0]], tensors[op.outputs[0]]
+            dst.data = src.data if op.type == "DENSIFY" else _dequantize(src, src.data)
+            folded[op.type] = folded.get(op.type, 0) + 1
+        else:
+            ops.append(op)
     description = model.Description().decode(errors="replace") if model.Description() else ""
-    inputs = [int(x) for x in sg.InputsAsNumpy()]
-    outputs = [int(x) for x in sg.OutputsAsNumpy()]
     return TFLiteModel(path, description, tensors, ops, inputs, outputs, folded)

@@ -351,6 +351,40 @@ def test_missing_file_raises_tfliteerror_naming_it(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
 
 
+def test_unreadable_file_says_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A .tflite without read permission: one line naming the file and the reason, from the reader and the CLI."""
+    import os
+
+    from blazeport.cli import main
+    from blazeport.data import sample_image_path
+
+    path = tmp_path / "locked.tflite"
+    path.write_bytes(SHORT_RANGE_TFLITE.read_bytes())
+    if os.geteuid() == 0:  # root reads through chmod 000 (as CI does): refuse the read itself
+        real = Path.read_bytes
+
+        def denied(self: Path) -> bytes:
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", denied)
+    else:
+        path.chmod(0)
+    try:
+        with pytest.raises(TFLiteError) as err:
+            read_tflite(path)
+        assert str(err.value).startswith(f"cannot read {path}: permission denied.")
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+        for argv in (["convert", str(path), "-o", str(tmp_path / "out.safetensors")],
+                     ["detect", str(sample_image_path()), "--backend", "tflite", "--model", str(path), "--spec", "short_range"]):
+            assert main(argv) == 2
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert len(lines) == 1 and f"cannot read {path}: permission denied" in lines[0], lines
+    finally:
+        path.chmod(0o644)
+
+
 def test_specific_messages(tmp_path: Path) -> None:
     empty = tmp_path / "empty.tflite"
     empty.write_bytes(b"")
