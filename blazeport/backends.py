@@ -54,9 +54,15 @@ class TFLiteBackend:
         self._content = self.path.read_bytes()
         self._local = threading.local()
         interpreter = self._interpreter()
-        self.input = interpreter.get_input_details()[0]
+        inputs = interpreter.get_input_details()
+        shape = tuple(int(x) for x in inputs[0]["shape"]) if len(inputs) == 1 else ()
+        # what the pipeline feeds: one NHWC float32 RGB batch of 1, square (as Google's files)
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3 or inputs[0]["dtype"] != np.float32:
+            got = [(tuple(int(x) for x in i["shape"]), np.dtype(i["dtype"]).name) for i in inputs]
+            raise BlazeportError(f"{self.path}: expected one float32 image input of shape (1, S, S, 3), got {got}")
+        self.input = inputs[0]
         self.outputs = interpreter.get_output_details()
-        self.input_size = int(self.input["shape"][1])
+        self.input_size = shape[1]
 
     @property
     def interpreter(self) -> Any:

@@ -356,7 +356,7 @@ def test_unreadable_file_says_permission_denied(tmp_path: Path, monkeypatch: pyt
     import os
 
     from blazeport.cli import main
-    from blazeport.data import sample_image_path
+    from blazeport.photos import sample_image_path
 
     path = tmp_path / "locked.tflite"
     path.write_bytes(SHORT_RANGE_TFLITE.read_bytes())

@@ -242,7 +242,7 @@ def fuzz_model(name: str, count: int, seed: int = 0, jobs: int = 1, timeout: flo
     """Run mutants ``seed .. seed+count-1`` of one bundled model; return its report."""
     from tqdm import tqdm
 
-    from blazeport.data import sample_image_path
+    from blazeport.photos import sample_image_path
     from blazeport.preprocess import read_image
 
     tqdm.monitor_interval = 0  # no monitor thread: a fork must not copy a thread holding a lock
