@@ -168,13 +168,13 @@ def test_other_architecture_gets_clear_error() -> None:
 def test_shape_mismatch_is_reported(monkeypatch) -> None:
     import blazeport.convert as conv
 
-    real = conv.extract
+    real = conv.EXTRACTORS["blazeface"]
 
     def widened(model):
         m = real(model)
         m.config = dataclasses.replace(m.config, stem_channels=m.config.stem_channels + 8)
         return m
 
-    monkeypatch.setattr(conv, "extract", widened)
+    monkeypatch.setitem(conv.EXTRACTORS, "blazeface", widened)
     with pytest.raises(ConversionError, match="shape"):
         conv.load_tflite(SHORT_RANGE_TFLITE)

@@ -63,7 +63,7 @@ def _activate(x: torch.Tensor, name: str | None) -> torch.Tensor:
     raise ValueError(f"fused activation {name!r} is not supported")
 
 
-def _param_name(node: Node) -> str:
+def param_name(node: Node) -> str:
     return "l_" + "".join(c if c.isalnum() else "_" for c in node.output)
 
 
@@ -82,7 +82,7 @@ class GraphNet(nn.Module):
             if node.op in ("conv", "dwconv"):
                 a = node.attrs
                 groups = a["in_ch"] if node.op == "dwconv" else 1
-                self.layers[_param_name(node)] = nn.Conv2d(a["in_ch"], a["out_ch"], a["kernel"], a["stride"], groups=groups)
+                self.layers[param_name(node)] = nn.Conv2d(a["in_ch"], a["out_ch"], a["kernel"], a["stride"], groups=groups)
 
     def _conv(self, node: Node, x: torch.Tensor) -> torch.Tensor:
         a = node.attrs
@@ -91,7 +91,7 @@ class GraphNet(nn.Module):
             pw = same_padding(x.shape[-1], a["kernel"], a["stride"])
             if any(ph + pw):
                 x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
-        return _activate(self.layers[_param_name(node)](x), a.get("activation"))
+        return _activate(self.layers[param_name(node)](x), a.get("activation"))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         env: dict[str, torch.Tensor] = {self.config.input: x}

@@ -1,0 +1,153 @@
+"""Convert a BlazeFace ``.tflite`` into the PyTorch module, by walking its graph, and verify it.
+
+The walk is done by the extractor registered for the model's family (:data:`EXTRACTORS`:
+:mod:`~blazeport.convert.blazeface` for BlazeFace graphs, :mod:`~blazeport.convert.graph` for any
+other graph of known ops, run by GraphNet); :func:`load_tflite` builds the module and checks every
+shape; :func:`convert` saves, reads back, verifies and only then writes the output.
+
+Weights are not taken in file order. The walk starts at the graph's input and follows tensors:
+the stem ``CONV_2D``, then each BlazeBlock as the op pattern ``DEPTHWISE_CONV_2D -> CONV_2D ->
+ADD(shortcut) -> RELU`` whose shortcut is the block input, possibly through ``MAX_POOL_2D`` and a
+channel ``PAD``; then the heads, found backwards from the output ``CONCATENATION``s through their
+``RESHAPE``s. That walk yields both the architecture (a :class:`BlazeFaceConfig`) and, for every
+parameter of the module, the TFLite tensor that fills it. Each shape is checked before loading.
+
+Verification runs the original file in LiteRT and the converted module on real photos and a
+random input, and reports the worst absolute difference per output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blazeport.backends import TFLiteBackend, TorchBackend
+from blazeport.convert.blazeface import extract
+from blazeport.convert.graph import extract_graph
+from blazeport.convert.walker import ConversionError, Mapping, check_ops
+from blazeport.files import check_output, sha256_of, staged
+from blazeport.photos import sample_images
+from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, spec_for_file
+from blazeport.tflite import TFLiteModel, read_tflite
+from blazeport.verify import verify
+from blazeport.weights import load_safetensors, save_safetensors
+
+__all__ = ["EXTRACTORS", "ConversionError", "Mapping", "check_ops", "convert", "extract", "extract_graph", "load_tflite"]
+
+# module family -> the walk that reads its config and weights out of a .tflite graph (tried in this
+# order for a file whose family is not known)
+EXTRACTORS: dict[str, Callable[[TFLiteModel], Mapping]] = {"blazeface": extract, "graph": extract_graph}
+
+
+def _first_walk(model: TFLiteModel) -> tuple[Mapping, str]:
+    """The first registered walk that reads the graph (the readable BlazeFace module before GraphNet)."""
+    errors = []
+    for family, walk in EXTRACTORS.items():
+        try:
+            return walk(model), family
+        except ConversionError as exc:
+            errors.append(exc)
+    raise errors[-1]
+
+
+def build_module(family: str, config: Any) -> Any:
+    from blazeport.models import FAMILIES  # imports torch: only when a module is built
+
+    return FAMILIES[family][1](config)
+
+
+def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mapping]:
+    """Build the module for a ``.tflite`` file and load its weights, checking every shape.
+
+    ``family`` names the walk (:data:`EXTRACTORS`: ``blazeface``, the readable BlazeFace module, or
+    ``graph``, :class:`GraphNet`); by default the spec of a known file decides, and an unknown file
+    gets the first walk that reads it.
+    """
+    import torch
+
+    model = read_tflite(path)
+    if family is None:
+        spec = spec_for_file(path)
+        family = spec.family if spec is not None else None
+    if family is None:
+        mapping, family = _first_walk(model)
+    elif family in EXTRACTORS:
+        mapping = EXTRACTORS[family](model)
+    else:
+        raise ConversionError(f"{path}: no .tflite walk for the {family} family; known: {', '.join(EXTRACTORS)}")
+    mapping.family = family
+    module = build_module(family, mapping.config).eval()
+    state = module.state_dict()
+    missing = sorted(set(state) - set(mapping.params))
+    extra = sorted(set(mapping.params) - set(state))
+    if missing or extra:
+        raise ConversionError(f"{path}: graph and module disagree: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, arr in mapping.params.items():
+        if tuple(state[name].shape) != arr.shape:
+            raise ConversionError(
+                f"{path}: {mapping.sources[name]} has shape {arr.shape}, module parameter {name} wants {tuple(state[name].shape)}"
+            )
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in mapping.params.items()}, strict=True)
+    return module, mapping
+
+
+def convert(
+    src: str | Path,
+    out: str | Path | None = None,
+    spec: ModelSpec | None = None,
+    images: list[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Convert, verify and save one file; return the report (the CLI's ``--json``).
+
+    The weights go to a temporary file that is read back and verified against LiteRT; only a
+    file that passes the gate replaces ``out`` (``report["written"]``). A failed conversion
+    leaves any previous ``out`` untouched and writes nothing.
+    """
+    t0 = time.perf_counter()
+    src = Path(src)
+    if out is not None:
+        out = Path(out)
+        if out.suffix != ".safetensors":
+            raise ConversionError(f"{out}: converted weights are a .safetensors file; choose an -o name ending in .safetensors")
+        check_output(out, [src], "converted weights")
+    model = read_tflite(src)
+    spec = spec or spec_for_file(src)
+    module, mapping = load_tflite(src)
+    if spec is None:
+        spec = next((s for s in SPECS.values() if s.input_size == mapping.config.input_size), None)
+        if spec is None:
+            known = ", ".join(f"{s.name} ({s.input_size}px)" for s in SPECS.values())
+            raise ConversionError(
+                f"{src}: no known spec has input size {mapping.config.input_size}; known specs: {known}. Pass --spec."
+            )
+    if mapping.config.input_size != spec.input_size:
+        raise ConversionError(f"{src}: input is {mapping.config.input_size}px but spec {spec.name} expects {spec.input_size}px")
+    out = Path(out) if out else WEIGHTS_DIR / f"{spec.name}.safetensors"
+    check_output(out, [src], "converted weights")
+    images = images if images is not None else sample_images()
+    with staged(out) as stage:
+        # verify what was written, read back from disk, against LiteRT (XNNPACK, as MediaPipe runs
+        # it), and only then replace the previous output
+        save_safetensors(module, spec, stage.path, src)
+        written, _ = load_safetensors(stage.path)
+        check = verify(TorchBackend(written), TFLiteBackend(src), spec, images)
+        ok = check["passes_gate"]
+        if ok:
+            stage.commit()
+    report: dict[str, Any] = {
+        "spec": spec.name,
+        "source": str(src),
+        "sha256": sha256_of(src),
+        "output": str(out),
+        "written": ok,
+        "params": int(sum(p.numel() for p in module.parameters())),
+        "tflite_ops": model.op_counts(),
+        **check,
+        "ok": ok,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return report

@@ -1,0 +1,137 @@
+"""The generic walk: any graph of the ops below, translated op by op into a GraphNet (full range)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from blazeport.convert.walker import Mapping, Walker, check_ops
+from blazeport.tflite import Op, TFLiteModel
+
+__all__ = ["GRAPH_OPS", "TRANSLATORS", "extract_graph"]
+
+
+@dataclass
+class Translated:
+    """One TFLite op as a GraphNet node: its kind, attributes and (for convs) weights."""
+
+    kind: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    weights: tuple[np.ndarray, np.ndarray, str] | None = None  # kernel (torch layout), bias, kernel's name
+
+
+def _const(w: Walker, i: int) -> np.ndarray:
+    data = w.m.tensor(i).data
+    if data is None:
+        raise w.fail(f"tensor {w.m.tensor(i).name!r} was expected to be a constant")
+    return data
+
+
+def _conv(w: Walker, op: Op) -> Translated:
+    depthwise = op.type == "DEPTHWISE_CONV_2D"
+    if depthwise and op.options.get("depth_multiplier", 1) != 1:
+        raise w.fail(f"op {op.index}: depthwise conv with depth_multiplier {op.options['depth_multiplier']}")
+    w.square(op)
+    k, b, src = w.weights(op, depthwise)
+    if (k.shape[1] if not depthwise else k.shape[0]) != w.m.tensor(op.inputs[0]).shape[-1]:
+        raise w.fail(f"op {op.index}: grouped conv (kernel {w.m.tensor(op.inputs[1]).shape})")
+    attrs = {"in_ch": int(k.shape[0] if depthwise else k.shape[1]), "out_ch": int(k.shape[0]), "kernel": int(k.shape[-1]),
+             "stride": op.options["stride"][0], "padding": op.options["padding"], "activation": op.options["activation"]}
+    return Translated("dwconv" if depthwise else "conv", attrs, (k, b, src))
+
+
+def _pad(w: Walker, op: Op) -> Translated:
+    pads = _const(w, op.inputs[1]).astype(int).tolist()
+    if len(pads) != 4 or pads[0] != [0, 0]:
+        raise w.fail(f"op {op.index}: PAD of a rank-{len(pads)} tensor or on the batch axis")
+    return Translated("pad", {"hwc": pads[1:]})  # NHWC widths, as TFLite states them
+
+
+def _maxpool(w: Walker, op: Op) -> Translated:
+    w.square(op)
+    o = op.options
+    return Translated("maxpool", {"kernel": o["filter"][0], "stride": o["stride"][0], "padding": o["padding"],
+                                  "activation": o["activation"]})
+
+
+def _add(w: Walker, op: Op) -> Translated:
+    if op.options["activation"] not in (None, "relu", "relu6"):
+        raise w.fail(f"op {op.index}: ADD with fused {op.options['activation']}")
+    return Translated("add", {"activation": op.options["activation"]})
+
+
+def _resize_bilinear(w: Walker, op: Op) -> Translated:
+    if not op.options["half_pixel_centers"] and not op.options["align_corners"]:
+        raise w.fail(f"op {op.index}: legacy RESIZE_BILINEAR sampling (no half-pixel centres)")
+    return Translated("resize_bilinear", {"size": _const(w, op.inputs[1]).astype(int).tolist(),
+                                          "align_corners": op.options["align_corners"]})
+
+
+def _flatten(w: Walker, op: Op) -> Translated:
+    shape = w.m.tensor(op.outputs[0]).shape
+    if len(shape) != 3 or len(w.m.tensor(op.inputs[0]).shape) != 4 or shape[0] != 1:
+        raise w.fail(f"op {op.index}: RESHAPE to {shape}; only (1, H, W, C) -> (1, N, k) is supported")
+    return Translated("flatten", {"last_dim": int(shape[-1])})
+
+
+def _concat(w: Walker, op: Op) -> Translated:
+    rank = len(w.m.tensor(op.outputs[0]).shape)
+    if rank != 3 or op.options["axis"] % rank != 1:
+        raise w.fail(f"op {op.index}: CONCATENATION on axis {op.options['axis']} of a rank-{rank} tensor")
+    return Translated("concat", {"axis": 1})
+
+
+# TFLite op -> its translator: the ops a GraphNet runs. The next detector whose ops are all here is a
+# spec, not new code; a new op is one function and one row.
+TRANSLATORS: dict[str, Callable[[Walker, Op], Translated]] = {
+    "CONV_2D": _conv,
+    "DEPTHWISE_CONV_2D": _conv,
+    "PAD": _pad,
+    "MAX_POOL_2D": _maxpool,
+    "ADD": _add,
+    "RELU": lambda w, op: Translated("relu"),
+    "RESIZE_BILINEAR": _resize_bilinear,
+    "DEPTH_TO_SPACE": lambda w, op: Translated("depth_to_space", {"block_size": op.options["block_size"]}),
+    "RESHAPE": _flatten,
+    "CONCATENATION": _concat,
+}
+GRAPH_OPS = frozenset(TRANSLATORS)
+
+
+def extract_graph(model: TFLiteModel) -> Mapping:
+    """Translate a whole TFLite graph, op by op (:data:`TRANSLATORS`), into a :class:`GraphConfig`
+    and its weights.
+
+    Used for the networks that are not plain BlazeFace (full range dense and sparse). Each op
+    becomes a :class:`Node` named by its kind and position; NHWC attributes are kept as TFLite
+    states them and translated by :class:`GraphNet` where it runs them.
+    """
+    from blazeport.models.graph import GraphConfig, Node, param_name  # imports torch: only when converting
+
+    check_ops(model, GRAPH_OPS)
+    w = Walker(model)
+    size = w.image_input()
+    kinds = w.outputs()
+    names = {model.inputs[0]: "input"}
+    counts: dict[str, int] = {}
+    nodes: list[Node] = []
+    mapping = Mapping(None)
+    for op in model.ops:
+        act = [names[i] for i in w.data_inputs(op, {"ADD": 2, "CONCATENATION": len(op.inputs)}.get(op.type, 1))]
+        t = TRANSLATORS[op.type](w, op)
+        counts[t.kind] = counts.get(t.kind, 0) + 1
+        node = Node(t.kind, tuple(act), f"{t.kind}{counts[t.kind] - 1}", t.attrs)
+        names[op.outputs[0]] = node.output
+        nodes.append(node)
+        if t.weights is not None:
+            k, b, src = t.weights
+            prefix = f"layers.{param_name(node)}"
+            mapping.params[f"{prefix}.weight"], mapping.params[f"{prefix}.bias"] = k, b
+            mapping.sources[f"{prefix}.weight"], mapping.sources[f"{prefix}.bias"] = src, model.tensor(op.inputs[2]).name
+    if any(o not in names for o in kinds.values()):
+        raise w.fail("an output is not computed from the input")
+    mapping.config = GraphConfig(size, "input", (names[kinds["reg"]], names[kinds["cls"]]), tuple(nodes))
+    return mapping
