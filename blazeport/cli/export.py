@@ -36,25 +36,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{'OK' if r['ok'] else 'FAILED'}: float16 weights, differences reported, not gated "
               f"(the float32 gate {'would pass' if r['passes_gate'] else 'would not pass'})")
     return 0 if r["ok"] else 1
-    batch = "dynamic batch" if r["input_shape"][0] == "batch" else "batch 1"
-    opset = f", opset {r['opset']}" if r["opset"] else ""
-    print(f"exported {r['spec']} ({r['source']}) -> {r['output']}  ({r['format']}{opset}, {r['layout']} input, {batch}, "
-          f"{r['weights']} weights)")
-    orig = f"   (original .tflite {r['original_size_bytes']:,} B)" if r.get("original_size_bytes") else ""
-    print(f"  size {r['size_bytes']:,} B{orig}   export {r['seconds']:.1f} s   verify {r['verify_seconds']:.1f} s")
-    print(f"verified in {r['runtime']} against PyTorch on {r['images']} real photos + {r['random_inputs']} random input:")
-    print_check(r)
-    print(f"ops {r['format']:<7} {', '.join(f'{k} {v}' for k, v in r['op_counts'].items())}")
-    if r["original_op_counts"]:
-        print(f"ops original {', '.join(f'{k} {v}' for k, v in r['original_op_counts'].items())}  ({Path(r['original']).name})")
-    tol = r["tolerance"]
-    if r["gated"]:
-        verdict = "OK" if r["ok"] else "FAILED"
-        print(f"{verdict}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded and detections within {tol['abs']:g}")
-    else:
-        print(f"{'OK' if r['ok'] else 'FAILED'}: float16 weights, differences reported, not gated "
-              f"(the float32 gate {'would pass' if r['passes_gate'] else 'would not pass'})")
-    return 0 if r["ok"] else 1
 
 
 def add_parser(sub: Any, fmt: Any) -> None:

@@ -5,13 +5,6 @@ The walk is done by the extractor registered for the model's family (:data:`EXTR
 other graph of known ops, run by GraphNet); :func:`load_tflite` builds the module and checks every
 shape; :func:`convert` saves, reads back, verifies and only then writes the output.
 
-Weights are not taken in file order. The walk starts at the graph's input and follows tensors:
-the stem ``CONV_2D``, then each BlazeBlock as the op pattern ``DEPTHWISE_CONV_2D -> CONV_2D ->
-ADD(shortcut) -> RELU`` whose shortcut is the block input, possibly through ``MAX_POOL_2D`` and a
-channel ``PAD``; then the heads, found backwards from the output ``CONCATENATION``s through their
-``RESHAPE``s. That walk yields both the architecture (a :class:`BlazeFaceConfig`) and, for every
-parameter of the module, the TFLite tensor that fills it. Each shape is checked before loading.
-
 Verification runs the original file in LiteRT and the converted module on real photos and a
 random input, and reports the worst absolute difference per output.
 """
