@@ -148,7 +148,7 @@ _BOXES_FORMAT = "{file: {width, height, boxes_xywh: [[left, top, w, h], ...]}}"
 
 
 class _HugeInteger:
-    """A JSON integer too long to be a pixel count, kept as a placeholder so the check that finds it can
+    """A JSON integer too long to be a pixel count, kept as a stand-in so the check that finds it can
     name its entry and box (``int()`` itself refuses over 4300 digits, with no hint of where)."""
 
     def __init__(self, digits: int) -> None:
