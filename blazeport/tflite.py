@@ -83,6 +83,8 @@ class TFLiteModel:
     inputs: list[int]
     outputs: list[int]
     folded: dict[str, int] = field(default_factory=dict)  # op type -> how many were folded
+    # the checked bytes: give LiteRT these (model_content), not the path, which may have changed since
+    content: bytes = field(default=b"", repr=False)
 
     def tensor(self, index: int) -> Tensor:
         return self.tensors[index]
@@ -406,4 +408,4 @@ def _parse(path: Path, buf: bytes) -> TFLiteModel:
         else:
             ops.append(op)
     description = model.Description().decode(errors="replace") if model.Description() else ""
-    return TFLiteModel(path, description, tensors, ops, inputs, outputs, folded)
+    return TFLiteModel(path, description, tensors, ops, inputs, outputs, folded, bytes(buf))

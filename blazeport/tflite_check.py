@@ -9,6 +9,8 @@ crashed on, each traced to the field it trusted:
 - an activation declared with a huge dimension (one flipped byte of a shape): XNNPACK defines its
   tensors with the declared shapes, so the process allocated gigabytes and was killed by the
   kernel (SIGKILL) or paged for minutes (hang);
+- a ``DEPTHWISE_CONV_2D`` whose input list lost its bias: the kernel reads the third input
+  regardless, past the end of the list (SIGSEGV, with and without XNNPACK);
 - an op input that is neither a constant nor written by an earlier op (a weight buffer whose
   length byte was flipped to 0): ``RuntimeError: Input tensor N lacks data`` at invoke.
 
@@ -38,10 +40,12 @@ DTYPES: dict[int, Any] = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8
                           9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
 ITEMSIZE = {code: np.dtype(dtype).itemsize for code, dtype in DTYPES.items()}
 
-# op -> (min inputs, max inputs, positions that may be -1, outputs)
+# op -> (min inputs, max inputs, positions that may be -1, outputs). Convs take exactly three:
+# LiteRT's DEPTHWISE_CONV_2D reads input 2 even when the list holds two (SIGSEGV, fuzz seed 8545);
+# a bias of -1 it refuses cleanly.
 ARITY: dict[str, tuple[int, int, frozenset[int], int]] = {
-    "CONV_2D": (2, 3, frozenset({2}), 1),
-    "DEPTHWISE_CONV_2D": (2, 3, frozenset({2}), 1),
+    "CONV_2D": (3, 3, frozenset({2}), 1),
+    "DEPTHWISE_CONV_2D": (3, 3, frozenset({2}), 1),
     "MAX_POOL_2D": (1, 1, frozenset(), 1),
     "AVERAGE_POOL_2D": (1, 1, frozenset(), 1),
     "ADD": (2, 2, frozenset(), 1),
@@ -54,6 +58,7 @@ ARITY: dict[str, tuple[int, int, frozenset[int], int]] = {
     "RESIZE_BILINEAR": (2, 2, frozenset(), 1),
     "RESIZE_NEAREST_NEIGHBOR": (2, 2, frozenset(), 1),
     "DEPTH_TO_SPACE": (1, 1, frozenset(), 1),
+    "TRANSPOSE": (2, 2, frozenset(), 1),
     "DEQUANTIZE": (1, 1, frozenset(), 1),
     "DENSIFY": (1, 1, frozenset(), 1),
 }
@@ -65,7 +70,7 @@ for _op in UNARY:
 # ops whose output has its (first) input's type
 SAME_TYPE = (UNARY - {"QUANTIZE", "DEQUANTIZE", "CAST"}) | {
     "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD", "SUB", "MUL", "PAD", "PADV2",
-    "RESHAPE", "CONCATENATION", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE"}
+    "RESHAPE", "CONCATENATION", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "TRANSPOSE"}
 # op -> the BuiltinOptions union member its kernel reads (schema.fbs); True: it needs them (a
 # missing table means stride 0, filter 0, block size 0), False: TFLite's defaults are valid
 OPTIONS: dict[str, tuple[int, bool]] = {
@@ -231,6 +236,8 @@ def _check_op(op: Any, tensors: list[Any]) -> None:
 def _infer_shape(op: Any, ins: list[Any], declared: tuple[int, ...], where: str) -> tuple[int, ...] | None:
     """The output shape TFLite's kernel computes, or None for ops not modelled here."""
     kind, opts = op.type, op.options
+    if kind not in ARITY:  # input 0 of these is required, so ins[0] is a tensor
+        return None
     x = tuple(ins[0].shape)
     if kind in UNARY:
         return x
@@ -287,6 +294,13 @@ def _infer_shape(op: Any, ins: list[Any], declared: tuple[int, ...], where: str)
         if len(x) != 4 or size.shape != (2,) or np.any(size < 1):
             raise DamagedModel(f"{where} resizes shape {x} to {size.tolist()}")
         return (x[0], int(size[0]), int(size[1]), x[3])
+    if kind == "TRANSPOSE":
+        perm = ins[1].data
+        if perm is None:
+            return None
+        if sorted(perm.reshape(-1).tolist()) != list(range(len(x))):
+            raise DamagedModel(f"{where} permutes shape {x} by {perm.tolist()}")
+        return tuple(x[int(p)] for p in perm.reshape(-1))
     if kind == "DEPTH_TO_SPACE":
         b = opts.get("block_size", 0)
         if len(x) != 4 or b < 1 or x[3] % (b * b):

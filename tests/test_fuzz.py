@@ -31,6 +31,9 @@ CRASHES = {
     "huge-batch": (
         "short_range", {224514: (0, 4)}, r"tensor 77 \('depthwise_conv2d_7'\) has shape \(262145, 16, 16, 56\)",
         "hang: LiteRT paged through a 262145-image batch"),
+    "depthwise-without-bias": (
+        "short_range", {211776: (3, 2)}, r"op 33 \(DEPTHWISE_CONV_2D\) has 2 inputs and 1 outputs",
+        "SIGSEGV in LiteRT's depthwise kernel, which reads a third input past the end of the list"),
     "weight-buffer-emptied": (
         "short_range", {199520: (118, 126)}, r"op 13 \(DEQUANTIZE\) reads tensor 14 .* neither a constant",
         "RuntimeError: Input tensor 14 lacks data, from LiteRT's invoke"),

@@ -432,3 +432,8 @@ def test_fetch_weights_check_catches_a_changed_or_missing_file(tmp_path: Path) -
     assert any("face_detection_back.tflite" in p and "sha256" in p for p in problems)
     assert any("face_detection_front.tflite: missing" in p for p in problems)
     assert fetch_weights.main(["--check", "--dest", str(tmp_path)]) == 1
+
+
+def test_model_keeps_the_checked_bytes() -> None:
+    """``content`` is what the checks passed, for LiteRT's ``model_content`` (no second read of the path)."""
+    assert read_tflite(SHORT_RANGE_TFLITE).content == SHORT_RANGE_TFLITE.read_bytes()
