@@ -233,6 +233,42 @@ def _check_op(op: Any, tensors: list[Any]) -> None:
         raise DamagedModel(f"{where} computes shape {tuple(expected)} but its output {out.name!r} is declared {tuple(out.shape)}")
 
 
+def _window_op_shape(kind: str, opts: dict[str, Any], x: tuple[int, ...], ins: list[Any], where: str) -> tuple[int, ...]:
+    """Output shape of a conv or pool over NHWC ``x``, checking kernel, bias and window as LiteRT's kernels assume."""
+    if len(x) != 4 or min(x) < 1:
+        raise DamagedModel(f"{where} reads shape {x}, not a non-empty NHWC tensor")
+    if kind.endswith("POOL_2D"):
+        (kh, kw), channels, dil = opts["filter"], x[3], (1, 1)
+    else:
+        w = ins[1].shape
+        if len(w) != 4 or w[3] < 1:
+            raise DamagedModel(f"{where} has a kernel of shape {tuple(w)}")
+        kh, kw, channels, dil = w[1], w[2], w[0] if kind == "CONV_2D" else w[3], opts["dilation"]
+        if kind == "CONV_2D" and (x[3] % w[3] or w[0] % (x[3] // w[3])):
+            raise DamagedModel(f"{where}: kernel {tuple(w)} does not fit {x[3]} input channels")
+        if kind == "DEPTHWISE_CONV_2D" and (w[0] != 1 or w[3] != x[3] * opts.get("depth_multiplier", 0)):
+            raise DamagedModel(f"{where}: kernel {tuple(w)} and depth multiplier {opts.get('depth_multiplier')} "
+                               f"do not fit {x[3]} input channels")
+        if ins[2:] and ins[2] is not None and tuple(ins[2].shape) != (channels,):
+            raise DamagedModel(f"{where} has a bias of shape {tuple(ins[2].shape)} for {channels} channels")
+    windows = zip(x[1:3], (kh, kw), opts["stride"], dil, strict=True)
+    hw = [_window(size, k, s, d, opts["padding"]) for size, k, s, d in windows]
+    if min(hw) < 1:
+        raise DamagedModel(f"{where}: a {kh}x{kw} window does not fit a {x[1]}x{x[2]} input")
+    return (x[0], *hw, channels)
+
+
+def _concat_shape(opts: dict[str, Any], x: tuple[int, ...], ins: list[Any], where: str) -> tuple[int, ...]:
+    """Output shape of a CONCATENATION: same rank, equal shapes but on the axis."""
+    axis = opts.get("axis", 0)
+    if not -len(x) <= axis < len(x) or any(len(t.shape) != len(x) for t in ins):
+        raise DamagedModel(f"{where} joins shapes {[tuple(t.shape) for t in ins]} on axis {axis}")
+    axis %= len(x)
+    if any(tuple(t.shape[:axis]) + tuple(t.shape[axis + 1:]) != x[:axis] + x[axis + 1:] for t in ins):
+        raise DamagedModel(f"{where} joins shapes {[tuple(t.shape) for t in ins]} on axis {axis}")
+    return (*x[:axis], sum(t.shape[axis] for t in ins), *x[axis + 1:])
+
+
 def _infer_shape(op: Any, ins: list[Any], declared: tuple[int, ...], where: str) -> tuple[int, ...] | None:
     """The output shape TFLite's kernel computes, or None for ops not modelled here."""
     kind, opts = op.type, op.options
@@ -242,27 +278,7 @@ def _infer_shape(op: Any, ins: list[Any], declared: tuple[int, ...], where: str)
     if kind in UNARY:
         return x
     if kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        if len(x) != 4 or min(x) < 1:
-            raise DamagedModel(f"{where} reads shape {x}, not a non-empty NHWC tensor")
-        if kind.endswith("POOL_2D"):
-            (kh, kw), channels, dil = opts["filter"], x[3], (1, 1)
-        else:
-            w = ins[1].shape
-            if len(w) != 4 or w[3] < 1:
-                raise DamagedModel(f"{where} has a kernel of shape {tuple(w)}")
-            kh, kw, channels, dil = w[1], w[2], w[0] if kind == "CONV_2D" else w[3], opts["dilation"]
-            if kind == "CONV_2D" and (x[3] % w[3] or w[0] % (x[3] // w[3])):
-                raise DamagedModel(f"{where}: kernel {tuple(w)} does not fit {x[3]} input channels")
-            if kind == "DEPTHWISE_CONV_2D" and (w[0] != 1 or w[3] != x[3] * opts.get("depth_multiplier", 0)):
-                raise DamagedModel(f"{where}: kernel {tuple(w)} and depth multiplier {opts.get('depth_multiplier')} "
-                                   f"do not fit {x[3]} input channels")
-            if ins[2:] and ins[2] is not None and tuple(ins[2].shape) != (channels,):
-                raise DamagedModel(f"{where} has a bias of shape {tuple(ins[2].shape)} for {channels} channels")
-        windows = zip(x[1:3], (kh, kw), opts["stride"], dil, strict=True)
-        hw = [_window(size, k, s, d, opts["padding"]) for size, k, s, d in windows]
-        if min(hw) < 1:
-            raise DamagedModel(f"{where}: a {kh}x{kw} window does not fit a {x[1]}x{x[2]} input")
-        return (x[0], *hw, channels)
+        return _window_op_shape(kind, opts, x, ins, where)
     if kind in ("ADD", "SUB", "MUL"):
         try:
             return tuple(np.broadcast_shapes(x, tuple(ins[1].shape)))
@@ -280,13 +296,7 @@ def _infer_shape(op: Any, ins: list[Any], declared: tuple[int, ...], where: str)
             raise DamagedModel(f"{where} reshapes shape {x} into {declared}")
         return declared
     if kind == "CONCATENATION":
-        axis = opts.get("axis", 0)
-        if not -len(x) <= axis < len(x) or any(len(t.shape) != len(x) for t in ins):
-            raise DamagedModel(f"{where} joins shapes {[tuple(t.shape) for t in ins]} on axis {axis}")
-        axis %= len(x)
-        if any(tuple(t.shape[:axis]) + tuple(t.shape[axis + 1:]) != x[:axis] + x[axis + 1:] for t in ins):
-            raise DamagedModel(f"{where} joins shapes {[tuple(t.shape) for t in ins]} on axis {axis}")
-        return (*x[:axis], sum(t.shape[axis] for t in ins), *x[axis + 1:])
+        return _concat_shape(opts, x, ins, where)
     if kind in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
         size = ins[1].data
         if size is None:
