@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 MAX_RANK = 6  # TFLite kernels stop at 5-6 dimensions
-MAX_ELEMENTS = 1 << 26  # per tensor: 256 MiB of float32, ~40x the largest BlazeFace activation
-MAX_TOTAL_ELEMENTS = 1 << 28  # all tensors together
+MAX_ELEMENTS = 1 << 24  # per tensor: 64 MiB of float32, 40x the largest activation of the bundled models
+MAX_TOTAL_ELEMENTS = 1 << 27  # all tensors together: 7x the back model's 18M
 
 # TFLite TensorType (schema.fbs) -> numpy dtype; other types (STRING, RESOURCE, INT4...) are refused
 DTYPES: dict[int, Any] = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
@@ -133,12 +133,13 @@ def check_quantization(index: int, name: str, shape: tuple[int, ...], scale: np.
 
 
 def sparse_levels(order: list[int], block_map: list[int], levels: list[dict[str, Any]],
-                  dense_shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
+                  dense_shape: tuple[int, ...], n_values: int) -> tuple[list[int], list[int]]:
     """Check sparse metadata against the dense shape; return each level's size and the block sizes.
 
     ``levels`` holds ``{"dense": size}`` or ``{"segments": array, "indices": array}`` per level.
     TFLite's ``FormatConverter`` (and XNNPACK's static unpacking) write where these point, so
-    every size, segment and index must agree with the dense shape.
+    every size, segment and index must agree with the dense shape, and the leaves they reach
+    must be the ``n_values`` stored (counted here, before anything is expanded).
     """
     rank, n = len(dense_shape), len(levels)
     if len(order) != n or n < rank or sorted(order[:rank]) != list(range(rank)) or order[rank:] != list(range(rank, n)):
@@ -167,6 +168,8 @@ def sparse_levels(order: list[int], block_map: list[int], levels: list[dict[str,
                 or (len(idx) and (idx.min() < 0 or idx.max() >= size))):
             raise DamagedModel(f"sparse level {i}: segments or indices do not fit {positions} rows of size {size}")
         positions = len(idx)
+    if positions != n_values:
+        raise DamagedModel(f"sparse tensor holds {n_values} values but its index lists {positions}")
     return sizes, blocks
 
 

@@ -50,7 +50,7 @@ def densify(values: np.ndarray, dense_shape: tuple[int, ...], sparsity: Any) -> 
             levels.append({"segments": _sparse_index_vector(dim, "segments"), "indices": _sparse_index_vector(dim, "indices")})
         else:
             raise DamagedModel(f"sparse level {level} has format {dim.Format()}")
-    sizes, block_sizes = sparse_levels(order, block_map, levels, dense_shape)
+    sizes, block_sizes = sparse_levels(order, block_map, levels, dense_shape, len(values))
     pos = np.zeros(1, dtype=np.int64)  # index into the current level's storage
     coords: list[np.ndarray] = []
     for level, size in zip(levels, sizes, strict=True):
@@ -66,8 +66,6 @@ def densify(values: np.ndarray, dense_shape: tuple[int, ...], sparsity: Any) -> 
             pos = starts + offsets
             coords = [np.repeat(c, counts) for c in coords]
             coords.append(indices[pos])
-    if len(values) != len(pos):
-        raise DamagedModel(f"sparse tensor holds {len(values)} values but its index lists {len(pos)}")
     # coords[i] is the index along traversal dimension i; map back to the dense layout
     orig = [np.zeros_like(pos) for _ in range(rank)]
     for i in range(rank):

@@ -22,9 +22,14 @@ from tests.conftest import ROOT, WEIGHTS
 
 # (model, {offset: (original byte, mutant byte)}, what the refusal says, what happened before)
 CRASHES = {
+    # fuzz seed 757; refused by the size limit (22M elements) before the shape check below sees it
     "dequantize-output-larger-than-weights": (
-        "short_range", {218354: (0, 38)}, r"op 138 \(DEQUANTIZE\) computes shape \(1, 3, 3, 96\)",
+        "short_range", {218354: (0, 38)}, r"tensor 186 .* has shape \(1, 3, 3, 2490464\)",
         "SIGSEGV: XNNPACK unpacked the float16 kernel into the output's declared (1, 3, 3, 2490464)"),
+    "dequantize-output-larger-within-limits": (
+        "short_range", {218354: (0, 16)}, r"op 138 \(DEQUANTIZE\) computes shape \(1, 3, 3, 96\) but its output .* "
+        r"is declared \(1, 3, 3, 1048672\)",
+        "SIGSEGV, as above, with a 9.4M-element output that the size limit lets through"),
     "huge-activation-shape": (
         "short_range", {222626: (0, 64)}, r"tensor 110 \('conv2d_11'\) has shape \(1, 4194320, 16, 88\)",
         "SIGKILL: XNNPACK allocated the declared 5.9e9-element activation"),

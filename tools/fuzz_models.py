@@ -257,15 +257,17 @@ def fuzz_model(name: str, count: int, seed: int = 0, jobs: int = 1, timeout: flo
     messages: dict[str, dict[str, Any]] = {}
     problems: list[dict[str, Any]] = []
     failed_gate: list[int] = []  # seeds, to look at what the gate caught
+    peak: list[tuple[int, int]] = []  # (child's max resident MiB, seed)
     running: dict[int, _Running] = {}
     seeds = iter(range(seed, seed + count))
     t0 = time.perf_counter()
     bar = tqdm(total=count, desc=name, unit="mutant", disable=not progress, file=sys.stderr)
 
-    def finish(fd: int, status: int | None) -> None:
+    def finish(fd: int, status: int | None, rss_mb: float) -> None:
         run = running.pop(fd)
         os.close(fd)
         result = _classify(run, status)
+        peak.append((round(rss_mb), run.seed))
         counts[result["outcome"]] += 1
         for stage, outcome in result["stages"].items():
             per = stage_counts.setdefault(stage, dict.fromkeys(OUTCOMES, 0))
@@ -305,12 +307,12 @@ def fuzz_model(name: str, count: int, seed: int = 0, jobs: int = 1, timeout: flo
                 if chunk:
                     running[fd].out += chunk
                 else:  # EOF: the child exited (or closed the pipe while dying)
-                    finish(fd, os.waitpid(running[fd].pid, 0)[1])
+                    _, status, usage = os.wait4(running[fd].pid, 0)
+                    finish(fd, status, usage.ru_maxrss / 1024)
             for fd, run in list(running.items()):
                 if time.monotonic() - run.started > timeout:
                     os.kill(run.pid, signal.SIGKILL)
-                    os.waitpid(run.pid, 0)
-                    finish(fd, None)
+                    finish(fd, None, os.wait4(run.pid, 0)[2].ru_maxrss / 1024)
     finally:
         for fd, run in list(running.items()):  # interrupted: leave no child behind
             os.kill(run.pid, signal.SIGKILL)
@@ -322,7 +324,7 @@ def fuzz_model(name: str, count: int, seed: int = 0, jobs: int = 1, timeout: flo
     return {"model": name, "file": MODELS[name], "mutants": count, "first_seed": seed, "counts": counts,
             "stages": stage_counts, "seconds": round(wall, 1), "seconds_per_mutant": round(wall / max(count, 1), 3),
             "jobs": jobs, "rejected_messages": dict(sorted(messages.items(), key=lambda kv: -kv[1]["count"])),
-            "failed_gate_seeds": failed_gate, "problems": problems}
+            "failed_gate_seeds": failed_gate, "max_rss_mb": sorted(peak, reverse=True)[:5], "problems": problems}
 
 
 def main(argv: list[str] | None = None) -> int:
