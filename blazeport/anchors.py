@@ -27,31 +27,47 @@ def _scale(min_scale: float, max_scale: float, index: int, num_strides: int) -> 
     return min_scale + (max_scale - min_scale) * index / (num_strides - 1.0)
 
 
-def generate_anchors(opts: AnchorOptions) -> np.ndarray:
-    """Return the ``(N, 4)`` anchor table for ``opts``."""
+def _layer_groups(opts: AnchorOptions) -> list[tuple[int, list[tuple[float, float]]]]:
+    """(stride, [(aspect ratio, scale) per anchor of a cell]) for each run of equal strides.
+
+    MediaPipe's ``SsdAnchorsCalculator`` merges consecutive layers of one stride into one
+    feature map whose cells carry every merged layer's anchors.
+    """
     strides = opts.strides
     if len(strides) != opts.num_layers:
         raise ValueError(f"num_layers={opts.num_layers} but {len(strides)} strides given")
-    rows: list[np.ndarray] = []
+    groups = []
     layer = 0
     while layer < opts.num_layers:
-        heights: list[float] = []
-        widths: list[float] = []
+        pairs: list[tuple[float, float]] = []
         last = layer
         while last < len(strides) and strides[last] == strides[layer]:
             scale = _scale(opts.min_scale, opts.max_scale, last, len(strides))
             if last == 0 and opts.reduce_boxes_in_lowest_layer:
-                pairs = [(1.0, 0.1), (2.0, scale), (0.5, scale)]
+                pairs += [(1.0, 0.1), (2.0, scale), (0.5, scale)]
             else:
-                pairs = [(ar, scale) for ar in opts.aspect_ratios]
+                pairs += [(ar, scale) for ar in opts.aspect_ratios]
                 if opts.interpolated_scale_aspect_ratio > 0.0:
                     nxt = 1.0 if last == len(strides) - 1 else _scale(opts.min_scale, opts.max_scale, last + 1, len(strides))
                     pairs.append((opts.interpolated_scale_aspect_ratio, math.sqrt(scale * nxt)))
-            for ratio, s in pairs:
-                heights.append(s / math.sqrt(ratio))
-                widths.append(s * math.sqrt(ratio))
             last += 1
-        stride = strides[layer]
+        groups.append((strides[layer], pairs))
+        layer = last
+    return groups
+
+
+def head_layout(opts: AnchorOptions) -> list[tuple[int, int]]:
+    """(stride, anchors per cell) of each head level, in anchor order: what a student's SSD head
+    must produce to own the same anchor rows (short range: ``[(8, 2), (16, 6)]``)."""
+    return [(stride, len(pairs)) for stride, pairs in _layer_groups(opts)]
+
+
+def generate_anchors(opts: AnchorOptions) -> np.ndarray:
+    """Return the ``(N, 4)`` anchor table for ``opts``."""
+    rows: list[np.ndarray] = []
+    for stride, pairs in _layer_groups(opts):
+        heights = [s / math.sqrt(ratio) for ratio, s in pairs]
+        widths = [s * math.sqrt(ratio) for ratio, s in pairs]
         fm = math.ceil(opts.input_size / stride)
         ys, xs = np.meshgrid(np.arange(fm), np.arange(fm), indexing="ij")
         n = len(heights)
@@ -64,7 +80,6 @@ def generate_anchors(opts: AnchorOptions) -> np.ndarray:
             w = np.tile(np.asarray(widths), fm * fm)
             h = np.tile(np.asarray(heights), fm * fm)
         rows.append(np.stack([xc, yc, w, h], axis=1))
-        layer = last
     return np.concatenate(rows).astype(np.float32)
 
 

@@ -110,8 +110,8 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
     family = meta.get("family", "blazeface")
     try:
         module = from_config(family, meta["config"])
-    except BlazeportError as exc:
-        raise BlazeportError(f"{path}: {exc}. {fix}") from None
+    except BlazeportError as exc:  # a student's own backbone names its fix (an import path that moved)
+        raise BlazeportError(f"{path}: {exc}" + ("" if family == "student" else f". {fix}")) from None
     except Exception as exc:  # a config is user data: any way it fails to build is the same problem
         raise BlazeportError(f"{path}: its config metadata does not describe a {family} model "
                              f"({type(exc).__name__}: {exc}). {fix}") from None

@@ -25,7 +25,7 @@ from blazeport.distill.loss_terms import ELEMENTARY, TERMS, LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.distill.trainer import NonFiniteLoss, TrainConfig, train
 from blazeport.errors import BlazeportError
-from blazeport.models import STUDENTS, build_student
+from blazeport.models import REGISTERED, build_student
 from blazeport.models.resnet import fold_batchnorm
 from blazeport.specs import get_spec
 
@@ -50,9 +50,9 @@ def tiny_images(tmp_path_factory, shared_data: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", sorted(STUDENTS))
+@pytest.mark.parametrize("name", sorted(REGISTERED))
 def test_students_meet_the_head_contract_and_fold_batchnorm(name: str) -> None:
-    student = build_student(name).eval()
+    student = build_student(name, SPEC).eval()
     for m in student.modules():  # non-trivial BN statistics, so folding has something to do
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -124,7 +124,7 @@ def test_hard_pseudo_labels_come_from_teacher_detections(teacher, astronaut) -> 
 
 
 def test_mgd_needs_and_uses_feature_maps(teacher) -> None:
-    student = build_student("resnet_slim")
+    student = build_student("resnet_slim", SPEC)
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     t_feats = teacher.features(x)
     s_feats = student.features(x)

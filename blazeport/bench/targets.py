@@ -11,6 +11,7 @@ MediaPipe pipeline that runs an original is its ``mediapipe_model_selection``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,16 +108,15 @@ def untrained_student(architecture: str, teacher: ModelSpec, cache: Path) -> Pat
     weights do not matter). Its spec is :func:`~blazeport.specs.student_spec` of the teacher."""
     import torch
 
-    from blazeport.models import STUDENTS, build_student
+    from blazeport.models import architecture_name, build_student
 
-    if STUDENTS[architecture].input_size != teacher.input_size:
-        raise BlazeportError(f"student {architecture} takes {STUDENTS[architecture].input_size}px, teacher "
-                             f"{teacher.name} {teacher.input_size}px: pass --spec with a teacher of the student's input size")
-    name = f"{teacher.name}_{architecture}_untrained"
+    short = architecture_name(architecture)
+    tag = "" if short == architecture else "_" + hashlib.sha1(architecture.encode()).hexdigest()[:8]  # options differ
+    name = f"{teacher.name}_{short}{tag}_untrained"
     out = cache / f"{name}.safetensors"
     if not out.is_file():
         torch.manual_seed(0)
-        module = build_student(architecture).eval()
+        module = build_student(architecture, teacher).eval()
         spec = student_spec(teacher, architecture, module.family, name=name,
                             description=f"untrained {architecture} student of {teacher.name} (benchmark only)")
         save_safetensors(module, spec, out, extra={"untrained": "true"})
@@ -126,9 +126,10 @@ def untrained_student(architecture: str, teacher: ModelSpec, cache: Path) -> Pat
 def _is_student(arg: str, has_torch: bool) -> bool:
     if not has_torch or arg in SPECS:
         return False
-    from blazeport.models import STUDENTS
+    from blazeport.models import REGISTERED
 
-    return arg in STUDENTS
+    head = arg.split(",")[0]
+    return head in REGISTERED or ":" in head  # timm:NAME or package.module:factory
 
 
 def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, notes: list[str]) -> _Model:

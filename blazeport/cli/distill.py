@@ -16,7 +16,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         teacher=args.teacher, student=args.student, images=args.images, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, loss=args.loss, temperature=args.temperature, alpha=args.alpha,
-        seed=args.seed, val_fraction=args.val_fraction, limit=args.limit, resume=args.resume, device=args.device,
+        seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        limit=args.limit, resume=args.resume, device=args.device,
         amp=not args.no_amp, threads=args.threads, progress=not args.json,
     )
     summary = train(cfg)
@@ -28,8 +29,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         best = summary["best"]
         print(f"student {summary['student']} ({summary['params']:,} params, {summary['macs'] / 1e6:.1f} MMACs) <- "
               f"teacher {summary['teacher']}, loss {summary['loss']}")
-        print(f"best epoch {summary['best_epoch']}: held-out AP50 vs teacher {best['val_AP50']:.3f}, AP {best['val_AP']:.3f}, "
-              f"score MAE {best['val_mae_scores']:.4f}")
+        print(f"best epoch {summary['best_epoch']} (chosen on validation): AP50 vs teacher {best['val_AP50']:.3f}, "
+              f"AP {best['val_AP']:.3f}, score MAE {best['val_mae_scores']:.4f}")
+        test = summary["test"]
+        print(f"test ({summary['images']['test']} images, never chose anything): AP50 vs teacher {test['test_AP50']:.3f}, "
+              f"AP {test['test_AP']:.3f}, score MAE {test['test_mae_scores']:.4f}" if test else
+              "test: none (--test-fraction left no test images)")
         print(f"weights: {Path(args.out) / 'student.safetensors'}   curves: {Path(args.out) / 'curves.png'}   "
               f"tensorboard --logdir {Path(args.out) / 'tensorboard'}")
     return 0
@@ -43,7 +48,11 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        "TensorBoard logs, curves.png, metrics.json, summary.json and student.safetensors to --out.",
                        formatter_class=fmt)
     p.add_argument("--teacher", default="short_range", help="converted original to distill (default: short_range)")
-    p.add_argument("--student", default="resnet", help="student architecture (see `blazeport models`; default: resnet)")
+    p.add_argument("--student", default="resnet",
+                   help="student: a registered name (resnet, resnet_slim, resnet_large, mobilenet, mobilenet_slim, "
+                   "mobilenet_large; see `blazeport models`), timm:NAME[,key=value...] (needs timm), or your own "
+                   "package.module:factory[,key=value...] returning a backbone (a list of feature maps) or a full "
+                   "detector (default: resnet)")
     p.add_argument("--images", nargs="+", required=True, help="folders (searched recursively) or files of unlabeled photos")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=int, default=30)
@@ -55,7 +64,10 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--temperature", type=float, default=2.0, help="KD temperature T (default 2)")
     p.add_argument("--alpha", type=float, default=0.6, help="recipe's KL share against the score loss (default 0.6)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of the images (by file-name hash)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share of the images (by file-name hash; chooses best.pt; default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="test share (by file-name hash; never chooses anything, measured once at the end; default 0.1)")
     p.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")

@@ -8,11 +8,11 @@ from typing import Any
 from blazeport.cli.common import print_json
 from blazeport.counting import count_macs, count_params
 from blazeport.loader import open_module
-from blazeport.specs import SPECS, WEIGHTS_DIR
+from blazeport.specs import SPECS, WEIGHTS_DIR, get_spec
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from blazeport.models import STUDENTS, build_student  # imports torch: only for this command
+    from blazeport.models import REGISTERED, build_student  # imports torch: only for this command
 
     rows = []
     for spec in SPECS.values():
@@ -20,17 +20,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         if weights.is_file() or spec.tflite:  # the original is converted on load when not converted yet
             module = open_module(weights if weights.is_file() else WEIGHTS_DIR / spec.tflite, spec)[0]
         else:
-            module = build_student(spec.architecture)
+            module = build_student(spec.architecture, get_spec(spec.teacher))
         rows.append({
             "name": spec.name, "kind": "spec", "aliases": list(spec.aliases), "input": spec.input_size,
             "anchors": spec.num_anchors, "params": count_params(module), "macs": count_macs(module, spec.input_size),
             "family": spec.family, "score_threshold": spec.score_threshold, "source": spec.tflite, "sha256": spec.sha256,
             "teacher": spec.teacher, "converted": weights.is_file(), "description": spec.description,
         })
-    for name, cfg in STUDENTS.items():
-        module = build_student(name)
-        rows.append({"name": name, "kind": "student", "input": cfg.input_size, "params": count_params(module),
-                     "macs": count_macs(module, cfg.input_size), "family": module.family,
+    teacher = get_spec(args.teacher)
+    for name, (family, _) in REGISTERED.items():
+        module = build_student(name, teacher)
+        rows.append({"name": name, "kind": "student", "input": teacher.input_size, "teacher": teacher.name,
+                     "params": count_params(module), "macs": count_macs(module, teacher.input_size),
+                     "family": f"{family} ({module.family})" if module.family != family else family,
                      "description": "student architecture for `blazeport distill --student`"})
     if args.json:
         print_json(rows)
@@ -41,7 +43,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             source = f"{r['source']}  sha256 {r['sha256'][:12]}…" if r["source"] else "distilled (blazeport distill)"
             print(f"{r['name']:<26}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
                   f"{r['family']:<10}{'yes' if r['converted'] else 'no':<9}{source}")
-    print("\nstudent architectures (blazeport distill --student NAME):")
+    print(f"\nstudent architectures for teacher {teacher.name} (blazeport distill --student NAME; also timm:NAME and "
+          "package.module:factory):")
     for r in rows:
         if r["kind"] == "student":
             print(f"{r['name']:<26}{r['input']:>6}{'':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  {r['family']}")
@@ -51,5 +54,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def add_parser(sub: Any, fmt: Any) -> None:
     """The ``models`` subcommand's arguments."""
     p = sub.add_parser("models", help="list the model specs", description="List known model specs.", formatter_class=fmt)
+    p.add_argument("--teacher", default="short_range", help="size the student architectures for this teacher's head "
+                   "(default: short_range)")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_models)

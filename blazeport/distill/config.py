@@ -17,7 +17,6 @@ import torch
 
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.errors import BlazeportError
-from blazeport.models import STUDENTS
 from blazeport.specs import get_spec
 
 
@@ -37,6 +36,7 @@ class TrainConfig:
     alpha: float = 0.6
     seed: int = 0
     val_fraction: float = 0.1
+    test_fraction: float = 0.1  # never chooses anything: the run's honest figures
     limit: int | None = None  # use at most this many images (tests, smoke runs)
     resume: bool = False
     device: str = "auto"
@@ -51,9 +51,9 @@ class TrainConfig:
         if not self.images:
             raise BlazeportError("--images: give at least one folder or file of photos")
         self._check_numbers(world)
-        self._check_models()
         LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature)
         self._check_device()
+        self._check_models()
         self._check_out()
 
     def _check_numbers(self, world: int) -> None:
@@ -65,6 +65,10 @@ class TrainConfig:
         _real("warmup_epochs", self.warmup_epochs, 0.0, math.inf, False, True)
         _real("--val-fraction", self.val_fraction, 0.0, 1.0, True, True,
               ": the held-out images choose best.pt, so neither the validation nor the training split may be empty")
+        _real("--test-fraction", self.test_fraction, 0.0, 1.0, False, True)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise BlazeportError(f"--val-fraction {self.val_fraction} + --test-fraction {self.test_fraction} leave no images "
+                                 "to train on; their sum must be below 1")
         _real("--temperature", self.temperature, 0.0, math.inf, True, True)
         _real("--alpha", self.alpha, 0.0, 1.0, False, False)
         _whole("--seed", self.seed, 0)
@@ -76,15 +80,20 @@ class TrainConfig:
             _whole("--threads", self.threads, 1)
 
     def _check_models(self) -> None:
-        if self.student not in STUDENTS:
-            raise BlazeportError(f"unknown student {self.student!r}; known: {', '.join(sorted(STUDENTS))}")
+        """The teacher is a converted original; the student builds, meets its head and gives finite
+        outputs (:func:`~blazeport.models.student.build_student` names what is wrong). A user's
+        factory is imported and called here, before the teacher or any image is loaded."""
+        from blazeport.models import build_student
+
         spec = get_spec(self.teacher)  # an unknown name lists the known ones
         if spec.tflite is None:
             raise BlazeportError(f"teacher {spec.name} has no original .tflite to check it against; use a converted "
                                  "original (e.g. --teacher short_range)")
-        if STUDENTS[self.student].input_size != spec.input_size:
-            raise BlazeportError(f"student {self.student} takes {STUDENTS[self.student].input_size}px, teacher "
-                                 f"{spec.name} {spec.input_size}px: choose a teacher of the student's input size")
+        student = build_student(self.student, spec)
+        if LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature).needs_features and not (
+                callable(getattr(student, "features", None)) and hasattr(student, "head") and student.feature_channels):
+            raise BlazeportError(f"--loss {self.loss}: the feature-map term needs a student with features(x), head and "
+                                 f"feature_channels; {self.student} meets the head contract on its own. Drop the mgd term")
 
     def _check_device(self) -> None:
         if self.device == "auto":

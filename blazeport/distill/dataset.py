@@ -74,21 +74,26 @@ class ImageSet:
                                  f"(first: {skipped[0]})")
         return cls(keep, images, skipped)
 
-    def split(self, val_fraction: float) -> tuple[list[int], list[int]]:
-        """Train / validation indices, by a hash of each file name (stable as folders grow)."""
-        train, val = [], []
+    def split(self, val_fraction: float, test_fraction: float = 0.0) -> tuple[list[int], list[int], list[int]]:
+        """Train / validation / test indices, by a hash of each file name (stable as folders grow).
+
+        Validation chooses ``best.pt``; test is never used to choose anything, so its figures are
+        the honest ones. Hashes below ``val_fraction`` are validation, the next ``test_fraction``
+        test: adding a test split leaves the validation images as they were.
+        """
+        train, val, test = [], [], []
         for i, p in enumerate(self.paths):
             h = int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-            (val if h < val_fraction else train).append(i)
+            (val if h < val_fraction else test if h < val_fraction + test_fraction else train).append(i)
         if not val:
             raise BlazeportError(
                 f"none of the {len(self.paths)} images falls in the held-out {val_fraction:.0%} (the split is by a hash of "
                 "each file name); the validation images choose best.pt, so the split must not be empty: add images or "
                 "raise --val-fraction")
         if not train:
-            raise BlazeportError(f"all {len(self.paths)} images fall in the held-out {val_fraction:.0%}, none is left "
-                                 "to train on: add images or lower --val-fraction")
-        return train, val
+            raise BlazeportError(f"all {len(self.paths)} images fall in the validation and test splits, none is left "
+                                 "to train on: add images or lower --val-fraction / --test-fraction")
+        return train, val, test
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -68,7 +68,7 @@ from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
-from blazeport.models import build_student
+from blazeport.models import architecture_name, build_student
 from blazeport.specs import ModelSpec, student_spec
 from blazeport.weights import save_safetensors
 
@@ -135,16 +135,21 @@ class Data:
     train_set: DistillDataset  # augmented, seeded per (seed, epoch, index)
     val_set: DistillDataset
     val_batches: list[torch.Tensor]
+    test_set: DistillDataset  # never chooses anything; measured once, on the chosen student
+    test_batches: list[torch.Tensor]
 
     @classmethod
     def load(cls, cfg: TrainConfig, size: int, device: torch.device) -> Data:
         images = ImageSet.load(cfg.images, size, cfg.limit)
-        train_idx, val_idx = images.split(cfg.val_fraction)
+        train_idx, val_idx, test_idx = images.split(cfg.val_fraction, cfg.test_fraction)
         train_set = DistillDataset(images, train_idx, size, cfg.seed, augment=True)
         val_set = DistillDataset(images, val_idx, size, cfg.seed, augment=False)
-        val_batches = [val_set.batch(range(s, min(s + VAL_BATCH, len(val_set))), device)
-                       for s in range(0, len(val_set), VAL_BATCH)]
-        return cls(images, train_set, val_set, val_batches)
+        test_set = DistillDataset(images, test_idx, size, cfg.seed, augment=False)
+
+        def batches(ds: DistillDataset) -> list[torch.Tensor]:
+            return [ds.batch(range(s, min(s + VAL_BATCH, len(ds))), device) for s in range(0, len(ds), VAL_BATCH)]
+
+        return cls(images, train_set, val_set, batches(val_set), test_set, batches(test_set))
 
 
 class Run:
@@ -159,6 +164,7 @@ class Run:
         self.global_step, self.images_seen, self.t_start = 0, 0, time.perf_counter()
         self.logs: RunLogs | None = None
         self._build_training()
+        self._check_outputs()
 
     @classmethod
     def setup(cls, cfg: TrainConfig, world: int, rank: int, device: torch.device) -> Run:
@@ -174,7 +180,7 @@ class Run:
     def _build_training(self) -> None:
         """Student, loss module (with its trainable parts), DDP wrapper, optimizer, schedule, AMP scaler."""
         cfg, teacher, device = self.cfg, self.teacher, self.device
-        student = build_student(cfg.student)  # validate() checked the name and the input size
+        student = build_student(cfg.student, teacher.spec)  # validate() built it once already: it builds
         self.loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
         t_channels = getattr(teacher.module, "feature_channels", None) if self.loss_cfg.needs_features else None
         loss_fn = DistillLoss(self.loss_cfg, teacher.anchors, teacher.spec, student.feature_channels, t_channels)
@@ -192,6 +198,19 @@ class Run:
             cfg.epochs * self.steps_per_epoch, max(1, int(cfg.warmup_epochs * self.steps_per_epoch))))
         self.amp = cfg.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    @torch.no_grad()
+    def _check_outputs(self) -> None:
+        """The untrained student on real training photos (eval mode: nothing changes) must give finite
+        outputs; a NaN at step 0 is the backbone's own, and is refused before the run folder exists."""
+        student = self.joint.student
+        x = self.data.train_set.batch(range(min(8, len(self.data.train_set))), self.device)
+        was = student.training
+        reg, cls = student.eval()(x.contiguous(memory_format=self.joint.memory_format))
+        student.train(was)
+        if not (torch.isfinite(reg).all() and torch.isfinite(cls).all()):
+            raise BlazeportError(f"student {self.cfg.student}: its outputs are NaN or infinite on the first training photos, "
+                                 "before any step; check its forward and initialisation")
 
     def resume(self, ckpt: dict[str, Any]) -> None:
         """Continue from a checkpoint read by :func:`checkpoint_to_resume`: weights, optimizer, RNGs, history."""
@@ -284,16 +303,22 @@ class Run:
         best_path = self.out / "best.pt"
         best_state = read_checkpoint(best_path if best_path.exists() else self.out / "last.pt", self.cfg)
         self.joint.load_state_dict(best_state["model"])
-        student = self.joint.student.to("cpu").eval()
-        summary = self._summary(student)
+        student = self.joint.student
+        test = None
+        if self.data.test_batches:  # the chosen student on images that chose nothing
+            test = validate(student, self.teacher.module, self.data.test_batches, self.teacher.spec, self.teacher.anchors,
+                            prefix="test_")
+        student = student.to("cpu").eval()
+        summary = self._summary(student, test)
         spec = self.teacher.spec
-        save_safetensors(student, student_spec(spec, self.cfg.student, student.family), self.out / "student.safetensors",
+        s_spec = student_spec(spec, self.cfg.student, student.family, name=f"{spec.name}_{architecture_name(self.cfg.student)}")
+        save_safetensors(student, s_spec, self.out / "student.safetensors",
                          extra={"teacher": spec.name,
-                                "summary": json.dumps({k: summary[k] for k in ("best", "loss", "epochs")})})
+                                "summary": json.dumps({k: summary[k] for k in ("best", "test", "loss", "epochs")})})
         self.logs.finish(summary)
         return summary
 
-    def _summary(self, student: nn.Module) -> dict[str, Any]:
+    def _summary(self, student: nn.Module, test: dict[str, float] | None) -> dict[str, Any]:
         history, cfg, spec = self.history, self.cfg, self.teacher.spec
         best_record = max(history, key=lambda h: h["val_AP50"]) if history else {}
         return {
@@ -303,7 +328,8 @@ class Run:
             "params": count_params(student),
             "macs": count_macs(student, spec.input_size),
             "loss": self.loss_cfg.describe(),
-            "images": {"train": len(self.data.train_set), "val": len(self.data.val_set),
+            "test": test,  # None when --test-fraction left no test images
+            "images": {"train": len(self.data.train_set), "val": len(self.data.val_set), "test": len(self.data.test_set),
                        "skipped_unreadable": len(self.data.images.skipped)},
             "epochs": cfg.epochs,
             "best_epoch": best_record.get("epoch"),

@@ -47,9 +47,10 @@ def check_teacher(spec: ModelSpec, module: nn.Module) -> dict[str, Any]:
 
 @torch.no_grad()
 def validate(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor], spec: ModelSpec,
-             anchors: np.ndarray) -> dict[str, float]:
+             anchors: np.ndarray, prefix: str = "val_") -> dict[str, float]:
     """MAE of raw regressors and sigmoid scores against the teacher, and AP50/AP of the student's
-    detections against the teacher's (pycocotools), on the held-out images."""
+    detections against the teacher's (pycocotools), on held-out images (keys start with ``prefix``:
+    ``val_`` for the split that chooses ``best.pt``, ``test_`` for the one that never chooses)."""
     student.eval()
     reg_err, score_err, n = 0.0, 0.0, 0
     preds, refs = [], []
@@ -65,5 +66,6 @@ def validate(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor]
         preds += postprocess(s_reg.cpu().numpy(), s_cls.cpu().numpy(), anchors, spec, pads, AP_PREDICTION_THRESHOLD)
         refs += [[d.box for d in dets] for dets in postprocess(t_reg.cpu().numpy(), t_cls.cpu().numpy(), anchors, spec, pads)]
     ap = coco_ap(preds, refs, [(spec.input_size, spec.input_size)] * len(preds))
-    return {"val_mae_regressors": reg_err / n, "val_mae_scores": score_err / n, "val_AP50": ap["AP50"], "val_AP": ap["AP"],
-            "val_faces": ap["references"]}
+    found = {"mae_regressors": reg_err / n, "mae_scores": score_err / n, "AP50": ap["AP50"], "AP": ap["AP"],
+             "faces": ap["references"]}
+    return {prefix + k: v for k, v in found.items()}

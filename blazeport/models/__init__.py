@@ -1,8 +1,9 @@
-"""Networks: the BlazeFace family, the generic TFLite GraphNet, and residual students.
+"""Networks: the BlazeFace family, the generic TFLite GraphNet, and students from any backbone.
 
 Every network meets the head contract of :mod:`blazeport.models.blazeface`. A *family* names a
 (config class, module class) pair; safetensors files record the family and the config as JSON,
-so any of them is rebuilt from its weights file alone.
+so any of them is rebuilt from its weights file alone. Students: :mod:`blazeport.models.student`
+(``build_student``: registered ResNet and MobileNet variants, timm models, user modules).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from typing import Any
 from blazeport.errors import BlazeportError
 from blazeport.models.blazeface import VARIANTS, BlazeFace, BlazeFaceConfig, BlockConfig
 from blazeport.models.graph import GraphConfig, GraphNet
-from blazeport.models.resnet import STUDENTS, ResNetBlazeFace, ResNetConfig, fold_batchnorm
+from blazeport.models.resnet import ResNetBlazeFace, ResNetConfig, fold_batchnorm
+from blazeport.models.student import REGISTERED, Student, StudentConfig, architecture_name, build_student
 
-__all__ = ["FAMILIES", "STUDENTS", "VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "build_student",
-           "fold_batchnorm", "from_config"]
+__all__ = ["FAMILIES", "REGISTERED", "VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "architecture_name",
+           "build_student", "fold_batchnorm", "from_config"]
 
 FAMILIES: dict[str, tuple[Any, Any]] = {
     "blazeface": (BlazeFaceConfig, BlazeFace),
     "graph": (GraphConfig, GraphNet),
     "resnet": (ResNetConfig, ResNetBlazeFace),
+    "student": (StudentConfig, Student),
 }
 
 
@@ -31,8 +34,3 @@ def from_config(family: str, config_json: str) -> Any:
     config_cls, module_cls = FAMILIES[family]
     return module_cls(config_cls.from_json(config_json))
 
-
-def build_student(name: str) -> ResNetBlazeFace:
-    if name not in STUDENTS:
-        raise BlazeportError(f"unknown student {name!r}; known: {', '.join(sorted(STUDENTS))}")
-    return ResNetBlazeFace(STUDENTS[name])

@@ -51,9 +51,12 @@ class ResNetConfig:
 
 
 class ConvBN(nn.Sequential):
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1):
+    """Conv (no bias) + BatchNorm; :func:`fold_batchnorm` merges the pair into one conv for export."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
         # symmetric padding: a trained-from-scratch student has no TF-SAME weights to honour
-        super().__init__(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(out_ch))
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(out_ch))
 
 
 class BasicBlock(nn.Module):
@@ -69,6 +72,16 @@ class BasicBlock(nn.Module):
         return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
 
 
+def _stages(stem_channels: int, stages: tuple[StageConfig, ...]) -> nn.ModuleList:
+    """One ``nn.Sequential`` of BasicBlocks per stage; the first block of a stage takes its stride."""
+    out, ch = [], stem_channels
+    for s in stages:
+        out.append(nn.Sequential(*(BasicBlock(ch if i == 0 else s.channels, s.channels, s.stride if i == 0 else 1)
+                                   for i in range(s.blocks))))
+        ch = s.channels
+    return nn.ModuleList(out)
+
+
 class ResNetBlazeFace(nn.Module):
     """Stem (3x3, stride 2) -> residual stages -> the teacher's SSD head."""
 
@@ -78,12 +91,7 @@ class ResNetBlazeFace(nn.Module):
         super().__init__()
         self.config = config
         self.stem = ConvBN(3, config.stem_channels, 3, 2)
-        stages, ch = [], config.stem_channels
-        for s in config.stages:
-            blocks = [BasicBlock(ch if i == 0 else s.channels, s.channels, s.stride if i == 0 else 1) for i in range(s.blocks)]
-            stages.append(nn.Sequential(*blocks))
-            ch = s.channels
-        self.stages = nn.ModuleList(stages)
+        self.stages = _stages(config.stem_channels, config.stages)
         self.head = SSDHead(self.feature_channels, config.head_anchors, config.num_coords)
 
     @property
@@ -104,6 +112,41 @@ class ResNetBlazeFace(nn.Module):
         return self.head(self.features(x))
 
 
+@dataclass(frozen=True)
+class ResNetBackboneConfig:
+    """A ResNet trunk without a head, for :class:`blazeport.models.student.Student` (any teacher)."""
+
+    stem_channels: int
+    stages: tuple[StageConfig, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ResNetBackboneConfig:
+        d = json.loads(text)
+        return cls(d["stem_channels"], tuple(StageConfig(**s) for s in d["stages"]))
+
+
+class ResNetBackbone(nn.Module):
+    """Stem + residual stages; ``forward`` returns every stage's output (the backbone contract of
+    :mod:`blazeport.models.student`)."""
+
+    def __init__(self, config: ResNetBackboneConfig):
+        super().__init__()
+        self.config = config
+        self.stem = ConvBN(3, config.stem_channels, 3, 2)
+        self.stages = _stages(config.stem_channels, config.stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu(self.stem(x))  # (B, C0, S/2, S/2)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """A copy with every ConvBN's BatchNorm folded into its conv (eval-mode statistics).
 
@@ -116,7 +159,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
             if isinstance(child, ConvBN):
                 conv, bn = child[0], child[1]
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                  groups=conv.groups, bias=True)
                 with torch.no_grad():
                     fused.weight.copy_(conv.weight * scale[:, None, None, None])
                     fused.bias.copy_(bn.bias - bn.running_mean * scale)
@@ -142,4 +186,17 @@ STUDENTS: dict[str, ResNetConfig] = {
     "resnet_slim": _short_range((16, 24, 32), (1, 1, 1), 12),
     # wider and deeper: more capacity where regular convs are cheap (GPUs, NPUs without depthwise)
     "resnet_large": _short_range((32, 48, 64), (2, 2, 2), 24),
+}
+
+
+def _trunk(config: ResNetConfig, last: int) -> ResNetBackboneConfig:
+    """The short-range variant's stages plus one more at stride 32, for teachers with other strides."""
+    return ResNetBackboneConfig(config.stem_channels, (*config.stages, StageConfig(last, 1, 2)))
+
+
+# The same names as backbones (stride 4 to 32): what `--student resnet` builds for back and full range.
+RESNET_BACKBONES: dict[str, ResNetBackboneConfig] = {
+    "resnet": _trunk(STUDENTS["resnet"], 64),
+    "resnet_slim": _trunk(STUDENTS["resnet_slim"], 48),
+    "resnet_large": _trunk(STUDENTS["resnet_large"], 96),
 }
