@@ -1,0 +1,77 @@
+"""A user's own backbone, end to end: one distill command, then detect, export (verified) and bench
+with no extra flags; and a bad backbone stops the run before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import blazeport
+from blazeport.distill.trainer import TrainConfig, train
+from blazeport.errors import BlazeportError
+from blazeport.export import export
+
+ROOT = Path(__file__).resolve().parent.parent
+USER_STUDENT = "examples.mnv3_backbone:mnv3_small,width=0.5"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, shared_data: Path) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for p in sorted((shared_data / "unlabeled" / "caltech1999_half").glob("*.jpg"))[:12]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "blazeport.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_a_user_backbone_distills_detects_exports_and_benchmarks(photos: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    r = _cli(["distill", "--student", USER_STUDENT, "--images", str(photos), "--out", str(out), "--epochs", "1",
+              "--batch-size", "4", "--val-fraction", "0.25", "--test-fraction", "0.25", "--threads", "1", "--json"], ROOT)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["student"] == USER_STUDENT and summary["images"]["test"] > 0 and "test_AP50" in summary["test"]
+    weights = out / "student.safetensors"
+
+    monkeypatch.chdir(ROOT)  # where the user's module imports from
+    det = blazeport.load(weights)  # no flags: the file says how to rebuild the backbone
+    assert det.spec.name == "short_range_mnv3_small" and det.spec.teacher == "short_range"
+    faces = det.detect(np.full((200, 300, 3), 128, np.uint8))
+    assert isinstance(faces, list)
+    for fmt in ("onnx", "tflite"):
+        report = export(weights, fmt, tmp_path / f"student.{fmt}")
+        assert report["ok"], report  # verified against the PyTorch student on real photos
+        assert blazeport.load(tmp_path / f"student.{fmt}", backend=fmt).spec.name == det.spec.name
+    r = _cli(["bench", str(weights), "--backend", "torch,onnx", "--runs", "5", "--warmup", "1", "--no-baselines",
+              "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "bench.json")], ROOT)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert {row["backend"] for row in rows} == {"torch", "onnx"} and all(row["stats"]["p50"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize(("student", "message"), [
+    ("examples.mnv3_backbone:nope", "examples.mnv3_backbone has no 'nope'"),
+    ("examples.mnv3_backbone:mnv3_small,depth=2", r"calling mnv3_small\(depth=2\) raised TypeError"),
+    ("timm:surely_not_a_model", "timm"),
+])
+def test_a_bad_student_stops_before_anything_is_written(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        student: str, message: str) -> None:
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    with pytest.raises(BlazeportError, match=message):
+        train(TrainConfig(images=[str(photos)], out=str(out), student=student, epochs=1, progress=False, threads=1))
+    assert not out.exists()
