@@ -215,3 +215,23 @@ def test_timm_gives_one_message_where_it_cannot_import() -> None:
     assert student(torch.zeros(1, 3, 128, 128))[0].shape == (1, 896, 16)
     with pytest.raises(BlazeportError, match="timm has no model of that name"):
         build_student("timm:no_such_net_v9", spec)
+
+
+def test_the_python_api_takes_a_module_instance(user_code: Path) -> None:
+    from userbackbones import TinyNet
+
+    from blazeport.distill.config import TrainConfig
+
+    net = TinyNet()
+    cfg = TrainConfig(student=net, images=["x"])
+    assert cfg.student == "userbackbones:TinyNet" and cfg._backbone is net
+    student = build_student(cfg.student, get_spec("short_range"), cfg._backbone)
+    assert student.backbone is net  # trains from the instance's own weights
+    with pytest.raises(BlazeportError, match=r"userbackbones:TinyNet\(\): builds other tensors"):
+        TrainConfig(student=TinyNet(width=8))
+
+    class Local(torch.nn.Module):
+        pass
+
+    with pytest.raises(BlazeportError, match="cannot be imported again: move it into a module"):
+        TrainConfig(student=Local())

@@ -28,8 +28,9 @@ from blazeport.files import write_atomic
 
 
 def run(cmd: list[str]) -> None:
+    """Run a ``blazeport ...`` command line with this interpreter (no activated venv needed)."""
     print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run([sys.executable, "-m", "blazeport.cli", *cmd[1:]], check=True)
 
 
 def distill_command(args: argparse.Namespace, student: str, out: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from blazeport.cli.common import print_json
@@ -34,8 +35,10 @@ def cmd_models(args: argparse.Namespace) -> int:
                      "params": count_params(module), "macs": count_macs(module, teacher.input_size),
                      "family": f"{family} ({module.family})" if module.family != family else family,
                      "description": "student architecture for `blazeport distill --student`"})
+    zoo_file = WEIGHTS_DIR / "zoo.json"
+    zoo = json.loads(zoo_file.read_text()) if zoo_file.is_file() else None
     if args.json:
-        print_json(rows)
+        print_json({"models": rows, "zoo": zoo} if args.zoo else rows)
         return 0
     print(f"{'name':<26}{'input':>6}{'anchors':>9}{'params':>10}{'MMACs':>8}  {'family':<10}{'weights':<9}source")
     for r in rows:
@@ -48,7 +51,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         if r["kind"] == "student":
             print(f"{r['name']:<26}{r['input']:>6}{'':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  {r['family']}")
+    if zoo:
+        print_zoo(zoo)
     return 0
+
+
+def print_zoo(zoo: dict[str, Any]) -> None:
+    """The student zoo (weights/zoo.json, written by tools/zoo.py): one schedule, one split, one bench run."""
+    print(f"\nstudent zoo: distilled from {zoo['teacher']} with one schedule and split, measured {zoo['measured']} "
+          "(tools/zoo.py); LiteRT model-only p50 as a ratio to the teacher's original, same run")
+    print(f"{'student':<52}{'params':>9}{'MMACs':>7}{'1 thread':>10}{'2 threads':>11}{'test AP50':>11}{'test AP':>9}"
+          f"{'img/s':>7}")
+    for r in zoo["rows"]:
+        ratio = {int(k): v for k, v in r["litert_ratio"].items()}
+        test = (f"{r['test_AP50']:>11.3f}{r['test_AP']:>9.3f}" if r["test_AP50"] is not None else f"{'-':>11}{'-':>9}")
+        print(f"{r['student']:<52}{r['params']:>9,}{r['macs'] / 1e6:>7.1f}{ratio.get(1, float('nan')):>9.2f}x"
+              f"{ratio.get(2, float('nan')):>10.2f}x{test}{r['train_images_per_second']:>7.0f}")
 
 
 def add_parser(sub: Any, fmt: Any) -> None:
@@ -57,4 +75,5 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--teacher", default="short_range", help="size the student architectures for this teacher's head "
                    "(default: short_range)")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--zoo", action="store_true", help="with --json: an object with the models and the student zoo table")
     p.set_defaults(func=cmd_models)

@@ -23,7 +23,7 @@ from blazeport.specs import get_spec
 @dataclass
 class TrainConfig:
     teacher: str = "short_range"
-    student: str = "resnet"
+    student: Any = "resnet"  # a --student string; the Python API also takes an nn.Module (see __post_init__)
     images: list[str] = field(default_factory=list)
     out: str = "runs/distill"
     epochs: int = 30
@@ -44,6 +44,15 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
+
+    def __post_init__(self) -> None:
+        """The Python API may pass the student as an ``nn.Module`` instance (a backbone, or a whole
+        detector): it trains from that instance's weights, and the run records its import path."""
+        self._backbone = None
+        if isinstance(self.student, torch.nn.Module):
+            from blazeport.models.student import module_path
+
+            self._backbone, self.student = self.student, module_path(self.student)
 
     def validate(self, world: int = 1) -> None:
         """Raise a one-line :class:`BlazeportError` for the first argument that cannot work
@@ -89,7 +98,7 @@ class TrainConfig:
         if spec.tflite is None:
             raise BlazeportError(f"teacher {spec.name} has no original .tflite to check it against; use a converted "
                                  "original (e.g. --teacher short_range)")
-        student = build_student(self.student, spec)
+        student = build_student(self.student, spec, self._backbone)
         if LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature).needs_features and not (
                 callable(getattr(student, "features", None)) and hasattr(student, "head") and student.feature_channels):
             raise BlazeportError(f"--loss {self.loss}: the feature-map term needs a student with features(x), head and "

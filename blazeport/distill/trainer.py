@@ -96,6 +96,11 @@ class _Joint(nn.Module):
         return self.loss(out, t_out, feats, t_feats)
 
 
+def _no_strided_pointwise(module: nn.Module) -> bool:
+    """No 1x1 conv with stride > 1: the pattern whose channels-last backward crashes oneDNN on CPU."""
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 for m in module.modules())
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int):
     """Linear warm-up, then cosine decay to 2% of the base learning rate."""
 
@@ -180,15 +185,16 @@ class Run:
     def _build_training(self) -> None:
         """Student, loss module (with its trainable parts), DDP wrapper, optimizer, schedule, AMP scaler."""
         cfg, teacher, device = self.cfg, self.teacher, self.device
-        student = build_student(cfg.student, teacher.spec)  # validate() built it once already: it builds
+        student = build_student(cfg.student, teacher.spec, cfg._backbone)  # validate() built it once already: it builds
         self.loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
         t_channels = getattr(teacher.module, "feature_channels", None) if self.loss_cfg.needs_features else None
         loss_fn = DistillLoss(self.loss_cfg, teacher.anchors, teacher.spec, student.feature_channels, t_channels)
-        # The student trains channels-last only on CUDA. On CPU, torch 2.13's oneDNN backward of a channels-last
-        # 1x1 stride-2 conv with few channels (resnet_slim's 12 -> 16 shortcut) corrupts the heap and aborts
-        # the process on AVX-512 hosts. NCHW takes another kernel: the student's own step is ~1.3x slower
-        # (resnet, batch 32, 2 threads: 635 vs 902 img/s); whole training runs ~10% slower (318 vs 363 img/s).
-        student_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        # Channels-last is oneDNN's fast layout (mobilenet at 192 px, batch 32, 1 thread: a step 1.36 s NCHW, 0.88 s
+        # NHWC). But on CPU, torch 2.13's oneDNN backward of a channels-last 1x1 stride-2 conv with few channels
+        # (resnet_slim's 12 -> 16 shortcut) corrupts the heap and aborts the process on AVX-512 hosts, so a student
+        # with such a conv trains NCHW on CPU (resnet, batch 32, 2 threads: 318 vs 363 img/s for the whole run).
+        student_format = torch.channels_last if device.type == "cuda" or _no_strided_pointwise(student) \
+            else torch.contiguous_format
         self.joint = _Joint(student, loss_fn, student_format).to(device, memory_format=student_format)
         self.model = nn.parallel.DistributedDataParallel(self.joint) if self.world > 1 else self.joint
         self.optimizer = torch.optim.AdamW(self.joint.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -48,7 +48,7 @@ from blazeport.models.blocks import SSDHead
 from blazeport.models.resnet import RESNET_BACKBONES, STUDENTS, ConvBN, ResNetBackbone, ResNetBackboneConfig, ResNetBlazeFace
 from blazeport.specs import ModelSpec
 
-__all__ = ["REGISTERED", "BackboneSource", "Student", "StudentConfig", "build_student", "parse_student"]
+__all__ = ["REGISTERED", "BackboneSource", "Student", "StudentConfig", "build_student", "module_path", "parse_student"]
 
 NECK_CHANNELS = 64  # width of the neck and of the head's inputs for timm and imported backbones
 
@@ -348,15 +348,33 @@ def _registered(name: str, spec: ModelSpec) -> nn.Module:
     return Student(plan(src, backbone, spec, neck), backbone)
 
 
-def build_student(arg: str, spec: ModelSpec) -> nn.Module:
+def module_path(module: nn.Module) -> str:
+    """``package.module:Class`` for a backbone handed over as an instance (the Python API), once it is
+    known that ``Class()`` rebuilds it: its file must say how to build it again."""
+    cls = type(module)
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    if cls.__module__ == "__main__" or "." in cls.__qualname__ or "<" in cls.__qualname__:
+        raise BlazeportError(f"{target}: a student's file must say how to rebuild its backbone, and a class defined in a "
+                             "script or a function cannot be imported again: move it into a module")
+    rebuilt = _imported_backbone(target, {})
+    mine, again = module.state_dict(), rebuilt.state_dict()
+    if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in again.items()}:
+        raise BlazeportError(f"{target}(): builds other tensors than the instance given; pass the student as "
+                             "'package.module:factory,key=value' with the arguments that build it")
+    return target
+
+
+def build_student(arg: str, spec: ModelSpec, backbone: nn.Module | None = None) -> nn.Module:
     """The student ``arg`` names (see the module docstring), with ``spec``'s head, checked: it runs on
-    a zero input, its anchor count is the teacher's, and its outputs are finite."""
+    a zero input, its anchor count is the teacher's, and its outputs are finite. ``backbone``: the
+    instance ``arg`` (its :func:`module_path`) builds, to start from its weights (Python API)."""
     kind, name, kwargs = parse_student(arg)
     if kind == "registered":
         module = _registered(name, spec)
     else:
         src = BackboneSource(kind, name, "", {k: v for k, v in kwargs.items() if not (kind == "timm" and k == "checkpoint")})
-        backbone = _timm_backbone(name, kwargs) if kind == "timm" else _imported_backbone(name, kwargs)
+        if backbone is None:
+            backbone = _timm_backbone(name, kwargs) if kind == "timm" else _imported_backbone(name, kwargs)
         module = Student(plan(src, backbone, spec), backbone)
     reg, cls = _probe(module, spec.input_size, arg)
     if reg.shape[1:] != (spec.num_anchors, spec.num_coords) or cls.shape[1:] != (spec.num_anchors, 1):
