@@ -169,19 +169,23 @@ def test_exports_are_cached_by_source_hash(tmp_path, monkeypatch) -> None:
 def test_ratios_and_targets_from_results() -> None:
     def row(backend: str, mode: str, p50: float, threads: int = 1, post: float | None = None) -> dict:
         r = {"model": "short_range", "backend": backend, "mode": mode, "threads": threads, "reference": "short_range",
-             "stats": {"p50": p50}, "baseline": backend in (targets.ORIGINAL, mediapipe.MEDIAPIPE)}
+             "spec": "short_range", "stats": {"p50": p50}, "baseline": backend in (targets.ORIGINAL, mediapipe.MEDIAPIPE)}
         if post is not None:
             r["postprocess_share_pct"] = post
         return r
 
+    student = {**row("tflite", "model", 3.0), "model": "short_range_resnet_large", "spec": "short_range_resnet_large"}
     results = [row("tflite-original", "model", 2.0), row("tflite", "model", 2.4), row("onnx", "e2e", 4.5, post=8.0),
-               row("tflite-original", "e2e", 5.0, post=12.0), row("mediapipe", "e2e", 5.0), row("tflite", "model", 1.0, 2)]
+               row("tflite-original", "e2e", 5.0, post=12.0), row("mediapipe", "e2e", 5.0), row("tflite", "model", 1.0, 2),
+               student]
     bench_report.add_ratios(results)
     assert results[1]["ratios"] == {"vs_original": pytest.approx(1.2)}
     assert results[2]["ratios"] == {"vs_mediapipe": pytest.approx(0.9), "vs_original": pytest.approx(0.9)}
     assert results[5]["ratios"] == {}  # no original measured at 2 threads: no ratio invented
     met = {(t["target"], t["where"]): t["met"] for t in bench_report.check_targets(results)}
     assert met[("re-exported tflite <= 1.1x original", "short_range tflite 1t")] is False
+    assert student["ratios"] == {"vs_original": pytest.approx(1.5)}  # a student's ratio to its teacher: a figure,
+    assert not any(t["where"].startswith("short_range_resnet_large") for t in bench_report.check_targets(results))  # no target
     assert met[("e2e onnx <= 1.0x MediaPipe", "short_range onnx 1t")] is True
     assert met[("decode + NMS <= 10% of model time", "short_range onnx 1t")] is True
     assert met[("decode + NMS <= 10% of model time", "short_range tflite-original 1t")] is False
