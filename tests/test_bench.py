@@ -271,8 +271,11 @@ def test_untrained_student_gets_its_teachers_spec(tmp_path) -> None:
     assert (t.spec.teacher, t.spec.architecture, t.spec.family, t.spec.input_size) == ("short_range", "resnet", "resnet", 128)
     assert t.reference == get_spec("short_range") and t.params and t.macs
     assert any("freshly initialised" in n for n in notes)
-    with pytest.raises(BlazeportError, match="takes 128px, teacher full_range 192px"):
-        targets.resolve_targets(["resnet"], {"torch"}, tmp_path, "full_range", [], lambda _: None)
+    # the same name for another teacher: that teacher's input and head (192 px, 2304 anchors at stride 4)
+    (t,) = targets.resolve_targets(["mobilenet"], {"torch"}, tmp_path, "full_range", [], lambda _: None)
+    assert (t.spec.teacher, t.spec.input_size, t.spec.num_anchors, t.spec.family) == ("full_range", 192, 2304, "student")
+    with pytest.raises(BlazeportError, match="unknown"):
+        targets.resolve_targets(["mobilenet_huge"], {"torch"}, tmp_path, None, [], lambda _: None)
 
 
 # --------------------------------------------------------------------------- the fast post-processing path

@@ -75,3 +75,15 @@ def test_a_bad_student_stops_before_anything_is_written(photos: Path, tmp_path: 
     with pytest.raises(BlazeportError, match=message):
         train(TrainConfig(images=[str(photos)], out=str(out), student=student, epochs=1, progress=False, threads=1))
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_back_teacher_distills_like_short_range(photos: Path, tmp_path: Path) -> None:
+    """--teacher back: 256 px, heads at strides 16 and 32; the student reloads with the teacher's spec."""
+    out = tmp_path / "back"
+    summary = train(TrainConfig(teacher="back", student="mobilenet_slim", images=[str(photos)], out=str(out), epochs=1,
+                                batch_size=4, val_fraction=0.25, test_fraction=0.25, progress=False, threads=1))
+    assert summary["teacher"] == "back" and summary["images"]["test"] > 0
+    det = blazeport.load(out / "student.safetensors")
+    assert det.spec.input_size == 256 and det.spec.num_anchors == 896 and det.spec.teacher == "back"
+    assert det.spec.name == "back_mobilenet_slim"

@@ -146,9 +146,9 @@ def _timm_backbone(name: str, kwargs: dict[str, Any]) -> nn.Module:
         import timm
     except Exception as exc:  # ImportError, or torchvision's RuntimeError against a CPU-only torch
         raise BlazeportError(
-            f"timm:{name}: timm cannot be imported here ({type(exc).__name__}: {exc}). timm needs a torchvision built "
-            "for this torch: pip install 'blazeport[timm]' in an environment with torch==2.14.1 torchvision==0.29.1, "
-            "or use a registered student or your own package.module:factory") from None
+            f"timm:{name}: timm cannot be imported here ({type(exc).__name__}: {exc}). timm needs torchvision, and no "
+            "torchvision on PyPI runs with blazeport's torch 2.13.0 CPU build (0.28.0 fails with 'operator "
+            "torchvision::nms does not exist'); use a registered student or your own package.module:factory") from None
     kwargs = dict(kwargs)
     checkpoint = kwargs.pop("checkpoint", None)
     if not timm.is_model(name):
