@@ -262,8 +262,15 @@ SHORT_RANGE_RESNET_LARGE = student_spec(
     SHORT_RANGE, "resnet_large", "resnet", name="short_range_resnet_large",
     description="ResNet-style student, 2.6x the teacher's params, distilled from short range, 128x128")
 
+# A MobileNet student of the full-range model (weights/full_range_sparse_mobilenet.safetensors): inverted
+# residuals to stride 32, a top-down neck to the teacher's single stride-4 head.
+FULL_RANGE_SPARSE_MOBILENET = student_spec(
+    FULL_RANGE_SPARSE, "mobilenet", "student", name="full_range_sparse_mobilenet",
+    description="MobileNet-style student (inverted residuals + top-down neck) distilled from full range, 192x192")
+
 SPECS: dict[str, ModelSpec] = {
-    s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE)
+    s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE,
+                        FULL_RANGE_SPARSE_MOBILENET)
 }
 
 

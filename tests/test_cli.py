@@ -131,14 +131,17 @@ def test_runtime_pipeline_needs_no_torch(tmp_path) -> None:
     assert proc.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("name", ["short_range_resnet", "short_range_resnet_large"])
-def test_shipped_student_loads_by_name_and_agrees_with_its_teacher(name: str, astronaut, capsys) -> None:
+@pytest.mark.parametrize(("name", "teacher"), [("short_range_resnet", "short_range"),
+                                               ("short_range_resnet_large", "short_range"),
+                                               ("full_range_sparse_mobilenet", "full_range_sparse")])
+def test_shipped_student_loads_by_name_and_agrees_with_its_teacher(name: str, teacher: str, astronaut, capsys) -> None:
     from blazeport.weights import load_safetensors
 
     student = blazeport.load(name)
-    assert student.spec.architecture == name.removeprefix("short_range_") and student.spec.num_anchors == 896
+    assert student.spec.architecture == name.removeprefix(f"{teacher}_") and student.spec.teacher == teacher
+    assert student.spec.num_anchors == blazeport.load(teacher).spec.num_anchors
     (s,) = student.detect(astronaut)
-    (t,) = blazeport.load("short_range").detect(astronaut)
+    (t,) = blazeport.load(teacher).detect(astronaut)
     sx, sy, sw, sh = s.box
     tx, ty, tw, th = t.box
     ix = max(0.0, min(sx + sw, tx + tw) - max(sx, tx))

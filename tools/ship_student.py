@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Ship a distilled student under a registered spec name: ``weights/NAME.safetensors`` + ``NAME.json``.
+
+    python tools/ship_student.py runs/fr_mobilenet full_range_sparse_mobilenet
+
+The run's ``student.safetensors`` is rebuilt from its own file, checked to be the student of the
+spec's teacher, and written again with the spec from ``blazeport.specs.SPECS`` (name and
+description) and the run's summary; ``weights/NAME.json`` gets the run's ``summary.json`` and its
+per-epoch history. The outputs are verified to reload and to give the same outputs as the run's
+file before the command returns. Add the spec to ``SPECS`` and run ``tools/make_anchors.py`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from blazeport.files import write_atomic
+from blazeport.specs import WEIGHTS_DIR, get_spec
+from blazeport.weights import load_safetensors, save_safetensors
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="the distill run folder")
+    ap.add_argument("name", help="the spec name in blazeport.specs.SPECS")
+    args = ap.parse_args()
+
+    spec = get_spec(args.name)
+    module, run_spec = load_safetensors(args.run / "student.safetensors")
+    summary = json.loads((args.run / "summary.json").read_text())
+    if (run_spec.teacher, run_spec.architecture, run_spec.family) != (spec.teacher, spec.architecture, spec.family):
+        sys.exit(f"{args.run}: a {run_spec.architecture} student of {run_spec.teacher}, not what {spec.name} names")
+    out = WEIGHTS_DIR / f"{spec.name}.safetensors"
+    save_safetensors(module, spec, out, extra={
+        "teacher": spec.teacher, "summary": json.dumps({k: summary[k] for k in ("best", "test", "loss", "epochs")})})
+    again, again_spec = load_safetensors(out)
+    x = torch.rand(2, 3, spec.input_size, spec.input_size) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(module(x), again(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert again_spec == spec
+    history = json.loads((args.run / "metrics.json").read_text())
+    write_atomic(out.with_suffix(".json"), (json.dumps({**summary, "history": history}, indent=1) + "\n").encode())
+    print(f"{out} ({out.stat().st_size:,} bytes) and {out.with_suffix('.json')}: {spec.name}, test AP50 "
+          f"{(summary.get('test') or {}).get('test_AP50')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
