@@ -87,3 +87,38 @@ def test_the_back_teacher_distills_like_short_range(photos: Path, tmp_path: Path
     det = blazeport.load(out / "student.safetensors")
     assert det.spec.input_size == 256 and det.spec.num_anchors == 896 and det.spec.teacher == "back"
     assert det.spec.name == "back_mobilenet_slim"
+
+
+def test_init_loads_a_students_weights_or_says_why_not(tmp_path: Path) -> None:
+    from blazeport.distill.config import init_weights
+    from blazeport.models import build_student
+    from blazeport.specs import get_spec
+
+    shipped = Path(blazeport.__file__).resolve().parent.parent / "weights" / "short_range_resnet.safetensors"
+    spec = get_spec("short_range")
+    student = build_student("resnet", spec)
+    init_weights(student, str(shipped), spec)
+    shipped_module = blazeport.load(shipped).backend.module
+    for (k, a), b in zip(student.state_dict().items(), shipped_module.state_dict().values(), strict=True):
+        assert a.equal(b), k
+    with pytest.raises(BlazeportError, match=r"tensors do not fit --student .* pass the --student it was trained as \(resnet\)"):
+        init_weights(build_student("resnet_slim", spec), str(shipped), spec)
+    with pytest.raises(BlazeportError, match="a student of short_range, not of --teacher back"):
+        init_weights(build_student("resnet", get_spec("back")), str(shipped), get_spec("back"))
+    with pytest.raises(BlazeportError, match="no such weights file"):
+        init_weights(student, str(tmp_path / "none.safetensors"), spec)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("zoom", (2.0, 1.0), "--zoom must be MIN,MAX"),
+    ("zoom", (0.0, 1.0), "--zoom must be MIN,MAX"),
+    ("init", "weights/short_range_resnet.safetensors", "tensors do not fit --student"),
+])
+def test_bad_init_or_zoom_stops_before_anything_is_written(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           field: str, value, message: str) -> None:
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    with pytest.raises(BlazeportError, match=message):
+        train(TrainConfig(images=[str(photos)], out=str(out), student="mobilenet", epochs=1, progress=False, threads=1,
+                          **{field: value}))
+    assert not out.exists()

@@ -18,7 +18,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, loss=args.loss, temperature=args.temperature, alpha=args.alpha,
         seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         limit=args.limit, resume=args.resume, device=args.device,
-        amp=not args.no_amp, threads=args.threads, progress=not args.json,
+        amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom,
     )
     summary = train(cfg)
     if not summary:  # a non-zero DDP rank
@@ -38,6 +38,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print(f"weights: {Path(args.out) / 'student.safetensors'}   curves: {Path(args.out) / 'curves.png'}   "
               f"tensorboard --logdir {Path(args.out) / 'tensorboard'}")
     return 0
+
+
+def _zoom(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX such as 0.5,1.5, got {text!r}") from None
+    return lo, hi
 
 
 def add_parser(sub: Any, fmt: Any) -> None:
@@ -70,6 +78,10 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="test share (by file-name hash; never chooses anything, measured once at the end; default 0.1)")
     p.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--init", metavar="STUDENT.safetensors",
+                   help="start from this student's weights (same --student and --teacher): fine-tune a shipped or pruned one")
+    p.add_argument("--zoom", type=_zoom, default=(0.75, 1.5), metavar="MIN,MAX",
+                   help="augmentation zoom range (default 0.75,1.5; below 1 shrinks faces: 0.4,1.5 practises small faces)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     p.add_argument("--threads", type=positive_int, help="CPU threads")

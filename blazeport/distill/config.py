@@ -43,6 +43,8 @@ class TrainConfig:
     amp: bool = True
     threads: int | None = None
     progress: bool = True
+    init: str | None = None  # start the student from this .safetensors (same architecture): fine-tuning
+    zoom: tuple[float, float] = (0.75, 1.5)  # augmentation zoom range; < 1 shrinks faces (small-face practice)
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
 
     def __post_init__(self) -> None:
@@ -87,6 +89,10 @@ class TrainConfig:
             _whole("--limit", self.limit, 1)
         if self.threads is not None:
             _whole("--threads", self.threads, 1)
+        zoom = tuple(self.zoom) if isinstance(self.zoom, (list, tuple)) else ()
+        if len(zoom) != 2 or not all(isinstance(z, (int, float)) and math.isfinite(z) for z in zoom) or \
+                not 0.1 <= zoom[0] <= zoom[1] <= 10:
+            raise BlazeportError(f"--zoom must be MIN,MAX with 0.1 <= MIN <= MAX <= 10 (got {self.zoom!r})")
 
     def _check_models(self) -> None:
         """The teacher is a converted original; the student builds, meets its head and gives finite
@@ -99,6 +105,8 @@ class TrainConfig:
             raise BlazeportError(f"teacher {spec.name} has no original .tflite to check it against; use a converted "
                                  "original (e.g. --teacher short_range)")
         student = build_student(self.student, spec, self._backbone)
+        if self.init is not None:
+            init_weights(student, self.init, spec)
         if LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature).needs_features and not (
                 callable(getattr(student, "features", None)) and hasattr(student, "head") and student.feature_channels):
             raise BlazeportError(f"--loss {self.loss}: the feature-map term needs a student with features(x), head and "
@@ -121,6 +129,23 @@ class TrainConfig:
                 if not folder.is_dir():
                     raise BlazeportError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
                 break
+
+
+def init_weights(student: torch.nn.Module, path: str, teacher: Any) -> None:
+    """Load ``--init``'s weights into ``student``: a student of the same teacher and architecture, every
+    tensor of the same shape, or one message naming the file and what differs."""
+    from blazeport.weights import load_safetensors
+
+    module, spec = load_safetensors(path)  # checks the file; a user's file is data, never unpickled
+    if spec.teacher != teacher.name:
+        raise BlazeportError(f"--init {path}: a student of {spec.teacher or spec.name}, not of --teacher {teacher.name}")
+    mine = {k: tuple(v.shape) for k, v in student.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if mine != theirs:
+        diff = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+        raise BlazeportError(f"--init {path}: its tensors do not fit --student ({len(diff)} differ, e.g. {diff[0]}); "
+                             f"pass the --student it was trained as ({spec.architecture})")
+    student.load_state_dict(module.state_dict())
 
 
 def _whole(name: str, value: Any, least: int, why: str = "") -> None:

@@ -61,8 +61,8 @@ from blazeport.distill.checkpoint import (
     restore,
     save_checkpoint,
 )
-from blazeport.distill.config import TrainConfig
-from blazeport.distill.dataset import DistillDataset, ImageSet
+from blazeport.distill.config import TrainConfig, init_weights
+from blazeport.distill.dataset import AugmentConfig, DistillDataset, ImageSet
 from blazeport.distill.logs import RunLogs
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
@@ -147,7 +147,8 @@ class Data:
     def load(cls, cfg: TrainConfig, size: int, device: torch.device) -> Data:
         images = ImageSet.load(cfg.images, size, cfg.limit)
         train_idx, val_idx, test_idx = images.split(cfg.val_fraction, cfg.test_fraction)
-        train_set = DistillDataset(images, train_idx, size, cfg.seed, augment=True)
+        train_set = DistillDataset(images, train_idx, size, cfg.seed, augment=True,
+                                   aug=AugmentConfig(zoom=(float(cfg.zoom[0]), float(cfg.zoom[1]))))
         val_set = DistillDataset(images, val_idx, size, cfg.seed, augment=False)
         test_set = DistillDataset(images, test_idx, size, cfg.seed, augment=False)
 
@@ -186,6 +187,8 @@ class Run:
         """Student, loss module (with its trainable parts), DDP wrapper, optimizer, schedule, AMP scaler."""
         cfg, teacher, device = self.cfg, self.teacher, self.device
         student = build_student(cfg.student, teacher.spec, cfg._backbone)  # validate() built it once already: it builds
+        if cfg.init is not None:
+            init_weights(student, cfg.init, teacher.spec)
         self.loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
         t_channels = getattr(teacher.module, "feature_channels", None) if self.loss_cfg.needs_features else None
         loss_fn = DistillLoss(self.loss_cfg, teacher.anchors, teacher.spec, student.feature_channels, t_channels)
