@@ -60,12 +60,12 @@ def print_zoo(zoo: dict[str, Any]) -> None:
     """The student zoo (weights/zoo.json, written by tools/zoo.py): one schedule, one split, one bench run."""
     print(f"\nstudent zoo: distilled from {zoo['teacher']} with one schedule and split, measured {zoo['measured']} "
           "(tools/zoo.py); LiteRT model-only p50 as a ratio to the teacher's original, same run")
-    print(f"{'student':<52}{'params':>9}{'MMACs':>7}{'1 thread':>10}{'2 threads':>11}{'test AP50':>11}{'test AP':>9}"
+    print(f"{'student':<56}{'params':>9}{'MMACs':>7}{'1 thread':>10}{'2 threads':>11}{'test AP50':>11}{'test AP':>9}"
           f"{'img/s':>7}")
     for r in zoo["rows"]:
         ratio = {int(k): v for k, v in r["litert_ratio"].items()}
         test = (f"{r['test_AP50']:>11.3f}{r['test_AP']:>9.3f}" if r["test_AP50"] is not None else f"{'-':>11}{'-':>9}")
-        print(f"{r['student']:<52}{r['params']:>9,}{r['macs'] / 1e6:>7.1f}{ratio.get(1, float('nan')):>9.2f}x"
+        print(f"{r['student']:<56}{r['params']:>9,}{r['macs'] / 1e6:>7.1f}{ratio.get(1, float('nan')):>9.2f}x"
               f"{ratio.get(2, float('nan')):>10.2f}x{test}{r['train_images_per_second']:>7.0f}")
 
 
