@@ -40,17 +40,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"models": rows, "zoo": zoo} if args.zoo else rows)
         return 0
-    print(f"{'name':<26}{'input':>6}{'anchors':>9}{'params':>10}{'MMACs':>8}  {'family':<10}{'weights':<9}source")
+    print(f"{'name':<29}{'input':>6}{'anchors':>9}{'params':>10}{'MMACs':>8}  {'family':<10}{'weights':<9}source")
     for r in rows:
         if r["kind"] == "spec":
             source = f"{r['source']}  sha256 {r['sha256'][:12]}…" if r["source"] else "distilled (blazeport distill)"
-            print(f"{r['name']:<26}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
+            print(f"{r['name']:<29}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
                   f"{r['family']:<10}{'yes' if r['converted'] else 'no':<9}{source}")
     print(f"\nstudent architectures for teacher {teacher.name} (blazeport distill --student NAME; also timm:NAME and "
           "package.module:factory):")
     for r in rows:
         if r["kind"] == "student":
-            print(f"{r['name']:<26}{r['input']:>6}{'':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  {r['family']}")
+            print(f"{r['name']:<29}{r['input']:>6}{'':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  {r['family']}")
     if zoo:
         print_zoo(zoo)
     return 0
