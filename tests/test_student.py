@@ -12,7 +12,7 @@ import torch
 from blazeport.anchors import head_layout
 from blazeport.errors import BlazeportError
 from blazeport.models import REGISTERED, Student, build_student
-from blazeport.models.student import parse_student
+from blazeport.models.backbones import parse_student
 from blazeport.specs import get_spec, student_spec
 from blazeport.weights import load_safetensors, save_safetensors
 

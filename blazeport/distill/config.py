@@ -52,7 +52,7 @@ class TrainConfig:
         detector): it trains from that instance's weights, and the run records its import path."""
         self._backbone = None
         if isinstance(self.student, torch.nn.Module):
-            from blazeport.models.student import module_path
+            from blazeport.models.backbones import module_path
 
             self._backbone, self.student = self.student, module_path(self.student)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from blazeport.errors import BlazeportError
+from blazeport.models.backbones import REGISTERED, architecture_name
 from blazeport.models.blazeface import VARIANTS, BlazeFace, BlazeFaceConfig, BlockConfig
 from blazeport.models.graph import GraphConfig, GraphNet
 from blazeport.models.resnet import ResNetBlazeFace, ResNetConfig, fold_batchnorm
-from blazeport.models.student import REGISTERED, Student, StudentConfig, architecture_name, build_student
+from blazeport.models.student import Student, StudentConfig, build_student
 
 __all__ = ["FAMILIES", "REGISTERED", "VARIANTS", "BlazeFace", "BlazeFaceConfig", "BlockConfig", "architecture_name",
            "build_student", "fold_batchnorm", "from_config"]
