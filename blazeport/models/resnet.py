@@ -160,7 +160,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                 conv, bn = child[0], child[1]
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                  groups=conv.groups, bias=True)
+                                  conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
                 with torch.no_grad():
                     fused.weight.copy_(conv.weight * scale[:, None, None, None])
                     fused.bias.copy_(bn.bias - bn.running_mean * scale)
