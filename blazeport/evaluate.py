@@ -56,7 +56,7 @@ def _nan_result(value: float) -> dict[str, float]:
 
 
 def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[float, float, float, float]]],
-            sizes: list[tuple[int, int]]) -> dict[str, float]:
+            sizes: list[tuple[int, int]], area_bands: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
     """COCO box AP of ``predictions`` against ``references``, one list of each per image.
 
     Args:
@@ -70,6 +70,9 @@ def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[floa
         "found50" (references matched at IoU 0.5), "images", "references", "predictions"}``. When
         there are no references at all the AP and AR values are ``float('nan')`` (precision is
         undefined; pycocotools reports -1). When there are references but no predictions they are 0.0.
+        With ``area_bands`` (label -> (min, max) box area in pixels, COCO's ``areaRng``), also
+        ``"by_area": {label: {"AP50", "AP", "references"}}``: COCO evaluates each band with the
+        references outside it ignored, as for its small / medium / large.
     """
     if not (len(predictions) == len(references) == len(sizes)):
         raise ValueError(f"coco_ap: {len(predictions)} prediction lists, {len(references)} reference lists "
@@ -105,6 +108,9 @@ def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[floa
         result = truth.loadRes(dts)
         ev = COCOeval(truth, result, iouType="bbox")
         ev.params.maxDets = list(MAX_DETS)
+        if area_bands:
+            ev.params.areaRng = [[0.0, 1e10], *(list(band) for band in area_bands.values())]
+            ev.params.areaRngLbl = ["all", *area_bands]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -112,7 +118,17 @@ def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[floa
     # references matched by some prediction at IoU >= 0.5 (all areas, the largest maxDets)
     all_areas = ev.params.areaRng[0]
     found = sum(int((e["gtMatches"][0] > 0).sum()) for e in ev.evalImgs if e is not None and e["aRng"] == all_areas)
-    return {"AP50": stats[1], "AP": stats[0], "AP75": stats[2], "AR100": stats[8], "found50": found, **counts}
+    out = {"AP50": stats[1], "AP": stats[0], "AP75": stats[2], "AR100": stats[8], "found50": found, **counts}
+    if area_bands:
+        precision = ev.eval["precision"]  # (IoU thresholds, recall points, classes, areas, maxDets)
+        out["by_area"] = {}
+        for a, (label, (lo, hi)) in enumerate(area_bands.items(), start=1):
+            n = sum(1 for g in gts if lo <= g["area"] < hi)
+            p50, p_all = precision[0, :, 0, a, -1], precision[:, :, 0, a, -1]
+            out["by_area"][label] = {"AP50": float(p50[p50 > -1].mean()) if n and (p50 > -1).any() else math.nan,
+                                     "AP": float(p_all[p_all > -1].mean()) if n and (p_all > -1).any() else math.nan,
+                                     "references": n}
+    return out
 
 
 def _normalized(dets: list[Detection]) -> list[Box]:

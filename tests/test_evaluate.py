@@ -276,3 +276,25 @@ def test_evaluate_on_boxes_counts_images_over_max_pixels_as_unreadable(tmp_path:
     r = evaluate_on_boxes(_never_detects(), tmp_path, {"a.png": {"boxes_xywh": [[10, 20, 30, 40]]}}, max_pixels=19_999)
     assert (r["images"], r["skipped"], r["unreadable"]) == (0, 1, 1)
     assert "200x100 is 20,000 pixels, over the limit of 19,999 pixels" in r["messages"][0]
+
+
+def test_ap_and_found_by_face_width_and_teacher_score() -> None:
+    """A student that finds the teacher's large faces and misses its small ones: AP by band says so."""
+    from blazeport.distill.validation import breakdown
+    from blazeport.postprocess import Detection
+
+    small = [Detection(0.65, (0.1 * i, 0.1, 0.08, 0.08)) for i in range(3)]  # 8% of the width, teacher 0.65
+    large = [Detection(0.9, (0.2, 0.4, 0.5, 0.5))]  # 50%, teacher 0.9
+    refs = [small, large]
+    preds = [[], [Detection(0.8, (0.21, 0.41, 0.5, 0.5))]]  # only the large face, at IoU ~0.92
+    out = breakdown(preds, refs, 192)
+    width = out["by_face_width"]
+    assert width["under_15pct"]["references"] == 3 and width["under_15pct"]["AP50"] == 0.0
+    assert width["over_40pct"]["references"] == 1 and width["over_40pct"]["AP50"] == pytest.approx(1.0)
+    assert width["15_to_40pct"]["references"] == 0 and math.isnan(width["15_to_40pct"]["AP50"])
+    assert out["by_teacher_score"]["0.6-0.7"] == {"faces": 3, "found50": 0}
+    assert out["by_teacher_score"]["0.8-1.0"] == {"faces": 1, "found50": 1}
+    # the bands do not change the overall figures
+    whole = coco_ap(preds, [[d.box for d in r] for r in refs], [(192, 192)] * 2)
+    banded = coco_ap(preds, [[d.box for d in r] for r in refs], [(192, 192)] * 2, area_bands={"all2": (0, 1e10)})
+    assert banded["AP50"] == whole["AP50"] and banded["by_area"]["all2"]["AP50"] == pytest.approx(whole["AP50"])

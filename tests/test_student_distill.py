@@ -45,6 +45,9 @@ def test_a_user_backbone_distills_detects_exports_and_benchmarks(photos: Path, t
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["student"] == USER_STUDENT and summary["images"]["test"] > 0 and "test_AP50" in summary["test"]
+    bands = summary["test"]["test_breakdown"]["by_face_width"]  # where the student fails, on the test split
+    assert set(bands) == {"under_15pct", "15_to_40pct", "over_40pct"}
+    assert sum(b["references"] for b in bands.values()) == summary["test"]["test_faces"]
     weights = out / "student.safetensors"
 
     monkeypatch.chdir(ROOT)  # where the user's module imports from

@@ -35,6 +35,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print(f"test ({summary['images']['test']} images, never chose anything): AP50 vs teacher {test['test_AP50']:.3f}, "
               f"AP {test['test_AP']:.3f}, score MAE {test['test_mae_scores']:.4f}" if test else
               "test: none (--test-fraction left no test images)")
+        if test and test.get("test_breakdown"):
+            bands = test["test_breakdown"]["by_face_width"]
+            print("test AP50 by the teacher face's width / input width: " + ", ".join(
+                f"{k.replace('_', ' ').replace('pct', '%')} {v['AP50']:.3f} ({v['references']} faces)"
+                for k, v in bands.items() if v["references"]))
         print(f"weights: {Path(args.out) / 'student.safetensors'}   curves: {Path(args.out) / 'curves.png'}   "
               f"tensorboard --logdir {Path(args.out) / 'tensorboard'}")
     return 0

@@ -316,7 +316,7 @@ class Run:
         test = None
         if self.data.test_batches:  # the chosen student on images that chose nothing
             test = validate(student, self.teacher.module, self.data.test_batches, self.teacher.spec, self.teacher.anchors,
-                            prefix="test_")
+                            prefix="test_", by_size=True)
         student = student.to("cpu").eval()
         summary = self._summary(student, test)
         spec = self.teacher.spec

@@ -20,12 +20,12 @@ from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import coco_ap
 from blazeport.photos import sample_images
-from blazeport.postprocess import postprocess
+from blazeport.postprocess import Detection, postprocess
 from blazeport.preprocess import Letterbox
 from blazeport.specs import WEIGHTS_DIR, ModelSpec
-from blazeport.verify import verify
+from blazeport.verify import iou, verify
 
-__all__ = ["AP_PREDICTION_THRESHOLD", "check_teacher", "validate"]
+__all__ = ["AP_PREDICTION_THRESHOLD", "breakdown", "check_teacher", "validate"]
 
 # Student detections enter AP with a score threshold below the spec's, so the precision-recall
 # curve is not cut short (COCO evaluates ranked detections); references use the spec's own.
@@ -45,12 +45,36 @@ def check_teacher(spec: ModelSpec, module: nn.Module) -> dict[str, Any]:
     return check
 
 
+# Face-size bands by the teacher box's width over the input width (issue 13's small / medium / large)
+SIZE_BANDS: dict[str, tuple[float, float]] = {"under_15pct": (0.0, 0.15), "15_to_40pct": (0.15, 0.40),
+                                              "over_40pct": (0.40, 10.0)}
+SCORE_BANDS: dict[str, tuple[float, float]] = {"0.5-0.6": (0.5, 0.6), "0.6-0.7": (0.6, 0.7), "0.7-0.8": (0.7, 0.8),
+                                               "0.8-1.0": (0.8, 1.01)}
+
+
+def breakdown(preds: list[list[Detection]], refs: list[list[Detection]], size: int) -> dict[str, Any]:
+    """Where a student fails against its teacher, in the model's input frame: COCO AP50 / AP by the
+    teacher face's width (COCO area ranges, references outside a band ignored), and how many of the
+    teacher's faces in each teacher-score band a student detection overlaps at IoU > 0.5."""
+    bands = {k: ((lo * size) ** 2, (hi * size) ** 2) for k, (lo, hi) in SIZE_BANDS.items()}
+    ap = coco_ap(preds, [[d.box for d in r] for r in refs], [(size, size)] * len(preds), area_bands=bands)
+    by_score = {k: {"faces": 0, "found50": 0} for k in SCORE_BANDS}
+    for ps, rs in zip(preds, refs, strict=True):
+        for r in rs:
+            band = next((k for k, (lo, hi) in SCORE_BANDS.items() if lo <= r.score < hi), None)
+            if band is not None:
+                by_score[band]["faces"] += 1
+                by_score[band]["found50"] += any(iou(r.box, p.box) > 0.5 for p in ps)
+    return {"by_face_width": ap.get("by_area", {}), "by_teacher_score": by_score}
+
+
 @torch.no_grad()
 def validate(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor], spec: ModelSpec,
-             anchors: np.ndarray, prefix: str = "val_") -> dict[str, float]:
+             anchors: np.ndarray, prefix: str = "val_", by_size: bool = False) -> dict[str, Any]:
     """MAE of raw regressors and sigmoid scores against the teacher, and AP50/AP of the student's
     detections against the teacher's (pycocotools), on held-out images (keys start with ``prefix``:
-    ``val_`` for the split that chooses ``best.pt``, ``test_`` for the one that never chooses)."""
+    ``val_`` for the split that chooses ``best.pt``, ``test_`` for the one that never chooses).
+    ``by_size`` adds :func:`breakdown` under ``PREFIX + "breakdown"``."""
     student.eval()
     reg_err, score_err, n = 0.0, 0.0, 0
     preds, refs = [], []
@@ -64,8 +88,10 @@ def validate(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor]
         n += len(x)
         pads = [Letterbox(0, 0, 0, 0)] * len(x)  # compared in the model's input frame
         preds += postprocess(s_reg.cpu().numpy(), s_cls.cpu().numpy(), anchors, spec, pads, AP_PREDICTION_THRESHOLD)
-        refs += [[d.box for d in dets] for dets in postprocess(t_reg.cpu().numpy(), t_cls.cpu().numpy(), anchors, spec, pads)]
-    ap = coco_ap(preds, refs, [(spec.input_size, spec.input_size)] * len(preds))
+        refs += postprocess(t_reg.cpu().numpy(), t_cls.cpu().numpy(), anchors, spec, pads)
+    ap = coco_ap(preds, [[d.box for d in dets] for dets in refs], [(spec.input_size, spec.input_size)] * len(preds))
     found = {"mae_regressors": reg_err / n, "mae_scores": score_err / n, "AP50": ap["AP50"], "AP": ap["AP"],
              "faces": ap["references"]}
+    if by_size:
+        found["breakdown"] = breakdown(preds, refs, spec.input_size)
     return {prefix + k: v for k, v in found.items()}
