@@ -7,7 +7,8 @@ The split is the distill run's own (file-name hash; ``--val-fraction`` / ``--tes
 the run). Each teacher face (score >= the spec's threshold) counts as found when a student
 detection at score >= 0.25 (the AP's prediction threshold) overlaps it at IoU > 0.5, in the model's
 input frame. Also counts the student's false faces (score >= the threshold, no teacher face) and
-the misses by source folder.
+the misses by source folder, and prints the COCO AP50 / AP by face-width band that ``blazeport
+distill`` writes for its test split (:func:`blazeport.distill.validation.breakdown`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import blazeport
 from blazeport.anchors import anchors_for
 from blazeport.distill.dataset import ImageSet, make_input
-from blazeport.distill.validation import AP_PREDICTION_THRESHOLD
+from blazeport.distill.validation import AP_PREDICTION_THRESHOLD, breakdown
 from blazeport.postprocess import postprocess
 from blazeport.preprocess import Letterbox
 from blazeport.verify import iou
@@ -66,6 +67,9 @@ def main() -> int:
             if band:
                 print(f"  {name} {lo:.2f}-{min(hi, 1.0):.2f}: {sum(f[2] for f in band)} of {len(band)} found")
     print("  missed by source folder:", dict(Counter(f[3] for f in faces if not f[2])))
+    bands = breakdown(s_dets, t_dets, size)["by_face_width"]  # what `blazeport distill` reports for its test split
+    print("  COCO AP50 / AP by face width: " + ", ".join(f"{k} {v['AP50']:.3f} / {v['AP']:.3f} ({v['references']} faces)"
+                                                        for k, v in bands.items() if v["references"]))
     return 0
 
 
