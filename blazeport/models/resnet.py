@@ -82,6 +82,16 @@ def _stages(stem_channels: int, stages: tuple[StageConfig, ...]) -> nn.ModuleLis
     return nn.ModuleList(out)
 
 
+def _run_stages(stem: nn.Module, stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """Stem (ReLU) then each stage; every stage's output, shallow to deep."""
+    x = F.relu(stem(x))  # (B, C0, S/2, S/2)
+    maps = []
+    for stage in stages:
+        x = stage(x)
+        maps.append(x)
+    return maps
+
+
 class ResNetBlazeFace(nn.Module):
     """Stem (3x3, stride 2) -> residual stages -> the teacher's SSD head."""
 
@@ -101,12 +111,8 @@ class ResNetBlazeFace(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps at each head level (the MGD distillation hook reads these)."""
-        x = F.relu(self.stem(x))  # (B, C0, S/2, S/2)
-        taps = {}
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            taps[i] = x
-        return [taps[i] for i in self.config.head_stages]
+        maps = _run_stages(self.stem, self.stages, x)
+        return [maps[i] for i in self.config.head_stages]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.features(x))
@@ -139,12 +145,7 @@ class ResNetBackbone(nn.Module):
         self.stages = _stages(config.stem_channels, config.stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu(self.stem(x))  # (B, C0, S/2, S/2)
-        maps = []
-        for stage in self.stages:
-            x = stage(x)
-            maps.append(x)
-        return maps
+        return _run_stages(self.stem, self.stages, x)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
