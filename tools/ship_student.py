@@ -6,8 +6,8 @@
 The run's ``student.safetensors`` is rebuilt from its own file, checked to be the student of the
 spec's teacher, and written again with the spec from ``blazeport.specs.SPECS`` (name and
 description) and the run's summary; ``weights/NAME.json`` gets the run's ``summary.json`` and its
-per-epoch history. The outputs are verified to reload and to give the same outputs as the run's
-file before the command returns. Add the spec to ``SPECS`` and run ``tools/make_anchors.py`` first.
+per-epoch history. The new file is written beside the old one and replaces it only after it
+reloads with the spec and gives the run's outputs exactly. Add the spec to ``SPECS`` and run ``tools/make_anchors.py`` first.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from blazeport.files import write_atomic
+from blazeport.files import staged, write_atomic
 from blazeport.specs import WEIGHTS_DIR, get_spec
 from blazeport.weights import load_safetensors, save_safetensors
 
@@ -36,14 +36,17 @@ def main() -> int:
     if (run_spec.teacher, run_spec.architecture, run_spec.family) != (spec.teacher, spec.architecture, spec.family):
         sys.exit(f"{args.run}: a {run_spec.architecture} student of {run_spec.teacher}, not what {spec.name} names")
     out = WEIGHTS_DIR / f"{spec.name}.safetensors"
-    save_safetensors(module, spec, out, extra={
-        "teacher": spec.teacher, "summary": json.dumps({k: summary[k] for k in ("best", "test", "loss", "epochs")})})
-    again, again_spec = load_safetensors(out)
-    x = torch.rand(2, 3, spec.input_size, spec.input_size) * 2 - 1
-    with torch.no_grad():
-        for a, b in zip(module(x), again(x), strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert again_spec == spec
+    with staged(out) as stage:  # the shipped file is replaced only once the new one reloads identically
+        save_safetensors(module, spec, stage.path, extra={
+            "teacher": spec.teacher, "summary": json.dumps({k: summary[k] for k in ("best", "test", "loss", "epochs")})})
+        again, again_spec = load_safetensors(stage.path)
+        x = torch.rand(2, 3, spec.input_size, spec.input_size) * 2 - 1
+        with torch.no_grad():
+            for a, b in zip(module(x), again(x), strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        if again_spec != spec:
+            sys.exit(f"{stage.path}: reloads with another spec; {out} left as it was")
+        stage.commit()
     history = json.loads((args.run / "metrics.json").read_text())
     write_atomic(out.with_suffix(".json"), (json.dumps({**summary, "history": history}, indent=1) + "\n").encode())
     print(f"{out} ({out.stat().st_size:,} bytes) and {out.with_suffix('.json')}: {spec.name}, test AP50 "
