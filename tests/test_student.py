@@ -231,7 +231,7 @@ def test_the_python_api_takes_a_module_instance(user_code: Path) -> None:
         TrainConfig(student=TinyNet(width=8))
 
     class Local(torch.nn.Module):
-        pass
+        """Defined inside a function: no import path can rebuild it."""
 
     with pytest.raises(BlazeportError, match="cannot be imported again: move it into a module"):
         TrainConfig(student=Local())

@@ -125,3 +125,16 @@ def test_bad_init_or_zoom_stops_before_anything_is_written(photos: Path, tmp_pat
         train(TrainConfig(images=[str(photos)], out=str(out), student="mobilenet", epochs=1, progress=False, threads=1,
                           **{field: value}))
     assert not out.exists()
+
+
+def test_init_from_the_file_the_run_would_write_is_refused(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    shipped = ROOT / "weights" / "short_range_resnet.safetensors"
+    (out / "student.safetensors").write_bytes(shipped.read_bytes())
+    before = (out / "student.safetensors").read_bytes()
+    with pytest.raises(BlazeportError, match=r"is the student\.safetensors this run writes at its end"):
+        train(TrainConfig(images=[str(photos)], out=str(out), student="resnet", init=str(out / "student.safetensors"),
+                          epochs=1, progress=False, threads=1))
+    assert (out / "student.safetensors").read_bytes() == before and sorted(p.name for p in out.iterdir()) == [
+        "student.safetensors"]

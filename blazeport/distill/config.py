@@ -17,6 +17,7 @@ import torch
 
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.errors import BlazeportError
+from blazeport.files import same_file
 from blazeport.specs import get_spec
 
 
@@ -124,6 +125,9 @@ class TrainConfig:
 
     def _check_out(self) -> None:
         out = Path(self.out)
+        if self.init is not None and same_file(out / "student.safetensors", self.init):
+            raise BlazeportError(f"--init {self.init} is the student.safetensors this run writes at its end; "
+                                 "choose another --out (or copy the file)")
         for folder in (out, *out.parents):
             if folder.exists():
                 if not folder.is_dir():
