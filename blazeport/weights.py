@@ -36,6 +36,8 @@ def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str 
         "family": module.family,
         "config": module.config.to_json(),
         **({"source": Path(source).name, "source_sha256": sha256_of(source)} if source else {}),
+        # a pruned student: its config builds the unpruned network, the tensors' shapes give the widths
+        **({"pruned": "true"} if getattr(module, "pruned", False) else {}),
         **(extra or {}),
     }
     data = save({k: v.detach().contiguous() for k, v in module.state_dict().items()}, metadata=meta)
@@ -55,6 +57,16 @@ def _canonical_header(data: bytes) -> bytes:
     header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-(8 + len(header)) % 8)
     return len(header).to_bytes(8, "little") + header + data[8 + n :]
+
+
+def _prune_to(module: Any, state: dict[str, Any], path: Path, spec: ModelSpec) -> None:
+    """A pruned file's network: the unpruned one its config builds, cut to its tensors' widths."""
+    from blazeport.pruning.prune import apply_widths
+
+    try:
+        apply_widths(module, state, spec.input_size)
+    except BlazeportError as exc:
+        raise BlazeportError(f"{path}: a pruned student whose network cannot be rebuilt ({exc})") from None
 
 
 _FIX = "Re-run `blazeport convert` (or `blazeport distill`) to write it again."
@@ -115,6 +127,8 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
     except Exception as exc:  # a config is user data: any way it fails to build is the same problem
         raise BlazeportError(f"{path}: its config metadata does not describe a {family} model "
                              f"({type(exc).__name__}: {exc}). {fix}") from None
+    if meta.get("pruned") == "true":
+        _prune_to(module, state, path, spec)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:

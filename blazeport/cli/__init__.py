@@ -1,4 +1,4 @@
-"""blazeport: convert, detect, eval, distill, export, bench and list BlazeFace models (the `blazeport` command).
+"""blazeport: convert, detect, eval, distill, prune, export, bench and list BlazeFace models (the `blazeport` command).
 
 Every subcommand has ``--help``; ``--json`` prints machine-readable output on stdout while
 progress and messages go to stderr. A :class:`BlazeportError` ends the command with its one-line
@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from blazeport.bench.cli import add_bench_parser
-from blazeport.cli import convert, detect, distill, evaluate, export, models
+from blazeport.cli import convert, detect, distill, evaluate, export, models, prune
 from blazeport.errors import BlazeportError
 from blazeport.version import __version__
 
@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   blazeport detect img.jpg --model short_range.onnx --backend onnx
   blazeport eval --model full_range --boxes ../shared/data/faces-boxed/boxes.json
   blazeport distill --images ../shared/data/unlabeled --out runs/distill --epochs 30
+  blazeport prune runs/distill/student.safetensors --ratio 0.5 -o pruned.safetensors
   blazeport bench short_range full_range_sparse --threads 1,2 --e2e --json runs/bench.json
   blazeport models
 """
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blazeport", description=__doc__.split("\n")[0], epilog=EXAMPLES, formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"blazeport {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (convert, detect, evaluate, distill, export):
+    for command in (convert, detect, evaluate, distill, prune, export):
         command.add_parser(sub, fmt)
     add_bench_parser(sub, fmt)
     models.add_parser(sub, fmt)

@@ -19,6 +19,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         limit=args.limit, resume=args.resume, device=args.device,
         amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom,
+        sparsity=args.sparsity,
     )
     summary = train(cfg)
     if not summary:  # a non-zero DDP rank
@@ -87,6 +88,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="start from this student's weights (same --student and --teacher): fine-tune a shipped or pruned one")
     p.add_argument("--zoom", type=_zoom, default=(0.75, 1.5), metavar="MIN,MAX",
                    help="augmentation zoom range (default 0.75,1.5; below 1 shrinks faces: 0.4,1.5 practises small faces)")
+    p.add_argument("--sparsity", type=float, default=0.0, metavar="SR",
+                   help="network slimming: L1 on BatchNorm scale factors (about 1e-4; default 0, off), so that "
+                   "`blazeport prune` can remove channels afterwards; TensorBoard logs the |gamma| distribution")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     p.add_argument("--threads", type=positive_int, help="CPU threads")

@@ -46,6 +46,7 @@ class TrainConfig:
     progress: bool = True
     init: str | None = None  # start the student from this .safetensors (same architecture): fine-tuning
     zoom: tuple[float, float] = (0.75, 1.5)  # augmentation zoom range; < 1 shrinks faces (small-face practice)
+    sparsity: float = 0.0  # network slimming: L1 on BatchNorm scales (about 1e-4), for `blazeport prune` afterwards
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
 
     def __post_init__(self) -> None:
@@ -90,6 +91,7 @@ class TrainConfig:
             _whole("--limit", self.limit, 1)
         if self.threads is not None:
             _whole("--threads", self.threads, 1)
+        _real("--sparsity", self.sparsity, 0.0, 1.0, False, True)
         zoom = tuple(self.zoom) if isinstance(self.zoom, (list, tuple)) else ()
         if len(zoom) != 2 or not all(isinstance(z, (int, float)) and math.isfinite(z) for z in zoom) or \
                 not 0.1 <= zoom[0] <= zoom[1] <= 10:
@@ -143,6 +145,10 @@ def init_weights(student: torch.nn.Module, path: str, teacher: Any) -> None:
     module, spec = load_safetensors(path)  # checks the file; a user's file is data, never unpickled
     if spec.teacher != teacher.name:
         raise BlazeportError(f"--init {path}: a student of {spec.teacher or spec.name}, not of --teacher {teacher.name}")
+    if getattr(module, "pruned", False):  # a `blazeport prune` output: the same architecture, cut to its widths
+        from blazeport.pruning.prune import apply_widths
+
+        apply_widths(student, module.state_dict(), spec.input_size)
     mine = {k: tuple(v.shape) for k, v in student.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if mine != theirs:

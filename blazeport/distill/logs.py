@@ -1,9 +1,9 @@
 """What a distillation run writes for people to read, all from the main process.
 
 :class:`RunLogs` owns them: TensorBoard scalars in ``RUN/tensorboard`` (each loss term and the
-learning rate per step, the validation metrics per epoch), ``RUN/metrics.json`` (the per-epoch
-history), ``RUN/curves.png`` (:func:`plot_curves`), one line per epoch on stderr, and
-``RUN/summary.json`` at the end. The checkpoints and the student's weights are not logs: see
+learning rate per step; per epoch the validation metrics and the student's BatchNorm ``|gamma|``
+histogram), ``RUN/metrics.json`` (the per-epoch history), ``RUN/curves.png`` (:func:`plot_curves`),
+one line per epoch on stderr, and ``RUN/summary.json`` at the end. The checkpoints and the student's weights are not logs: see
 :mod:`blazeport.distill.checkpoint` and :mod:`blazeport.distill.trainer`.
 """
 
@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from blazeport.pruning.slimming import gamma_summary
+
 
 class RunLogs:
     """TensorBoard, metrics.json, curves.png, the epoch line and summary.json of the run in ``out``."""
@@ -33,13 +35,20 @@ class RunLogs:
             self.writer.add_scalar(f"train/{k}", v.item(), step)
         self.writer.add_scalar("train/lr", lr, step)
 
-    def epoch(self, history: list[dict[str, Any]], improved: bool) -> None:
-        """The epoch just recorded as ``history[-1]``: its validation scalars, the history and the curves
-        rewritten, and its line on stderr."""
+    def epoch(self, history: list[dict[str, Any]], improved: bool, student: torch.nn.Module | None = None) -> None:
+        """The epoch just recorded as ``history[-1]``: its validation scalars, the student's BatchNorm
+        ``|gamma|`` distribution (what ``--sparsity`` shapes and ``blazeport prune`` cuts), the history
+        and the curves rewritten, and its line on stderr."""
         record = history[-1]
         for k, v in record.items():
             if k.startswith("val_"):
                 self.writer.add_scalar(f"val/{k[4:]}", v, record["epoch"])
+        if student is not None:
+            gammas, stats = gamma_summary(student)
+            if len(gammas):
+                self.writer.add_histogram("bn/abs_gamma", gammas, record["epoch"])
+                for k, v in stats.items():
+                    self.writer.add_scalar(f"bn/abs_gamma_{k}", v, record["epoch"])
         (self.out / "metrics.json").write_text(json.dumps(history, indent=2))
         plot_curves(history, self.out / "curves.png")
         tqdm.write(f"epoch {record['epoch']}: loss {record['train_total']:.4f}  val AP50 {record['val_AP50']:.3f}  "

@@ -69,6 +69,7 @@ from blazeport.distill.losses import DistillLoss
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
 from blazeport.models import architecture_name, build_student
+from blazeport.pruning.slimming import sparsity_step
 from blazeport.specs import ModelSpec, student_spec
 from blazeport.weights import save_safetensors
 
@@ -284,6 +285,8 @@ class Run:
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.joint.parameters(), 10.0)
+        if self.cfg.sparsity:  # after clipping: the L1 pull on BN scales keeps its strength whatever the loss's
+            sparsity_step(self.joint.student, self.cfg.sparsity)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -305,7 +308,7 @@ class Run:
         save_checkpoint(state, self.out / "last.pt")
         if improved:
             save_checkpoint(state, self.out / "best.pt")
-        self.logs.epoch(self.history, improved)
+        self.logs.epoch(self.history, improved, self.joint.student)
 
     def finish(self) -> dict[str, Any]:
         """(Main process.) The best epoch's student as ``student.safetensors``, and the summary."""
@@ -320,7 +323,9 @@ class Run:
         student = student.to("cpu").eval()
         summary = self._summary(student, test)
         spec = self.teacher.spec
-        s_spec = student_spec(spec, self.cfg.student, student.family, name=f"{spec.name}_{architecture_name(self.cfg.student)}")
+        pruned = "_pruned" if getattr(student, "pruned", False) else ""  # fine-tuned from a `blazeport prune` output
+        s_spec = student_spec(spec, self.cfg.student, student.family,
+                              name=f"{spec.name}_{architecture_name(self.cfg.student)}{pruned}")
         save_safetensors(student, s_spec, self.out / "student.safetensors",
                          extra={"teacher": spec.name,
                                 "summary": json.dumps({k: summary[k] for k in ("best", "test", "loss", "epochs")})})

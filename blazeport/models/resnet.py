@@ -102,12 +102,14 @@ class ResNetBlazeFace(nn.Module):
         self.config = config
         self.stem = ConvBN(3, config.stem_channels, 3, 2)
         self.stages = _stages(config.stem_channels, config.stages)
-        self.head = SSDHead(self.feature_channels, config.head_anchors, config.num_coords)
+        self.head = SSDHead(tuple(config.stages[i].channels for i in config.head_stages), config.head_anchors,
+                            config.num_coords)
 
     @property
     def feature_channels(self) -> tuple[int, ...]:
-        """Channels of each map :meth:`features` returns (the head's inputs), known without running."""
-        return tuple(self.config.stages[i].channels for i in self.config.head_stages)
+        """Channels of each map :meth:`features` returns, known without running: the head's inputs
+        (read from the head, not the config, so a pruned student says its own widths)."""
+        return tuple(conv.in_channels for conv in self.head.cls)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps at each head level (the MGD distillation hook reads these)."""

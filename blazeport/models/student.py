@@ -151,13 +151,13 @@ class Student(nn.Module):
         c = config.neck_channels
         self.lateral = nn.ModuleList(nn.Identity() if ch == c else ConvBN(ch, c, 1) for ch in config.tap_channels)
         self.smooth = nn.ModuleList(ConvBN(c, c, 3, groups=c) for _ in config.head_strides)
-        self.head = SSDHead(self.feature_channels, config.head_anchors, config.num_coords)
+        self.head = SSDHead((c,) * len(config.head_strides), config.head_anchors, config.num_coords)
 
     @property
     def feature_channels(self) -> tuple[int, ...]:
         if self.config.as_is:
             return tuple(getattr(self.backbone, "feature_channels", ()))
-        return (self.config.neck_channels,) * len(self.config.head_strides)
+        return tuple(conv.in_channels for conv in self.head.cls)  # the config's neck width, or a pruned one
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The head's input maps, one per head stride (the ``mgd`` loss reads these)."""

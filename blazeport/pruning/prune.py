@@ -1,0 +1,289 @@
+"""``blazeport prune``: remove a student's channels by BatchNorm ``|gamma|`` (network slimming).
+
+Recipe (Liu et al. 2017, as applied to a MobileNetV2 student after KD in the write-up this product
+grew from): distill with ``--sparsity`` so unneeded channels' BN scale factors shrink
+(:mod:`blazeport.pruning.slimming`); rank every prunable channel of the network together by
+``|gamma|`` and cut at one global threshold chosen by a ratio (or by a MACs budget); keep at least
+``round_to`` channels in every layer so none collapses; round each kept width *up* to a multiple of
+``round_to`` (mobile kernels like multiples of 8), keeping the next most important channels; then
+fine-tune with ``blazeport distill --init``.
+
+The channels of a network are not independent: a residual add ties the outputs of every block of
+a stage to its shortcut, a depthwise conv's outputs are its inputs, the neck adds its levels, and
+the SSD head's inputs follow its feature maps. Torch-Pruning's :class:`DependencyGraph` (the kept
+library for this) finds those groups by tracing one forward; each group is ranked by the mean
+``|gamma|`` of its coupled BatchNorms (``BNScaleImportance`` without per-group normalisation, so
+one threshold compares all layers, as in the paper) and pruned as one. The head's classifier and
+regressor outputs (anchors x coordinates) are never pruned.
+
+A pruned student is written like any other (:func:`blazeport.weights.save_safetensors`) plus a
+``pruned`` metadata entry; loading rebuilds the unpruned architecture from its config and replays
+the widths found in the file's tensors (:func:`apply_widths`), so the same DependencyGraph decides
+the shapes on both sides and nothing but tensors and JSON is stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from blazeport.counting import count_macs, count_params
+from blazeport.errors import BlazeportError
+from blazeport.pruning.slimming import batchnorms
+
+__all__ = ["PrunePlan", "apply_widths", "conv_widths", "plan_macs", "plan_ratio", "prune"]
+
+
+@dataclass
+class PrunePlan:
+    """What a prune removes: for each group's root conv, the channel indices to drop, and the layers
+    whose threshold would have emptied them (kept at the floor instead)."""
+
+    ratio: float  # the requested share of prunable channels
+    threshold: float
+    remove: dict[str, list[int]] = field(default_factory=dict)  # root conv name -> channel indices
+    floored: list[str] = field(default_factory=list)
+    prunable: int = 0  # channels in all groups
+    removed: int = 0
+
+    @property
+    def achieved(self) -> float:
+        return self.removed / self.prunable if self.prunable else 0.0
+
+
+def _head_outputs(module: nn.Module) -> list[nn.Module]:
+    """The layers whose output channels are the contract (anchors x coordinates): never pruned."""
+    head = getattr(module, "head", None)
+    if head is None or not hasattr(head, "cls"):
+        raise BlazeportError(f"{type(module).__name__}: pruning needs a student with an SSD head (head.cls, head.reg); "
+                             "a backbone that meets the head contract by itself cannot be pruned here")
+    return [*head.cls, *head.reg]
+
+
+def _graph(module: nn.Module, size: int) -> Any:
+    import torch_pruning as tp
+
+    module.eval()
+    try:
+        with torch.enable_grad():  # the graph is traced through autograd
+            return tp.DependencyGraph().build_dependency(
+                module, example_inputs=torch.zeros(1, 3, size, size),
+                output_transform=lambda out: out[0].sum() + out[1].sum(), verbose=False)
+    except BlazeportError:
+        raise
+    except Exception as exc:  # tracing a user's backbone: any failure is one message
+        raise BlazeportError(f"{type(module).__name__}: Torch-Pruning could not trace its channel dependencies "
+                             f"({type(exc).__name__}: {exc})") from None
+
+
+def _groups(module: nn.Module, graph: Any) -> Iterator[tuple[str, nn.Module, Any]]:
+    """(root conv name, root conv, group) for every group of channels that can be pruned together."""
+    names = {m: n for n, m in module.named_modules()}
+    for group in graph.get_all_groups(ignored_layers=_head_outputs(module), root_module_types=[nn.Conv2d]):
+        root = group[0].dep.target.module
+        yield names[root], root, group
+
+
+def conv_widths(module: nn.Module) -> dict[str, int]:
+    """Every conv's output channels by module name (the per-layer table of ``--json``)."""
+    return {n: m.out_channels for n, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _importances(module: nn.Module, size: int) -> list[tuple[str, torch.Tensor]]:
+    import torch_pruning as tp
+
+    if not batchnorms(module):
+        raise BlazeportError(f"{type(module).__name__} has no BatchNorm layers to rank channels by; prune a student "
+                             "(a converted original has its BatchNorm folded away)")
+    scorer = tp.importance.BNScaleImportance(normalizer=None)  # raw |gamma|: one threshold for every layer
+    out = []
+    with torch.no_grad():
+        for name, _, group in _groups(module, _graph(module, size)):
+            score = scorer(group)
+            if score is not None:  # a group without BatchNorm (none in our students) is left whole
+                out.append((name, score.detach().float().cpu()))
+    if not out:
+        raise BlazeportError(f"{type(module).__name__}: no channel group has a BatchNorm to rank it by")
+    return out
+
+
+def _kept(n: int, round_to: int) -> int:
+    """The floor of a layer: ``round_to`` channels, or all of them when it has fewer."""
+    return min(n, round_to)
+
+
+def max_ratio(scores: list[tuple[str, torch.Tensor]], round_to: int) -> float:
+    """The largest share of prunable channels that can go while every layer keeps its floor."""
+    total = sum(len(s) for _, s in scores)
+    return sum(len(s) - _kept(len(s), round_to) for _, s in scores) / total
+
+
+def _plan(scores: list[tuple[str, torch.Tensor]], ratio: float, round_to: int) -> PrunePlan:
+    allg = torch.cat([s for _, s in scores])
+    k = math.floor(ratio * len(allg))
+    threshold = float(torch.sort(allg).values[k - 1]) if k > 0 else -math.inf
+    plan = PrunePlan(ratio, threshold, prunable=len(allg))
+    for name, s in scores:
+        n = len(s)
+        above = int((s > threshold).sum())
+        if above == 0:
+            plan.floored.append(name)
+        keep = min(n, max(_kept(n, round_to), math.ceil(above / round_to) * round_to))
+        if keep < n:
+            order = torch.argsort(s, descending=True, stable=True)
+            plan.remove[name] = sorted(int(i) for i in order[keep:])
+            plan.removed += n - keep
+    return plan
+
+
+def plan_ratio(module: nn.Module, size: int, ratio: float, round_to: int = 8) -> PrunePlan:
+    """The plan that removes about ``ratio`` of the prunable channels (less after rounding up)."""
+    if not 0.0 < ratio < 1.0:
+        raise BlazeportError(f"--ratio must be between 0 and 1 (the share of channels to remove), got {ratio}")
+    scores = _importances(module, size)
+    most = max_ratio(scores, round_to)
+    if ratio > most:
+        raise BlazeportError(f"--ratio {ratio:g} would remove whole layers: keeping at least {round_to} channels in every "
+                             f"layer, at most {math.floor(most * 100) / 100:.2f} of the prunable channels can go; "
+                             "lower --ratio (or --round-to)")
+    return _plan(scores, ratio, round_to)
+
+
+def plan_macs(module: nn.Module, size: int, macs: float, round_to: int = 8) -> PrunePlan:
+    """The least pruning whose MACs are at most ``macs`` (bisection on the ratio; MACs fall with it)."""
+    scores = _importances(module, size)
+    before = count_macs(module, size)
+    if macs >= before:
+        raise BlazeportError(f"--macs {macs:,.0f}: the model already has {before:,} MACs; nothing to prune")
+    lo, hi = 0.0, max_ratio(scores, round_to)
+
+    def macs_at(r: float) -> int:
+        return count_macs(apply_plan(copy.deepcopy(module), size, _plan(scores, r, round_to)), size)
+
+    smallest = macs_at(hi)
+    if smallest > macs:
+        raise BlazeportError(f"--macs {macs:,.0f} is below what this model can reach keeping {round_to} channels per layer "
+                             f"({smallest:,} MACs, ratio {hi:.2f}); raise --macs or lower --round-to")
+    for _ in range(12):  # to 1/4096 of the ratio: finer than one channel of these students
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if macs_at(mid) <= macs else (mid, hi)
+    return _plan(scores, hi, round_to)
+
+
+def apply_plan(module: nn.Module, size: int, plan: PrunePlan) -> nn.Module:
+    """Prune ``module`` in place by ``plan`` (group by group, through the dependency graph)."""
+    import torch_pruning as tp
+
+    graph = _graph(module, size)
+    roots = {n: m for n, m, _ in _groups(module, graph)}
+    for name, idxs in plan.remove.items():
+        graph.get_pruning_group(roots[name], tp.prune_conv_out_channels, idxs=idxs).prune()
+    return module
+
+
+def apply_widths(module: nn.Module, state: dict[str, torch.Tensor], size: int) -> nn.Module:
+    """Shrink a freshly built (unpruned) ``module`` in place to the widths of a pruned file's tensors.
+
+    Each group's root conv is cut to the output channels its weight has in ``state`` (the last
+    channels go: the weights are loaded afterwards, so which indices go does not matter, only the
+    shapes, and the dependency graph carries them to every coupled layer as when it was pruned).
+    """
+    import torch_pruning as tp
+
+    graph = _graph(module, size)
+    for name, root, _ in list(_groups(module, graph)):
+        key = f"{name}.weight"
+        if key not in state:
+            continue
+        want, have = int(state[key].shape[0]), root.out_channels
+        if 0 < want < have:
+            graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs=list(range(want, have))).prune()
+    module.pruned = True
+    return module
+
+
+def prune(module: nn.Module, size: int, *, ratio: float | None = None, macs: float | None = None,
+          round_to: int = 8) -> tuple[nn.Module, dict[str, Any]]:
+    """A pruned copy of ``module`` and the report: params and MACs before and after, the achieved
+    ratio, the threshold, floored layers, and every conv's width before and after."""
+    if (ratio is None) == (macs is None):
+        raise BlazeportError("give exactly one of --ratio R or --macs M")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise BlazeportError(f"--round-to must be a whole number of at least 1, got {round_to!r}")
+    module = copy.deepcopy(module).eval()
+    before = {"params": count_params(module), "macs": count_macs(module, size), "widths": conv_widths(module)}
+    plan = plan_ratio(module, size, ratio, round_to) if ratio is not None else plan_macs(module, size, macs, round_to)
+    pruned = apply_plan(module, size, plan)
+    pruned.pruned = True
+    after = {"params": count_params(pruned), "macs": count_macs(pruned, size), "widths": conv_widths(pruned)}
+    layers = [{"layer": n, "before": w, "after": after["widths"][n]} for n, w in before["widths"].items()]
+    return pruned, {
+        "ratio_requested": ratio, "macs_requested": macs, "round_to": round_to, "ratio_threshold": plan.ratio,
+        "ratio_achieved": round(plan.achieved, 4), "threshold": plan.threshold,
+        "channels_prunable": plan.prunable, "channels_removed": plan.removed, "floored_layers": plan.floored,
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_before": before["macs"], "macs_after": after["macs"], "layers": layers,
+    }
+
+
+def prune_file(model: str, out: str, *, ratio: float | None = None, macs: float | None = None, round_to: int = 8,
+               images: list[Any] | None = None) -> dict[str, Any]:
+    """Prune a student file into ``out``, verified: the written file must reload into the pruned
+    network with identical outputs before it replaces anything. The report adds how far the pruned
+    (not yet fine-tuned) student's detections are from the unpruned one's (COCO AP50 / AP on real
+    photos, the unpruned detections as references): what fine-tuning has to recover."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from blazeport.backends import TorchBackend
+    from blazeport.detector import Detector
+    from blazeport.evaluate import agreement_with_teacher
+    from blazeport.export import protected_inputs
+    from blazeport.files import check_output, staged
+    from blazeport.loader import open_module
+    from blazeport.photos import sample_images
+    from blazeport.weights import save_safetensors
+
+    module, spec, source = open_module(model)
+    if Path(out).suffix != ".safetensors":
+        raise BlazeportError(f"{out}: a pruned student is written as .safetensors; choose another -o name")
+    check_output(out, protected_inputs(source, spec), "pruned student")
+    if not batchnorms(module):
+        raise BlazeportError(f"{source}: {spec.name} has no BatchNorm layers to rank channels by; prune a student from "
+                             "`blazeport distill` (ideally trained with --sparsity 1e-4)")
+    pruned, report = prune(module, spec.input_size, ratio=ratio, macs=macs, round_to=round_to)
+    tag = f"{round(ratio * 100)}" if ratio is not None else f"{report['macs_after'] / 1e6:.0f}M"
+    p_spec = replace(spec, name=f"{spec.name}_pruned{tag}",
+                     description=f"{spec.description}; channels pruned by BatchNorm |gamma| ({tag}), before fine-tuning")
+    with staged(out) as stage:
+        save_safetensors(pruned, p_spec, stage.path, extra={"teacher": spec.teacher or "", "prune": _provenance(report, source)})
+        _check_reload(stage.path, pruned, spec.input_size)
+        stage.commit()
+    images = images if images is not None else sample_images()  # (TorchBackend makes the modules channels-last)
+    agreement = agreement_with_teacher(Detector(spec, TorchBackend(pruned)), Detector(spec, TorchBackend(module)), images)
+    return {"source": str(source), "output": str(out), "spec": p_spec.name, **report,
+            "agreement_with_unpruned": {k: agreement[k] for k in ("AP50", "AP")}, "images": len(images)}
+
+
+def _provenance(report: dict[str, Any], source: Any) -> str:
+    import json
+
+    keep = ("ratio_requested", "macs_requested", "round_to", "ratio_achieved", "macs_before", "macs_after")
+    return json.dumps({"from": str(source), **{k: report[k] for k in keep}}, sort_keys=True)
+
+
+def _check_reload(path: Any, pruned: nn.Module, size: int) -> None:
+    from blazeport.weights import load_safetensors
+
+    reloaded, _ = load_safetensors(path)
+    x = torch.linspace(-1, 1, 3 * size * size).reshape(1, 3, size, size)
+    with torch.no_grad():
+        same = all(torch.equal(a, b) for a, b in zip(reloaded(x), pruned.eval()(x), strict=True))
+    if not same:
+        raise BlazeportError(f"{path}: the written pruned student does not reload into the same network; nothing written")
