@@ -26,6 +26,7 @@ the conversion gate, is not used: the module runs as it is. Used by
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -185,7 +186,18 @@ class NodeOp:
     relu: bool = False
 
 
-def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[ConvOp | NodeOp]:
+@dataclass
+class GemmGroup:
+    """1x1 convs that read the same map (a head's classifier and regressor): one GEMM with their
+    weights side by side, each output a column slice of the result."""
+
+    members: list[ConvOp]
+
+
+Op = ConvOp | NodeOp | GemmGroup
+
+
+def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[Op]:
     """The graph as fused ops, in an order where every op's inputs exist when it runs."""
     consumers: dict[str, list[Node]] = {}
     for n in graph.nodes:
@@ -278,7 +290,26 @@ def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[ConvOp | NodeOp]
     for op in ops:
         if isinstance(op, ConvOp):
             op.input = renamed.get(op.input, op.input)
-    return ops
+    return _group_gemms(ops, graph.layers)
+
+
+def _group_gemms(ops: list[ConvOp | NodeOp], layers: dict[str, nn.Conv2d]) -> list[Op]:
+    """Plain 1x1 convs on the same input, all GEMMs (:func:`_is_gemm`), become one :class:`GemmGroup`
+    at the first one's place (saves a call per head level: the classifier's 1-6 outputs are too
+    narrow for a GEMM of their own, and oneDNN's call costs ~40 us)."""
+    siblings: dict[str, list[ConvOp]] = {}
+    for op in ops:
+        if isinstance(op, ConvOp) and op.other is None and not op.relu and _is_gemm(op, layers[op.node.output], 1):
+            siblings.setdefault(op.input, []).append(op)
+    grouped = {id(m): members for members in siblings.values() if len(members) > 1 for m in members}
+    out: list[Op] = []
+    for op in ops:
+        members = grouped.get(id(op))
+        if members is None:
+            out.append(op)
+        elif op is members[0]:
+            out.append(GemmGroup(members))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,9 +326,9 @@ class Plan:
         ops = fuse(graph, shapes)
         slot: dict[str, int] = {graph.input: 0}
         for op in ops:
-            slot.setdefault(op.output, len(slot))
-        reads: list[list[str]] = [[op.input] + ([op.other] if op.other else []) if isinstance(op, ConvOp)
-                                  else list(op.inputs) for op in ops]
+            for name in _defines(op):
+                slot.setdefault(name, len(slot))
+        reads = [_reads(op) for op in ops]
         last: dict[str, int] = {}
         for k, names in enumerate(reads):
             for name in names:
@@ -305,8 +336,12 @@ class Plan:
         self.steps: list[Step] = []
         for k, (op, names) in enumerate(zip(ops, reads, strict=True)):
             free = [slot[n] for n in dict.fromkeys(names) if last[n] == k and n not in graph.outputs]
-            step = (_conv_step(op, graph.layers[op.node.output], slot, shapes) if isinstance(op, ConvOp)
-                    else _node_step(op, slot))
+            if isinstance(op, ConvOp):
+                step = _conv_step(op, graph.layers[op.node.output], slot, shapes)
+            elif isinstance(op, GemmGroup):
+                step = _group_step(op, graph.layers, slot)
+            else:
+                step = _node_step(op, slot)
             self.steps.append(_freeing(step, free) if free else step)
         self.n_slots = len(slot)
         self.outputs = (slot[graph.outputs[0]], slot[graph.outputs[1]])
@@ -319,6 +354,18 @@ class Plan:
         return env[self.outputs[0]], env[self.outputs[1]]
 
 
+def _defines(op: Op) -> list[str]:
+    return [m.output for m in op.members] if isinstance(op, GemmGroup) else [op.output]
+
+
+def _reads(op: Op) -> list[str]:
+    if isinstance(op, GemmGroup):
+        return [op.members[0].input]
+    if isinstance(op, ConvOp):
+        return [op.input] + ([op.other] if op.other else [])
+    return list(op.inputs)
+
+
 def _freeing(step: Step, free: list[int]) -> Step:
     def run(env: list[Any]) -> None:
         step(env)
@@ -328,12 +375,23 @@ def _freeing(step: Step, free: list[int]) -> Step:
     return run
 
 
-GEMM_1X1 = True  # 1x1 convs as one MKL GEMM on the NHWC view (see _gemm_step)
+# Which 1x1 convs run as an MKL GEMM (see _gemm_step) rather than oneDNN: measured per shape on
+# these networks (1 thread, min of 300), GEMM + add + ReLU took 0.37-0.9x oneDNN's fused call up
+# to 64x64 maps, but 1.4x on 96x96 and 128x128 maps (oneDNN's post-ops save two passes over a
+# large output) and 3.1x with 8 output channels (a GEMM that narrow wastes MKL's kernel).
+GEMM_MAX_PIXELS = 64 * 64
+GEMM_MIN_CHANNELS = 16
+
+
+def _is_gemm(op: ConvOp, layer: nn.Conv2d, min_channels: int = GEMM_MIN_CHANNELS) -> bool:
+    _, h, w = op.in_shape
+    return (layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.groups == 1 and not any(op.pads)
+            and h * w <= GEMM_MAX_PIXELS and layer.out_channels >= min_channels)
 
 
 def _conv_step(op: ConvOp, layer: nn.Conv2d, slot: dict[str, int], shapes: dict[str, Shape | None]) -> Step:
     """One oneDNN call: ``relu?(conv(pad?(x)) + other?)``, weights reordered once, here."""
-    if GEMM_1X1 and layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.groups == 1 and not any(op.pads):
+    if _is_gemm(op, layer):
         return _gemm_step(op, layer, slot, shapes)
     pointwise = torch.ops.mkldnn._convolution_pointwise
     t, b, left, r = op.pads
@@ -420,6 +478,27 @@ def _gemm_step(op: ConvOp, layer: nn.Conv2d, slot: dict[str, int], shapes: dict[
         if relu:
             y.relu_()
         env[o] = y.view(n, h, w, c_out).permute(0, 3, 1, 2)  # (B, Cout, H, W) channels-last
+
+    return run
+
+
+def _group_step(group: GemmGroup, layers: dict[str, nn.Conv2d], slot: dict[str, int]) -> Step:
+    """:class:`GemmGroup`: one ``addmm`` with the members' weights side by side; each member's
+    output is its column slice, viewed as a channels-last (B, C, H, W) map (no copy)."""
+    convs = [layers[m.node.output] for m in group.members]
+    c_in = convs[0].in_channels
+    weight_t = torch.cat([c.weight.detach().float().reshape(c.out_channels, c_in) for c in convs]).t().contiguous()
+    bias = torch.cat([c.bias.detach().float() if c.bias is not None else torch.zeros(c.out_channels) for c in convs])
+    cuts = [(slot[m.output], a, a + c.out_channels) for m, c, a in
+            zip(group.members, convs, itertools.accumulate([0] + [c.out_channels for c in convs]), strict=False)]
+    i = slot[group.members[0].input]
+
+    def run(env: list[Any]) -> None:
+        x = env[i]
+        n, _, h, w = x.shape
+        y = torch.addmm(bias, x.permute(0, 2, 3, 1).reshape(-1, c_in), weight_t)  # (B*H*W, sum Cout)
+        for o, a, b in cuts:
+            env[o] = y[:, a:b].view(n, h, w, b - a).permute(0, 3, 1, 2)
 
     return run
 
