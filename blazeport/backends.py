@@ -157,11 +157,14 @@ class OnnxBackend:
 class TorchBackend:
     """A PyTorch module (converted original or student), NCHW inside, NHWC at the boundary.
 
-    ``optimize=True`` (the default) runs a converted original through a plan of fused oneDNN calls
-    built once here (:func:`blazeport.models.runtime.prepare`: same weights, outputs checked
-    against the module when built); ``module`` stays the plain module that export traces and the
-    trainer trains. A family without a plan (the students) or a torch without oneDNN runs the
-    module. ``optimize=False`` always runs the module.
+    ``optimize=True`` (the default) runs a converted original through a plan of fused oneDNN and
+    GEMM calls built once here (:func:`blazeport.models.runtime.prepare`: same weights, outputs
+    checked against the module when built); ``module`` stays the plain module that export traces
+    and the trainer trains. The plan runs on one intra-op thread whatever ``threads`` says
+    (measured: a second OpenMP thread saves little on tensors this small and stalls whenever the
+    other core is busy; see :class:`blazeport.models.runtime.FastModule`). A family without a plan
+    (the students) or a torch without oneDNN runs the module, on ``threads`` threads.
+    ``optimize=False`` always runs the module.
     """
 
     name = "torch"

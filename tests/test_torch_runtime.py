@@ -79,6 +79,16 @@ def test_detections_on_real_photos_match_the_module(name: str, shared_data, keep
             np.testing.assert_allclose(d.keypoints, e.keypoints, atol=1e-5)
 
 
+def test_two_threads_give_the_same_outputs_and_keep_the_callers_setting(keep_threads) -> None:
+    fast, _ = _fast("full_range_sparse", threads=2)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 192, 192, 3)).astype(np.float32)
+    two = fast(x)
+    assert torch.get_num_threads() == 2  # the plan runs on one thread and puts the setting back
+    torch.set_num_threads(1)
+    for a, b in zip(two, fast(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_batches_and_other_input_sizes(photos) -> None:
     fast, plain = _fast("short_range")
     spec = get_spec("short_range")

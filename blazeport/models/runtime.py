@@ -1,21 +1,39 @@
-"""A faster way to *run* a converted network: the same weights, planned once as fused oneDNN calls.
+"""A faster way to *run* a converted network: the same weights, planned once as fused calls.
 
-Why: run as written, the converted modules spent most of their time around the arithmetic, not in
-it (profile of short range, 1 thread: 20 of 37 convs fell back to ``aten::_slow_conv2d_forward``,
-every TF "SAME" pad, shortcut channel pad and residual add was its own op with its own fresh
-tensor, and the 64x64 maps page-faulted on every call). :func:`prepare` turns a module into a
-:class:`FastModule`: the network as a list of nodes (a :class:`~blazeport.models.graph.GraphNet`'s
-own nodes, or the equivalent list for a :class:`~blazeport.models.blazeface.BlazeFace`), then
+Why: run as written, the converted modules spend most of their time around the arithmetic. A
+profile of short range at 1 thread: 37 convs, 16 residual adds, 17 ReLUs, 15 pads (TF "SAME" on
+the stride-2 layers, zero channels on every widening shortcut) and 3 max-pools per call, each its
+own PyTorch op with its own freshly allocated output (the 64x64 maps page-faulted ~500 times per
+call), and PyTorch's conv heuristics sending 20 of the convs (1x1 at 1 thread) to
+``aten::_slow_conv2d_forward`` and the rest to oneDNN with the weights reordered on every call.
+On this 2-core host each oneDNN call through PyTorch costs ~40 us before any arithmetic, so the
+number of calls matters more than what each one computes.
 
-- every conv runs through oneDNN with its weights reordered once for the input size it will see
-  (``mkldnn._convolution_pointwise``, the op ``torch.compile`` emits for frozen CPU convs), in
-  channels-last layout from input to heads, so no call reorders or converts layouts;
-- padding is folded into the conv where it is symmetric (stride-1 "SAME", and the sparse model's
-  explicit ``PAD`` before a ``VALID`` depthwise conv) and done once, as its own op, where it is not;
-- a conv followed by ReLU, by ``+ shortcut`` or by ``+ shortcut`` and ReLU is one oneDNN call
-  (post-ops); a shortcut widened by zero channels is added into the first channels of the conv's
-  output instead of being padded first;
-- a tensor is dropped after its last use, so the allocator reuses memory instead of growing.
+:func:`prepare` turns a module into a :class:`FastModule`: the network as a list of nodes (a
+:class:`~blazeport.models.graph.GraphNet`'s own nodes, or the equivalent list for a
+:class:`~blazeport.models.blazeface.BlazeFace`), fused into fewer, cheaper steps:
+
+- depthwise and large convs run through oneDNN with their weights reordered once, for the input
+  size they will see (``mkldnn._convolution_pointwise``, the op ``torch.compile`` emits for frozen
+  CPU convs); every tensor stays channels-last from input to heads, so no call converts layouts;
+- a following ReLU, ``+ shortcut``, or ``+ shortcut`` then ReLU are oneDNN post-ops of the conv;
+- symmetric padding is folded into the conv (stride-1 "SAME", and the sparse model's explicit
+  ``PAD`` before each ``VALID`` depthwise conv); TF's (0, 1) padding of a stride-2 depthwise conv
+  becomes a kernel one larger with a zero first row and column (no pad op); only the dense stem
+  still pads, once;
+- 1x1 convs on maps up to 64x64 are one MKL GEMM on the NHWC memory (then ``+= shortcut`` and
+  ReLU in place): cheaper per call than oneDNN there; a head's classifier and regressor share one;
+- a shortcut widened by zero channels is added into the first channels of the conv's output
+  instead of being padded first; 2x2 max-pools on large maps are two ``torch.maximum`` on views;
+- each tensor is dropped after its last use, so the allocator reuses memory (no page faults).
+
+What was measured and not kept (1 thread, same process, interleaved with LiteRT; short range /
+sparse full range, times LiteRT's latency): the module 4.2x / 5.6x, this plan 2.4x / 2.0x;
+``torch.jit.trace`` + ``freeze`` 3.0x / 2.5x (and deprecated in this torch); ``+
+optimize_for_inference`` 4.9x / 4.1x; ``torch.compile`` (inductor) 46 s / 60 s to compile on
+first use, then 3.2x on short range and 1.4x slower than the plan on sparse. Per op, also slower
+than what is kept: oneDNN's fused 1x1 conv + add + ReLU on maps up to 64x64, an im2col,
+space-to-depth or NCHW stem, depthwise convs as 9 shifted multiply-adds, oneDNN-layout tensors.
 
 The module itself is not changed: export traces it, the trainer trains it, ``blazeport convert``
 writes it. A plan is a snapshot of the weights when it is built (a new backend sees new weights).
@@ -334,9 +352,6 @@ class Plan:
             for name in names:
                 last[name] = k
         self.steps: list[Step] = []
-        # which steps may use more than one thread: those with enough arithmetic to pay for
-        # OpenMP's fork/join (see PARALLEL_MIN_MACS); the rest run on the calling thread alone
-        self.parallel = [_values(op, shapes) >= PARALLEL_MIN_VALUES for op in ops]
         for k, (op, names) in enumerate(zip(ops, reads, strict=True)):
             free = [slot[n] for n in dict.fromkeys(names) if last[n] == k and n not in graph.outputs]
             if isinstance(op, ConvOp):
@@ -349,29 +364,12 @@ class Plan:
         self.n_slots = len(slot)
         self.outputs = (slot[graph.outputs[0]], slot[graph.outputs[1]])
 
-    def __call__(self, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the steps; with ``threads`` > 1, the parallel steps get that many intra-op threads
-        and the others one (the caller's thread count is set back afterwards, see FastModule)."""
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         env: list[Any] = [None] * self.n_slots
         env[0] = x
-        if threads <= 1 or not any(self.parallel):
-            for step in self.steps:
-                step(env)
-        else:
-            current = torch.get_num_threads()
-            for step, parallel in zip(self.steps, self.parallel, strict=True):
-                wanted = threads if parallel else 1
-                if wanted != current:
-                    torch.set_num_threads(wanted)  # ~0.1 us; oneDNN keeps a primitive per count
-                    current = wanted
-                step(env)
+        for step in self.steps:
+            step(env)
         return env[self.outputs[0]], env[self.outputs[1]]
-
-
-def _values(op: Op, shapes: dict[str, Shape | None]) -> int:
-    """How many values a step writes for one image (0 for the flattened head outputs)."""
-    out = [shapes[name] for name in _defines(op)]
-    return sum(s[0] * s[1] * s[2] for s in out if s is not None)
 
 
 def _defines(op: Op) -> list[str]:
@@ -401,13 +399,6 @@ def _freeing(step: Step, free: list[int]) -> Step:
 # large output) and 3.1x with 8 output channels (a GEMM that narrow wastes MKL's kernel).
 GEMM_MAX_PIXELS = 64 * 64
 GEMM_MIN_CHANNELS = 16
-
-# With more than one intra-op thread, only steps that write at least this many values per image
-# (16x16x64) run multi-threaded; the smaller ones, all the 8x8 and most 16x16 layers, run on the
-# calling thread alone. Measured per step (1 vs 2 threads, the step repeated): 1.2-1.8x faster at
-# 2 threads from 32x32 maps up, 0.75-1.2x below this size, where a step is ~30-60 us and
-# OpenMP's fork/join and the second core's cold caches eat what the split saves.
-PARALLEL_MIN_VALUES = 16 * 16 * 64
 
 
 def _is_gemm(op: ConvOp, layer: nn.Conv2d, min_channels: int = GEMM_MIN_CHANNELS) -> bool:
@@ -619,8 +610,17 @@ class FastModule:
         threads = torch.get_num_threads()
         if threads == 1:
             return plan(x)
+        # One intra-op thread for the plan, whatever the caller set (restored after; the setting
+        # is per calling thread for OpenMP, MKL and oneDNN, and costs ~0.1 us). Measured on the
+        # 2-core host: with the second core idle, 2 threads would save at most ~15-25% (each step
+        # replayed alone: 1.2-1.8x from 32x32 maps up, 0.75-1.2x below); with it busy, every
+        # OpenMP fork/join waits for a worker that is not running, and spinning workers take the
+        # caller's core between regions: short range at 2 threads took 6.8x its 1-thread p50, and
+        # running only the large steps on 2 threads did not help (3.5x p50, 1-thread steps
+        # stalled too). Single-threaded, 2 threads are never slower than 1.
+        torch.set_num_threads(1)
         try:
-            return plan(x, threads)
+            return plan(x)
         finally:
             torch.set_num_threads(threads)
 
