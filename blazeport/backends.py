@@ -155,25 +155,38 @@ class OnnxBackend:
 
 
 class TorchBackend:
-    """A PyTorch module (converted original or student), NCHW inside, NHWC at the boundary."""
+    """A PyTorch module (converted original or student), NCHW inside, NHWC at the boundary.
+
+    ``optimize=True`` (the default) runs a converted original through a plan of fused oneDNN and
+    GEMM calls built once here (:func:`blazeport.models.runtime.prepare`: same weights, outputs
+    checked against the module when built); ``module`` stays the plain module that export traces
+    and the trainer trains. The plan runs on one intra-op thread whatever ``threads`` says
+    (measured: a second OpenMP thread saves little on tensors this small and stalls whenever the
+    other core is busy; see :class:`blazeport.models.runtime.FastModule`). A family without a plan
+    (the students) or a torch without oneDNN runs the module, on ``threads`` threads.
+    ``optimize=False`` always runs the module.
+    """
 
     name = "torch"
 
-    def __init__(self, module: Any, threads: int | None = None):
+    def __init__(self, module: Any, threads: int | None = None, optimize: bool = True):
         import torch
+
+        from blazeport.models.runtime import prepare  # torch-only: imported with torch, here
 
         self.torch = torch
         if threads:
             torch.set_num_threads(threads)
         # channels-last runs depthwise convs ~3x faster on CPU (oneDNN's NHWC kernels)
         self.module = module.eval().to(memory_format=torch.channels_last)
+        self.runner = (prepare(self.module) if optimize else None) or self.module
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
             # an NHWC array viewed as NCHW is already channels-last memory: no copy
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, S, S)
-            r, c = self.module(x)
+            r, c = self.runner(x)
         return r.numpy(), c.numpy()
 
 

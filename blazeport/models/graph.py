@@ -84,51 +84,59 @@ class GraphNet(nn.Module):
                 groups = a["in_ch"] if node.op == "dwconv" else 1
                 self.layers[param_name(node)] = nn.Conv2d(a["in_ch"], a["out_ch"], a["kernel"], a["stride"], groups=groups)
 
-    def _conv(self, node: Node, x: torch.Tensor) -> torch.Tensor:
-        a = node.attrs
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        env: dict[str, torch.Tensor] = {self.config.input: x}
+        for node in self.config.nodes:
+            layer = self.layers[param_name(node)] if node.op in ("conv", "dwconv") else None
+            env[node.output] = run_node(node, [env[i] for i in node.inputs], layer)
+        return env[self.config.outputs[0]], env[self.config.outputs[1]]
+
+
+def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None) -> torch.Tensor:
+    """One node's output from its inputs (``layer``: the node's ``nn.Conv2d`` for conv/dwconv).
+
+    The reference semantics of every op in :data:`OPS`: :class:`GraphNet` runs this, and the
+    runtime plans of :mod:`blazeport.models.runtime` fall back to it for ops they do not fuse.
+    """
+    a = node.attrs
+    if node.op in ("conv", "dwconv"):
+        x = ins[0]
         if a["padding"] == "SAME":
             ph = same_padding(x.shape[-2], a["kernel"], a["stride"])
             pw = same_padding(x.shape[-1], a["kernel"], a["stride"])
             if any(ph + pw):
                 x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
-        return _activate(self.layers[param_name(node)](x), a.get("activation"))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        env: dict[str, torch.Tensor] = {self.config.input: x}
-        for node in self.config.nodes:
-            ins = [env[i] for i in node.inputs]
-            a = node.attrs
-            if node.op in ("conv", "dwconv"):
-                y = self._conv(node, ins[0])
-            elif node.op == "pad":
-                (t, b), (left, r), (c0, c1) = a["hwc"]  # NHWC paddings without the batch axis
-                y = F.pad(ins[0], (left, r, t, b, c0, c1))
-            elif node.op == "maxpool":
-                k, s = a["kernel"], a["stride"]
-                z = ins[0]
-                if a["padding"] == "SAME":
-                    ph, pw = same_padding(z.shape[-2], k, s), same_padding(z.shape[-1], k, s)
-                    if any(ph + pw):
-                        z = F.pad(z, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf"))
-                y = _activate(F.max_pool2d(z, k, s), a.get("activation"))
-            elif node.op == "add":
-                y = _activate(ins[0] + ins[1], a.get("activation"))
-            elif node.op == "relu":
-                y = F.relu(ins[0])
-            elif node.op == "resize_bilinear":
-                # TFLite half_pixel_centers=True, align_corners=False is PyTorch's default sampling
-                y = F.interpolate(ins[0], size=tuple(a["size"]), mode="bilinear", align_corners=a["align_corners"])
-            elif node.op == "depth_to_space":
-                # TF's DCR order: input channel (i * bs + j) * C + c goes to pixel (h*bs+i, w*bs+j), channel c.
-                # torch.pixel_shuffle uses CRD order (c * bs * bs + i * bs + j), so reorder explicitly.
-                bs = a["block_size"]
-                b, c, h, w = ins[0].shape
-                y = ins[0].reshape(b, bs, bs, c // (bs * bs), h, w).permute(0, 3, 4, 1, 5, 2)
-                y = y.reshape(b, c // (bs * bs), h * bs, w * bs)
-            elif node.op == "flatten":
-                # TFLite RESHAPE (1, H, W, A*k) -> (1, H*W*A, k) in NHWC order
-                y = ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1, a["last_dim"])
-            else:  # concat along the anchor axis of (B, N, k) tensors
-                y = torch.cat(ins, dim=a["axis"])
-            env[node.output] = y
-        return env[self.config.outputs[0]], env[self.config.outputs[1]]
+        if layer is None:
+            raise ValueError(f"{node.op} {node.output!r} needs its nn.Conv2d")
+        return _activate(layer(x), a.get("activation"))
+    if node.op == "pad":
+        (t, b), (left, r), (c0, c1) = a["hwc"]  # NHWC paddings without the batch axis
+        return F.pad(ins[0], (left, r, t, b, c0, c1))
+    if node.op == "maxpool":
+        k, s = a["kernel"], a["stride"]
+        z = ins[0]
+        if a["padding"] == "SAME":
+            ph, pw = same_padding(z.shape[-2], k, s), same_padding(z.shape[-1], k, s)
+            if any(ph + pw):
+                z = F.pad(z, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf"))
+        return _activate(F.max_pool2d(z, k, s), a.get("activation"))
+    if node.op == "add":
+        return _activate(ins[0] + ins[1], a.get("activation"))
+    if node.op == "relu":
+        return F.relu(ins[0])
+    if node.op == "resize_bilinear":
+        # TFLite half_pixel_centers=True, align_corners=False is PyTorch's default sampling
+        return F.interpolate(ins[0], size=tuple(a["size"]), mode="bilinear", align_corners=a["align_corners"])
+    if node.op == "depth_to_space":
+        # TF's DCR order: input channel (i * bs + j) * C + c goes to pixel (h*bs+i, w*bs+j), channel c.
+        # torch.pixel_shuffle uses CRD order (c * bs * bs + i * bs + j), so reorder explicitly.
+        bs = a["block_size"]
+        b, c, h, w = ins[0].shape
+        y = ins[0].reshape(b, bs, bs, c // (bs * bs), h, w).permute(0, 3, 4, 1, 5, 2)
+        return y.reshape(b, c // (bs * bs), h * bs, w * bs)
+    if node.op == "flatten":
+        # TFLite RESHAPE (1, H, W, A*k) -> (1, H*W*A, k) in NHWC order
+        return ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1, a["last_dim"])
+    if node.op == "concat":  # along the anchor axis of (B, N, k) tensors
+        return torch.cat(ins, dim=a["axis"])
+    raise ValueError(f"op {node.op!r} is not supported by GraphNet")
