@@ -236,7 +236,8 @@ def write_plot(report: dict[str, Any], out: Path) -> None:
     height = max(3.0, 0.32 * sum(len(g) for g in groups.values()) + 1.5 * len(modes))
     fig, axes = plt.subplots(len(modes), 1, figsize=(10, height), squeeze=False,
                              gridspec_kw={"height_ratios": [len(groups[m]) + 1 for m in modes]})
-    colours = {"torch": "#ee4c2c", "onnx": "#4a90d9", "tflite": "#f5a623", ORIGINAL: "#7b7b7b", MEDIAPIPE: "#2ca02c"}
+    colours = {"torch": "#ee4c2c", "onnx": "#4a90d9", "tflite": "#f5a623", "executorch": "#8e44ad", ORIGINAL: "#7b7b7b",
+               MEDIAPIPE: "#2ca02c"}
     for ax, mode in zip(axes[:, 0], modes, strict=True):
         rows = groups[mode]
         labels = [f"{r['model']} · {r['backend']} · {r['threads']}t" for r in rows]
