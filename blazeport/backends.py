@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,9 @@ class ExecuTorchBackend:
             raise BlazeportError(f"the executorch backend needs ExecuTorch: {RUNTIMES['executorch'].install}") from None
         self.torch = torch
         if threads:
-            portable_lib._unsafe_reset_threadpool(int(threads))
+            with warnings.catch_warnings():  # "experimental API": said once in the docstring instead
+                warnings.simplefilter("ignore")
+                portable_lib._unsafe_reset_threadpool(int(threads))
         try:
             program = Runtime.get().load_program(self.path)
             self.method = program.load_method("forward")
@@ -234,7 +237,7 @@ class ExecuTorchBackend:
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         regs, clss = [], []
         for x in batch:  # the file has a fixed batch of 1
-            inp = self.torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
+            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
             r, c = _split_outputs([o.numpy() for o in self.method.execute([inp])], str(self.path))
             regs.append(r)
             clss.append(c)

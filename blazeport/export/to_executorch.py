@@ -157,10 +157,12 @@ def quantize_for_executorch(module: Any, example_batches: Iterable[np.ndarray]) 
 
     from blazeport.models import fold_batchnorm
 
-    images = [np.ascontiguousarray(img, dtype=np.float32) for batch in example_batches for img in batch]
+    # one (1, S, S, 3) tensor per image; not torch.from_numpy(img[None]): numpy's new axis has
+    # stride 0, which torch.export records and ExecuTorch refuses ("0 in strides is not supported")
+    images = [torch.from_numpy(np.array(img, dtype=np.float32)).unsqueeze(0) for batch in example_batches for img in batch]
     if not images:
         raise BlazeportError("int8 calibration needs at least one example image")
-    sample = torch.from_numpy(images[0][None])
+    sample = images[0]
     wrapper = nhwc(fold_batchnorm(module), named_outputs=False)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with quiet():
@@ -168,6 +170,6 @@ def quantize_for_executorch(module: Any, example_batches: Iterable[np.ndarray]) 
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for img in images:
-                prepared(torch.from_numpy(img[None]))
+                prepared(img)
         converted = convert_pt2e(prepared)
         return torch.export.export(converted, (sample,))
