@@ -118,3 +118,17 @@ def test_fp16_and_dynamic_batch_are_refused_clearly(tmp_path) -> None:
     with pytest.raises(BlazeportError, match="dynamic-batch"):
         export("short_range", "executorch", out, dynamic_batch=True)
     assert not out.exists()
+
+
+def test_missing_executorch_gives_the_install_hint(sr_pte, tmp_path, monkeypatch) -> None:
+    import sys
+
+    from blazeport.export import export
+
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "executorch.exir", None)
+    with pytest.raises(BlazeportError, match=r"executorch backend needs ExecuTorch: pip install -e \"\.\[export\]\""):
+        blazeport.load(sr_pte[0])
+    with pytest.raises(BlazeportError, match=r"ExecuTorch export needs executorch: pip install"):
+        export("short_range", "executorch", tmp_path / "x.pte")
+    assert not (tmp_path / "x.pte").exists()
