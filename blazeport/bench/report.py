@@ -22,8 +22,8 @@ from blazeport.errors import BlazeportError
 from blazeport.files import write_atomic
 
 LIBRARIES = {  # distribution names, read with importlib.metadata (nothing is imported)
-    "torch": "torch", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert", "numpy": "numpy",
-    "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "rich": "rich",
+    "torch": "torch", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert", "executorch": "executorch",
+    "numpy": "numpy", "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "rich": "rich",
 }
 TITLES = {
     "model": "model only: the backend call on a ready (1, S, S, 3) input, ms",
