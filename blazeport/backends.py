@@ -1,13 +1,16 @@
 """Backends: map a NHWC float32 batch to raw ``(regressors (B, N, 16), classificators (B, N, 1))``.
 
 Every backend is a callable with that one contract, so the detector pipeline, conversion checks,
-evaluation and benchmarks compare like with like. Only :class:`TorchBackend` imports torch, and
-only when built: a board with LiteRT or onnxruntime and numpy runs the others.
+evaluation and benchmarks compare like with like. Only :class:`TorchBackend` and
+:class:`ExecuTorchBackend` (its pybindings take torch tensors) import torch, and only when built: a
+board with LiteRT or onnxruntime and numpy runs the others.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
+from blazeport.metadata import METADATA_METHOD
 from blazeport.tflite import read_tflite
 
 
@@ -154,6 +158,92 @@ class OnnxBackend:
         return np.concatenate(regs), np.concatenate(clss)
 
 
+def _check_pte(path: Path) -> None:
+    """Refuse a missing, empty, foreign or truncated ``.pte`` with a message naming the file.
+
+    The runtime's own errors say only ``error: 0x:23``; the header says more: bytes 4-8 hold the
+    flatbuffer identifier (``ET12``), and the extended header (``eh00``) the program and segment
+    sizes, so a truncated file is caught before loading (layout of ``exir/_serialize/_program.py``).
+    """
+    if not path.is_file():
+        raise BlazeportError(f"{path}: no such file")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(40)
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        kind = "an empty file" if size == 0 else f"file identifier {head[4:8]!r}, expected 'ETnn'"
+        raise BlazeportError(f"{path}: not an ExecuTorch program ({kind}). Write one with `blazeport export MODEL "
+                             "--format executorch`.")
+    if head[8:12] == b"eh00" and len(head) >= 32:
+        program, base = int.from_bytes(head[16:24], "little"), int.from_bytes(head[24:32], "little")
+        segments = int.from_bytes(head[32:40], "little") if int.from_bytes(head[12:16], "little") >= 32 else 0
+        expected = max(program, base + segments)
+        if size < expected:
+            raise BlazeportError(f"{path}: truncated ExecuTorch program ({size:,} of {expected:,} bytes); "
+                                 "export or copy it again.")
+
+
+class ExecuTorchBackend:
+    """A ``.pte`` from ``blazeport export --format executorch`` in the ExecuTorch runtime (pybindings).
+
+    The file is NHWC float32 with batch 1 (like the ``.tflite``): a batch runs image by image.
+    ``metadata`` is the dict stored in the file's ``blazeport_metadata`` constant method
+    (:mod:`blazeport.export.to_executorch`). ``threads`` resizes ExecuTorch's one process-wide
+    threadpool, which the XNNPACK delegate runs on (``_unsafe_reset_threadpool``, experimental in
+    executorch 1.5): the last backend built sets it for all; without ``threads`` the pool keeps its
+    default, one thread per core.
+    """
+
+    name = "executorch"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        _check_pte(self.path)
+        try:
+            import torch
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+        except ImportError:  # pragma: no cover - depends on the install
+            raise BlazeportError(f"the executorch backend needs ExecuTorch: {RUNTIMES['executorch'].install}") from None
+        self.torch = torch
+        if threads:
+            with warnings.catch_warnings():  # "experimental API": said once in the docstring instead
+                warnings.simplefilter("ignore")
+                portable_lib._unsafe_reset_threadpool(int(threads))
+        try:
+            program = Runtime.get().load_program(self.path)
+            self.method = program.load_method("forward")
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise BlazeportError(f"{self.path}: ExecuTorch cannot load this program ({exc}).") from None
+        self.program = program
+        meta = self.method.metadata
+        shapes = [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+        shape = shapes[0] if len(shapes) == 1 else ()
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
+            raise BlazeportError(f"{self.path}: expected one float32 image input of shape (1, S, S, 3), got {shapes}")
+        self.input_size = int(shape[1])
+        self.metadata = self._metadata()
+
+    def _metadata(self) -> dict[str, str]:
+        if METADATA_METHOD not in self.program.method_names:
+            return {}
+        try:
+            (text,) = self.program.load_method(METADATA_METHOD).execute([])
+            meta = json.loads(text)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise BlazeportError(f"{self.path}: unreadable {METADATA_METHOD} ({exc}); pass --spec NAME") from None
+        return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        regs, clss = [], []
+        for x in batch:  # the file has a fixed batch of 1
+            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
+            r, c = _split_outputs([o.numpy() for o in self.method.execute([inp])], str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+
 class TorchBackend:
     """A PyTorch module (converted original or student), NCHW inside, NHWC at the boundary.
 
@@ -208,6 +298,7 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("torch", TorchBackend, (".safetensors", ".tflite"), True, "pip install -e ."),
         Runtime("tflite", TFLiteBackend, (".tflite",), True, "pip install ai-edge-litert"),
         Runtime("onnx", OnnxBackend, (".onnx",), False, "pip install onnxruntime"),
+        Runtime("executorch", ExecuTorchBackend, (".pte",), False, 'pip install -e ".[export]"  (executorch)'),
     )
 }
 MODEL_SUFFIXES = tuple(sorted({s for r in RUNTIMES.values() for s in r.suffixes}))
@@ -223,3 +314,13 @@ def native_runtime(path: str | Path) -> str | None:
     """The runtime that reads this file as it is (``.tflite`` -> tflite, ``.onnx`` -> onnx, ...)."""
     suffix = Path(path).suffix
     return next((r.name for r in RUNTIMES.values() if r.suffixes and r.suffixes[0] == suffix), None)
+
+
+def default_runtime(model: str | Path) -> str:
+    """The runtime ``blazeport.load`` uses when none is named: torch for a spec name, a
+    ``.safetensors`` or a ``.tflite`` (converted on load, as before), else the file's own runtime
+    (``.onnx`` -> onnx, ``.pte`` -> executorch): those hold no PyTorch weights to run on torch."""
+    suffix = Path(model).suffix
+    if suffix not in MODEL_SUFFIXES or suffix in RUNTIMES["torch"].suffixes:
+        return "torch"
+    return native_runtime(model) or "torch"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.anchors import anchors_for
+from blazeport.backends import default_runtime
 from blazeport.errors import BlazeportError
 from blazeport.loader import open_backend
 from blazeport.postprocess import Detection, postprocess
@@ -65,18 +66,20 @@ class Detector:
         return self
 
 
-def load(model: str | Path = "short_range", backend: str = "torch", threads: int | None = None,
+def load(model: str | Path = "short_range", backend: str | None = None, threads: int | None = None,
          score_threshold: float | None = None, spec: str | ModelSpec | None = None) -> Detector:
     """A ready :class:`Detector` for a spec name or a model file (see :mod:`blazeport.loader`).
 
     ``model`` is a spec name (``short_range``), a ``.safetensors`` written by ``blazeport convert``
-    or ``distill``, a ``.tflite`` or an ``.onnx``. ``backend`` is a runtime of
+    or ``distill``, a ``.tflite``, an ``.onnx`` or a ``.pte``. ``backend`` is a runtime of
     :data:`blazeport.backends.RUNTIMES`: ``torch`` (converted weights; a ``.tflite`` is converted on
-    load), ``tflite`` (LiteRT) or ``onnx`` (onnxruntime). ``spec`` (a name or a :class:`ModelSpec`)
-    says how to feed and decode a file; it overrides what the file says. The model must give one
+    load), ``tflite`` (LiteRT), ``onnx`` (onnxruntime) or ``executorch``; by default torch, or the
+    file's own runtime for an ``.onnx`` or ``.pte`` (:func:`blazeport.backends.default_runtime`).
+    ``spec`` (a name or a :class:`ModelSpec`) says how to feed and decode a file; it overrides what
+    the file says. The model must give one
     output row per anchor of its spec (:meth:`Detector.check`).
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise BlazeportError(f"threads must be a whole number >= 1, got {threads!r}")
-    resolved, runner, _ = open_backend(model, backend, spec, threads)
+    resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads)
     return Detector(resolved, runner, score_threshold).check(model)

@@ -58,8 +58,9 @@ def open_module(model: str | Path, spec: str | ModelSpec | None = None) -> tuple
     path = _model_file(model)
     if path is None:
         path = spec_weights(get_spec(str(model)))
-    if path.suffix == ".onnx":
-        raise BlazeportError(f"{path}: an .onnx file holds no PyTorch weights; it runs on the onnx backend. "
+    if path.suffix not in get_runtime("torch").suffixes:  # .onnx, .pte: exported graphs, no PyTorch weights
+        native = native_runtime(path)
+        raise BlazeportError(f"{path}: a {path.suffix} file holds no PyTorch weights; it runs on the {native} backend. "
                              "Give the .safetensors or .tflite it was exported from.")
     if path.suffix == ".safetensors":
         module, stored = load_safetensors(path)

@@ -1,7 +1,8 @@
 """The spec inside a model file, so the file alone says how to feed and decode it.
 
 ``blazeport export`` writes :meth:`ModelSpec.to_dict` as JSON under :data:`SPEC_KEY` (ONNX
-``metadata_props``; TFLite ``Model.metadata`` entries pointing at buffers), beside the layout, the
+``metadata_props``; TFLite ``Model.metadata`` entries pointing at buffers; ExecuTorch: the whole
+dict as JSON, returned by the program's constant method :data:`METADATA_METHOD`), beside the layout, the
 weight precision and the source; the loader reads it back for files that are not Google's
 originals. (Safetensors files carry their spec in their own header: :mod:`blazeport.weights`.)
 """
@@ -17,9 +18,12 @@ from blazeport.specs import ModelSpec
 from blazeport.version import __version__
 
 SPEC_KEY = "blazeport.spec"
+# ExecuTorch: a .pte has no metadata table; the dict below travels as the JSON string this
+# constant method of the program returns (see blazeport.export.to_executorch)
+METADATA_METHOD = "blazeport_metadata"
 LAYOUT = "NHWC"
 
-__all__ = ["LAYOUT", "SPEC_KEY", "file_metadata", "spec_from_metadata", "tflite_metadata"]
+__all__ = ["LAYOUT", "METADATA_METHOD", "SPEC_KEY", "file_metadata", "spec_from_metadata", "tflite_metadata"]
 
 
 def file_metadata(spec: ModelSpec, source: str | Path, fp16: bool, dynamic_batch: bool) -> dict[str, str]:

@@ -31,7 +31,8 @@ from blazeport.specs import ModelSpec
 STAGES = ("read", "preprocess", "infer", "postprocess")
 RESULT_TAG = "BLAZEPORT_BENCH_RESULT "
 # what each runtime of blazeport.backends.RUNTIMES imports: timed apart from opening the file
-RUNTIME_LIBRARIES = {"torch": "torch", "onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter"}
+RUNTIME_LIBRARIES = {"torch": "torch", "onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter",
+                     "executorch": "executorch.runtime"}
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds this blazeport package
 
 

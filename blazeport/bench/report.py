@@ -22,8 +22,8 @@ from blazeport.errors import BlazeportError
 from blazeport.files import write_atomic
 
 LIBRARIES = {  # distribution names, read with importlib.metadata (nothing is imported)
-    "torch": "torch", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert", "numpy": "numpy",
-    "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "rich": "rich",
+    "torch": "torch", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert", "executorch": "executorch",
+    "numpy": "numpy", "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "rich": "rich",
 }
 TITLES = {
     "model": "model only: the backend call on a ready (1, S, S, 3) input, ms",
@@ -236,7 +236,8 @@ def write_plot(report: dict[str, Any], out: Path) -> None:
     height = max(3.0, 0.32 * sum(len(g) for g in groups.values()) + 1.5 * len(modes))
     fig, axes = plt.subplots(len(modes), 1, figsize=(10, height), squeeze=False,
                              gridspec_kw={"height_ratios": [len(groups[m]) + 1 for m in modes]})
-    colours = {"torch": "#ee4c2c", "onnx": "#4a90d9", "tflite": "#f5a623", ORIGINAL: "#7b7b7b", MEDIAPIPE: "#2ca02c"}
+    colours = {"torch": "#ee4c2c", "onnx": "#4a90d9", "tflite": "#f5a623", "executorch": "#8e44ad", ORIGINAL: "#7b7b7b",
+               MEDIAPIPE: "#2ca02c"}
     for ax, mode in zip(axes[:, 0], modes, strict=True):
         rows = groups[mode]
         labels = [f"{r['model']} · {r['backend']} · {r['threads']}t" for r in rows]

@@ -1,4 +1,4 @@
-"""``blazeport export``: ONNX or TFLite, verified in its runtime before it replaces anything."""
+"""``blazeport export``: ONNX, TFLite or ExecuTorch, verified in its runtime before it replaces anything."""
 
 from __future__ import annotations
 
@@ -40,17 +40,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, fmt: Any) -> None:
     """The ``export`` subcommand's arguments."""
-    p = sub.add_parser("export", help="export a model to ONNX or TFLite and verify the written file",
+    p = sub.add_parser("export", help="export a model to ONNX, TFLite or ExecuTorch and verify the written file",
                        description="Export a spec's converted weights (weights/NAME.safetensors) or a .safetensors from "
-                       "`blazeport convert` to ONNX (onnxruntime) or TFLite (LiteRT; needs the [export] extra). Input is "
-                       "NHWC float32 like Google's .tflite; the spec is stored in the file's metadata. The written file is "
+                       "`blazeport convert` to ONNX (onnxruntime), TFLite (LiteRT) or ExecuTorch (.pte, XNNPACK delegate; "
+                       "TFLite and ExecuTorch need the [export] extra). Input is NHWC float32 like Google's .tflite; "
+                       "the spec is stored in the file's metadata. The written file is "
                        "then run on real photos and compared with PyTorch: raw outputs (the conversion gate for float32) "
                        "and detections after decode + NMS. Prints size, export time, worst differences and op counts "
                        "next to the original .tflite's.", formatter_class=fmt)
     p.add_argument("model", metavar="MODEL",
                    help="spec name (short_range, back, full_range, full_range_sparse), a .safetensors or an original .tflite")
     p.add_argument("--format", required=True, choices=tuple(FORMATS), help="file format")
-    p.add_argument("-o", "--output", help="output file (default: NAME[_fp16].onnx|.tflite in the current folder)")
+    p.add_argument("-o", "--output", help="output file (default: NAME[_fp16].onnx|.tflite|.pte in the current folder)")
     p.add_argument("--fp16", action="store_true", help="float16 weights (compute stays float32); differences reported, not gated")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX only: a dynamic batch dimension (default: batch 1)")
     p.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")

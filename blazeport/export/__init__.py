@@ -1,10 +1,11 @@
-"""Export any blazeport model to ONNX or TFLite, then verify the written file before reporting.
+"""Export any blazeport model to ONNX, TFLite or ExecuTorch, then verify the written file before reporting.
 
 One table, :data:`FORMATS`, is the single source of truth for what can be exported (like the
 Ultralytics exporter): format name, file suffix, exporter function, the runtime backend that
 reads the file back (:mod:`blazeport.backends`), its op counter and the install hint. The CLI's
 ``--format`` choices, the default output names and the verification all come from it. Each format's
-exporter lives in its own module: :mod:`blazeport.export.to_onnx`, :mod:`blazeport.export.to_tflite`.
+exporter lives in its own module: :mod:`blazeport.export.to_onnx`, :mod:`blazeport.export.to_tflite`,
+:mod:`blazeport.export.to_executorch` (``.pte``, XNNPACK delegate; its spec travels in a constant method).
 
 **Input layout: NHWC.** Every exported file takes ``input`` as a float32 ``(B, S, S, 3)`` batch
 in the spec's range (RGB in [-1, 1], letterboxed) and returns ``regressors (B, N, 16)`` and
@@ -40,6 +41,7 @@ import numpy as np
 
 from blazeport.backends import RUNTIMES, TorchBackend
 from blazeport.errors import BlazeportError
+from blazeport.export.to_executorch import EXECUTORCH_INSTALL, executorch_op_counts, export_executorch
 from blazeport.export.to_onnx import ONNX_OPSET, export_onnx, onnx_op_counts
 from blazeport.export.to_tflite import EXPORT_EXTRA, export_tflite, tflite_op_counts
 from blazeport.files import check_output, same_file, staged
@@ -69,6 +71,7 @@ FORMATS: dict[str, ExportFormat] = {
     for f in (
         ExportFormat("onnx", ".onnx", export_onnx, "onnx", onnx_op_counts, True, "pip install -e .", ONNX_OPSET),
         ExportFormat("tflite", ".tflite", export_tflite, "tflite", tflite_op_counts, False, EXPORT_EXTRA),
+        ExportFormat("executorch", ".pte", export_executorch, "executorch", executorch_op_counts, False, EXECUTORCH_INSTALL),
     )
 }
 
