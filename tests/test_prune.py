@@ -79,6 +79,36 @@ def test_prune_removes_the_smallest_gammas_and_keeps_the_network_consistent() ->
     assert module.stem[0].out_channels == 16  # the input module is untouched
 
 
+@pytest.mark.parametrize("name", ["resnet", "mobilenet"])
+def test_removing_channels_that_carry_nothing_leaves_the_outputs_unchanged(name: str) -> None:
+    """Network slimming's premise, end to end: channels whose BatchNorm gamma and beta are zero in
+    every coupled layer output zeros, so pruning exactly them must not change the detector's outputs.
+    (A wrong dependency, e.g. a shortcut pruned apart from its stage, would change them.)"""
+    import torch_pruning as tp
+
+    from blazeport.pruning.prune import _graph, _groups
+
+    module = _student(name)
+    graph, zeroed = _graph(module, SIZE), 0
+    for _, root, _ in list(_groups(module, graph)):
+        if root.out_channels < 16:
+            continue
+        group = graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs=list(range(root.out_channels - 8,
+                                                                                           root.out_channels)))
+        with torch.no_grad():
+            for dep, idxs in group:
+                if isinstance(dep.target.module, nn.BatchNorm2d) and dep.handler == tp.prune_batchnorm_out_channels:
+                    dep.target.module.weight[idxs] = 0.0
+                    dep.target.module.bias[idxs] = 0.0
+        zeroed += 8
+    _, report = prune(module, SIZE, ratio=0.01)  # counts only
+    pruned, report = prune(module, SIZE, ratio=zeroed / report["channels_prunable"])
+    assert report["channels_removed"] == zeroed > 0
+    with torch.no_grad():
+        for a, b in zip(pruned(_x()), module(_x()), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_mobilenet_keeps_depthwise_groups_equal_to_channels_and_reloads(tmp_path: Path) -> None:
     module = _student("mobilenet")
     pruned, report = prune(module, SIZE, ratio=0.4)
