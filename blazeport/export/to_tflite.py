@@ -134,7 +134,9 @@ def _tflite_with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
         if buf.offset and buf.offset > 1:
             buf.data = np.frombuffer(data, np.uint8, count=buf.size, offset=buf.offset)
             buf.offset = buf.size = 0
-    model.metadata = list(model.metadata or [])
+    replaced = {k.encode() for k in metadata}  # a re-written file (int8 from float) gets one entry per key
+    model.metadata = [m for m in model.metadata or [] if (m.name if isinstance(m.name, bytes) else str(m.name).encode())
+                      not in replaced]
     for key, value in metadata.items():
         buf = schema.BufferT()
         buf.data = np.frombuffer(value.encode("utf-8"), np.uint8)
