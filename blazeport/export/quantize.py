@@ -94,23 +94,33 @@ class _Reader:
 
 
 def _onnx_int8_input(model: Any) -> dict[str, Any]:
-    """Drop the QuantizeLinear on the graph input and make the input int8; returns its scale and zero point."""
+    """Drop the first QuantizeLinear after the graph input and make the input int8; returns its scale and
+    zero point. onnxruntime leaves the NHWC->NCHW ``Transpose`` at the input in float; it moves int8 as well."""
     from onnx import TensorProto, numpy_helper
 
     graph = model.graph
     name = graph.input[0].name
-    quant = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name]
-    if len(quant) != 1:
-        raise BlazeportError(f"--int8-io: expected one QuantizeLinear on the input, found {len(quant)}")
-    q = quant[0]
+    tensor = name
+    while True:  # through layout-only ops to the QuantizeLinear
+        users = [n for n in graph.node if tensor in n.input]
+        if len(users) != 1 or users[0].op_type not in ("Transpose", "QuantizeLinear"):
+            raise BlazeportError(f"--int8-io: the input {name!r} does not reach one QuantizeLinear through layout ops only")
+        if users[0].op_type == "QuantizeLinear":
+            break
+        tensor = users[0].output[0]
+    q = users[0]
     inits = {i.name: i for i in graph.initializer}
     scale = float(numpy_helper.to_array(inits[q.input[1]]))
     zero = numpy_helper.to_array(inits[q.input[2]])
     for node in graph.node:
         for k, inp in enumerate(node.input):
             if inp == q.output[0]:
-                node.input[k] = name
+                node.input[k] = tensor
     graph.node.remove(q)
+    stale = {n.output[0] for n in graph.node if n.op_type == "Transpose" and tensor != name} | {tensor}
+    kept = [v for v in graph.value_info if v.name not in stale]  # shapes inference typed them float
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
     graph.input[0].type.tensor_type.elem_type = TensorProto.INT8 if zero.dtype == np.int8 else TensorProto.UINT8
     return {"scale": scale, "zero_point": int(zero), "dtype": zero.dtype.name}
 
