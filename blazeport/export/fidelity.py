@@ -73,26 +73,35 @@ def onnx_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -> 
     import onnxruntime as ort
     from onnx import helper
 
-    def run(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    def session(model: Any, names: list[str]) -> Any:
         have = {o.name for o in model.graph.output}
         model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in have)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
-        s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def run(s: Any, x: np.ndarray) -> dict[str, np.ndarray]:
         feed = s.get_inputs()[0]
-        if "int8" in feed.type:  # --int8-io: the int8 graph has no float input
-            return {}
+        if "int8" in feed.type:  # --int8-io: feed the int8 graph its quantized input
+            from blazeport.backends import _onnx_input_quantization, quantize_input
+
+            meta = dict(s.get_modelmeta().custom_metadata_map)
+            x = quantize_input(x, *_onnx_input_quantization(meta, feed.type, int8_path))
         return dict(zip([o.name for o in s.get_outputs()], s.run(None, {feed.name: x}), strict=True))
 
     fm, qm = onnx.load(str(float_path)), onnx.load(str(int8_path))
     op_of = {o: n.op_type for n in fm.graph.node for o in n.output}
     q_names = {o for n in qm.graph.node for o in n.output}
     pairs = {a: f"{a}_DequantizeLinear_Output" for a in op_of if f"{a}_DequantizeLinear_Output" in q_names}
-    f_out, q_out = run(fm, list(pairs), inputs), run(qm, list(pairs.values()), inputs)
-    errors = {a: (op_of[a], _relative(q_out[b], f_out[a])) for a, b in pairs.items()
-              if b in q_out and q_out[b].shape == f_out[a].shape}
-    return _ranked(errors)
+    fs, qs = session(fm, list(pairs)), session(qm, list(pairs.values()))
+    totals: dict[str, list[float]] = {}
+    for x in inputs:  # one image a run: the files may have a fixed batch of 1
+        f_out, q_out = run(fs, x[None]), run(qs, x[None])
+        for a, b in pairs.items():
+            if b in q_out and q_out[b].shape == f_out[a].shape:
+                totals.setdefault(a, []).append(_relative(q_out[b], f_out[a]))
+    return _ranked({a: (op_of[a], float(np.mean(e))) for a, e in totals.items()})
 
 
 def tflite_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -> list[dict[str, Any]]:
@@ -107,9 +116,12 @@ def tflite_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         it.allocate_tensors()
         inp = it.get_input_details()[0]
-        if inp["dtype"] != np.float32:
-            return {}
-        it.set_tensor(inp["index"], x[None].astype(np.float32))
+        feed = x[None].astype(np.float32)
+        if inp["dtype"] != np.float32:  # --int8-io
+            from blazeport.backends import quantize_input
+
+            feed = quantize_input(feed, *inp["quantization"], inp["dtype"])
+        it.set_tensor(inp["index"], feed)
         it.invoke()
         out = {}
         for d in it.get_tensor_details():
@@ -119,6 +131,10 @@ def tflite_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -
                 continue
         return out
 
+    from blazeport.tflite import read_tflite
+
+    graph = read_tflite(int8_path)
+    op_of = {graph.tensor(t).name: op.type for op in graph.ops for t in op.outputs}
     totals: dict[str, tuple[str, list[float]]] = {}
     for x in inputs:
         f, q = tensors(float_path, x), tensors(int8_path, x)
@@ -126,5 +142,5 @@ def tflite_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -
             if name not in f or qa.dtype not in (np.int8, np.uint8, np.int16) or not scale or f[name][0].shape != qa.shape:
                 continue
             value = (qa.astype(np.float64) - zero) * scale
-            totals.setdefault(name, ("", []))[1].append(_relative(value, f[name][0]))
+            totals.setdefault(name, (op_of.get(name, ""), []))[1].append(_relative(value, f[name][0]))
     return _ranked({n: (op, float(np.mean(e))) for n, (op, e) in totals.items()})
