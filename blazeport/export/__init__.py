@@ -26,6 +26,13 @@ PyTorch module by the conversion gate, and detections after decode and NMS must 
 and within the same tolerance (:func:`blazeport.verify.verify`, the check ``convert`` makes too).
 Students are exported with their BatchNorm folded into the convs (:func:`blazeport.models.fold_batchnorm`)
 and checked against the unfolded module. Float16 weights are reported, not gated.
+
+**int8** (``--int8``) is an option of the same rows, not a format of its own: the row's exporter
+writes the float file into a temporary folder, the row's ``quantizer``
+(:mod:`blazeport.export.quantize`) writes the int8 file into the staging path, calibrated on
+photos from ``--calibration`` (:mod:`blazeport.export.calibration`), and
+:mod:`blazeport.export.fidelity` judges it by AP50 against the float model on held-out photos
+(the float gate cannot apply); the row's ``layer_errors`` names the worst layers when it misses.
 """
 
 from __future__ import annotations
