@@ -58,7 +58,9 @@ def _print_int8(r: dict[str, Any]) -> int:
     print(f"  decoded (all anchors)  max score diff {d['scores']:.3f}   coordinates {d['coordinates']:.4f}")
     print(f"  matched detections     max score diff {det['max_score_diff']:.3f}   coordinates {det['max_coordinate_diff']:.4f}")
     for layer in r["worst_layers"]:
-        print(f"  worst layer  {layer['relative_error']:.3f} relative error  {layer['op'] or '?':<10} {layer['tensor']}")
+        # litert-torch names tensors by their module path (a;b;...): the last module of the first name says where
+        where = layer["tensor"].split(";")[0].rsplit("/", 2)[-2:]
+        print(f"  worst layer  {layer['relative_error']:.3f} relative error  {layer['op'] or '?':<18} {'/'.join(where)}")
     print(f"ops {r['format']:<7} {', '.join(f'{k} {v}' for k, v in r['op_counts'].items())}")
     print(f"{'OK' if r['ok'] else 'FAILED'}: AP50 vs float {v['AP50']:.3f} {'>=' if r['ok'] else 'misses'} "
           f"target {r['target']['AP50']}")
