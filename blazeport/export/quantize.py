@@ -45,7 +45,7 @@ import numpy as np
 from blazeport.errors import BlazeportError
 from blazeport.export.calibration import Calibration
 from blazeport.export.common import quiet
-from blazeport.export.to_tflite import _tflite_with_metadata
+from blazeport.export.to_tflite import _tflite_with_metadata, inline_buffers
 from blazeport.files import write_atomic
 
 INPUT_QUANTIZATION_KEY = "blazeport.input_quantization"
@@ -209,6 +209,7 @@ def _tflite_float_input(data: bytes) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    inline_buffers(model, data)
     sg = model.subgraphs[0]
     old = int(sg.inputs[0])
     qt = sg.tensors[old]
@@ -234,7 +235,7 @@ def _tflite_float_input(data: bytes) -> bytes:
         for t in sig.inputs:
             if t.tensorIndex == old:
                 t.tensorIndex = index
-    builder = flatbuffers.Builder(len(data) + 4096)
+    builder = flatbuffers.Builder(len(data) + 65536)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 
