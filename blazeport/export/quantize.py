@@ -155,15 +155,16 @@ def quantize_onnx(float_path: Path, out: Path, calibration: Calibration | None, 
                 else:
                     model = onnx.load(str(pre))
                     heads = onnx_head_nodes(model)
-                    usable = len(calibration.inputs) // ONNX_CALIBRATION_STRIDE * ONNX_CALIBRATION_STRIDE  # >= 20
-                    quantize_static(pre, q, _Reader(calibration.inputs[:usable], model.graph.input[0].name),
+                    n = len(calibration.inputs)  # passes must divide the photos evenly: every photo counts
+                    stride = max(d for d in range(1, ONNX_CALIBRATION_STRIDE + 1) if n % d == 0)
+                    quantize_static(pre, q, _Reader(calibration.inputs, model.graph.input[0].name),
                                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
                                     nodes_to_exclude=heads,
                                     extra_options={"CalibPercentile": ONNX_PERCENTILE, "ActivationSymmetric": False,
-                                                   "WeightSymmetric": True, "CalibStridedMinMax": ONNX_CALIBRATION_STRIDE})
+                                                   "WeightSymmetric": True, "CalibStridedMinMax": stride})
                     facts.update(method="static QDQ", weights="int8 per channel", activations="int8 per tensor",
-                                 calibration=f"percentile {ONNX_PERCENTILE}", photos_used=usable, float_nodes=heads)
+                                 calibration=f"percentile {ONNX_PERCENTILE}", photos_per_pass=stride, float_nodes=heads)
         except BlazeportError:
             raise
         except Exception as exc:  # onnxruntime raises bare Exceptions naming the op it cannot handle
