@@ -31,6 +31,18 @@ def _split_outputs(outputs: list[np.ndarray], source: str) -> tuple[np.ndarray, 
     return reg[0].astype(np.float32, copy=False), cls[0].astype(np.float32, copy=False)
 
 
+INTEGER_INPUTS = (np.int8, np.uint8)
+
+
+def quantize_input(batch: np.ndarray, scale: float, zero_point: int, dtype: Any) -> np.ndarray:
+    """The float batch as an int8 (or uint8) file wants it: ``round(x / scale) + zero_point``, saturated.
+
+    Files written with ``blazeport export --int8 --int8-io`` take integer input; the pipeline still
+    letterboxes to floats, so every backend quantizes here with the file's own scale and zero point."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(batch / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
 class TFLiteBackend:
     """The original (or any exported) ``.tflite`` in the LiteRT interpreter.
 
@@ -61,10 +73,15 @@ class TFLiteBackend:
         inputs = interpreter.get_input_details()
         shape = tuple(int(x) for x in inputs[0]["shape"]) if len(inputs) == 1 else ()
         # what the pipeline feeds: one NHWC float32 RGB batch of 1, square (as Google's files)
-        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3 or inputs[0]["dtype"] != np.float32:
+        dtype = inputs[0]["dtype"] if inputs else None
+        # an int8 input must say how to quantize (scale, zero point), as --int8-io files do
+        integer = dtype in INTEGER_INPUTS and bool(inputs[0]["quantization"][0])
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3 or not (dtype == np.float32 or integer):
             got = [(tuple(int(x) for x in i["shape"]), np.dtype(i["dtype"]).name) for i in inputs]
-            raise BlazeportError(f"{self.path}: expected one float32 image input of shape (1, S, S, 3), got {got}")
+            raise BlazeportError(f"{self.path}: expected one float32 (or quantized int8) image input of shape (1, S, S, 3), "
+                                 f"got {got}")
         self.input = inputs[0]
+        self.input_quantization = inputs[0]["quantization"] if integer else None
         self.outputs = interpreter.get_output_details()
         self.input_size = shape[1]
 
@@ -92,12 +109,20 @@ class TFLiteBackend:
         interpreter = self._interpreter()
         regs, clss = [], []
         for x in batch:  # the original files have a fixed batch of 1
-            interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x[None], dtype=np.float32))
+            x = np.ascontiguousarray(x[None], dtype=np.float32)
+            if self.input_quantization is not None:
+                x = quantize_input(x, *self.input_quantization, self.input["dtype"])
+            interpreter.set_tensor(self.input["index"], x)
             interpreter.invoke()
-            r, c = _split_outputs([interpreter.get_tensor(o["index"]) for o in self.outputs], str(self.path))
+            r, c = _split_outputs([_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs], str(self.path))
             regs.append(r)
             clss.append(c)
         return np.concatenate(regs), np.concatenate(clss)
+
+
+def _dequantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    return (x.astype(np.float32) - zero) * scale if x.dtype in INTEGER_INPUTS and scale else x
 
 
 class OnnxBackend:
@@ -130,9 +155,12 @@ class OnnxBackend:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs = self.session.get_inputs()
         shape = inputs[0].shape if len(inputs) == 1 else []
-        if len(shape) != 4 or 3 not in (shape[1], shape[3]) or not str(inputs[0].type).startswith("tensor(float"):
+        self.input_quantization = _onnx_input_quantization(self.metadata, inputs[0].type if inputs else "", self.path)
+        if (len(shape) != 4 or 3 not in (shape[1], shape[3])
+                or not (str(inputs[0].type).startswith("tensor(float") or self.input_quantization)):
             got = [(i.name, i.shape, i.type) for i in inputs]
-            raise BlazeportError(f"{self.path}: expected one float image input (B, S, S, 3) or (B, 3, S, S), got {got}")
+            raise BlazeportError(f"{self.path}: expected one float (or quantized int8) image input (B, S, S, 3) or "
+                                 f"(B, 3, S, S), got {got}")
         self.input = inputs[0].name
         self.nchw = shape[3] != 3
         size = shape[2] if self.nchw else shape[1]
@@ -146,12 +174,14 @@ class OnnxBackend:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)
+        if self.input_quantization is not None:
+            x = quantize_input(x, *self.input_quantization)
         chunks = [x] if self.batch is None else [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
         regs, clss = [], []
         for chunk in chunks:
             n = len(chunk)
             if self.batch is not None and n < self.batch:  # a fixed batch > 1: pad the last chunk
-                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), np.float32)])
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
             r, c = _split_outputs(self.session.run(None, {self.input: chunk}), str(self.path))
             regs.append(r[:n])
             clss.append(c[:n])
@@ -242,6 +272,18 @@ class ExecuTorchBackend:
             regs.append(r)
             clss.append(c)
         return np.concatenate(regs), np.concatenate(clss)
+
+
+def _onnx_input_quantization(metadata: dict[str, str], input_type: str, path: Path) -> tuple[float, int, Any] | None:
+    """``(scale, zero point, dtype)`` of an int8 input, from the ``blazeport.input_quantization`` metadata."""
+    if input_type not in ("tensor(int8)", "tensor(uint8)"):
+        return None
+    text = metadata.get("blazeport.input_quantization")
+    if text is None:
+        raise BlazeportError(f"{path}: an {input_type} input without blazeport.input_quantization metadata (scale, "
+                             "zero point); export it with `blazeport export --int8 --int8-io`")
+    q = json.loads(text)
+    return float(q["scale"]), int(q["zero_point"]), np.dtype(q["dtype"]).type
 
 
 class TorchBackend:

@@ -26,11 +26,13 @@ LAYOUT = "NHWC"
 __all__ = ["LAYOUT", "METADATA_METHOD", "SPEC_KEY", "file_metadata", "spec_from_metadata", "tflite_metadata"]
 
 
-def file_metadata(spec: ModelSpec, source: str | Path, fp16: bool, dynamic_batch: bool) -> dict[str, str]:
+def file_metadata(spec: ModelSpec, source: str | Path, fp16: bool, dynamic_batch: bool,
+                  weights: str | None = None) -> dict[str, str]:
+    """``weights`` overrides the precision ``fp16`` implies (``int8``, ``int8-dynamic``)."""
     return {
         SPEC_KEY: json.dumps(spec.to_dict()),
         "blazeport.layout": LAYOUT,
-        "blazeport.weights": "float16" if fp16 else "float32",
+        "blazeport.weights": weights or ("float16" if fp16 else "float32"),
         "blazeport.batch": "dynamic" if dynamic_batch else "1",
         "blazeport.source": Path(source).name,
         "blazeport.version": __version__,

@@ -360,3 +360,16 @@ def test_fast_postprocess_is_identical_to_the_reference() -> None:
                 got = [[(d.score, d.box, d.keypoints) for d in dets]
                        for dets in postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold)]
                 assert got == _reference_postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold)
+
+
+def test_an_int8_tflite_gets_the_int8_target_and_a_size_ratio() -> None:
+    """A file whose metadata says int8 is held to <= 0.7x the original (not the re-export's 1.1x)."""
+    base = {"mode": "model", "threads": 1, "reference": "short_range", "spec": "short_range"}
+    original = {**base, "model": "short_range", "backend": targets.ORIGINAL, "stats": {"p50": 2.0}, "file_bytes": 229_032}
+    int8 = {**base, "model": "sr_int8", "backend": "tflite", "stats": {"p50": 1.6}, "file_bytes": 114_516, "weights": "int8"}
+    results = [original, int8]
+    bench_report.add_ratios(results)
+    assert int8["ratios"] == {"vs_original": pytest.approx(0.8), "size_vs_original": pytest.approx(0.5)}
+    (target,) = bench_report.check_targets(results)
+    assert target["target"] == "int8 tflite <= 0.7x original" and target["where"] == "sr_int8 tflite 1t"
+    assert target["limit"] == 0.7 and target["met"] is False

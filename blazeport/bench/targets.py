@@ -24,6 +24,7 @@ from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of
 from blazeport.loader import open_module
+from blazeport.metadata import tflite_metadata
 from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, get_spec, spec_for_file, student_spec
 from blazeport.weights import save_safetensors
 
@@ -45,6 +46,7 @@ class Target:
     params: int | None = None
     macs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # a blazeport export's precision (its blazeport.weights metadata: int8, float16, ...)
 
     @property
     def runtime(self) -> str:
@@ -66,6 +68,7 @@ class _Model:
     spec_arg: str | None = None  # --spec, for a file
     module: Any = None  # the PyTorch module, once opened
     source: Path | None = None  # the file it was opened from: what torch loads, what exports are made from
+    weights: str | None = None  # blazeport.weights of an exported file (int8 files get their own latency target)
 
 
 def torch_available() -> bool:
@@ -158,11 +161,13 @@ def _describe_file(path: Path, spec_name: str | None, has_torch: bool) -> _Model
         module, spec, source = open_module(path, spec_name)
         return _Model(path.stem, path.stem, spec, {}, path, spec_name, module, source)
     runtime = native_runtime(path)
-    spec = load(path, backend=runtime, spec=spec_name).spec  # the loader, and the file's outputs checked against the spec
+    detector = load(path, backend=runtime, spec=spec_name)  # the loader, and the file's outputs checked against the spec
+    spec = detector.spec
     original = spec_for_file(path) if runtime == "tflite" else None
     if original is not None:  # one of Google's files: it runs as the original, and torch converts it on load
         return _Model(original.name, original.name, spec, {ORIGINAL: path}, path, spec_name)
-    return _Model(path.stem, path.stem, spec, {runtime: path}, None)
+    meta = getattr(detector.backend, "metadata", None) or (tflite_metadata(path) if runtime == "tflite" else {})
+    return _Model(path.stem, path.stem, spec, {runtime: path}, None, weights=meta.get("blazeport.weights"))
 
 
 def _wanted(m: _Model, backends: set[str]) -> tuple[list[str], list[str]]:
@@ -204,7 +209,8 @@ def _model_targets(m: _Model, backends: set[str], cache: Path, has_torch: bool, 
         path = _from_torch(m, backend, cache, notes, log) if backend in made else m.files[backend]
         if path is None:
             continue
-        t = Target(m.label, backend, str(path), m.spec, reference_of(m.spec), params=counts[0], macs=counts[1])
+        t = Target(m.label, backend, str(path), m.spec, reference_of(m.spec), params=counts[0], macs=counts[1],
+                   weights=m.weights if backend in m.files else None)
         if backend == "torch" and path.suffix == ".tflite":
             t.extra["note"] = "converted from the .tflite on load"
         out.append(t)

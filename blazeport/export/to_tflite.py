@@ -116,6 +116,16 @@ def _pool_before_pad(model: Any) -> int:
     return swapped
 
 
+def inline_buffers(model: Any, data: bytes) -> None:
+    """Move buffers that ai-edge-quantizer appends after the flatbuffer (``offset``/``size``) into the
+    model, so a re-packed ``ModelT`` (which drops whatever follows the flatbuffer) keeps them."""
+    model.buffers = list(model.buffers or [])
+    for buf in model.buffers:
+        if buf.offset and buf.offset > 1:
+            buf.data = np.frombuffer(data, np.uint8, count=buf.size, offset=buf.offset)
+            buf.offset = buf.size = 0
+
+
 def _tflite_with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
     """Add ``Model.metadata`` entries, name the I/O tensors like Google's files and pool before
     padding as they do (:func:`_pool_before_pad`)."""
@@ -129,12 +139,10 @@ def _tflite_with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
     for i in sg.outputs:
         t = sg.tensors[i]
         t.name = "classificators" if int(t.shape[-1]) == 1 else "regressors"
-    model.buffers = list(model.buffers or [])
-    for buf in model.buffers:  # ai-edge-quantizer appends some buffers after the flatbuffer: inline them
-        if buf.offset and buf.offset > 1:
-            buf.data = np.frombuffer(data, np.uint8, count=buf.size, offset=buf.offset)
-            buf.offset = buf.size = 0
-    model.metadata = list(model.metadata or [])
+    inline_buffers(model, data)
+    replaced = {k.encode() for k in metadata}  # a re-written file (int8 from float) gets one entry per key
+    model.metadata = [m for m in model.metadata or [] if (m.name if isinstance(m.name, bytes) else str(m.name).encode())
+                      not in replaced]
     for key, value in metadata.items():
         buf = schema.BufferT()
         buf.data = np.frombuffer(value.encode("utf-8"), np.uint8)
