@@ -34,6 +34,10 @@ writes the float file into a temporary folder, the row's ``quantizer``
 photos from ``--calibration`` (:mod:`blazeport.export.calibration`), and
 :mod:`blazeport.export.fidelity` judges it by AP50 against the float model on held-out photos
 (the float gate cannot apply); the row's ``layer_errors`` names the worst layers when it misses.
+Every quantizer also receives the folded torch module the float file came from (``module=``):
+ONNX and TFLite quantize the file and ignore it, ExecuTorch quantizes the graph before lowering
+(PT2E) and needs it. One keyword, so all three rows keep this one path; a row's ``int8_flags``
+says which of ``--dynamic`` / ``--int8-io`` its quantizer offers, refused before any export work.
 """
 
 from __future__ import annotations

@@ -25,8 +25,14 @@ no smaller (440,960 B vs 439,680 B), 1.6x slower (8.0 vs 4.9 ms), the casts stay
 kernels (2 delegated subgraphs instead of 1), and raw outputs moved by 0.09. Nothing gained here;
 on a phone with float16 ALUs it may differ, which is a job for an on-device benchmark.
 
-:func:`quantize_for_executorch` is ExecuTorch's int8 path (PT2E with ``XNNPACKQuantizer``); it is
-a library function, not a CLI flag (``--int8`` belongs to the int8 ONNX/TFLite export).
+**int8** (``--int8 --calibration DIR``, the same path as ONNX and TFLite): :func:`quantize_executorch`
+is the row's quantizer, PT2E with ``XNNPACKQuantizer`` on the torch graph (:func:`quantize_for_executorch`),
+lowered like the float file; the quantize/dequantize pairs go into the XNNPACK delegate with the
+convs, so the ``.pte`` still takes and returns float32. :func:`executorch_layer_errors` names the
+worst layers of a missed target from the torch programs behind the file. ``--dynamic`` and
+``--int8-io`` are not offered (refused before any work): XNNPACK's dynamic quantization is made for
+linear layers, which BlazeFace has none of, and whether its conv pattern lowers and pays off was not
+measured; an int8 graph input would mean removing the lowered program's first quantize by hand.
 """
 
 from __future__ import annotations
@@ -250,9 +256,10 @@ def executorch_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarra
         node = q_by_name.get(name)
         if node is None:
             continue
-        while len(node.users) == 1 and op(next(iter(node.users))).startswith(("quantize_per_tensor", "dequantize_per_tensor")):
-            node = next(iter(node.users))
-        reads[name] = node.name
+        for step in ("quantize_per_tensor", "dequantize_per_tensor"):  # PT2E gives each consumer its own dequantize
+            node = next((u for u in node.users if op(u) == step), node)
+        if op(node) != "quantize_per_tensor":  # never compare int8 codes with float values
+            reads[name] = node.name
     totals: dict[str, list[float]] = {}
     for x in inputs:
         one = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
@@ -262,8 +269,16 @@ def executorch_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarra
             if a is not None and b is not None and a.shape == b.shape:
                 err = float(np.linalg.norm(b.astype(np.float64) - a) / (np.linalg.norm(a) + 1e-12))
                 totals.setdefault(name, []).append(err)
+    where = {n.name: _module_path(n) for n in fgm.graph.nodes}
     worst = sorted(((n, float(np.mean(e))) for n, e in totals.items()), key=lambda kv: -kv[1])[:5]
-    return [{"tensor": n, "op": f_nodes[n], "relative_error": round(e, 4)} for n, e in worst]
+    return [{"tensor": f"{where[n]}/{n}" if where.get(n) else n, "op": f_nodes[n], "relative_error": round(e, 4)}
+            for n, e in worst]
+
+
+def _module_path(node: Any) -> str:
+    """The innermost module a graph node came from (``inner.backbone.3``), so a report names the layer, not just ``conv2d_32``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
 
 
 def _node_values(gm: Any, x: Any, names: set[str]) -> dict[str, np.ndarray]:
