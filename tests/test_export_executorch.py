@@ -170,7 +170,8 @@ def test_short_range_int8_pte_meets_the_target_and_reloads(small_calibration, tm
     assert r["size_bytes"] == out.stat().st_size and r["size_vs_float"] < 0.6  # int8 weights
     ops = r["op_counts"]  # still one delegate call, the quantize/dequantize pairs inside it
     assert ops["delegate:XnnpackBackend"] == 1 and ops["portable_nodes"] == 0 and ops["xnnpack:convolution"] == 37
-    assert ops["xnnpack:quantized_decomposed_dequantize_per_channel"] == 37  # every conv's weights int8
+    # int8 weights in every conv but the 4 of the SSD heads, which stay float (see quantize_for_executorch)
+    assert ops["xnnpack:quantized_decomposed_dequantize_per_channel"] == 33 and len(q["float_nodes"]) > 4
     det = blazeport.load(out)
     assert det.backend.name == "executorch" and det.spec == get_spec("short_range")
     assert det.backend.metadata["blazeport.weights"] == "int8"
