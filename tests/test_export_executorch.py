@@ -132,3 +132,81 @@ def test_missing_executorch_gives_the_install_hint(sr_pte, tmp_path, monkeypatch
     with pytest.raises(BlazeportError, match=r"ExecuTorch export needs executorch: pip install"):
         export("short_range", "executorch", tmp_path / "x.pte")
     assert not (tmp_path / "x.pte").exists()
+
+
+# ----------------------------------------------------------------------------------------------- int8
+
+
+@pytest.fixture(scope="module")
+def small_calibration(tmp_path_factory) -> Path:
+    """The smallest folder int8 export accepts: 20 photos calibrate, 10 are held out to verify (symlinks)."""
+    from blazeport.export.calibration import MIN_CALIBRATION, MIN_VERIFY
+    from tests.conftest import SHARED_DATA
+
+    unlabeled = SHARED_DATA / "unlabeled"
+    if not unlabeled.is_dir():
+        pytest.skip(f"real photos not found at {unlabeled}")
+    photos = [p for sub in ("caltech1999_half", "human_samples") for p in sorted((unlabeled / sub).glob("*.jpg"))[:15]]
+    assert len(photos) == MIN_CALIBRATION + MIN_VERIFY
+    d = tmp_path_factory.mktemp("calibration")
+    for p in photos:
+        (d / f"{p.parent.name}_{p.name}").symlink_to(p)
+    return d
+
+
+def test_short_range_int8_pte_meets_the_target_and_reloads(small_calibration, tmp_path, capsys) -> None:
+    """--int8 through the same path as ONNX/TFLite: PT2E int8, XNNPACK-lowered, judged by AP50 vs float."""
+    from blazeport.export.calibration import MIN_CALIBRATION, MIN_VERIFY
+    from blazeport.export.fidelity import AP50_TARGET
+
+    out = tmp_path / "sr_int8.pte"
+    assert main(["export", "short_range", "--format", "executorch", "--int8", "--calibration", str(small_calibration),
+                 "--calibration-count", str(MIN_CALIBRATION), "-o", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ok"] and r["written"] and r["weights"] == "int8" and r["worst_layers"] == []
+    assert r["vs_float"]["AP50"] >= AP50_TARGET and r["vs_float"]["references"] > 0, r["vs_float"]
+    q = r["quantization"]
+    assert q["calibration_images"] == MIN_CALIBRATION and q["verification_images"] == MIN_VERIFY and q["io"] == "float32"
+    assert r["size_bytes"] == out.stat().st_size and r["size_vs_float"] < 0.6  # int8 weights
+    ops = r["op_counts"]  # still one delegate call, the quantize/dequantize pairs inside it
+    assert ops["delegate:XnnpackBackend"] == 1 and ops["portable_nodes"] == 0 and ops["xnnpack:convolution"] == 37
+    # int8 weights in every conv but the 4 of the SSD heads, which stay float (see quantize_for_executorch)
+    assert ops["xnnpack:quantized_decomposed_dequantize_per_channel"] == 33 and len(q["float_nodes"]) > 4
+    det = blazeport.load(out)
+    assert det.backend.name == "executorch" and det.spec == get_spec("short_range")
+    assert det.backend.metadata["blazeport.weights"] == "int8"
+    photo = str(_photo_paths()[0])
+    assert main(["detect", "--model", str(out), "--backend", "executorch", "--threads", "1", photo]) == 0
+    assert "1 face(s)" in capsys.readouterr().out
+
+
+def test_int8_layer_errors_compare_the_torch_programs(small_calibration, tmp_path) -> None:
+    """What a missed target reports: per node of the PT2E graph, the int8 activation against the float one."""
+    import numpy as np
+    import torch
+
+    from blazeport.export.calibration import load_calibration
+    from blazeport.export.to_executorch import INT8_PROGRAMS, _pt2e, executorch_layer_errors
+    from blazeport.loader import open_module
+    from blazeport.verify import verification_inputs
+
+    module, spec, _ = open_module("short_range")
+    calib = load_calibration(small_calibration, spec, 20)
+    for name, program in zip(INT8_PROGRAMS, _pt2e(module, calib.inputs), strict=True):
+        torch.export.save(program, tmp_path / name)
+    inputs = verification_inputs(spec, calib.verify_images[:2])[0][:-1]
+    worst = executorch_layer_errors(tmp_path / "float.pte", tmp_path / "int8.pte", inputs)
+    assert len(worst) == 5 and all(w["op"] and "/" in w["tensor"] for w in worst), worst
+    errors = np.array([w["relative_error"] for w in worst])
+    assert (np.diff(errors) <= 0).all() and errors[-1] > 0 and errors[0] < 1  # rounding error, not int8 codes
+    assert executorch_layer_errors(tmp_path / "x" / "float.pte", tmp_path / "int8.pte", inputs) == []
+
+
+def test_int8_options_executorch_does_not_offer_are_refused_first(tmp_path) -> None:
+    from blazeport.export import export
+
+    out = tmp_path / "x.pte"
+    for kwargs, flag in (({"dynamic": True}, "--dynamic"), ({"int8_io": True, "calibration": tmp_path}, "--int8-io")):
+        with pytest.raises(BlazeportError, match=f"{flag} is not offered for executorch --int8; it is for onnx, tflite"):
+            export("short_range", "executorch", out, int8=True, **kwargs)
+    assert not out.exists()

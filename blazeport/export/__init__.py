@@ -34,6 +34,10 @@ writes the float file into a temporary folder, the row's ``quantizer``
 photos from ``--calibration`` (:mod:`blazeport.export.calibration`), and
 :mod:`blazeport.export.fidelity` judges it by AP50 against the float model on held-out photos
 (the float gate cannot apply); the row's ``layer_errors`` names the worst layers when it misses.
+Every quantizer also receives the folded torch module the float file came from (``module=``):
+ONNX and TFLite quantize the file and ignore it, ExecuTorch quantizes the graph before lowering
+(PT2E) and needs it. One keyword, so all three rows keep this one path; a row's ``int8_flags``
+says which of ``--dynamic`` / ``--int8-io`` its quantizer offers, refused before any export work.
 """
 
 from __future__ import annotations
@@ -52,7 +56,13 @@ from blazeport.errors import BlazeportError
 from blazeport.export.calibration import DEFAULT_COUNT, MIN_CALIBRATION, MIN_VERIFY, Calibration, load_calibration
 from blazeport.export.fidelity import onnx_layer_errors, tflite_layer_errors, verify_int8
 from blazeport.export.quantize import quantize_onnx, quantize_tflite
-from blazeport.export.to_executorch import EXECUTORCH_INSTALL, executorch_op_counts, export_executorch
+from blazeport.export.to_executorch import (
+    EXECUTORCH_INSTALL,
+    executorch_layer_errors,
+    executorch_op_counts,
+    export_executorch,
+    quantize_executorch,
+)
 from blazeport.export.to_onnx import ONNX_OPSET, export_onnx, onnx_op_counts
 from blazeport.export.to_tflite import EXPORT_EXTRA, export_tflite, tflite_op_counts
 from blazeport.files import check_output, same_file, staged
@@ -74,10 +84,12 @@ class ExportFormat:
     op_counter: Callable[[Path], dict[str, int]]
     dynamic_batch: bool  # whether --dynamic-batch is supported
     install: str  # what to install when the exporter's packages are missing
-    # --int8: (float file, out, calibration, *, dynamic, int8_io, metadata) -> facts; None: not offered
+    # --int8: (float file, out, calibration, *, dynamic, int8_io, metadata, module) -> facts; None: not offered.
+    # module: the folded torch module the float file came from (ExecuTorch quantizes the graph, not the file)
     quantizer: Callable[..., dict[str, Any]] | None = None
     layer_errors: Callable[..., list[dict[str, Any]]] | None = None  # (float file, int8 file, inputs) -> worst layers
     opset: int | None = None  # the ONNX opset the exporter targets
+    int8_flags: tuple[str, ...] = ("--dynamic", "--int8-io")  # the --int8 options the quantizer offers
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -87,7 +99,8 @@ FORMATS: dict[str, ExportFormat] = {
                      onnx_layer_errors, ONNX_OPSET),
         ExportFormat("tflite", ".tflite", export_tflite, "tflite", tflite_op_counts, False, EXPORT_EXTRA, quantize_tflite,
                      tflite_layer_errors),
-        ExportFormat("executorch", ".pte", export_executorch, "executorch", executorch_op_counts, False, EXECUTORCH_INSTALL),
+        ExportFormat("executorch", ".pte", export_executorch, "executorch", executorch_op_counts, False, EXECUTORCH_INSTALL,
+                     quantize_executorch, executorch_layer_errors, int8_flags=()),
     )
 }
 
@@ -162,6 +175,10 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
     if int8 and f.quantizer is None:
         raise BlazeportError(f"--int8 is not offered for {f.name} yet; it is for "
                              f"{', '.join(x.name for x in FORMATS.values() if x.quantizer)}")
+    for flag, given in (("--dynamic", dynamic), ("--int8-io", int8_io)):
+        if given and flag not in f.int8_flags:  # before the float export: a refusal should not cost a lowering
+            raise BlazeportError(f"{flag} is not offered for {f.name} --int8; it is for "
+                                 f"{', '.join(x.name for x in FORMATS.values() if flag in x.int8_flags)}")
     module, spec, source = open_module(model)
     out = Path(out) if out else default_output(model, spec, f, fp16, precision)
     if out.suffix != f.suffix:
@@ -230,9 +247,10 @@ def _export_int8(f: ExportFormat, module: Any, spec: ModelSpec, source: Path, ou
         float_path = Path(tmp) / f"float{f.suffix}"
         t0 = time.perf_counter()
         meta = file_metadata(spec, source, False, dynamic_batch)
-        f.exporter(fold_batchnorm(module), spec, float_path, fp16=False, dynamic_batch=dynamic_batch, metadata=meta)
+        folded = fold_batchnorm(module)
+        f.exporter(folded, spec, float_path, fp16=False, dynamic_batch=dynamic_batch, metadata=meta)
         facts = f.quantizer(float_path, stage.path, calib, dynamic=dynamic, int8_io=int8_io,
-                            metadata={**meta, "blazeport.weights": weights})
+                            metadata={**meta, "blazeport.weights": weights}, module=folded)
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         check = verify_int8(_read_back(f, stage.path, out, spec), TorchBackend(module), spec, verify_images)

@@ -137,8 +137,11 @@ def _onnx_int8_input(model: Any) -> dict[str, Any]:
 
 
 def quantize_onnx(float_path: Path, out: Path, calibration: Calibration | None, *, dynamic: bool, int8_io: bool,
-                  metadata: dict[str, str]) -> dict[str, Any]:
-    """Quantize ``float_path`` (static QDQ, or dynamic) into ``out``; returns the quantization facts."""
+                  metadata: dict[str, str], module: Any = None) -> dict[str, Any]:
+    """Quantize ``float_path`` (static QDQ, or dynamic) into ``out``; returns the quantization facts.
+
+    ``module`` (the torch module the file came from) is part of the quantizer contract for ExecuTorch's
+    graph-level quantizer; onnxruntime quantizes the file and ignores it."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -250,8 +253,9 @@ def _tflite_input_quantization(data: bytes) -> dict[str, Any]:
 
 
 def quantize_tflite(float_path: Path, out: Path, calibration: Calibration | None, *, dynamic: bool, int8_io: bool,
-                    metadata: dict[str, str]) -> dict[str, Any]:
-    """Quantize ``float_path`` with ai-edge-quantizer (static int8, or dynamic range) into ``out``."""
+                    metadata: dict[str, str], module: Any = None) -> dict[str, Any]:
+    """Quantize ``float_path`` with ai-edge-quantizer (static int8, or dynamic range) into ``out`` (``module``: unused,
+    see :func:`quantize_onnx`)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
