@@ -69,3 +69,29 @@ def test_detect_help_lists_batch_and_workers(capsys) -> None:
         build_parser().parse_args(["detect", "--help"])
     text = capsys.readouterr().out
     assert "--batch" in text and "--workers" in text
+
+
+def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_photos: list[Path]) -> None:
+    from blazeport.bench.cli import main as bench_main
+    from blazeport.bench.mediapipe import find_mediapipe_python
+    from blazeport.specs import WEIGHTS_DIR
+
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for p in boxed_photos[:3]:
+        shutil.copy(p, folder / p.name)
+    out = tmp_path / "folder.json"
+    code = bench_main([str(WEIGHTS_DIR / "face_detection_short_range.tflite"), "--backend", "tflite-original", "--folder",
+                       str(folder), "--limit", "2", "--workers", "1", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    ours = [r for r in rows if r["backend"] == "tflite-original"]
+    assert len(ours) == 1 and ours[0]["images"] == 2 and ours[0]["images_per_s"] > 0
+    assert 0 < ours[0]["decode_share"] < 1
+    if find_mediapipe_python(None)[0] is None:
+        pytest.skip("mediapipe is not importable here: no MediaPipe rows to compare with")
+    mp = [r for r in rows if r["backend"] == "mediapipe"]
+    assert sorted(r["workers"] for r in mp) == [0, 1] and all(r["images_per_s"] > 0 for r in mp)
+    same = next(r for r in mp if r["workers"] == 1)
+    assert ours[0]["vs_mediapipe"] == pytest.approx(ours[0]["images_per_s"] / same["images_per_s"])
+    assert ours[0]["faces"] == same["faces"]  # the same files, the same model: the same number of faces
