@@ -82,12 +82,13 @@ def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_p
         shutil.copy(p, folder / p.name)
     out = tmp_path / "folder.json"
     code = bench_main([str(WEIGHTS_DIR / "face_detection_short_range.tflite"), "--backend", "tflite-original", "--folder",
-                       str(folder), "--limit", "2", "--workers", "1", "--json", str(out)])
+                       str(folder), "--limit", "2", "--workers", "1", "--rounds", "2", "--json", str(out)])
     assert code == 0
     rows = json.loads(out.read_text())["results"]
     ours = [r for r in rows if r["backend"] == "tflite-original"]
     assert len(ours) == 1 and ours[0]["images"] == 2 and ours[0]["images_per_s"] > 0
     assert 0 < ours[0]["decode_share"] < 1
+    assert ours[0]["rounds"] == 2 and len(ours[0]["images_per_s_rounds"]) == 2
     if find_mediapipe_python(None)[0] is None:
         pytest.skip("mediapipe is not importable here: no MediaPipe rows to compare with")
     mp = [r for r in rows if r["backend"] == "mediapipe"]

@@ -102,12 +102,14 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (canonical form of the parsed arguments)."""
     parts = ["blazeport", "bench", *args.models, "--backend", ",".join(args.backend),
-             "--threads", ",".join(map(str, args.threads)), "--runs", str(args.runs), "--warmup", str(args.warmup)]
-    parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
-    parts += ["--e2e"] if args.e2e else []
-    if args.folder:
+             "--threads", ",".join(map(str, args.threads))]
+    if args.folder:  # --runs and --warmup mean nothing to a folder: one pass per round over its files
         parts += ["--folder", args.folder, "--batch", ",".join(map(str, args.batch)), "--workers", str(args.workers)]
         parts += ["--limit", str(args.limit)] if args.limit else []
+    else:
+        parts += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
+    parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
+    parts += ["--e2e"] if args.e2e else []
     parts += ["--image", args.image] if args.image else []
     parts += ["--mediapipe-python", args.mediapipe_python] if args.mediapipe_python else []
     parts += ["--no-baselines"] if args.no_baselines else []
@@ -175,7 +177,7 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
         notes.append(why)
     host = host_info()
     rows = run_folder_bench(targets, Path(args.folder), args.limit, args.threads, args.batch, args.workers, mp_python,
-                            notes, _bench_image(args.image), _log)
+                            notes, _bench_image(args.image), _log, rounds=max(1, args.rounds))
     host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     for note in notes:
         _log(f"note: {note}")

@@ -116,9 +116,10 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, threads: list[int], batches: list[int],
                      workers: int, mediapipe_python: str | None, notes: list[str], image: Path,
-                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+                     log: Callable[[str], None], rounds: int = 1) -> list[dict[str, Any]]:
     """Rows of ``bench --folder``: every configuration in its own child over the same files, MediaPipe's
-    beside them when ``mediapipe_python`` (an interpreter that imports it) is given."""
+    beside them when ``mediapipe_python`` (an interpreter that imports it) is given; ``rounds`` passes each,
+    round-robin, the median pass reported."""
     from blazeport.bench.child import spawn
     from blazeport.bench.rounds import child_config
     from blazeport.bench.targets import _mediapipe_baseline
@@ -130,19 +131,33 @@ def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, thr
     for ref in refs.values():
         targets = [*targets, *_mediapipe_baseline(ref, mediapipe_python, notes)]
     configs = folder_configs(targets, threads, batches, workers)
-    log(f"{len(configs)} configurations over {len(paths)} files of {folder}, one process each")
+    log(f"{len(configs)} configurations x {rounds} round(s) over {len(paths)} files of {folder}, one process each")
+    passes: list[list[dict[str, Any]]] = [[] for _ in configs]
+    for r in range(rounds):
+        # round-robin, every other round reversed (as bench.rounds): a slow spell of a shared host hits all alike
+        for i in range(len(configs)) if r % 2 == 0 else reversed(range(len(configs))):
+            c = configs[i]
+            t: Target = c["target"]
+            cfg = {**child_config(t, c["threads"], "folder", 1, 0, image), "folder": str(Path(folder).resolve()),
+                   "limit": limit, "batch": c["batch"], "workers": c["workers"]}
+            child = spawn(cfg, t.extra.get("python", sys.executable))
+            passes[i].append(child)
+            rate = f"{child['images_per_s']:.1f} images/s" if child.get("images_per_s") else f"FAILED: {child.get('error')}"
+            where = f"round {r + 1}/{rounds} " if rounds > 1 else ""
+            log(f"[{where}{i + 1}/{len(configs)}] {t.model} {t.backend} {c['threads']}t batch {c['batch']} "
+                f"workers {c['workers']}: {rate}")
     rows = []
-    for i, c in enumerate(configs):
-        t: Target = c["target"]
-        cfg = {**child_config(t, c["threads"], "folder", 1, 0, image), "folder": str(Path(folder).resolve()),
-               "limit": limit, "batch": c["batch"], "workers": c["workers"]}
-        child = spawn(cfg, t.extra.get("python", sys.executable))
+    for c, runs in zip(configs, passes, strict=True):
+        t = c["target"]
         row = {"model": t.model, "backend": t.backend, "path": t.path, "threads": c["threads"], "batch": c["batch"],
-               "workers": c["workers"], "baseline": t.baseline, **child}
-        rows.append(row)
-        rate = f"{row['images_per_s']:.1f} images/s" if row.get("images_per_s") else f"FAILED: {row.get('error')}"
-        log(f"[{i + 1}/{len(configs)}] {t.model} {t.backend} {c['threads']}t batch {c['batch']} "
-            f"workers {c['workers']}: {rate}")
+               "workers": c["workers"], "baseline": t.baseline, "rounds": rounds}
+        failed = [x for x in runs if "error" in x]
+        if failed:
+            rows.append({**row, "error": failed[0]["error"]})
+            continue
+        # the round with the median rate stands for the configuration, every round's rate kept beside it
+        ranked = sorted(runs, key=lambda x: x["images_per_s"])
+        rows.append({**row, **ranked[(len(ranked) - 1) // 2], "images_per_s_rounds": [x["images_per_s"] for x in runs]})
     _ratios(rows)
     return rows
 
