@@ -81,7 +81,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backend")
     p.add_argument("--batch", type=positive_int, default=1,
                    help="images per detector call (default: 1); one forward per batch on torch and on a dynamic-batch "
-                   ".onnx, image by image on the other runtimes. Results are the same either way")
+                   ".onnx, image by image on the other runtimes; same detections as one at a time. Holds up to "
+                   "BATCH + 2 x WORKERS decoded images in memory")
     p.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="threads that decode images ahead of the detector (default: min(4, cores), here %(default)s)")
     p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
