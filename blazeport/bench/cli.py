@@ -18,12 +18,14 @@ from typing import Any
 
 from blazeport.backends import RUNTIMES
 from blazeport.bench.android import android_commands
+from blazeport.bench.folder import print_folder_report, run_folder_bench
 from blazeport.bench.mediapipe import MEDIAPIPE, find_mediapipe_python
 from blazeport.bench.report import add_ratios, check_targets, host_info, print_report, write_plot
 from blazeport.bench.rounds import configurations, measure_rows
 from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_baselines, resolve_targets
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
+from blazeport.folder import default_workers
 from blazeport.preprocess import read_image
 from blazeport.specs import SPECS
 
@@ -60,7 +62,7 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
         epilog="examples:\n  blazeport bench short_range full_range_sparse --threads 1,2 --e2e --json runs/bench.json\n"
         "  blazeport bench face_detection_short_range.tflite --backend tflite     # on a board: LiteRT only\n"
         "  blazeport bench short_range --backend tflite --threads 1,4 --android   # benchmark_model command lines")
-    b.add_argument("models", nargs="+", metavar="MODEL",
+    b.add_argument("models", nargs="*", metavar="MODEL",
                    help=f"spec name ({', '.join(SPECS)}), a student architecture to time untrained (resnet, ...), "
                    "a .safetensors, .onnx or .tflite file")
     b.add_argument("--backend", type=_backend_list, default=list(RUNTIMES),
@@ -84,6 +86,13 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
                    f"`blazeport export` do), and the teacher whose input and head an untrained student gets "
                    f"(default: {DEFAULT_TEACHER})")
     b.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"folder for on-the-fly exports (default: {DEFAULT_CACHE})")
+    b.add_argument("--folder", metavar="DIR", help="instead of latency: images/s of the folder pipeline (`detect DIR "
+                   "--batch N --workers K`) over DIR's images on each backend, thread count and --batch, against "
+                   "MediaPipe's FaceDetection.process loop over the same files and reader (MODEL defaults to short_range)")
+    b.add_argument("--limit", type=int, help="with --folder: only the first N images (sorted)")
+    b.add_argument("--batch", type=_int_list, default=[1], help="with --folder: comma-separated batch sizes (default: 1)")
+    b.add_argument("--workers", type=int, default=default_workers(),
+                   help="with --folder: reader threads, ours and MediaPipe's alike (default: min(4, cores), here %(default)s)")
     b.add_argument("--android", action="store_true",
                    help="print the equivalent TFLite benchmark_model command lines (adb) for the .tflite files and exit")
     b.set_defaults(func=cmd_bench)
@@ -93,7 +102,12 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (canonical form of the parsed arguments)."""
     parts = ["blazeport", "bench", *args.models, "--backend", ",".join(args.backend),
-             "--threads", ",".join(map(str, args.threads)), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+             "--threads", ",".join(map(str, args.threads))]
+    if args.folder:  # --runs and --warmup mean nothing to a folder: one pass per round over its files
+        parts += ["--folder", args.folder, "--batch", ",".join(map(str, args.batch)), "--workers", str(args.workers)]
+        parts += ["--limit", str(args.limit)] if args.limit else []
+    else:
+        parts += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
     parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
     parts += ["--e2e"] if args.e2e else []
     parts += ["--image", args.image] if args.image else []
@@ -146,7 +160,41 @@ def _build_report(args: argparse.Namespace, host: dict[str, Any], results: list[
     return report
 
 
+def cmd_bench_folder(args: argparse.Namespace) -> int:
+    """``bench --folder DIR``: images/s of the folder pipeline against MediaPipe's (:mod:`blazeport.bench.folder`)."""
+    if not Path(args.folder).is_dir():
+        raise BlazeportError(f"--folder {args.folder}: not a folder")
+    if (args.limit is not None and args.limit < 1) or args.workers < 0:
+        raise BlazeportError("--limit must be >= 1 and --workers >= 0")
+    args.models = args.models or [DEFAULT_TEACHER]
+    if args.json:
+        check_output(args.json, [Path(m) for m in args.models if Path(m).is_file()], "JSON report")
+    notes: list[str] = []
+    targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log)
+    mp_python = None
+    if not args.no_baselines:
+        mp_python, why = find_mediapipe_python(args.mediapipe_python)
+        notes.append(why)
+    host = host_info()
+    rows = run_folder_bench(targets, Path(args.folder), args.limit, args.threads, args.batch, args.workers, mp_python,
+                            notes, _bench_image(args.image), _log, rounds=max(1, args.rounds))
+    host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    for note in notes:
+        _log(f"note: {note}")
+    print_folder_report(rows)
+    report = {"blazeport_bench_folder": 1, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "command": command_line(args), "host": host, "notes": notes, "results": rows}
+    if args.json:
+        out = write_atomic(args.json, json.dumps(report, indent=1).encode())
+        _log(f"report: {out}")
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.folder:
+        return cmd_bench_folder(args)
+    if not args.models:
+        raise BlazeportError("give a MODEL to benchmark (or --folder DIR)")
     if args.runs < 1 or args.warmup < 0:
         raise BlazeportError("--runs must be >= 1 and --warmup >= 0")
     image = _bench_image(args.image)

@@ -16,8 +16,8 @@ from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths
+from blazeport.folder import default_workers, detect_folder
 from blazeport.photos import list_images, sample_image_path
-from blazeport.preprocess import ImageReadError, read_image_sized
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -35,25 +35,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
     verbose = not args.json and not args.quiet
-    bar = tqdm(paths, desc="detect", unit="img", disable=verbose or args.quiet or len(paths) < 2, file=sys.stderr)
+    bar = tqdm(total=len(paths), desc="detect", unit="img", disable=verbose or args.quiet or len(paths) < 2,
+               file=sys.stderr)
     t0 = time.perf_counter()
-    for i, path in enumerate(bar):
-        try:
-            # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own
-            image, (w, h) = read_image_sized(path, max_pixels=args.max_pixels)
-        except ImageReadError as exc:
+    # decoding runs ahead in reader threads; results come back in input order (blazeport.folder)
+    # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own
+    for item, dets in detect_folder(detector, paths, batch=args.batch, workers=args.workers, max_pixels=args.max_pixels):
+        bar.update()
+        if dets is None:
             skipped += 1
-            tqdm.write(f"skipped: {exc}", file=sys.stderr)
+            tqdm.write(f"skipped: {item.error}", file=sys.stderr)
             continue
-        dets = detector.detect(image)
+        path, image, (w, h) = item.path, item.image, item.size
         results.append({"image": str(path), "width": w, "height": h, "detections": [d.to_dict() for d in dets]})
         if out_dir:
-            save_rgb(drawings[i], draw_detections(image, dets))
+            save_rgb(drawings[item.index], draw_detections(image, dets))
         if verbose:
             tqdm.write(f"{path}: {len(dets)} face(s)", file=sys.stdout)
             for d in dets:
                 (x, y, bw, bh), _ = d.pixels(w, h)
                 tqdm.write(f"  score {d.score:.3f}  box x={x:.0f} y={y:.0f} w={bw:.0f} h={bh:.0f} px", file=sys.stdout)
+    bar.close()
     elapsed = time.perf_counter() - t0
     if args.json:
         print_json(results)
@@ -77,6 +79,12 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--out", help="folder for copies of the images with detections drawn")
     p.add_argument("--threshold", type=float, help="score threshold (default: the spec's)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backend")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="images per detector call (default: 1); one forward per batch on torch and on a dynamic-batch "
+                   ".onnx, image by image on the other runtimes; same detections as one at a time. Holds up to "
+                   "BATCH + 2 x WORKERS decoded images in memory")
+    p.add_argument("--workers", type=positive_int, default=default_workers(),
+                   help="threads that decode images ahead of the detector (default: min(4, cores), here %(default)s)")
     p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)

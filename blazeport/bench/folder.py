@@ -1,0 +1,185 @@
+"""``blazeport bench --folder DIR``: images per second over a real folder, blazeport against MediaPipe.
+
+Single-image latency hides what a folder costs: decoding is as slow as the model, and a batch of
+images can share one forward. Here every configuration runs :func:`blazeport.folder.detect_folder`
+(what ``blazeport detect DIR --batch N --workers K`` runs) over the same files in its own process,
+beside MediaPipe's own ``FaceDetection.process`` loop (the graph of :mod:`blazeport.bench.mediapipe`,
+so its thread count matches) fed by the same reader: ``read_image_sized`` in the same ``--workers``
+threads, so the ratio compares detectors, not decoders. MediaPipe's plain loop (decode then process,
+no reader threads) is measured too, as users write it. Each child makes one untimed pass over a few
+files first; the parent reads every file once before any child so no configuration pays a cold cache.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blazeport.bench.mediapipe import MEDIAPIPE, mediapipe_face_detection
+from blazeport.bench.timing import process_facts
+from blazeport.errors import BlazeportError
+from blazeport.folder import FolderStats, detect_folder, read_ahead
+from blazeport.photos import list_images
+
+if TYPE_CHECKING:  # the child imports this module: no exporters (torch) there
+    from blazeport.bench.targets import Target
+
+WARMUP_FILES = 4  # read and detected untimed before the pass: first-call costs are the single-image bench's business
+
+
+def folder_paths(folder: str | Path, limit: int | None) -> list[Path]:
+    paths = list_images([folder])
+    if not paths:
+        raise BlazeportError(f"--folder {folder}: no images found")
+    return paths[:limit] if limit else paths
+
+
+def _summary(stats: FolderStats) -> dict[str, Any]:
+    """A pass's rates and where its time went; ``decode_share`` is decoding's share of the work
+    (reader seconds / (reader + detector seconds)), ``wait_share`` the part of the wall the detector
+    waited for an image (decoding not hidden by the readers)."""
+    work = stats.read_s + stats.detect_s
+    return {"images": stats.images, "skipped": stats.skipped, "wall_s": round(stats.wall_s, 4),
+            "images_per_s": stats.images / stats.wall_s if stats.wall_s else None,
+            "read_s": round(stats.read_s, 4), "detect_s": round(stats.detect_s, 4), "wait_s": round(stats.wait_s, 4),
+            "decode_share": stats.read_s / work if work else None,
+            "wait_share": stats.wait_s / stats.wall_s if stats.wall_s else None, "faces": int(sum(stats.faces))}
+
+
+def measure_folder(detector: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """In the child: one untimed pass over the first files, then one timed pass over them all."""
+    paths = folder_paths(cfg["folder"], cfg.get("limit"))
+    batch, workers = int(cfg["batch"]), int(cfg["workers"])
+    for _ in detect_folder(detector, paths[:max(WARMUP_FILES, batch)], batch=batch, workers=workers):
+        pass
+    stats = FolderStats()
+    for _ in detect_folder(detector, paths, batch=batch, workers=workers, stats=stats):
+        pass
+    return {**_summary(stats), **process_facts()}
+
+
+def measure_mediapipe_folder(cfg: dict[str, Any]) -> dict[str, Any]:
+    """In the child: MediaPipe's ``process(rgb)`` over the folder, fed by the same reader."""
+    import mediapipe as mp
+
+    paths = folder_paths(cfg["folder"], cfg.get("limit"))
+    fd = mediapipe_face_detection(int(cfg["model_selection"]), int(cfg["threads"]))
+    workers = int(cfg["workers"])
+
+    def one_pass(files: list[Path], stats: FolderStats) -> None:
+        t_start = time.perf_counter()
+        for item in read_ahead(files, workers, stats=stats):
+            stats.read_s += item.read_s
+            if item.image is None:
+                stats.skipped += 1
+                continue
+            t0 = time.perf_counter()
+            res = fd.process(item.image)
+            stats.detect_s += time.perf_counter() - t0
+            stats.images += 1
+            stats.faces.append(len(res.detections or []))
+        stats.wall_s = time.perf_counter() - t_start
+
+    one_pass(paths[:WARMUP_FILES], FolderStats())
+    stats = FolderStats()
+    one_pass(paths, stats)
+    fd.close()
+    return {**_summary(stats), **process_facts(), "versions": {"mediapipe": mp.__version__}}
+
+
+def folder_configs(targets: list[Target], threads: list[int], batches: list[int], workers: int) -> list[dict[str, Any]]:
+    """Every target at every thread count and batch; MediaPipe (batch 1) with our reader and with none."""
+    configs = []
+    for n in threads:
+        for t in targets:
+            if t.backend == MEDIAPIPE:
+                configs += [{"target": t, "threads": n, "batch": 1, "workers": w} for w in (workers, 0)]
+            else:
+                configs += [{"target": t, "threads": n, "batch": b, "workers": workers} for b in batches]
+    return configs
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Each blazeport row's images/s over MediaPipe's at the same thread count: with the same reader
+    (``vs_mediapipe``) and against its plain loop (``vs_mediapipe_plain``)."""
+    mp_rate = {(r["threads"], r["workers"]): r.get("images_per_s") for r in rows if r["backend"] == MEDIAPIPE}
+    for r in rows:
+        if r["backend"] == MEDIAPIPE or not r.get("images_per_s"):
+            continue
+        same, plain = mp_rate.get((r["threads"], r["workers"])), mp_rate.get((r["threads"], 0))
+        r["vs_mediapipe"] = r["images_per_s"] / same if same else None
+        r["vs_mediapipe_plain"] = r["images_per_s"] / plain if plain else None
+
+
+def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, threads: list[int], batches: list[int],
+                     workers: int, mediapipe_python: str | None, notes: list[str], image: Path,
+                     log: Callable[[str], None], rounds: int = 1) -> list[dict[str, Any]]:
+    """Rows of ``bench --folder``: every configuration in its own child over the same files, MediaPipe's
+    beside them when ``mediapipe_python`` (an interpreter that imports it) is given; ``rounds`` passes each,
+    round-robin, the median pass reported."""
+    from blazeport.bench.child import spawn
+    from blazeport.bench.rounds import child_config
+    from blazeport.bench.targets import _mediapipe_baseline
+
+    paths = folder_paths(folder, limit)
+    for p in paths:  # page cache warm for every configuration alike
+        p.read_bytes()
+    refs = {t.reference.name: t.reference for t in targets if t.reference is not None}
+    for ref in refs.values():
+        targets = [*targets, *_mediapipe_baseline(ref, mediapipe_python, notes)]
+    configs = folder_configs(targets, threads, batches, workers)
+    log(f"{len(configs)} configurations x {rounds} round(s) over {len(paths)} files of {folder}, one process each")
+    passes: list[list[dict[str, Any]]] = [[] for _ in configs]
+    for r in range(rounds):
+        # round-robin, every other round reversed (as bench.rounds): a slow spell of a shared host hits all alike
+        for i in range(len(configs)) if r % 2 == 0 else reversed(range(len(configs))):
+            c = configs[i]
+            t: Target = c["target"]
+            cfg = {**child_config(t, c["threads"], "folder", 1, 0, image), "folder": str(Path(folder).resolve()),
+                   "limit": limit, "batch": c["batch"], "workers": c["workers"]}
+            child = spawn(cfg, t.extra.get("python", sys.executable))
+            passes[i].append(child)
+            rate = f"{child['images_per_s']:.1f} images/s" if child.get("images_per_s") else f"FAILED: {child.get('error')}"
+            where = f"round {r + 1}/{rounds} " if rounds > 1 else ""
+            log(f"[{where}{i + 1}/{len(configs)}] {t.model} {t.backend} {c['threads']}t batch {c['batch']} "
+                f"workers {c['workers']}: {rate}")
+    rows = []
+    for c, runs in zip(configs, passes, strict=True):
+        t = c["target"]
+        row = {"model": t.model, "backend": t.backend, "path": t.path, "threads": c["threads"], "batch": c["batch"],
+               "workers": c["workers"], "baseline": t.baseline, "rounds": rounds}
+        failed = [x for x in runs if "error" in x]
+        if failed:
+            rows.append({**row, "error": failed[0]["error"]})
+            continue
+        # the round with the median rate stands for the configuration, every round's rate kept beside it
+        ranked = sorted(runs, key=lambda x: x["images_per_s"])
+        rows.append({**row, **ranked[(len(ranked) - 1) // 2], "images_per_s_rounds": [x["images_per_s"] for x in runs]})
+    _ratios(rows)
+    return rows
+
+
+def print_folder_report(rows: list[dict[str, Any]]) -> None:
+    def fmt(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    print(f"{'model':<14}{'backend':<17}{'thr':>4}{'batch':>6}{'workers':>8}{'images/s':>10}{'decode%':>9}"
+          f"{'wait%':>7}{'x MP':>7}{'x MP plain':>11}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:<14}{r['backend']:<17}{r['threads']:>4}{r['batch']:>6}{r['workers']:>8}  FAILED: {r['error']}")
+            continue
+        print(f"{r['model']:<14}{r['backend']:<17}{r['threads']:>4}{r['batch']:>6}{r['workers']:>8}"
+              f"{fmt(r['images_per_s'], '.1f'):>10}{fmt(100 * r['decode_share'], '.0f'):>9}"
+              f"{fmt(100 * r['wait_share'], '.0f'):>7}{fmt(r.get('vs_mediapipe'), '.2f'):>7}"
+              f"{fmt(r.get('vs_mediapipe_plain'), '.2f'):>11}")
+    for n in sorted({r["threads"] for r in rows}):  # per thread count: one odd MediaPipe run must not make the headline
+        rates = [r["vs_mediapipe"] for r in rows if r["threads"] == n and r.get("vs_mediapipe")]
+        if rates:
+            print(f"{n} thread(s): best {max(rates):.2f}x MediaPipe with the same reader (target >= 1.5x)")
+    print(f"images: {rows[0].get('images') if rows else 0}, decode% = reader seconds / (reader + detector seconds), "
+          "wait% = share of the wall the detector waited for a decoded image", file=sys.stderr)
+

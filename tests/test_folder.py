@@ -1,0 +1,98 @@
+"""``blazeport detect DIR --batch N --workers K``: read-ahead and batching change the speed, never the answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import blazeport
+from blazeport.cli import build_parser, main
+from blazeport.folder import FolderStats, detect_folder, read_ahead
+from blazeport.photos import list_images
+from blazeport.preprocess import ImageReadError, read_image_sized
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory, boxed_photos: list[Path]) -> Path:
+    """The 12 real photos of faces-boxed plus one unreadable file in the middle of the order."""
+    folder = tmp_path_factory.mktemp("photos")
+    for p in boxed_photos:
+        shutil.copy(p, folder / p.name)
+    (folder / "2008_000000_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def one_by_one(detector: blazeport.Detector, paths: list[Path]) -> tuple[list[dict], int]:
+    """The loop ``detect`` ran before the pipeline: decode, then detect, one image at a time."""
+    results, skipped = [], 0
+    for path in paths:
+        try:
+            image, (w, h) = read_image_sized(path)
+        except ImageReadError:
+            skipped += 1
+            continue
+        results.append({"image": str(path), "width": w, "height": h,
+                        "detections": [d.to_dict() for d in detector.detect(image)]})
+    return results, skipped
+
+
+def test_batched_read_ahead_cli_matches_the_one_by_one_loop(photo_folder: Path, capsys) -> None:
+    paths = list_images([photo_folder])
+    expected, skipped = one_by_one(blazeport.load("short_range"), paths)
+    assert skipped == 1 and len(expected) == 12 and sum(len(r["detections"]) for r in expected) >= 5
+    code = main(["detect", str(photo_folder), "--batch", "8", "--workers", "3", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1  # something was skipped: same exit code as the one-by-one loop
+    assert json.loads(out) == expected  # same images, same order, same values
+    assert "2008_000000_broken.jpg" in err and "1 skipped" in err
+
+
+def test_pipeline_keeps_order_and_counts(photo_folder: Path) -> None:
+    paths = list_images([photo_folder])
+    detector = blazeport.load("short_range", backend="tflite", threads=1)
+    stats = FolderStats()
+    items = list(detect_folder(detector, paths, batch=5, workers=2, stats=stats))
+    assert [d.path for d, _ in items] == paths
+    assert [dets is None for _, dets in items] == [d.error is not None for d, _ in items]
+    assert (stats.images, stats.skipped, stats.batches) == (12, 1, 3)  # 5 + 5 + 2 readable images
+    assert stats.read_s > 0 and stats.detect_s > 0 and stats.wall_s > 0
+    # the inline reader (workers=0) and the threaded one decode the same pixels, in the same order
+    inline = [d.size for d in read_ahead(paths, workers=0)]
+    assert inline == [d.size for d, _ in items]
+
+
+def test_detect_help_lists_batch_and_workers(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["detect", "--help"])
+    text = capsys.readouterr().out
+    assert "--batch" in text and "--workers" in text
+
+
+def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_photos: list[Path]) -> None:
+    from blazeport.bench.cli import main as bench_main
+    from blazeport.bench.mediapipe import find_mediapipe_python
+    from blazeport.specs import WEIGHTS_DIR
+
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for p in boxed_photos[:3]:
+        shutil.copy(p, folder / p.name)
+    out = tmp_path / "folder.json"
+    code = bench_main([str(WEIGHTS_DIR / "face_detection_short_range.tflite"), "--backend", "tflite-original", "--folder",
+                       str(folder), "--limit", "2", "--workers", "1", "--rounds", "2", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    ours = [r for r in rows if r["backend"] == "tflite-original"]
+    assert len(ours) == 1 and ours[0]["images"] == 2 and ours[0]["images_per_s"] > 0
+    assert 0 < ours[0]["decode_share"] < 1
+    assert ours[0]["rounds"] == 2 and len(ours[0]["images_per_s_rounds"]) == 2
+    if find_mediapipe_python(None)[0] is None:
+        pytest.skip("mediapipe is not importable here: no MediaPipe rows to compare with")
+    mp = [r for r in rows if r["backend"] == "mediapipe"]
+    assert sorted(r["workers"] for r in mp) == [0, 1] and all(r["images_per_s"] > 0 for r in mp)
+    same = next(r for r in mp if r["workers"] == 1)
+    assert ours[0]["vs_mediapipe"] == pytest.approx(ours[0]["images_per_s"] / same["images_per_s"])
+    assert ours[0]["faces"] == same["faces"]  # the same files, the same model: the same number of faces
