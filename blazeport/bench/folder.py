@@ -122,14 +122,14 @@ def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, thr
     round-robin, the median pass reported."""
     from blazeport.bench.child import spawn
     from blazeport.bench.rounds import child_config
-    from blazeport.bench.targets import _mediapipe_baseline
+    from blazeport.bench.targets import mediapipe_baseline
 
     paths = folder_paths(folder, limit)
     for p in paths:  # page cache warm for every configuration alike
         p.read_bytes()
     refs = {t.reference.name: t.reference for t in targets if t.reference is not None}
     for ref in refs.values():
-        targets = [*targets, *_mediapipe_baseline(ref, mediapipe_python, notes)]
+        targets = [*targets, *mediapipe_baseline(ref, mediapipe_python, notes)]
     configs = folder_configs(targets, threads, batches, workers)
     log(f"{len(configs)} configurations x {rounds} round(s) over {len(paths)} files of {folder}, one process each")
     passes: list[list[dict[str, Any]]] = [[] for _ in configs]

@@ -244,11 +244,11 @@ def add_baselines(targets: list[Target], e2e: bool, mediapipe_python: str | None
             params, macs = tflite_counts(original)
             out.append(Target(ref.name, ORIGINAL, str(original), ref, ref, baseline=True, params=params, macs=macs))
         if e2e:
-            out += _mediapipe_baseline(ref, mediapipe_python, notes)
+            out += mediapipe_baseline(ref, mediapipe_python, notes)
     return out
 
 
-def _mediapipe_baseline(ref: ModelSpec, python: str | None, notes: list[str]) -> list[Target]:
+def mediapipe_baseline(ref: ModelSpec, python: str | None, notes: list[str]) -> list[Target]:
     selection = ref.mediapipe_model_selection
     if selection is None:
         runs = ", ".join(s.name for s in SPECS.values() if s.mediapipe_model_selection is not None)
