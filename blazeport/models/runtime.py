@@ -232,6 +232,16 @@ def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[Op]:
     renamed: dict[str, str] = {}  # a fused relu's output -> the op output that replaces it
     deferred: dict[str, ConvOp] = {}  # conv output -> its op, emitted later at the add that uses it
 
+    def absorb_relu(out: str) -> bool:
+        """Fold the one ReLU that alone reads ``out`` into the op writing ``out`` (unless a model
+        output needs the value before the ReLU); True when it was folded."""
+        users = consumers.get(out, [])
+        if len(users) != 1 or users[0].op != "relu" or out in outputs | {users[0].output}:
+            return False
+        absorbed.add(users[0].output)
+        renamed[users[0].output] = out
+        return True
+
     def conv_op(n: Node) -> ConvOp:
         """The conv with its input pads folded: SAME pads, plus a spatial-only PAD feeding it alone."""
         src, (c, h, w) = n.inputs[0], shapes[n.inputs[0]]  # type: ignore[misc]
@@ -250,11 +260,7 @@ def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[Op]:
         if a.get("activation") not in (None, "relu"):
             raise ValueError(f"fused activation {a.get('activation')!r}")
         out = n.output
-        users = consumers.get(out, [])
-        if not relu and len(users) == 1 and users[0].op == "relu" and out not in outputs | {users[0].output}:
-            relu = True
-            absorbed.add(users[0].output)
-            renamed[users[0].output] = out
+        relu = relu or absorb_relu(out)
         return ConvOp(n, src, out, (t, b, left, r), (c, h, w), relu=relu)
 
     # first: every conv with its pads (a PAD folded into a conv is not run), and which adds take
@@ -292,13 +298,8 @@ def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[Op]:
         if n.op == "add" and n.output in add_of_conv:
             mine, other, widen = add_of_conv[n.output]
             op = deferred.pop(mine)
-            relu = n.attrs.get("activation") == "relu"
             out = n.output
-            users = consumers.get(out, [])
-            if not relu and len(users) == 1 and users[0].op == "relu" and out not in outputs | {users[0].output}:
-                relu = True
-                absorbed.add(users[0].output)
-                renamed[users[0].output] = out
+            relu = n.attrs.get("activation") == "relu" or absorb_relu(out)
             ops.append(replace(op, output=out, other=renamed.get(other, other), widen=widen, relu=relu))
             continue
         relu = n.op in ("add", "maxpool") and n.attrs.get("activation") == "relu"
