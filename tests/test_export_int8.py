@@ -53,6 +53,12 @@ def test_onnx_int8_meets_the_target_and_runs_in_the_pipeline(sr_onnx_int8) -> No
     assert q["calibration_images"] == COUNT and q["verification_images"] == MIN_VERIFY and q["io"] == "float32"
     assert r["op_counts"]["QuantizeLinear"] > 30 and r["op_counts"]["DequantizeLinear"] > 30
     assert r["size_bytes"] == path.stat().st_size and r["size_vs_float"] < 0.6  # int8 weights
+    from blazeport.bench.counts import module_counts, onnx_counts
+
+    det = blazeport.load("short_range")
+    (params, macs), (m_params, m_macs) = onnx_counts(path), module_counts(det.backend.module, det.spec)
+    # through the DequantizeLinear weights, without the QDQ scales (as the float ONNX file counts: 100,442)
+    assert macs == m_macs and abs(params - m_params) < 0.01 * m_params
     det = blazeport.load(path, backend="onnx")  # the spec from the file's metadata
     assert det.spec.name == "short_range" and det.backend.metadata["blazeport.weights"] == "int8"
     faces = det.detect(sample_image_path("astronaut"))

@@ -50,7 +50,8 @@ def tflite_counts(path: str | Path) -> tuple[int, int]:
 
 
 def onnx_counts(path: str | Path) -> Counts:
-    """(params, MACs) of an ``.onnx`` file: initializer sizes, and Conv/Gemm MACs from inferred shapes."""
+    """(params, MACs) of an ``.onnx`` file: initializer sizes, and Conv/Gemm MACs from inferred shapes
+    (through the Cast of a float16 file and the DequantizeLinear of an int8 one)."""
     try:
         import onnx
         from onnx import shape_inference
@@ -58,10 +59,14 @@ def onnx_counts(path: str | Path) -> Counts:
         return None, None
     model = shape_inference.infer_shapes(onnx.load(str(path)))
     inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits}
+    # a weight reaches its Conv through a Cast (fp16 files) or a DequantizeLinear (int8 QDQ files)
+    casts = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type in ("Cast", "DequantizeLinear") and n.input[0] in inits}
+    # QDQ scales and zero points are not parameters of the network
+    qparams = {i for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input[1:]}
     shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
               for v in [*model.graph.value_info, *model.graph.output]}
-    params = sum(int(np.prod(d)) for d in inits.values())
+    params = sum(int(np.prod(d)) for name, d in inits.items() if name not in qparams)
     macs = 0
     for n in model.graph.node:
         if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
