@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,11 +54,10 @@ def measure_folder(detector: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """In the child: one untimed pass over the first files, then one timed pass over them all."""
     paths = folder_paths(cfg["folder"], cfg.get("limit"))
     batch, workers = int(cfg["batch"]), int(cfg["workers"])
-    for _ in detect_folder(detector, paths[:max(WARMUP_FILES, batch)], batch=batch, workers=workers):
-        pass
+    # detect_folder is a generator: deque(maxlen=0) runs it to the end without keeping its results
+    deque(detect_folder(detector, paths[:max(WARMUP_FILES, batch)], batch=batch, workers=workers), maxlen=0)
     stats = FolderStats()
-    for _ in detect_folder(detector, paths, batch=batch, workers=workers, stats=stats):
-        pass
+    deque(detect_folder(detector, paths, batch=batch, workers=workers, stats=stats), maxlen=0)
     return {**_summary(stats), **process_facts()}
 
 
