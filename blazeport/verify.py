@@ -24,13 +24,21 @@ from blazeport.specs import ModelSpec
 # Float32 noise sets the raw tolerance. Raw outputs reach |x| ~ 100-1500 (background logits,
 # offsets in input pixels) where one float32 ULP is 8e-6 to 1.2e-4, and LiteRT's XNNPACK output
 # itself differs from a float64 evaluation of the same graph by up to 2e-4 relative (measured
-# on short range and back). So raw outputs must satisfy |a - b| <= 1e-4 + 1e-3 * |b| (a mapping
+# on short range and back). So raw outputs must satisfy |a - b| <= 1e-4 + 1e-3 * s (a mapping
 # error shows as O(1)), and decoded scores and coordinates agree to 1e-4.
+#
+# s is the largest |b| in the element's anchor row (the box and keypoints one head conv computes
+# for that anchor from the same features), not the element's own |b|: a small offset in a row
+# whose other values reach hundreds carries the float32 rounding of those hundreds. Measured on
+# MediaPipe's pose detector (rows up to 746 px): a keypoint offset of 0.047 was 1.1e-3 away from
+# a float64 evaluation in LiteRT itself and 1.3e-3 in PyTorch, 3.2x and 2.6x the element-wise
+# rule; per row, the converted pose and palm models use at most 2% of the tolerance, and a bias
+# perturbed by 0.05 still uses 7-47x it. For the classificators (one value a row) both rules agree.
 ABS_TOL = 1e-4
 REL_TOL = 1e-3
 
 __all__ = ["ABS_TOL", "REL_TOL", "compare_outputs", "iou", "match_detections", "pair_detections", "passes",
-           "verification_inputs", "verify"]
+           "raw_tolerance", "verification_inputs", "verify"]
 
 
 def verification_inputs(spec: ModelSpec, images: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, list[Letterbox]]:
@@ -40,6 +48,12 @@ def verification_inputs(spec: ModelSpec, images: list[np.ndarray], seed: int = 0
     lo, hi = spec.normalization
     noise = np.random.default_rng(seed).uniform(lo, hi, (spec.input_size, spec.input_size, 3)).astype(np.float32)
     return np.stack([t for t, _ in done] + [noise]), [p for _, p in done]
+
+
+def raw_tolerance(ref: np.ndarray) -> np.ndarray:
+    """The allowed ``|a - b|`` for each element of a raw output ``(..., N, k)`` against ``ref``:
+    ``ABS_TOL + REL_TOL * max |ref|`` over the element's anchor row (see :data:`ABS_TOL`)."""
+    return ABS_TOL + REL_TOL * np.abs(ref).max(axis=-1, keepdims=True)
 
 
 def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray],
@@ -56,7 +70,7 @@ def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, 
         out["max_abs_diff"][name] = float(d.max())
         out["max_scaled_diff"][name] = float((d / np.maximum(1.0, np.abs(b))).max())
         # fraction of the allowed difference used by the worst element (<= 1 passes)
-        out["tolerance_used"][name] = float((d / (ABS_TOL + REL_TOL * np.abs(b))).max())
+        out["tolerance_used"][name] = float((d / raw_tolerance(b)).max())
     bx, kx = decode_boxes(ours[0], anchors, spec.input_size, spec.num_keypoints)
     b0, k0 = decode_boxes(ref[0], anchors, spec.input_size, spec.num_keypoints)
     s, s0 = decode_scores(ours[1], spec.score_clip), decode_scores(ref[1], spec.score_clip)
@@ -69,7 +83,8 @@ def compare_outputs(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, 
 
 def passes(diffs: dict[str, dict[str, float]]) -> bool:
     """The conversion gate: every raw output within ``ABS_TOL + REL_TOL * |ref|`` (numpy's
-    ``allclose`` rule), and decoded scores and coordinates within ``ABS_TOL``."""
+    ``allclose`` rule, with ``|ref|`` the largest of its anchor row: :func:`raw_tolerance`), and
+    decoded scores and coordinates within ``ABS_TOL``."""
     raw_ok = all(v <= 1.0 for v in diffs["tolerance_used"].values())
     return raw_ok and all(v <= ABS_TOL for v in diffs["decoded_diff"].values())
 
