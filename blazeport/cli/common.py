@@ -44,7 +44,8 @@ def print_check(r: dict[str, Any]) -> None:
 def gate_line(r: dict[str, Any]) -> str:
     """``OK``/``FAILED`` and the gate it was judged by."""
     tol = r["tolerance"]
-    return (f"{'OK' if r['ok'] else 'FAILED'}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|, decoded and "
+    return (f"{'OK' if r['ok'] else 'FAILED'}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref| "
+            f"(|ref|: the anchor row's largest), decoded and "
             f"detections within {tol['abs']:g}")
 
 
