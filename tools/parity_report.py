@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""End-to-end parity of blazeport's detector with MediaPipe's own face detection, on real photos.
+"""End-to-end parity of blazeport's detector with MediaPipe's own pipeline, on real photos.
 
 For every image, ``blazeport.load(model, backend).detect(rgb)`` runs for the torch and the tflite
-backends and ``mp.solutions.face_detection.FaceDetection(model_selection=..., min_detection_confidence=0.5)
-.process(rgb)`` runs as the oracle (MediaPipe 0.10.14: ``pip install -e ".[parity]"``). Detections are
+backends and MediaPipe 0.10.14 runs as the oracle (``pip install -e ".[parity]"``): for a face model
+``mp.solutions.face_detection.FaceDetection(model_selection=..., min_detection_confidence=0.5)
+.process(rgb)``; for a detector that MediaPipe runs inside a larger solution (the spec's
+``mediapipe_solution``: palm detection in ``hands``, pose detection in ``pose``), that solution's graph
+with its detector's own output stream requested (:data:`SOLUTION_STREAMS`). Detections are
 paired greedily by IoU; the table gives, per backend, the images, detections (ours / MediaPipe), images
 whose counts differ, the worst score difference and the worst coordinate difference (box xmin, ymin,
-width, height and the 6 keypoints, normalized), and whether that is within the tolerances (score 0.01,
+width, height and the keypoints, normalized), and whether that is within the tolerances (score 0.01,
 coordinates 0.005, same counts). Exit status 1 when a backend is outside them.
 
 Usage::
@@ -15,6 +18,7 @@ Usage::
     python tools/parity_report.py PHOTO.jpg FOLDER ...   # given images and folders (recursively)
     python tools/parity_report.py --per-folder 20 --json parity.json
     python tools/parity_report.py --model full_range_sparse
+    python tools/parity_report.py --model palm_detection_lite ../shared/data/unlabeled/human_samples
 
 ``tests/test_parity_mediapipe.py`` uses :func:`default_images` and :func:`compare` from here.
 """
@@ -41,6 +45,21 @@ UNLABELED_FOLDERS = ("human_samples", "deepface_tests", "caltech1999_half", "wid
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # blazeport spec -> the FaceDetection(model_selection=...) that runs the same file
 MODEL_SELECTION = {s.name: s.mediapipe_model_selection for s in SPECS.values() if s.mediapipe_model_selection is not None}
+# ModelSpec.mediapipe_solution -> (its graph in the mediapipe package, the stream with the detector's own
+# detections (after NMS and letterbox removal), the side inputs of a static-image run, the calculator that
+# holds the score threshold). hands clips its palm detections to num_hands: 100 leaves them all; pose
+# returns the first of its detections only (SplitDetectionVectorCalculator), so one at most is compared.
+SOLUTION_STREAMS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "hands": ("mediapipe/modules/hand_landmark/hand_landmark_tracking_cpu.binarypb", "palm_detections",
+              {"num_hands": 100, "use_prev_landmarks": False},
+              "palmdetectioncpu__TensorsToDetectionsCalculator.min_score_thresh"),
+    "pose": ("mediapipe/modules/pose_landmark/pose_landmark_cpu.binarypb", "pose_detection",
+             {"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
+              "smooth_segmentation": False, "use_prev_landmarks": False},
+             "posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh"),
+}
+# every spec with a MediaPipe oracle
+PARITY_MODELS = sorted([*MODEL_SELECTION, *(s.name for s in SPECS.values() if s.mediapipe_solution in SOLUTION_STREAMS)])
 BACKENDS = ("torch", "tflite")
 SCORE_TOL = 0.01
 COORD_TOL = 0.005
@@ -48,11 +67,11 @@ COORD_TOL = 0.005
 
 @dataclass
 class Face:
-    """One detection in MediaPipe's terms: score, (xmin, ymin, width, height) and 6 keypoints, normalized."""
+    """One detection in MediaPipe's terms: score, (xmin, ymin, width, height) and keypoints, normalized."""
 
     score: float
     box: np.ndarray  # (4,)
-    keypoints: np.ndarray  # (6, 2)
+    keypoints: np.ndarray  # (K, 2)
 
 
 @dataclass
@@ -102,15 +121,59 @@ def expand(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def mediapipe_faces(face_detection: Any, rgb: np.ndarray) -> list[Face]:
-    """Run a ``mp.solutions.face_detection.FaceDetection`` on an RGB uint8 image."""
-    result = face_detection.process(np.ascontiguousarray(rgb))
+def _faces(detections: Any) -> list[Face]:
     faces = []
-    for d in result.detections or []:
+    for d in detections:
         box = d.location_data.relative_bounding_box
         kps = [(k.x, k.y) for k in d.location_data.relative_keypoints]
         faces.append(Face(float(d.score[0]), np.array([box.xmin, box.ymin, box.width, box.height]), np.array(kps)))
     return faces
+
+
+def mediapipe_faces(face_detection: Any, rgb: np.ndarray) -> list[Face]:
+    """Run a ``mp.solutions.face_detection.FaceDetection`` (or :func:`mediapipe_oracle`) on an RGB uint8 image."""
+    if isinstance(face_detection, SolutionOracle):
+        return face_detection.detections(rgb)
+    return _faces(face_detection.process(np.ascontiguousarray(rgb)).detections or [])
+
+
+class SolutionOracle:
+    """A MediaPipe solution graph with its detector's stream requested (:data:`SOLUTION_STREAMS`)."""
+
+    def __init__(self, solution: str, model_complexity: int | None, min_score: float):
+        from mediapipe.python import solution_base
+
+        graph, self.stream, side_inputs, threshold = SOLUTION_STREAMS[solution]
+        if model_complexity is not None:
+            side_inputs = {**side_inputs, "model_complexity": model_complexity}
+        self.graph = solution_base.SolutionBase(binary_graph_path=graph, side_inputs=side_inputs,
+                                                calculator_params={threshold: min_score}, outputs=[self.stream])
+
+    def detections(self, rgb: np.ndarray) -> list[Face]:
+        found = getattr(self.graph.process(np.ascontiguousarray(rgb)), self.stream)
+        return _faces([] if found is None else found if isinstance(found, list) else [found])
+
+    def __enter__(self) -> SolutionOracle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.graph.close()
+
+
+def mediapipe_oracle(model: str) -> Any:
+    """MediaPipe's own pipeline for the file of spec ``model`` (a context manager; see :func:`mediapipe_faces`)."""
+    import mediapipe as mp
+
+    spec = SPECS[model]
+    if spec.mediapipe_model_selection is not None:
+        return mp.solutions.face_detection.FaceDetection(model_selection=spec.mediapipe_model_selection,
+                                                         min_detection_confidence=0.5)
+    return SolutionOracle(spec.mediapipe_solution, spec.mediapipe_model_complexity, spec.score_threshold)
+
+
+def keep_first(faces: list[Face], model: str) -> list[Face]:
+    """What the oracle reports of our detections: the first only where its solution keeps one (pose)."""
+    return faces[:1] if SPECS[model].mediapipe_solution == "pose" else faces
 
 
 def blazeport_faces(detector: Any, rgb: np.ndarray) -> list[Face]:
@@ -149,21 +212,18 @@ def summarize(results: Sequence[ImageResult], score_tol: float = SCORE_TOL, coor
 def run(images: Sequence[Path], model: str = "short_range", backends: Sequence[str] = BACKENDS,
         threads: int | None = None) -> dict[str, list[ImageResult]]:
     """Compare every image on every backend; MediaPipe runs once per image."""
-    import mediapipe as mp
-
     import blazeport
     from blazeport.preprocess import read_image
 
     detectors = {b: blazeport.load(model, backend=b, threads=threads) for b in backends}
     results: dict[str, list[ImageResult]] = {b: [] for b in backends}
-    with mp.solutions.face_detection.FaceDetection(
-        model_selection=MODEL_SELECTION[model], min_detection_confidence=0.5
-    ) as face_detection:  # stateless between images: one instance serves them all
+    with mediapipe_oracle(model) as oracle:  # stateless between images: one instance serves them all
         for path in images:
             rgb = read_image(path)
-            theirs = mediapipe_faces(face_detection, rgb)
+            theirs = mediapipe_faces(oracle, rgb)
             for backend, detector in detectors.items():
-                results[backend].append(compare(str(path), blazeport_faces(detector, rgb), theirs))
+                ours = keep_first(blazeport_faces(detector, rgb), model)
+                results[backend].append(compare(str(path), ours, theirs))
     return results
 
 
@@ -184,10 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="images or folders (default: faces-boxed + unlabeled selection)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="shared data folder for the default selection")
     parser.add_argument("--per-folder", type=int, default=3, help="photos per unlabeled folder in the default selection")
-    parser.add_argument("--model", choices=sorted(MODEL_SELECTION), default="short_range")
+    parser.add_argument("--model", choices=PARITY_MODELS, default="short_range")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures and every image's differences here")
+    parser.add_argument("--score-tol", type=float, default=SCORE_TOL, help="score tolerance (default %(default)s)")
+    parser.add_argument("--coord-tol", type=float, default=COORD_TOL, help="coordinate tolerance (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list the images outside the tolerances")
     args = parser.parse_args(argv)
 
@@ -196,21 +258,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no images (given paths empty, or {args.data} missing)")
     start = time.perf_counter()
     results = run(images, args.model, args.backends, args.threads)
-    summaries = {b: summarize(r) for b, r in results.items()}
-    print(f"{args.model}: {len(images)} images vs MediaPipe, tolerances score {SCORE_TOL}, coordinates {COORD_TOL} "
+    summaries = {b: summarize(r, args.score_tol, args.coord_tol) for b, r in results.items()}
+    print(f"{args.model}: {len(images)} images vs MediaPipe, tolerances score {args.score_tol}, coordinates {args.coord_tol} "
           f"({time.perf_counter() - start:.1f} s)")
     print(table(summaries))
     for backend, s in summaries.items():
         print(f"{backend}: worst score diff in {s['worst_score_image']}, worst coordinate diff in {s['worst_coord_image']}")
         if args.verbose:
             for r in results[backend]:
-                if not r.within():
+                if not r.within(args.score_tol, args.coord_tol):
                     print(f"  {r.image}: {r.ours} vs {r.mediapipe} detections, score {r.worst_score:.2e}, "
                           f"coordinates {r.worst_coord:.2e}")
     if args.json:
         report = {
             "model": args.model,
-            "tolerances": {"score": SCORE_TOL, "coordinates": COORD_TOL},
+            "tolerances": {"score": args.score_tol, "coordinates": args.coord_tol},
             "summary": summaries,
             "images": {b: [asdict(r) for r in rs] for b, rs in results.items()},
         }

@@ -51,7 +51,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if out_dir:
             save_rgb(drawings[item.index], draw_detections(image, dets))
         if verbose:
-            tqdm.write(f"{path}: {len(dets)} face(s)", file=sys.stdout)
+            tqdm.write(f"{path}: {len(dets)} {detector.spec.subject}(s)", file=sys.stdout)
             for d in dets:
                 (x, y, bw, bh), _ = d.pixels(w, h)
                 tqdm.write(f"  score {d.score:.3f}  box x={x:.0f} y={y:.0f} w={bw:.0f} h={bh:.0f} px", file=sys.stdout)
@@ -61,7 +61,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print_json(results)
     if not args.quiet:
         where = f", drawings in {out_dir}" if out_dir else ""
-        print(f"{len(results)} image(s), {sum(len(r['detections']) for r in results)} face(s), "
+        print(f"{len(results)} image(s), {sum(len(r['detections']) for r in results)} {detector.spec.subject}(s), "
               f"{skipped} skipped, {elapsed:.2f} s ({args.model}, {args.backend}){where}", file=sys.stderr)
     return 1 if skipped else 0
 
