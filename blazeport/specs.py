@@ -30,7 +30,7 @@ from blazeport.files import sha256_of
 # the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
-__all__ = ["KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions",
+__all__ = ["KEYPOINT_NAMES", "PALM_KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions",
            "get_spec", "spec_for_file", "student_spec"]
 
 # The subject's right and left (keypoint 0 has the smaller x in a frontal photo).
@@ -46,6 +46,15 @@ KEYPOINT_NAMES = (
 # pose_detection_cpu.pbtxt: "Key point 0 - mid hip center, 1 - point that encodes size & rotation (for
 # full body), 2 - mid shoulder center, 3 - point that encodes size & rotation (for upper body)".
 POSE_KEYPOINT_NAMES = ("hip_center", "full_body_size_rotation", "shoulder_center", "upper_body_size_rotation")
+
+# The palm detector's 7 keypoints. MediaPipe's graphs name 0 ("Center of wrist") and 2 ("MCP of middle
+# finger": palm_detection_detection_to_roi.pbtxt's rotation vector); the others were read off
+# mp.solutions.hands itself: on the 61 photos of ../shared/data/unlabeled/human_samples, the nearest of
+# its 21 hand landmarks to each palm keypoint was most often the named one (0 wrist 41 times, 1 index
+# MCP 17, 2 middle MCP 16, 3 ring MCP 15, 4 pinky MCP 19, 5 thumb CMC 30, 6 thumb MCP 20; the runners-up
+# are the neighbouring joints).
+PALM_KEYPOINT_NAMES = ("wrist", "index_finger_mcp", "middle_finger_mcp", "ring_finger_mcp", "pinky_mcp", "thumb_cmc",
+                       "thumb_mcp")
 
 
 @dataclass(frozen=True)
@@ -292,6 +301,38 @@ POSE_DETECTION = ModelSpec(
     mediapipe_solution="pose",
 )
 
+# MediaPipe's palm detectors (BlazePalm; PRELU activations), palm_detection_cpu.pbtxt as compiled into
+# mediapipe 0.10.14: input in [0, 1] (letterbox border 0), 7 keypoints. Hands picks the file by
+# model_complexity (PalmDetectionModelLoader: 0 lite, 1 full).
+PALM_DETECTION_LITE = ModelSpec(
+    name="palm_detection_lite",
+    description="MediaPipe palm detector, lite (hands model_complexity=0), 192x192",
+    input_size=192,
+    anchors=AnchorOptions(input_size=192, num_layers=4, strides=(8, 16, 16, 16), min_scale=0.1484375, max_scale=0.75),
+    num_anchors=2016,
+    architecture="graph",
+    family="graph",
+    tflite="palm_detection_lite.tflite",
+    sha256="e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18",
+    num_coords=18,
+    num_keypoints=7,
+    keypoint_names=PALM_KEYPOINT_NAMES,
+    subject="palm",
+    score_threshold=0.5,
+    normalization=(0.0, 1.0),
+    mediapipe_solution="hands",
+    mediapipe_model_complexity=0,
+)
+
+PALM_DETECTION_FULL = dataclasses.replace(
+    PALM_DETECTION_LITE,
+    name="palm_detection_full",
+    description="MediaPipe palm detector, full (hands model_complexity=1), 192x192",
+    tflite="palm_detection_full.tflite",
+    sha256="1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
+    mediapipe_model_complexity=1,
+)
+
 
 def student_spec(teacher: ModelSpec, architecture: str, family: str, name: str | None = None,
                  description: str | None = None) -> ModelSpec:
@@ -323,7 +364,7 @@ FULL_RANGE_SPARSE_MOBILENET = student_spec(
 
 SPECS: dict[str, ModelSpec] = {
     s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE,
-                        FULL_RANGE_SPARSE_MOBILENET, POSE_DETECTION)
+                        FULL_RANGE_SPARSE_MOBILENET, POSE_DETECTION, PALM_DETECTION_LITE, PALM_DETECTION_FULL)
 }
 
 

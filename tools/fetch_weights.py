@@ -54,11 +54,15 @@ EXPECTED: dict[str, tuple[int, str]] = {
         "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
     ),
     "pose_detection.tflite": (2_959_046, "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c"),
+    "palm_detection_lite.tflite": (1_985_440, "e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18"),
+    "palm_detection_full.tflite": (2_339_846, "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54"),
 }
 # file name -> (package, version, path inside its wheel)
 SOURCES: dict[str, tuple[str, str, str]] = {
     **{name: (PACKAGE, VERSION, f"{WHEEL_DIR}/{name}") for name in EXPECTED if name.startswith("face_detection_")},
     "pose_detection.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/pose_detection/pose_detection.tflite"),
+    "palm_detection_lite.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/palm_detection/palm_detection_lite.tflite"),
+    "palm_detection_full.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/palm_detection/palm_detection_full.tflite"),
 }
 
 
