@@ -119,7 +119,16 @@ class ModelSpec:
             raise BlazeportError(f"invalid model spec {self.name!r}: {'; '.join(problems)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as JSON-ready data (stored in .safetensors, .onnx, .tflite and .pte files).
+
+        Fields added after files were first written (:data:`_LATER_FIELDS`) are left out while they
+        hold their defaults, so a face model's file is byte for byte what it was and still opens in
+        a blazeport that does not know them; :meth:`from_dict` restores the defaults."""
+        d = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in _LATER_FIELDS and d[f.name] == (f.default if f.default is not dataclasses.MISSING else None):
+                del d[f.name]
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> ModelSpec:
@@ -136,6 +145,10 @@ class ModelSpec:
                 d[key] = tuple(d[key])
         _check_fields(cls, "spec", d)
         return cls(**d)
+
+
+# ModelSpec fields added with the pose and palm detectors (omitted from to_dict() at their defaults)
+_LATER_FIELDS = frozenset({"keypoint_names", "subject", "mediapipe_solution", "mediapipe_model_complexity"})
 
 
 def _check_fields(cls: Any, what: str, d: dict[str, Any]) -> None:

@@ -66,6 +66,9 @@ def test_spec_keypoint_names_are_checked() -> None:
     with pytest.raises(BlazeportError, match="keypoint_names has 6 names for num_keypoints 7"):
         dataclasses.replace(palm, keypoint_names=palm.keypoint_names[:6])
     assert ModelSpec.from_dict(palm.to_dict()) == palm  # as stored in files: lists become tuples again
+    face = get_spec("short_range").to_dict()  # face files keep their bytes and open in older blazeports
+    assert not {"keypoint_names", "subject", "mediapipe_solution", "mediapipe_model_complexity"} & set(face)
+    assert ModelSpec.from_dict(face) == get_spec("short_range")
     with pytest.raises(BlazeportError, match="mediapipe_model_complexity"):
         dataclasses.replace(palm, mediapipe_model_complexity=-1)
 
