@@ -101,6 +101,9 @@ def test_e2e_stages_sum_sensibly(tiny_report: dict, photo: Path) -> None:
         assert parts <= total + 1e-3  # the stages run inside the timed call
     share = 100 * row["stage_stats"]["postprocess"]["p50"] / row["stage_stats"]["infer"]["p50"]
     assert row["postprocess_share_pct"] == pytest.approx(share)
+    from blazeport.postprocess import compiled_available
+
+    assert row["postprocess"] == ("numba" if compiled_available() else "numpy")  # --postprocess auto
     # the timed loop is Detector.detect on the file: the same detections
     want = [d.to_dict() for d in blazeport.load(str(SHORT_RANGE_TFLITE), backend="tflite").detect(photo)]
     assert row["faces"] == len(want) == 1
@@ -330,8 +333,17 @@ def _reference_postprocess(raw_boxes, raw_scores, anchors, spec, pads, threshold
     return out
 
 
-def test_fast_postprocess_is_identical_to_the_reference() -> None:
+@pytest.mark.parametrize("how", ["numpy", "numba"])
+def test_fast_postprocess_is_identical_to_the_reference(how: str) -> None:
+    """Both post-processors (numpy, and the compiled one when numba is installed) give exactly the
+    floats of the straightforward decode-everything pipeline, on random outputs built to hit every
+    branch: NaN and huge logits, negative widths, hard NMS, max_detections, a cluster of hundreds."""
     import dataclasses
+
+    from blazeport.postprocess import compiled_available
+
+    if how == "numba" and not compiled_available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
 
     from blazeport.anchors import anchors_for
     from blazeport.postprocess import postprocess
@@ -358,7 +370,7 @@ def test_fast_postprocess_is_identical_to_the_reference() -> None:
             # 1e-8: every anchor is a candidate (no pre-filter); 0.999999 and 1.0: float32 rounding at the top
             for threshold in (s.score_threshold, 0.3, 0.999999, 1.0, *((1e-8,) if trial % 8 == 1 else ())):
                 got = [[(d.score, d.box, d.keypoints) for d in dets]
-                       for dets in postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold)]
+                       for dets in postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold, how)]
                 assert got == _reference_postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold)
 
 

@@ -26,6 +26,7 @@ from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_bas
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
 from blazeport.folder import default_workers
+from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
 from blazeport.specs import SPECS
 
@@ -93,6 +94,12 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
     b.add_argument("--batch", type=_int_list, default=[1], help="with --folder: comma-separated batch sizes (default: 1)")
     b.add_argument("--workers", type=int, default=default_workers(),
                    help="with --folder: reader threads, ours and MediaPipe's alike (default: min(4, cores), here %(default)s)")
+    b.add_argument("--fast-decode", action="store_true",
+                   help="with --folder: also run each configuration with JPEGs decoded reduced (`detect --fast-decode`), "
+                   "and print its speed and its effect on the detections against the exact decode")
+    b.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
+                   help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
+                   "(default: auto); the detections are identical")
     b.add_argument("--android", action="store_true",
                    help="print the equivalent TFLite benchmark_model command lines (adb) for the .tflite files and exit")
     b.set_defaults(func=cmd_bench)
@@ -106,10 +113,12 @@ def command_line(args: argparse.Namespace) -> str:
     if args.folder:  # --runs and --warmup mean nothing to a folder: one pass per round over its files
         parts += ["--folder", args.folder, "--batch", ",".join(map(str, args.batch)), "--workers", str(args.workers)]
         parts += ["--limit", str(args.limit)] if args.limit else []
+        parts += ["--fast-decode"] if args.fast_decode else []
     else:
         parts += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
     parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
     parts += ["--e2e"] if args.e2e else []
+    parts += ["--postprocess", args.postprocess] if args.postprocess != "auto" else []
     parts += ["--image", args.image] if args.image else []
     parts += ["--mediapipe-python", args.mediapipe_python] if args.mediapipe_python else []
     parts += ["--no-baselines"] if args.no_baselines else []
@@ -177,7 +186,7 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
         notes.append(why)
     host = host_info()
     rows = run_folder_bench(targets, Path(args.folder), args.limit, args.threads, args.batch, args.workers, mp_python,
-                            notes, _bench_image(args.image), _log, rounds=max(1, args.rounds))
+                            notes, _bench_image(args.image), _log, rounds=max(1, args.rounds), fast_decode=args.fast_decode)
     host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     for note in notes:
         _log(f"note: {note}")
@@ -213,6 +222,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.append(why)
     if not args.no_baselines:
         targets = add_baselines(targets, args.e2e, mp_python, notes)
+    for t in targets:
+        t.extra["postprocess"] = args.postprocess  # the children's decode + NMS code
     configs = configurations(targets, args.threads, ["model", "e2e"] if args.e2e else ["model"])
     host = host_info()
     rounds = max(1, min(args.rounds, args.runs))
