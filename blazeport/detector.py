@@ -68,7 +68,8 @@ class Detector:
 
 
 def load(model: str | Path = "short_range", backend: str | None = None, threads: int | None = None,
-         score_threshold: float | None = None, spec: str | ModelSpec | None = None, postprocess: str = "auto") -> Detector:
+         score_threshold: float | None = None, spec: str | ModelSpec | None = None, postprocess: str = "auto",
+         device: str = "cpu") -> Detector:
     """A ready :class:`Detector` for a spec name or a model file (see :mod:`blazeport.loader`).
 
     ``model`` is a spec name (``short_range``), a ``.safetensors`` written by ``blazeport convert``
@@ -83,5 +84,5 @@ def load(model: str | Path = "short_range", backend: str | None = None, threads:
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise BlazeportError(f"threads must be a whole number >= 1, got {threads!r}")
     check_postprocess(postprocess)
-    resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads)
+    resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads, device)
     return Detector(resolved, runner, score_threshold, postprocess).check(model)

@@ -44,7 +44,8 @@ def open_timed(cfg: dict[str, Any]) -> tuple[Detector, float, float]:
     t1 = time.perf_counter_ns()
     if runtime == "torch":
         library.set_num_interop_threads(1)
-    spec, backend, _ = open_backend(cfg["path"], runtime, ModelSpec.from_dict(cfg["spec"]), threads)
+    spec, backend, _ = open_backend(cfg["path"], runtime, ModelSpec.from_dict(cfg["spec"]), threads,
+                                    cfg.get("device", "cpu"))
     t2 = time.perf_counter_ns()
     return Detector(spec, backend, post=cfg.get("postprocess", "auto")), ms(t1 - t0), ms(t2 - t1)
 

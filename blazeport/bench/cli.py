@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blazeport.backends import RUNTIMES
+from blazeport.backends import RUNTIMES, check_device
 from blazeport.bench.android import android_commands
 from blazeport.bench.folder import print_folder_report, run_folder_bench
 from blazeport.bench.mediapipe import MEDIAPIPE, find_mediapipe_python
@@ -97,6 +97,9 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
     b.add_argument("--fast-decode", action="store_true",
                    help="with --folder: also run each configuration with JPEGs decoded reduced (`detect --fast-decode`), "
                    "and print its speed and its effect on the detections against the exact decode")
+    b.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: run the torch and onnx rows on that GPU (the LiteRT, ExecuTorch "
+                   "and MediaPipe rows stay on the CPU); with --folder, images/s per --batch on it")
     b.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
                    help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
                    "(default: auto); the detections are identical")
@@ -119,6 +122,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
     parts += ["--e2e"] if args.e2e else []
     parts += ["--postprocess", args.postprocess] if args.postprocess != "auto" else []
+    parts += ["--device", args.device] if args.device != "cpu" else []
     parts += ["--image", args.image] if args.image else []
     parts += ["--mediapipe-python", args.mediapipe_python] if args.mediapipe_python else []
     parts += ["--no-baselines"] if args.no_baselines else []
@@ -169,6 +173,15 @@ def _build_report(args: argparse.Namespace, host: dict[str, Any], results: list[
     return report
 
 
+def _place(targets: list[Any], args: argparse.Namespace) -> None:
+    """What each child is told beyond its target: the decode + NMS code, and --device for the runtimes
+    that take one (checked here, once, before any child starts)."""
+    for t in targets:
+        t.extra["postprocess"] = args.postprocess
+        if t.backend in RUNTIMES and "cuda" in RUNTIMES[t.backend].devices:
+            t.extra["device"] = check_device(RUNTIMES[t.backend], args.device)
+
+
 def cmd_bench_folder(args: argparse.Namespace) -> int:
     """``bench --folder DIR``: images/s of the folder pipeline against MediaPipe's (:mod:`blazeport.bench.folder`)."""
     if not Path(args.folder).is_dir():
@@ -180,6 +193,7 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
         check_output(args.json, [Path(m) for m in args.models if Path(m).is_file()], "JSON report")
     notes: list[str] = []
     targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log)
+    _place(targets, args)
     mp_python = None
     if not args.no_baselines:
         mp_python, why = find_mediapipe_python(args.mediapipe_python)
@@ -222,8 +236,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.append(why)
     if not args.no_baselines:
         targets = add_baselines(targets, args.e2e, mp_python, notes)
-    for t in targets:
-        t.extra["postprocess"] = args.postprocess  # the children's decode + NMS code
+    _place(targets, args)
     configs = configurations(targets, args.threads, ["model", "e2e"] if args.e2e else ["model"])
     host = host_info()
     rounds = max(1, min(args.rounds, args.runs))

@@ -189,7 +189,8 @@ def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, thr
     for c, runs in zip(configs, passes, strict=True):
         t = c["target"]
         row = {"model": t.model, "backend": t.backend, "path": t.path, "threads": c["threads"], "batch": c["batch"],
-               "workers": c["workers"], "fast_decode": c["fast_decode"], "baseline": t.baseline, "rounds": rounds}
+               "workers": c["workers"], "fast_decode": c["fast_decode"], "device": t.extra.get("device", "cpu"),
+               "baseline": t.baseline, "rounds": rounds}
         failed = [x for x in runs if "error" in x]
         if failed:
             rows.append({**row, "error": failed[0]["error"]})

@@ -32,7 +32,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
     detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
-                    spec=args.spec, postprocess=args.postprocess)
+                    spec=args.spec, postprocess=args.postprocess, device=args.device)
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
     verbose = not args.json and not args.quiet
@@ -92,6 +92,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help=f"decode JPEGs reduced (libjpeg's 1/2, 1/4, 1/8 IDCT) to a long side of at least "
                    f"{FAST_DECODE_SIDE}x the model's input: faster reading, slightly different detections (measured "
                    "by `blazeport bench --folder DIR --fast-decode`); default: decode in full, as MediaPipe does")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: the GPU for the torch and onnx backends (a CUDA build of torch, "
+                   "onnxruntime-gpu)")
     p.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
                    help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
                    "(default: auto); the detections are identical")
