@@ -68,5 +68,5 @@ def test_onnx_without_the_cuda_provider_says_so(tmp_path) -> None:
         pytest.skip("onnxruntime-gpu is installed: the refusal is for the CPU build")
     model = tmp_path / "m.onnx"
     model.write_bytes(b"not read: the provider is checked first")
-    with pytest.raises(BlazeportError, match="no CUDA provider.*onnxruntime-gpu"):
+    with pytest.raises(BlazeportError, match=r"no CUDA provider.*onnxruntime-gpu"):
         OnnxBackend(model, device="cuda")
