@@ -139,3 +139,11 @@ def test_fast_decode_effect_pairs_each_fast_row_with_its_exact_row() -> None:
     assert e["speedup"] == pytest.approx(1.25) and e["images_same_count"] == 2 and e["images"] == 3
     assert e["max_score_diff"] == pytest.approx(0.02) and e["max_coordinate_diff"] == pytest.approx(0.01)
     assert "fast_decode_effect" not in rows[0] and all("detections" not in r for r in rows)
+
+
+@pytest.mark.parametrize(("flags", "named"), [(["--folder", ".", "--e2e"], "--e2e"), (["--folder", ".", "--plot", "x.png"],
+                                                "--plot"), (["short_range", "--fast-decode"], "--fast-decode")])
+def test_bench_refuses_flags_that_do_not_apply(flags: list[str], named: str, capsys) -> None:
+    assert main(["bench", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0]

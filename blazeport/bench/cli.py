@@ -188,6 +188,11 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
         raise BlazeportError(f"--folder {args.folder}: not a folder")
     if (args.limit is not None and args.limit < 1) or args.workers < 0:
         raise BlazeportError("--limit must be >= 1 and --workers >= 0")
+    ignored = [flag for flag, given in (("--e2e", args.e2e), ("--plot", args.plot), ("--android", args.android),
+                                        ("--runs", args.runs != 200), ("--warmup", args.warmup != 20)) if given]
+    if ignored:  # said, not silently dropped
+        raise BlazeportError(f"{', '.join(ignored)} do(es) not apply to --folder (one timed pass per round over the "
+                             "folder's files); drop it, or run the latency bench without --folder")
     args.models = args.models or [DEFAULT_TEACHER]
     if args.json:
         check_output(args.json, [Path(m) for m in args.models if Path(m).is_file()], "JSON report")
@@ -220,6 +225,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise BlazeportError("give a MODEL to benchmark (or --folder DIR)")
     if args.runs < 1 or args.warmup < 0:
         raise BlazeportError("--runs must be >= 1 and --warmup >= 0")
+    if args.fast_decode or args.batch != [1]:
+        raise BlazeportError("--fast-decode and --batch apply to --folder DIR (images/s over a folder)")
     image = _bench_image(args.image)
     inputs = [image, *(m for m in args.models if Path(m).is_file())]
     for out, what in ((args.json, "JSON report"), (args.plot, "chart")):
