@@ -88,6 +88,7 @@ def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_p
     ours = [r for r in rows if r["backend"] == "tflite-original"]
     assert len(ours) == 1 and ours[0]["images"] == 2 and ours[0]["images_per_s"] > 0
     assert 0 < ours[0]["decode_share"] < 1
+    assert ours[0]["detector_images_per_s"] == pytest.approx(2 / ours[0]["detect_s"], rel=0.02)  # detect_s is rounded
     assert ours[0]["rounds"] == 2 and len(ours[0]["images_per_s_rounds"]) == 2
     if find_mediapipe_python(None)[0] is None:
         pytest.skip("mediapipe is not importable here: no MediaPipe rows to compare with")
