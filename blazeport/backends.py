@@ -61,13 +61,15 @@ class TFLiteBackend:
 
     def __init__(self, path: str | Path, threads: int | None = None, xnnpack: bool = True):
         self.path = Path(path)
-        read_tflite(self.path)  # a clear error for missing, unreadable, truncated, foreign or malformed files
+        # a clear error for missing, unreadable, truncated, foreign or malformed files; LiteRT then gets the
+        # very bytes that were checked (one read: the file may change on disk after the check)
+        checked = read_tflite(self.path)
         try:
             import ai_edge_litert.interpreter  # noqa: F401
         except ImportError:  # pragma: no cover - depends on the install
             raise BlazeportError("the tflite backend needs LiteRT: pip install ai-edge-litert") from None
         self.threads, self.xnnpack = threads, xnnpack
-        self._content = self.path.read_bytes()
+        self._content = checked.content
         self._local = threading.local()
         interpreter = self._interpreter()
         inputs = interpreter.get_input_details()
