@@ -155,9 +155,10 @@ def _check_pixels(path: Path, size: tuple[int, int], limit: int) -> None:
         )
 
 
-def _reduction(width: int, height: int, min_side: int = REDUCED_MIN_SIDE) -> int:
-    """The largest JPEG reduction (8, 4, 2) that keeps the long side at ``min_side`` or more; else 1."""
-    side = max(width, height)
+def _reduction(width: int, height: int, min_side: int | None = None) -> int:
+    """The largest JPEG reduction (8, 4, 2) that keeps the long side at ``min_side`` (default:
+    REDUCED_MIN_SIDE, read at call time) or more; else 1."""
+    side, min_side = max(width, height), REDUCED_MIN_SIDE if min_side is None else min_side
     return next((f for f in (8, 4, 2) if -(-side // f) >= min_side), 1)
 
 
