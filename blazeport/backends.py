@@ -106,18 +106,29 @@ class TFLiteBackend:
         return interpreter
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        interpreter = self._interpreter()
         regs, clss = [], []
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the file, in its order, as ``(B, ...)`` float32: what a landmark model's
+        pipeline reads (:mod:`blazeport.landmarks`), where there are no regressors to split."""
+        per_image = list(self._run(batch))
+        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
+                for i in range(len(self.outputs))]
+
+    def _run(self, batch: np.ndarray) -> Any:
+        interpreter = self._interpreter()
         for x in batch:  # the original files have a fixed batch of 1
             x = np.ascontiguousarray(x[None], dtype=np.float32)
             if self.input_quantization is not None:
                 x = quantize_input(x, *self.input_quantization, self.input["dtype"])
             interpreter.set_tensor(self.input["index"], x)
             interpreter.invoke()
-            r, c = _split_outputs([_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs], str(self.path))
-            regs.append(r)
-            clss.append(c)
-        return np.concatenate(regs), np.concatenate(clss)
+            yield [_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs]
 
 
 def _dequantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -320,6 +331,10 @@ class TorchBackend:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, S, S)
             r, c = self.runner(x)
         return r.numpy(), c.numpy()
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The module's outputs as arrays (a landmark model's two, in its file's order)."""
+        return list(self(batch))
 
 
 @dataclass(frozen=True)
