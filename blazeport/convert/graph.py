@@ -16,11 +16,12 @@ __all__ = ["GRAPH_OPS", "TRANSLATORS", "extract_graph"]
 
 @dataclass
 class Translated:
-    """One TFLite op as a GraphNet node: its kind, attributes and (for convs) weights."""
+    """One TFLite op as a GraphNet node: its kind, attributes and (for convs, PRELU) parameters."""
 
     kind: str
     attrs: dict[str, Any] = field(default_factory=dict)
-    weights: tuple[np.ndarray, np.ndarray, str] | None = None  # kernel (torch layout), bias, kernel's name
+    # parameter suffix ("weight", "bias") -> (array in torch layout, the TFLite tensor it came from)
+    params: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
 
 
 def _const(w: Walker, i: int) -> np.ndarray:
@@ -40,7 +41,8 @@ def _conv(w: Walker, op: Op) -> Translated:
         raise w.fail(f"op {op.index}: grouped conv (kernel {w.m.tensor(op.inputs[1]).shape})")
     attrs = {"in_ch": int(k.shape[0] if depthwise else k.shape[1]), "out_ch": int(k.shape[0]), "kernel": int(k.shape[-1]),
              "stride": op.options["stride"][0], "padding": op.options["padding"], "activation": op.options["activation"]}
-    return Translated("dwconv" if depthwise else "conv", attrs, (k, b, src))
+    return Translated("dwconv" if depthwise else "conv", attrs,
+                      {"weight": (k, src), "bias": (b, w.m.tensor(op.inputs[2]).name)})
 
 
 def _pad(w: Walker, op: Op) -> Translated:
@@ -70,6 +72,20 @@ def _resize_bilinear(w: Walker, op: Op) -> Translated:
                                           "align_corners": op.options["align_corners"]})
 
 
+def _prelu(w: Walker, op: Op) -> Translated:
+    """PRELU ``x >= 0 ? x : alpha * x`` with a constant per-channel ``alpha`` (TFLite stores it as
+    ``(1, 1, C)``, broadcast over NHWC); a slope that varies over rows or columns is refused."""
+    channels = w.m.tensor(op.inputs[0]).shape[-1]
+    alpha = _const(w, op.inputs[1]).astype(np.float32)
+    if alpha.size == 1:
+        alpha = np.full(channels, alpha.reshape(-1)[0], np.float32)
+    if alpha.size != channels or alpha.shape[-1] != channels:
+        raise w.fail(f"op {op.index}: PRELU with a slope of shape {alpha.shape} on {channels} channels "
+                     "(only one slope per channel is supported)")
+    return Translated("prelu", {"channels": int(channels)},
+                      {"weight": (np.ascontiguousarray(alpha.reshape(channels)), w.m.tensor(op.inputs[1]).name)})
+
+
 def _flatten(w: Walker, op: Op) -> Translated:
     shape = w.m.tensor(op.outputs[0]).shape
     if len(w.m.tensor(op.inputs[0]).shape) != 4 or shape[0] != 1 or len(shape) not in (2, 3):
@@ -95,6 +111,7 @@ TRANSLATORS: dict[str, Callable[[Walker, Op], Translated]] = {
     "MAX_POOL_2D": _maxpool,
     "ADD": _add,
     "RELU": lambda w, op: Translated("relu"),
+    "PRELU": _prelu,
     "RESIZE_BILINEAR": _resize_bilinear,
     "DEPTH_TO_SPACE": lambda w, op: Translated("depth_to_space", {"block_size": op.options["block_size"]}),
     "RESHAPE": _flatten,
@@ -128,11 +145,9 @@ def extract_graph(model: TFLiteModel) -> Mapping:
         node = Node(t.kind, tuple(act), f"{t.kind}{counts[t.kind] - 1}", t.attrs)
         names[op.outputs[0]] = node.output
         nodes.append(node)
-        if t.weights is not None:
-            k, b, src = t.weights
-            prefix = f"layers.{param_name(node)}"
-            mapping.params[f"{prefix}.weight"], mapping.params[f"{prefix}.bias"] = k, b
-            mapping.sources[f"{prefix}.weight"], mapping.sources[f"{prefix}.bias"] = src, model.tensor(op.inputs[2]).name
+        for suffix, (array, source) in t.params.items():
+            name = f"layers.{param_name(node)}.{suffix}"
+            mapping.params[name], mapping.sources[name] = array, source
     if any(o not in names for o in outputs):
         raise w.fail("an output is not computed from the input")
     mapping.config = GraphConfig(size, "input", (names[outputs[0]], names[outputs[1]]), tuple(nodes))
