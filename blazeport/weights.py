@@ -109,7 +109,8 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec | LandmarkSpec]:
                              "convert the original with `blazeport convert`.")
     try:
         stored = json.loads(meta["spec"])
-        if isinstance(stored, dict):  # files written before specs carried these say them beside the spec
+        if isinstance(stored, dict) and stored.get("kind") != "landmarks":  # files written before specs carried
+            # these say them beside the spec
             stored.setdefault("family", meta.get("family", "blazeface"))
             stored.setdefault("teacher", meta.get("teacher"))
         spec = spec_from_dict(stored)
