@@ -114,7 +114,7 @@ def eye_roi(landmarks: np.ndarray, eye: str, image_width: int, image_height: int
 
 def _round(x: float) -> int:
     """C's ``std::round`` (half away from zero)."""
-    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
+    return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
 
 
 def crop_eye(image: np.ndarray, rect: Rect, size: int = 64, flip: bool = False,
