@@ -180,23 +180,35 @@ class OnnxBackend:
         self.input_size = size
         self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
         outputs = self.session.get_outputs()
-        if len(outputs) != 2 or any(len(o.shape) != 3 for o in outputs):
-            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), got {[o.shape for o in outputs]}")
+        # a detector's (B, N, 16) and (B, N, 1), or a landmark model's two (B, ..., K) (blazeport.landmarks)
+        if len(outputs) != 2 or not (all(len(o.shape) == 3 for o in outputs) or all(len(o.shape) in (2, 4)
+                                                                                   for o in outputs)):
+            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's two, "
+                                 f"got {[o.shape for o in outputs]}")
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        regs, clss = [], []
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Both outputs in the file's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
+        chunks = list(self._run(batch))
+        return [np.concatenate([c[i] for c in chunks]).astype(np.float32, copy=False) for i in range(len(chunks[0]))]
+
+    def _run(self, batch: np.ndarray) -> Any:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)
         if self.input_quantization is not None:
             x = quantize_input(x, *self.input_quantization)
         chunks = [x] if self.batch is None else [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
-        regs, clss = [], []
         for chunk in chunks:
             n = len(chunk)
             if self.batch is not None and n < self.batch:  # a fixed batch > 1: pad the last chunk
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
-            r, c = _split_outputs(self.session.run(None, {self.input: chunk}), str(self.path))
-            regs.append(r[:n])
-            clss.append(c[:n])
-        return np.concatenate(regs), np.concatenate(clss)
+            yield [o[:n] for o in self.session.run(None, {self.input: chunk})]
 
 
 def _check_pte(path: Path) -> None:

@@ -11,7 +11,7 @@ difference over the pairs.
 Usage::
 
     python tools/facemesh_parity.py                       # astronaut + faces-boxed + 3 photos of each unlabeled folder
-    python tools/facemesh_parity.py DIR_OR_IMAGES... --max-faces 5 --backends torch tflite --json out.json
+    python tools/facemesh_parity.py DIR_OR_IMAGES... --max-faces 5 --backends torch tflite onnx --json out.json
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="*", help="images or folders (default: astronaut + the default selection)")
     ap.add_argument("--max-faces", type=int, default=5, help="max_num_faces for both (default: 5)")
-    ap.add_argument("--backends", nargs="+", default=["torch", "tflite"])
+    ap.add_argument("--backends", nargs="+", default=["torch", "tflite"], choices=["torch", "tflite", "onnx"],
+                    help="onnx: short_range and face_landmark exported to a temporary folder first")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args(argv)
     import skimage.data
@@ -115,8 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     theirs = mediapipe_landmarks(images, args.max_faces)
     report: dict[str, Any] = {"max_faces": args.max_faces, "mediapipe_seconds": round(time.perf_counter() - t0, 2)}
+    tmp = tempfile.TemporaryDirectory(prefix="blazeport-parity-")
     for backend in args.backends:
-        lm = load_landmarks(backend=backend, max_faces=args.max_faces)
+        if backend == "onnx":  # exported (and verified) here: the onnx backend runs files
+            from blazeport.export import export
+
+            files = {name: Path(tmp.name) / f"{name}.onnx" for name in ("short_range", "face_landmark")}
+            for name, path in files.items():
+                export(name, "onnx", path)
+            lm = load_landmarks(files["face_landmark"], backend="onnx", detector=files["short_range"],
+                                max_faces=args.max_faces)
+        else:
+            lm = load_landmarks(backend=backend, max_faces=args.max_faces)
         t0 = time.perf_counter()
         ours = [[f.landmarks.astype(np.float64) for f in lm.process(img)] for img in images]
         report[backend] = {**compare(ours, theirs, names), "seconds": round(time.perf_counter() - t0, 2)}
