@@ -208,3 +208,17 @@ def test_cli_writes_a_drawing_and_json_with_468x3_landmarks(tmp_path, capsys) ->
     assert drawing is not None and drawing.shape == (512, 512, 3)
     original = cv2.imread(str(sample_image_path("astronaut")))
     assert (np.abs(drawing.astype(int) - original).sum(2) > 60).mean() > 0.01  # the mesh is drawn
+
+
+def test_landmarks_on_litert_need_no_torch() -> None:
+    """The landmark pipeline on LiteRT runs where torch is not installed (boards)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import blazeport, skimage.data\n"
+            "faces = blazeport.load_landmarks(backend='tflite', iris=True).process(skimage.data.astronaut())\n"
+            "assert len(faces) == 1 and faces[0].landmarks.shape == (468, 3) and faces[0].iris['left'].iris.shape == (5, 3)\n"
+            "assert 'torch' not in [m.split('.')[0] for m, v in sys.modules.items() if v is not None]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=WEIGHTS_DIR.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
