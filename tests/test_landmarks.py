@@ -222,3 +222,13 @@ def test_landmarks_on_litert_need_no_torch() -> None:
             "assert 'torch' not in [m.split('.')[0] for m, v in sys.modules.items() if v is not None]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=WEIGHTS_DIR.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", sorted(LANDMARK_SPECS))
+def test_bundled_landmark_models_are_the_recorded_originals(name: str) -> None:
+    from blazeport.files import sha256_of
+
+    spec = LANDMARK_SPECS[name]
+    assert sha256_of(WEIGHTS_DIR / spec.tflite) == spec.sha256
+    provenance = (WEIGHTS_DIR / "PROVENANCE.md").read_text(encoding="utf-8")
+    assert spec.tflite in provenance and spec.sha256 in provenance
