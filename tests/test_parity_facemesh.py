@@ -19,7 +19,7 @@ pytest.importorskip("mediapipe", reason="MediaPipe is the oracle here; install t
 
 from blazeport.landmarks import load_landmarks
 from blazeport.preprocess import read_image
-from tools.facemesh_parity import DATA, LANDMARK_TOL, compare, default_images, mediapipe_landmarks, pair
+from tools.facemesh_parity import DATA, LANDMARK_TOL, compare, default_images, iris_vs_attention_mesh, mediapipe_landmarks
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")  # protobuf 4 vs MediaPipe
 
@@ -65,18 +65,6 @@ def test_one_face_by_default_as_facemesh(photos) -> None:
 def test_iris_centres_near_facemesh_attention_model(photos) -> None:
     """Not parity (two different models): the iris model's iris centres within a few thousandths of
     the attention mesh's (median), on the photos' faces."""
-    import mediapipe as mp
-
-    landmarker = load_landmarks(backend="tflite", iris=True, max_faces=MAX_FACES)
-    diffs = []
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=MAX_FACES) as mesh:
-        for _, img in photos:
-            res = mesh.process(img)
-            refs = [np.array([[p.x, p.y] for p in f.landmark]) for f in (res.multi_face_landmarks or [])]
-            faces = landmarker.process(img)
-            for i, j in pair([f.landmarks[:, :2] for f in faces], [r[:468] for r in refs]):
-                centres = refs[j][[468, 473]]  # the attention mesh's two iris centres
-                for eye in faces[i].iris.values():
-                    diffs.append(np.abs(centres - eye.iris[0, :2]).max(1).min())
-    assert len(diffs) >= 10
-    assert np.median(diffs) < 3e-3, np.median(diffs)
+    r = iris_vs_attention_mesh([img for _, img in photos], MAX_FACES)
+    assert r["eyes"] >= 10
+    assert r["median_centre_diff"] < 3e-3, r
