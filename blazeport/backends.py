@@ -289,12 +289,22 @@ class ExecuTorchBackend:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         regs, clss = [], []
-        for x in batch:  # the file has a fixed batch of 1
-            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
-            r, c = _split_outputs([o.numpy() for o in self.method.execute([inp])], str(self.path))
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
             regs.append(r)
             clss.append(c)
         return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output in the program's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
+        per_image = list(self._run(batch))
+        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
+                for i in range(len(per_image[0]))]
+
+    def _run(self, batch: np.ndarray) -> Any:
+        for x in batch:  # the file has a fixed batch of 1
+            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
+            yield [o.numpy() for o in self.method.execute([inp])]
 
 
 def _onnx_input_quantization(metadata: dict[str, str], input_type: str, path: Path) -> tuple[float, int, Any] | None:
