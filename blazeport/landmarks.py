@@ -242,8 +242,9 @@ class FaceLandmarker:
         return faces
 
 
-def _landmark_backend(model: str | Path, backend: str | None, threads: int | None, kind: str) -> tuple[LandmarkSpec, Any]:
-    spec, runner, _ = open_backend(model, backend or default_runtime(model), None, threads)
+def _landmark_backend(model: str | Path, backend: str | None, threads: int | None, kind: str,
+                      device: str = "cpu") -> tuple[LandmarkSpec, Any]:
+    spec, runner, _ = open_backend(model, backend or default_runtime(model), None, threads, device)
     if not isinstance(spec, LandmarkSpec):
         raise BlazeportError(f"{model}: {spec.name} is a face detector, not a {kind} model")
     if not hasattr(runner, "raw"):
@@ -255,23 +256,24 @@ def _landmark_backend(model: str | Path, backend: str | None, threads: int | Non
 
 def load_landmarks(model: str | Path = "face_landmark", backend: str | None = None, detector: str | Path = "short_range",
                    iris: bool | str | Path = False, threads: int | None = None, max_faces: int | None = 1,
-                   min_detection_confidence: float = 0.5, min_presence: float = 0.5) -> FaceLandmarker:
+                   min_detection_confidence: float = 0.5, min_presence: float = 0.5, device: str = "cpu") -> FaceLandmarker:
     """A ready :class:`FaceLandmarker`: ``model`` (spec name or file of the face landmark model) and
     ``detector`` on ``backend`` (``torch``, ``tflite`` or ``onnx``, as :func:`blazeport.load`);
     ``iris=True`` (or an iris model name or file) adds iris landmarks. Defaults are FaceMesh's:
-    one face, detection and presence thresholds 0.5."""
+    one face, detection and presence thresholds 0.5. ``device`` as :func:`blazeport.load` (``cuda[:N]`` on torch
+    and onnx) for all the models."""
     for name, value in (("min_detection_confidence", min_detection_confidence), ("min_presence", min_presence)):
         if not 0.0 <= value <= 1.0:
             raise BlazeportError(f"{name} must be in [0, 1], got {value!r}")
     if max_faces is not None and (not isinstance(max_faces, int) or max_faces < 1):
         raise BlazeportError(f"max_faces must be a whole number >= 1 or None, got {max_faces!r}")
-    spec, runner = _landmark_backend(model, backend, threads, "face landmark")
+    spec, runner = _landmark_backend(model, backend, threads, "face landmark", device)
     if spec.output_size(spec.outputs[0][0]) != NUM_FACE_LANDMARKS * 3:
         raise BlazeportError(f"{model}: {spec.name} is not a face mesh model (468 landmarks)")
     iris_landmarker = None
     if iris:
         iris_model = "iris_landmark" if iris is True else iris
-        iris_spec, iris_runner = _landmark_backend(iris_model, backend, threads, "iris")
+        iris_spec, iris_runner = _landmark_backend(iris_model, backend, threads, "iris", device)
         iris_landmarker = IrisLandmarker(iris_spec, iris_runner)
-    det = load(detector, backend=backend, threads=threads, score_threshold=min_detection_confidence)
+    det = load(detector, backend=backend, threads=threads, score_threshold=min_detection_confidence, device=device)
     return FaceLandmarker(det, spec, runner, max_faces, min_presence, iris_landmarker)

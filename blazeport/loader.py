@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blazeport.backends import MODEL_SUFFIXES, get_runtime, native_runtime
+from blazeport.backends import MODEL_SUFFIXES, check_device, get_runtime, native_runtime
 from blazeport.convert import load_tflite
 from blazeport.errors import BlazeportError
 from blazeport.metadata import spec_from_metadata, tflite_metadata
@@ -80,10 +80,12 @@ def open_module(model: str | Path, spec: str | Spec | None = None) -> tuple[Any,
 
 
 def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | None = None,
-                 threads: int | None = None) -> tuple[Spec, Any, Path]:
+                 threads: int | None = None, device: str = "cpu") -> tuple[Spec, Any, Path]:
     """``(spec, backend, source file)``: ``model`` ready to run on ``runtime`` (see the registry in
-    :mod:`blazeport.backends`)."""
+    :mod:`blazeport.backends`), on ``device`` (``cpu``; ``cuda[:N]`` for the runtimes that take it)."""
     rt = get_runtime(runtime)
+    check_device(rt, device)
+    on_device = {"device": device} if device != "cpu" else {}
     path = _model_file(model)
     wanted = _as_spec(spec)
     if path is not None and path.suffix not in rt.suffixes:
@@ -94,14 +96,14 @@ def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | N
                              f"`blazeport export {model} --format {runtime}`")
     if runtime == "torch":
         module, resolved, source = open_module(model, wanted)
-        return resolved, rt.backend(module, threads), source
+        return resolved, rt.backend(module, threads, **on_device), source
     if path is None:  # a spec name on a runtime: Google's original file
         resolved = find_spec(str(model))
         if resolved.tflite is None:
             raise BlazeportError(f"{resolved.name} has no original .tflite; use --backend torch")
         path = WEIGHTS_DIR / resolved.tflite
         return resolved, rt.backend(path, threads), path
-    backend = rt.backend(path, threads)  # reads and checks the file: clear errors for damaged ones
+    backend = rt.backend(path, threads, **on_device)  # reads and checks the file: clear errors for damaged ones
     resolved = wanted or original_spec_for_file(path) or _stored_spec(path, backend)
     if resolved is None:
         raise BlazeportError(f"{path}: no blazeport.spec metadata and not a known original file; "

@@ -77,8 +77,8 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     return read_image_sized(path, max_pixels)[0]
 
 
-def read_image_sized(path: str | Path, max_pixels: int | None = None,
-                     reduce_above: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image_sized(path: str | Path, max_pixels: int | None = None, reduce_above: int | None = None,
+                     reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`read_image`, plus the file's full ``(width, height)`` (after EXIF rotation).
 
     The size matters when a big JPEG was decoded reduced: detections are normalized, so multiply them
@@ -86,6 +86,12 @@ def read_image_sized(path: str | Path, max_pixels: int | None = None,
     the header (PNG, JPEG, BMP, WebP, TIFF) before the file is decoded, so an image over ``max_pixels``
     costs nothing; other formats are checked once decoded. ``reduce_above`` (default
     :data:`REDUCE_ABOVE_PIXELS`) is the JPEG size above which decoding is reduced.
+
+    ``reduce_to`` (the fast decode, off by default): every JPEG is decoded reduced by the largest
+    of 2, 4, 8 that keeps its long side at ``reduce_to`` pixels or more. libjpeg then skips most
+    of the IDCT and the colour conversion, and the letterbox, which shrinks the image to the model's
+    input anyway, reads fewer pixels. The pixels differ from a full decode, so detections move a
+    little (``blazeport bench --folder --fast-decode`` measures how much); MediaPipe decodes in full.
 
     Raises:
         ImageReadError: missing or unreadable file, not a decodable image, or over ``max_pixels``.
@@ -104,8 +110,11 @@ def read_image_sized(path: str | Path, max_pixels: int | None = None,
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
     factor = 1
-    if header is not None and data[:3].tobytes() == b"\xff\xd8\xff" and header[0] * header[1] > reduce_above:
-        factor = _reduction(*header)
+    if header is not None and data[:3].tobytes() == b"\xff\xd8\xff":
+        if header[0] * header[1] > reduce_above:
+            factor = _reduction(*header)
+        if reduce_to is not None:
+            factor = max(factor, _reduction(*header, _positive_int("reduce_to", reduce_to)))
     try:
         img = cv2.imdecode(data, _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR)) if data.size else None
     except cv2.error as exc:
@@ -146,10 +155,10 @@ def _check_pixels(path: Path, size: tuple[int, int], limit: int) -> None:
         )
 
 
-def _reduction(width: int, height: int) -> int:
-    """The largest JPEG reduction (8, 4, 2) that keeps the long side at REDUCED_MIN_SIDE or more; else 1."""
+def _reduction(width: int, height: int, min_side: int = REDUCED_MIN_SIDE) -> int:
+    """The largest JPEG reduction (8, 4, 2) that keeps the long side at ``min_side`` or more; else 1."""
     side = max(width, height)
-    return next((f for f in (8, 4, 2) if -(-side // f) >= REDUCED_MIN_SIDE), 1)
+    return next((f for f in (8, 4, 2) if -(-side // f) >= min_side), 1)
 
 
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): all but DHT C4, JPG C8, DAC CC

@@ -102,18 +102,22 @@ def pair_detections(ours: Sequence[Any], theirs: Sequence[Any]) -> list[tuple[in
 
 def match_detections(ours: list[list[Any]], ref: list[list[Any]]) -> dict[str, Any]:
     """Per image, pair the detections (:func:`pair_detections`); count agreement and the worst score
-    and coordinate (box and keypoint) difference over the pairs."""
-    coord = score = 0.0
-    same = True
+    and coordinate (box and keypoint) difference over the pairs, with their 99th percentiles (over
+    pairs) and how many images found as many detections on both sides."""
+    coords, scores = [0.0], [0.0]
+    same_images = 0
     for a, b in zip(ours, ref, strict=True):
-        same &= len(a) == len(b)
+        same_images += len(a) == len(b)
         for i, j in pair_detections(a, b):
             box = np.subtract(a[i].box, b[j].box)
             diff = np.abs(np.concatenate([box, np.ravel(np.subtract(a[i].keypoints, b[j].keypoints))]))
-            coord = max(coord, float(diff.max()))
-            score = max(score, abs(a[i].score - b[j].score))
+            coords.append(float(diff.max()))
+            scores.append(abs(a[i].score - b[j].score))
     return {"images": len(ref), "faces": sum(map(len, ref)), "faces_checked": sum(map(len, ours)),
-            "same_count": bool(same), "max_coordinate_diff": coord, "max_score_diff": score}
+            "same_count": same_images == len(ref), "images_same_count": same_images,
+            "max_coordinate_diff": max(coords), "max_score_diff": max(scores),
+            "p99_coordinate_diff": float(np.percentile(coords[1:] or [0.0], 99)),
+            "p99_score_diff": float(np.percentile(scores[1:] or [0.0], 99))}
 
 
 def verify(candidate: Any, reference: Any, spec: ModelSpec, images: list[np.ndarray]) -> dict[str, Any]:

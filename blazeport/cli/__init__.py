@@ -8,6 +8,7 @@ message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from blazeport.bench.cli import add_bench_parser
@@ -55,3 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"blazeport {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `blazeport detect DIR --json | head`: the reader left; no traceback, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush does not fail again
+        return 141

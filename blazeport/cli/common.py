@@ -12,15 +12,20 @@ from blazeport.photos import list_images
 from blazeport.preprocess import MAX_PIXELS, ImageReadError, read_image
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts such as --threads: a whole number >= 1."""
+def positive_int(text: str, least: int = 1) -> int:
+    """argparse type for counts such as --threads: a whole number >= 1 (>= ``least``)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means none, such as --workers."""
+    return positive_int(text, least=0)
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:

@@ -31,7 +31,8 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
     landmarker = load_landmarks(args.model, backend=args.backend, detector=args.detector, iris=args.iris,
                                 threads=args.threads, max_faces=args.max_faces,
-                                min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence)
+                                min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence,
+                                device=args.device)
     verbose = not args.json and not args.quiet
     bar = tqdm(total=len(paths), desc="landmarks", unit="img", disable=verbose or args.quiet or len(paths) < 2,
                file=sys.stderr)
@@ -100,6 +101,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--out", help="folder for copies of the images with the meshes drawn")
     p.add_argument("--no-mesh", action="store_true", help="draw contours and points only, not the tessellation")
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
+    p.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N for the torch and onnx backends")
     p.add_argument("--json", action="store_true", help="print the landmarks as JSON: per image, per face: score, "
                    "landmarks [[x, y, z] x 468], roi, detection, iris")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
