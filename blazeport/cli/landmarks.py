@@ -29,7 +29,8 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
     drawings = drawing_paths(arguments, paths, out_dir) if out_dir else []  # checked against the inputs first
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
-    landmarker = load_landmarks(args.model, backend=args.backend, detector=args.detector, iris=args.iris,
+    landmarker = load_landmarks(args.model, backend=args.backend, detector=args.detector,
+                                iris=args.iris_model if args.iris else False,
                                 threads=args.threads, max_faces=args.max_faces,
                                 min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence,
                                 device=args.device)
@@ -89,8 +90,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    "as FaceMesh)")
     p.add_argument("--backend", choices=tuple(RUNTIMES), help="runtime for both models (default: torch; a .onnx "
                    "model runs on onnx)")
-    p.add_argument("--iris", nargs="?", const=True, default=False, metavar="MODEL",
-                   help="also iris landmarks (71 eye contour + 5 iris per eye); MODEL defaults to iris_landmark")
+    p.add_argument("--iris", action="store_true", help="also iris landmarks (71 eye contour + 5 iris per eye)")
+    p.add_argument("--iris-model", default="iris_landmark", metavar="MODEL",
+                   help="iris model for --iris: spec name or file (default: iris_landmark)")
     p.add_argument("--max-faces", type=_max_faces, default=1, metavar="N",
                    help="faces per image, highest detection scores first, or 'all' (default: 1, as FaceMesh's "
                    "max_num_faces)")
