@@ -232,3 +232,18 @@ def test_bundled_landmark_models_are_the_recorded_originals(name: str) -> None:
     assert sha256_of(WEIGHTS_DIR / spec.tflite) == spec.sha256
     provenance = (WEIGHTS_DIR / "PROVENANCE.md").read_text(encoding="utf-8")
     assert spec.tflite in provenance and spec.sha256 in provenance
+
+
+def test_onnx_export_runs_the_pipeline(tmp_path, landmarker, astronaut) -> None:
+    """``blazeport export face_landmark --format onnx`` passes the landmark gate, and the pipeline on
+    onnxruntime finds the landmarks LiteRT does."""
+    from blazeport.backends import OnnxBackend
+    from blazeport.export import export
+
+    out = tmp_path / "face_landmark.onnx"
+    report = export("face_landmark", "onnx", out)
+    assert report["ok"] and set(report["max_abs_diff"]) == {"landmarks", "face_flag"}
+    onnx = FaceLandmarker(landmarker.detector, LANDMARK_SPECS["face_landmark"], OnnxBackend(out), max_faces=None)
+    ours, ref = onnx.process(astronaut), landmarker.process(astronaut)
+    assert len(ours) == len(ref) == 1
+    assert np.abs(ours[0].landmarks - ref[0].landmarks).max() < 1e-4
