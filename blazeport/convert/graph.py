@@ -165,5 +165,5 @@ def _graph_outputs(w: Walker) -> tuple[int, int]:
         shapes = [w.m.tensor(o).shape for o in w.m.outputs]
         if len(shapes) == 2 and all(len(s) in (2, 4) and s[0] == 1 and all(d == 1 for d in s[1:-1]) for s in shapes):
             return w.m.outputs[0], w.m.outputs[1]
-        raise w.fail(f"expected a detector's outputs (1, N, 1) and (1, N, k) or a landmark model's two (1, ..., N) "
-                     f"outputs, found {shapes}") from None
+        raise w.fail(f"expected outputs (1, N, 1) and (1, N, k) (a detector), or two (1, ..., K) outputs (a landmark "
+                     f"model), found {shapes}") from None
