@@ -39,7 +39,7 @@ from blazeport.detector import Detector, load
 from blazeport.errors import BlazeportError
 from blazeport.loader import open_backend
 from blazeport.postprocess import Detection
-from blazeport.preprocess import as_rgb, read_image
+from blazeport.preprocess import as_rgb, fit_for_remap, read_image
 from blazeport.roi import Rect, associate, detection_to_rect, project_landmarks, roi_from_detection, transform_rect, warp_rect
 from blazeport.specs import LandmarkSpec
 from blazeport.verify import landmark_outputs
@@ -129,6 +129,7 @@ def crop_eye(image: np.ndarray, rect: Rect, size: int = 64, flip: bool = False,
     resized to fit ``size`` (``INTER_AREA`` when shrinking), padded by replicating the edge,
     mirrored when ``flip``. ``TfLiteConverterCalculator`` (``zero_center: false``): x / 255.
     """
+    image = fit_for_remap(image)  # a side of 32767 px or more: shrunk first (the rect is normalized)
     h, w = image.shape[:2]
     crop_w, crop_h = _round(rect.width * w), _round(rect.height * h)
     if crop_w < 1 or crop_h < 1:

@@ -318,6 +318,16 @@ def _warp_maps(width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarr
     return xy, alpha
 
 
+def fit_for_remap(image: np.ndarray) -> np.ndarray:
+    """``image``, or a copy shrunk to a long side of 4096 when a side reaches 32767 (``cv2.remap`` and
+    ``warpPerspective`` take no more; MediaPipe cannot either). Normalized coordinates are unchanged."""
+    h, w = image.shape[:2]
+    if max(h, w) < _REMAP_MAX_SIDE:
+        return image
+    scale = _SHRUNK_SIDE / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
 def perspective_maps(matrix: np.ndarray, out_width: int, out_height: int) -> tuple[np.ndarray, np.ndarray]:
     """``cv2.remap`` maps that reproduce OpenCV 4.x ``warpPerspective(src, matrix, (out_width,
     out_height), INTER_LINEAR)`` exactly, for any 3x3 ``matrix`` (source -> output, as

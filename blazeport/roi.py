@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from blazeport.preprocess import perspective_maps
+from blazeport.preprocess import fit_for_remap, perspective_maps
 
 __all__ = ["Rect", "associate", "detection_to_rect", "normalize_radians", "project_landmarks", "rect_iou",
            "rect_transform", "roi_from_detection", "transform_rect", "warp_rect"]
@@ -116,6 +116,7 @@ def warp_rect(image: np.ndarray, rect: Rect, size: int, normalization: tuple[flo
     """The rect of an RGB uint8 image as a ``(size, size, 3)`` float32 tensor in ``normalization``
     range: MediaPipe's ``ImageToTensorCalculator`` with a ``NORM_RECT`` (bilinear, the warp of the
     OpenCV it links, ``BORDER_REPLICATE`` by default, ``border="zero"`` for ``BORDER_ZERO``)."""
+    image = fit_for_remap(image)  # a side of 32767 px or more: shrunk first (the rect is normalized)
     h, w = image.shape[:2]
     xy, alpha = perspective_maps(rect_transform(rect, w, h, size, size), size, size)
     mode = {"replicate": cv2.BORDER_REPLICATE, "zero": cv2.BORDER_CONSTANT}[border]

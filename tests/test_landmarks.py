@@ -247,3 +247,14 @@ def test_onnx_export_runs_the_pipeline(tmp_path, landmarker, astronaut) -> None:
     ours, ref = onnx.process(astronaut), landmarker.process(astronaut)
     assert len(ours) == len(ref) == 1
     assert np.abs(ours[0].landmarks - ref[0].landmarks).max() < 1e-4
+
+
+def test_a_panorama_over_32767_px_is_cropped_where_its_rect_is() -> None:
+    """cv2.remap takes sides under 32767 px: a wider image is shrunk first, the normalized rect still
+    lands on the same content (here: the bright part beyond pixel 33000, which a clipped map would miss)."""
+    img = np.zeros((64, 40000, 3), np.uint8)
+    img[:, 33000:] = 200
+    t = warp_rect(img, Rect(0.9, 0.5, 0.01, 0.5, 0.0), 16, (0.0, 1.0))
+    assert t.min() == pytest.approx(200 / 255)
+    eye, _ = crop_eye(img, Rect(0.9, 0.5, 0.01, 0.5, 0.0), 16)
+    assert eye.min() == pytest.approx(200 / 255)
