@@ -108,18 +108,29 @@ class TFLiteBackend:
         return interpreter
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        interpreter = self._interpreter()
         regs, clss = [], []
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the file, in its order, as ``(B, ...)`` float32: what a landmark model's
+        pipeline reads (:mod:`blazeport.landmarks`), where there are no regressors to split."""
+        per_image = list(self._run(batch))
+        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
+                for i in range(len(self.outputs))]
+
+    def _run(self, batch: np.ndarray) -> Any:
+        interpreter = self._interpreter()
         for x in batch:  # the original files have a fixed batch of 1
             x = np.ascontiguousarray(x[None], dtype=np.float32)
             if self.input_quantization is not None:
                 x = quantize_input(x, *self.input_quantization, self.input["dtype"])
             interpreter.set_tensor(self.input["index"], x)
             interpreter.invoke()
-            r, c = _split_outputs([_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs], str(self.path))
-            regs.append(r)
-            clss.append(c)
-        return np.concatenate(regs), np.concatenate(clss)
+            yield [_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs]
 
 
 def _dequantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -181,23 +192,35 @@ class OnnxBackend:
         self.input_size = size
         self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
         outputs = self.session.get_outputs()
-        if len(outputs) != 2 or any(len(o.shape) != 3 for o in outputs):
-            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), got {[o.shape for o in outputs]}")
+        # a detector's (B, N, 16) and (B, N, 1), or a landmark model's two (B, ..., K) (blazeport.landmarks)
+        if len(outputs) != 2 or not (all(len(o.shape) == 3 for o in outputs) or all(len(o.shape) in (2, 4)
+                                                                                   for o in outputs)):
+            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's two, "
+                                 f"got {[o.shape for o in outputs]}")
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        regs, clss = [], []
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Both outputs in the file's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
+        chunks = list(self._run(batch))
+        return [np.concatenate([c[i] for c in chunks]).astype(np.float32, copy=False) for i in range(len(chunks[0]))]
+
+    def _run(self, batch: np.ndarray) -> Any:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)
         if self.input_quantization is not None:
             x = quantize_input(x, *self.input_quantization)
         chunks = [x] if self.batch is None else [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
-        regs, clss = [], []
         for chunk in chunks:
             n = len(chunk)
             if self.batch is not None and n < self.batch:  # a fixed batch > 1: pad the last chunk
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
-            r, c = _split_outputs(self.session.run(None, {self.input: chunk}), str(self.path))
-            regs.append(r[:n])
-            clss.append(c[:n])
-        return np.concatenate(regs), np.concatenate(clss)
+            yield [o[:n] for o in self.session.run(None, {self.input: chunk})]
 
 
 def _check_pte(path: Path) -> None:
@@ -278,12 +301,22 @@ class ExecuTorchBackend:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         regs, clss = [], []
-        for x in batch:  # the file has a fixed batch of 1
-            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
-            r, c = _split_outputs([o.numpy() for o in self.method.execute([inp])], str(self.path))
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
             regs.append(r)
             clss.append(c)
         return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output in the program's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
+        per_image = list(self._run(batch))
+        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
+                for i in range(len(per_image[0]))]
+
+    def _run(self, batch: np.ndarray) -> Any:
+        for x in batch:  # the file has a fixed batch of 1
+            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
+            yield [o.numpy() for o in self.method.execute([inp])]
 
 
 def _onnx_input_quantization(metadata: dict[str, str], input_type: str, path: Path) -> tuple[float, int, Any] | None:
@@ -342,6 +375,10 @@ class TorchBackend:
                 x = x.to(self.device, non_blocking=True)
             r, c = self.runner(x)
         return r.cpu().numpy(), c.cpu().numpy()
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The module's outputs as arrays (a landmark model's two, in its file's order)."""
+        return list(self(batch))
 
 
 @dataclass(frozen=True)

@@ -85,4 +85,7 @@ def load(model: str | Path = "short_range", backend: str | None = None, threads:
         raise BlazeportError(f"threads must be a whole number >= 1, got {threads!r}")
     check_postprocess(postprocess)
     resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads, device)
+    if not isinstance(resolved, ModelSpec):
+        raise BlazeportError(f"{model}: {resolved.name} is a landmark model, not a face detector; run it with "
+                             "`blazeport landmarks` (blazeport.load_landmarks in Python)")
     return Detector(resolved, runner, score_threshold, postprocess).check(model)

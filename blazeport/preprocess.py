@@ -314,8 +314,29 @@ def _warp_maps(width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarr
     index into the bilinear weight table; ``cv2.remap`` then blends exactly as ``warpPerspective``.
     """
     matrix, _ = roi_transform(width, height, size)
-    m = cv2.invert(matrix.astype(np.float64), flags=cv2.DECOMP_LU)[1]
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    xy, alpha = perspective_maps(matrix, size, size)
+    xy.flags.writeable = alpha.flags.writeable = False  # shared through the cache
+    return xy, alpha
+
+
+def fit_for_remap(image: np.ndarray) -> np.ndarray:
+    """``image``, or a copy shrunk to a long side of 4096 when a side reaches 32767 (``cv2.remap`` and
+    ``warpPerspective`` take no more; MediaPipe cannot either). Normalized coordinates are unchanged."""
+    h, w = image.shape[:2]
+    if max(h, w) < _REMAP_MAX_SIDE:
+        return image
+    scale = _SHRUNK_SIDE / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def perspective_maps(matrix: np.ndarray, out_width: int, out_height: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps that reproduce OpenCV 4.x ``warpPerspective(src, matrix, (out_width,
+    out_height), INTER_LINEAR)`` exactly, for any 3x3 ``matrix`` (source -> output, as
+    ``cv::getPerspectiveTransform`` gives it): see :func:`_warp_maps`. The letterbox uses it for
+    the whole image; :mod:`blazeport.roi` for the rotated face crops of the landmark model.
+    """
+    m = cv2.invert(np.asarray(matrix, np.float64), flags=cv2.DECOMP_LU)[1]
+    y, x = np.mgrid[0:out_height, 0:out_width].astype(np.float64)
     xb = x - x % _WARP_BLOCK_COLS
     dx = x - xb
     w = m[2, 0] * xb + m[2, 1] * y + m[2, 2] + m[2, 0] * dx
@@ -325,7 +346,6 @@ def _warp_maps(width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarr
     fy = np.rint(np.clip((m[1, 0] * xb + m[1, 1] * y + m[1, 2] + m[1, 0] * dx) * w, *limits)).astype(np.int64)
     xy = np.stack([fx >> _INTER_BITS, fy >> _INTER_BITS], -1).clip(-32768, 32767).astype(np.int16)
     alpha = ((fy & (_INTER_TAB_SIZE - 1)) * _INTER_TAB_SIZE + (fx & (_INTER_TAB_SIZE - 1))).astype(np.uint16)
-    xy.flags.writeable = alpha.flags.writeable = False  # shared through the cache
     return xy, alpha
 
 

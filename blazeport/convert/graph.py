@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.convert.walker import Mapping, Walker, check_ops
+from blazeport.convert.walker import ConversionError, Mapping, Walker, check_ops
 from blazeport.tflite import Op, TFLiteModel
 
 __all__ = ["GRAPH_OPS", "TRANSLATORS", "extract_graph"]
@@ -16,11 +16,12 @@ __all__ = ["GRAPH_OPS", "TRANSLATORS", "extract_graph"]
 
 @dataclass
 class Translated:
-    """One TFLite op as a GraphNet node: its kind, attributes and (for convs) weights."""
+    """One TFLite op as a GraphNet node: its kind, attributes and (for convs, PRELU) parameters."""
 
     kind: str
     attrs: dict[str, Any] = field(default_factory=dict)
-    weights: tuple[np.ndarray, np.ndarray, str] | None = None  # kernel (torch layout), bias, kernel's name
+    # parameter suffix ("weight", "bias") -> (array in torch layout, the TFLite tensor it came from)
+    params: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
 
 
 def _const(w: Walker, i: int) -> np.ndarray:
@@ -40,7 +41,8 @@ def _conv(w: Walker, op: Op) -> Translated:
         raise w.fail(f"op {op.index}: grouped conv (kernel {w.m.tensor(op.inputs[1]).shape})")
     attrs = {"in_ch": int(k.shape[0] if depthwise else k.shape[1]), "out_ch": int(k.shape[0]), "kernel": int(k.shape[-1]),
              "stride": op.options["stride"][0], "padding": op.options["padding"], "activation": op.options["activation"]}
-    return Translated("dwconv" if depthwise else "conv", attrs, (k, b, src))
+    return Translated("dwconv" if depthwise else "conv", attrs,
+                      {"weight": (k, src), "bias": (b, w.m.tensor(op.inputs[2]).name)})
 
 
 def _pad(w: Walker, op: Op) -> Translated:
@@ -70,10 +72,26 @@ def _resize_bilinear(w: Walker, op: Op) -> Translated:
                                           "align_corners": op.options["align_corners"]})
 
 
+def _prelu(w: Walker, op: Op) -> Translated:
+    """PRELU ``x >= 0 ? x : alpha * x`` with a constant per-channel ``alpha`` (TFLite stores it as
+    ``(1, 1, C)``, broadcast over NHWC); a slope that varies over rows or columns is refused."""
+    channels = w.m.tensor(op.inputs[0]).shape[-1]
+    alpha = _const(w, op.inputs[1]).astype(np.float32)
+    if alpha.size == 1:
+        alpha = np.full(channels, alpha.reshape(-1)[0], np.float32)
+    if alpha.size != channels or alpha.shape[-1] != channels:
+        raise w.fail(f"op {op.index}: PRELU with a slope of shape {alpha.shape} on {channels} channels "
+                     "(only one slope per channel is supported)")
+    return Translated("prelu", {"channels": int(channels)},
+                      {"weight": (np.ascontiguousarray(alpha.reshape(channels)), w.m.tensor(op.inputs[1]).name)})
+
+
 def _flatten(w: Walker, op: Op) -> Translated:
     shape = w.m.tensor(op.outputs[0]).shape
-    if len(shape) != 3 or len(w.m.tensor(op.inputs[0]).shape) != 4 or shape[0] != 1:
-        raise w.fail(f"op {op.index}: RESHAPE to {shape}; only (1, H, W, C) -> (1, N, k) is supported")
+    if len(w.m.tensor(op.inputs[0]).shape) != 4 or shape[0] != 1 or len(shape) not in (2, 3):
+        raise w.fail(f"op {op.index}: RESHAPE to {shape}; only (1, H, W, C) -> (1, N, k) or (1, N) is supported")
+    if len(shape) == 2:  # a landmark model's head: (1, 1, 1, N) -> (1, N)
+        return Translated("flatten", {"last_dim": int(shape[-1]), "rank": 2})
     return Translated("flatten", {"last_dim": int(shape[-1])})
 
 
@@ -93,6 +111,7 @@ TRANSLATORS: dict[str, Callable[[Walker, Op], Translated]] = {
     "MAX_POOL_2D": _maxpool,
     "ADD": _add,
     "RELU": lambda w, op: Translated("relu"),
+    "PRELU": _prelu,
     "RESIZE_BILINEAR": _resize_bilinear,
     "DEPTH_TO_SPACE": lambda w, op: Translated("depth_to_space", {"block_size": op.options["block_size"]}),
     "RESHAPE": _flatten,
@@ -114,7 +133,7 @@ def extract_graph(model: TFLiteModel) -> Mapping:
     check_ops(model, GRAPH_OPS)
     w = Walker(model)
     size = w.image_input()
-    kinds = w.outputs()
+    outputs = _graph_outputs(w)
     names = {model.inputs[0]: "input"}
     counts: dict[str, int] = {}
     nodes: list[Node] = []
@@ -126,12 +145,25 @@ def extract_graph(model: TFLiteModel) -> Mapping:
         node = Node(t.kind, tuple(act), f"{t.kind}{counts[t.kind] - 1}", t.attrs)
         names[op.outputs[0]] = node.output
         nodes.append(node)
-        if t.weights is not None:
-            k, b, src = t.weights
-            prefix = f"layers.{param_name(node)}"
-            mapping.params[f"{prefix}.weight"], mapping.params[f"{prefix}.bias"] = k, b
-            mapping.sources[f"{prefix}.weight"], mapping.sources[f"{prefix}.bias"] = src, model.tensor(op.inputs[2]).name
-    if any(o not in names for o in kinds.values()):
+        for suffix, (array, source) in t.params.items():
+            name = f"layers.{param_name(node)}.{suffix}"
+            mapping.params[name], mapping.sources[name] = array, source
+    if any(o not in names for o in outputs):
         raise w.fail("an output is not computed from the input")
-    mapping.config = GraphConfig(size, "input", (names[kinds["reg"]], names[kinds["cls"]]), tuple(nodes))
+    mapping.config = GraphConfig(size, "input", (names[outputs[0]], names[outputs[1]]), tuple(nodes))
     return mapping
+
+
+def _graph_outputs(w: Walker) -> tuple[int, int]:
+    """The two output tensors GraphNet returns: a detector's (regressors, classificators), or a
+    landmark model's two outputs in the file's order (``face_landmark``: landmarks, face flag;
+    ``iris_landmark``: eye contour, iris), each of one image's floats (1, ..., N)."""
+    try:
+        kinds = w.outputs()
+        return kinds["reg"], kinds["cls"]
+    except ConversionError:
+        shapes = [w.m.tensor(o).shape for o in w.m.outputs]
+        if len(shapes) == 2 and all(len(s) in (2, 4) and s[0] == 1 and all(d == 1 for d in s[1:-1]) for s in shapes):
+            return w.m.outputs[0], w.m.outputs[1]
+        raise w.fail(f"expected outputs (1, N, 1) and (1, N, k) (a detector), or two (1, ..., K) outputs (a landmark "
+                     f"model), found {shapes}") from None

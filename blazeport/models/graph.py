@@ -25,7 +25,10 @@ from torch import nn
 
 from blazeport.models.blocks import same_padding
 
-OPS = ("conv", "dwconv", "pad", "maxpool", "add", "relu", "resize_bilinear", "depth_to_space", "flatten", "concat")
+OPS = ("conv", "dwconv", "pad", "maxpool", "add", "relu", "prelu", "resize_bilinear", "depth_to_space", "flatten",
+       "concat")
+# ops with parameters: each node of these owns ``layers[param_name(node)]``
+PARAM_OPS = ("conv", "dwconv", "prelu")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Node:
 class GraphConfig:
     input_size: int
     input: str
-    outputs: tuple[str, str]  # (regressors, classificators)
+    outputs: tuple[str, str]  # (regressors, classificators), or a landmark model's two outputs in file order
     nodes: tuple[Node, ...]
 
     def to_json(self) -> str:
@@ -83,17 +86,20 @@ class GraphNet(nn.Module):
                 a = node.attrs
                 groups = a["in_ch"] if node.op == "dwconv" else 1
                 self.layers[param_name(node)] = nn.Conv2d(a["in_ch"], a["out_ch"], a["kernel"], a["stride"], groups=groups)
+            elif node.op == "prelu":  # the per-channel slopes (weight, shape (C,))
+                self.layers[param_name(node)] = nn.PReLU(node.attrs["channels"])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         env: dict[str, torch.Tensor] = {self.config.input: x}
         for node in self.config.nodes:
-            layer = self.layers[param_name(node)] if node.op in ("conv", "dwconv") else None
+            layer = self.layers[param_name(node)] if node.op in PARAM_OPS else None
             env[node.output] = run_node(node, [env[i] for i in node.inputs], layer)
         return env[self.config.outputs[0]], env[self.config.outputs[1]]
 
 
 def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None) -> torch.Tensor:
-    """One node's output from its inputs (``layer``: the node's ``nn.Conv2d`` for conv/dwconv).
+    """One node's output from its inputs (``layer``: the node's ``nn.Conv2d`` for conv/dwconv, its
+    ``nn.PReLU`` for prelu).
 
     The reference semantics of every op in :data:`OPS`: :class:`GraphNet` runs this, and the
     runtime plans of :mod:`blazeport.models.runtime` fall back to it for ops they do not fuse.
@@ -124,6 +130,11 @@ def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None
         return _activate(ins[0] + ins[1], a.get("activation"))
     if node.op == "relu":
         return F.relu(ins[0])
+    if node.op == "prelu":
+        # TFLite PRELU: x >= 0 ? x : alpha[c] * x, one slope per channel (NCHW: dim 1)
+        if layer is None:
+            raise ValueError(f"prelu {node.output!r} needs its nn.PReLU (the slopes)")
+        return F.prelu(ins[0], layer.weight)
     if node.op == "resize_bilinear":
         # TFLite half_pixel_centers=True, align_corners=False is PyTorch's default sampling
         return F.interpolate(ins[0], size=tuple(a["size"]), mode="bilinear", align_corners=a["align_corners"])
@@ -135,7 +146,9 @@ def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None
         y = ins[0].reshape(b, bs, bs, c // (bs * bs), h, w).permute(0, 3, 4, 1, 5, 2)
         return y.reshape(b, c // (bs * bs), h * bs, w * bs)
     if node.op == "flatten":
-        # TFLite RESHAPE (1, H, W, A*k) -> (1, H*W*A, k) in NHWC order
+        # TFLite RESHAPE (1, H, W, A*k) -> (1, H*W*A, k) in NHWC order; rank 2: (1, H, W, C) -> (1, H*W*C)
+        if a.get("rank", 3) == 2:
+            return ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1)
         return ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1, a["last_dim"])
     if node.op == "concat":  # along the anchor axis of (B, N, k) tensors
         return torch.cat(ins, dim=a["axis"])

@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -56,7 +56,7 @@ from torch import nn
 
 from blazeport.models.blazeface import BlazeFace
 from blazeport.models.blocks import same_padding
-from blazeport.models.graph import GraphNet, Node, param_name, run_node
+from blazeport.models.graph import PARAM_OPS, GraphNet, Node, param_name, run_node
 from blazeport.verify import ABS_TOL, REL_TOL
 
 __all__ = ["FastModule", "available", "prepare"]
@@ -85,6 +85,9 @@ class Graph:
     nodes: list[Node]
     layers: dict[str, nn.Conv2d]
     input_size: int
+    # other nodes' parameters (prelu's slopes: GraphNet's PARAM_OPS beyond the convs), by node output;
+    # such nodes run as NodeOps through run_node with this layer
+    params: dict[str, nn.Module] = field(default_factory=dict)
 
 
 def graph_of(module: nn.Module) -> Graph | None:
@@ -92,7 +95,9 @@ def graph_of(module: nn.Module) -> Graph | None:
     if isinstance(module, GraphNet):
         cfg = module.config
         layers = {n.output: module.layers[param_name(n)] for n in cfg.nodes if n.op in ("conv", "dwconv")}
-        return Graph(cfg.input, cfg.outputs, list(cfg.nodes), layers, cfg.input_size)
+        params = {n.output: module.layers[param_name(n)] for n in cfg.nodes
+                  if n.op in PARAM_OPS and n.op not in ("conv", "dwconv")}
+        return Graph(cfg.input, cfg.outputs, list(cfg.nodes), layers, cfg.input_size, params)
     if isinstance(module, BlazeFace):
         return _blazeface_graph(module)
     return None
@@ -360,7 +365,7 @@ class Plan:
             elif isinstance(op, GemmGroup):
                 step = _group_step(op, graph.layers, slot)
             else:
-                step = _node_step(op, slot, shapes)
+                step = _node_step(op, slot, shapes, graph.params.get(op.node.output))
             self.steps.append(_freeing(step, free) if free else step)
         self.n_slots = len(slot)
         self.outputs = (slot[graph.outputs[0]], slot[graph.outputs[1]])
@@ -522,8 +527,8 @@ def _group_step(group: GemmGroup, layers: dict[str, nn.Conv2d], slot: dict[str, 
     return run
 
 
-def _node_step(op: NodeOp, slot: dict[str, int], shapes: dict[str, Shape | None]) -> Step:
-    ins, o, node = [slot[n] for n in op.inputs], slot[op.output], op.node
+def _node_step(op: NodeOp, slot: dict[str, int], shapes: dict[str, Shape | None], layer: nn.Module | None = None) -> Step:
+    ins, o, node = [slot[n] for n in op.inputs], slot[op.output], op.node  # layer: a prelu's slopes (Graph.params)
     if node.op == "depth_to_space":
         return _depth_to_space_step(node.attrs["block_size"], ins[0], o)
     if node.op == "maxpool" and node.attrs["kernel"] == node.attrs["stride"] == 2:
@@ -534,12 +539,12 @@ def _node_step(op: NodeOp, slot: dict[str, int], shapes: dict[str, Shape | None]
         plain = replace(node, attrs={**node.attrs, "activation": None})
 
         def run_relu(env: list[Any]) -> None:
-            env[o] = run_node(plain, [env[k] for k in ins]).relu_()
+            env[o] = run_node(plain, [env[k] for k in ins], layer).relu_()
 
         return run_relu
 
     def run(env: list[Any]) -> None:
-        env[o] = run_node(node, [env[k] for k in ins])
+        env[o] = run_node(node, [env[k] for k in ins], layer)
 
     return run
 
