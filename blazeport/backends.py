@@ -61,13 +61,15 @@ class TFLiteBackend:
 
     def __init__(self, path: str | Path, threads: int | None = None, xnnpack: bool = True):
         self.path = Path(path)
-        read_tflite(self.path)  # a clear error for missing, unreadable, truncated, foreign or malformed files
+        # a clear error for missing, unreadable, truncated, foreign or malformed files; LiteRT then gets the
+        # very bytes that were checked (one read: the file may change on disk after the check)
+        checked = read_tflite(self.path)
         try:
             import ai_edge_litert.interpreter  # noqa: F401
         except ImportError:  # pragma: no cover - depends on the install
             raise BlazeportError("the tflite backend needs LiteRT: pip install ai-edge-litert") from None
         self.threads, self.xnnpack = threads, xnnpack
-        self._content = self.path.read_bytes()
+        self._content = checked.content
         self._local = threading.local()
         interpreter = self._interpreter()
         inputs = interpreter.get_input_details()
@@ -106,18 +108,29 @@ class TFLiteBackend:
         return interpreter
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        interpreter = self._interpreter()
         regs, clss = [], []
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the file, in its order, as ``(B, ...)`` float32: what a landmark model's
+        pipeline reads (:mod:`blazeport.landmarks`), where there are no regressors to split."""
+        per_image = list(self._run(batch))
+        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
+                for i in range(len(self.outputs))]
+
+    def _run(self, batch: np.ndarray) -> Any:
+        interpreter = self._interpreter()
         for x in batch:  # the original files have a fixed batch of 1
             x = np.ascontiguousarray(x[None], dtype=np.float32)
             if self.input_quantization is not None:
                 x = quantize_input(x, *self.input_quantization, self.input["dtype"])
             interpreter.set_tensor(self.input["index"], x)
             interpreter.invoke()
-            r, c = _split_outputs([_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs], str(self.path))
-            regs.append(r)
-            clss.append(c)
-        return np.concatenate(regs), np.concatenate(clss)
+            yield [_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs]
 
 
 def _dequantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -126,7 +139,8 @@ def _dequantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
 
 
 class OnnxBackend:
-    """An ``.onnx`` file in onnxruntime (CPU), e.g. one written by ``blazeport export``.
+    """An ``.onnx`` file in onnxruntime, e.g. one written by ``blazeport export``: on the CPU, or
+    with ``device="cuda[:N]"`` on onnxruntime's CUDA provider (``onnxruntime-gpu``).
 
     blazeport's files take NHWC input like the ``.tflite`` (see :mod:`blazeport.export`); an ONNX
     file with NCHW input ``(B, 3, S, S)`` is transposed here. A fixed batch of 1 runs image by
@@ -135,7 +149,7 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu"):
         self.path = Path(path)
         if not self.path.is_file():
             raise BlazeportError(f"{self.path}: no such file")
@@ -143,12 +157,21 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - depends on the install
             raise BlazeportError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BlazeportError(f"--device {device}: this onnxruntime has no CUDA provider (it offers "
+                                     f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu on a "
+                                     "machine with an NVIDIA GPU, or use --device cpu")
+            index = int(device.partition(":")[2] or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        self.device = device
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3  # errors only; the message below names the file
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BlazeportError(f"{self.path}: onnxruntime cannot load this file as an ONNX model ({reason}).") from None
@@ -169,23 +192,35 @@ class OnnxBackend:
         self.input_size = size
         self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
         outputs = self.session.get_outputs()
-        if len(outputs) != 2 or any(len(o.shape) != 3 for o in outputs):
-            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), got {[o.shape for o in outputs]}")
+        # a detector's (B, N, 16) and (B, N, 1), or a landmark model's two (B, ..., K) (blazeport.landmarks)
+        if len(outputs) != 2 or not (all(len(o.shape) == 3 for o in outputs) or all(len(o.shape) in (2, 4)
+                                                                                   for o in outputs)):
+            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's two, "
+                                 f"got {[o.shape for o in outputs]}")
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        regs, clss = [], []
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Both outputs in the file's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
+        chunks = list(self._run(batch))
+        return [np.concatenate([c[i] for c in chunks]).astype(np.float32, copy=False) for i in range(len(chunks[0]))]
+
+    def _run(self, batch: np.ndarray) -> Any:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)
         if self.input_quantization is not None:
             x = quantize_input(x, *self.input_quantization)
         chunks = [x] if self.batch is None else [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
-        regs, clss = [], []
         for chunk in chunks:
             n = len(chunk)
             if self.batch is not None and n < self.batch:  # a fixed batch > 1: pad the last chunk
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
-            r, c = _split_outputs(self.session.run(None, {self.input: chunk}), str(self.path))
-            regs.append(r[:n])
-            clss.append(c[:n])
-        return np.concatenate(regs), np.concatenate(clss)
+            yield [o[:n] for o in self.session.run(None, {self.input: chunk})]
 
 
 def _check_pte(path: Path) -> None:
@@ -266,12 +301,22 @@ class ExecuTorchBackend:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         regs, clss = [], []
-        for x in batch:  # the file has a fixed batch of 1
-            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
-            r, c = _split_outputs([o.numpy() for o in self.method.execute([inp])], str(self.path))
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
             regs.append(r)
             clss.append(c)
         return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output in the program's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
+        per_image = list(self._run(batch))
+        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
+                for i in range(len(per_image[0]))]
+
+    def _run(self, batch: np.ndarray) -> Any:
+        for x in batch:  # the file has a fixed batch of 1
+            inp = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
+            yield [o.numpy() for o in self.method.execute([inp])]
 
 
 def _onnx_input_quantization(metadata: dict[str, str], input_type: str, path: Path) -> tuple[float, int, Any] | None:
@@ -296,12 +341,13 @@ class TorchBackend:
     (measured: a second OpenMP thread saves little on tensors this small and stalls whenever the
     other core is busy; see :class:`blazeport.models.runtime.FastModule`). A family without a plan
     (the students) or a torch without oneDNN runs the module, on ``threads`` threads.
-    ``optimize=False`` always runs the module.
+    ``optimize=False`` always runs the module. ``device="cuda[:N]"`` runs the module on that GPU
+    (inputs copied in, outputs copied back to numpy).
     """
 
     name = "torch"
 
-    def __init__(self, module: Any, threads: int | None = None, optimize: bool = True):
+    def __init__(self, module: Any, threads: int | None = None, optimize: bool = True, device: str = "cpu"):
         import torch
 
         from blazeport.models.runtime import prepare  # torch-only: imported with torch, here
@@ -309,17 +355,30 @@ class TorchBackend:
         self.torch = torch
         if threads:
             torch.set_num_threads(threads)
-        # channels-last runs depthwise convs ~3x faster on CPU (oneDNN's NHWC kernels)
-        self.module = module.eval().to(memory_format=torch.channels_last)
-        self.runner = (prepare(self.module) if optimize else None) or self.module
+        if device != "cpu" and not torch.cuda.is_available():
+            raise BlazeportError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU (a CPU build, or no "
+                                 "driver); install a CUDA build of torch on a machine with an NVIDIA GPU, or use --device cpu")
+        if device != "cpu" and int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+            raise BlazeportError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        self.device = torch.device(device)
+        # channels-last runs depthwise convs ~3x faster on CPU (oneDNN's NHWC kernels) and suits cuDNN too
+        self.module = module.eval().to(self.device, memory_format=torch.channels_last)
+        # the fused plan is made of oneDNN (CPU) calls; on a GPU the module runs as it is
+        self.runner = (prepare(self.module) if optimize and device == "cpu" else None) or self.module
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
             # an NHWC array viewed as NCHW is already channels-last memory: no copy
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, S, S)
+            if self.device.type != "cpu":
+                x = x.to(self.device, non_blocking=True)
             r, c = self.runner(x)
-        return r.numpy(), c.numpy()
+        return r.cpu().numpy(), c.cpu().numpy()
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The module's outputs as arrays (a landmark model's two, in its file's order)."""
+        return list(self(batch))
 
 
 @dataclass(frozen=True)
@@ -332,18 +391,31 @@ class Runtime:
     suffixes: tuple[str, ...]  # model files it runs ('.tflite' on torch: converted on load)
     runs_spec_names: bool  # a spec name runs on it (torch: converted weights; tflite: Google's original)
     install: str
+    devices: tuple[str, ...] = ("cpu",)  # "cuda": takes device="cuda[:N]" (tests skip it without a GPU)
 
 
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
-        Runtime("torch", TorchBackend, (".safetensors", ".tflite"), True, "pip install -e ."),
+        Runtime("torch", TorchBackend, (".safetensors", ".tflite"), True, "pip install -e .", ("cpu", "cuda")),
         Runtime("tflite", TFLiteBackend, (".tflite",), True, "pip install ai-edge-litert"),
-        Runtime("onnx", OnnxBackend, (".onnx",), False, "pip install onnxruntime"),
+        Runtime("onnx", OnnxBackend, (".onnx",), False, "pip install onnxruntime", ("cpu", "cuda")),
         Runtime("executorch", ExecuTorchBackend, (".pte",), False, 'pip install -e ".[export]"  (executorch)'),
     )
 }
 MODEL_SUFFIXES = tuple(sorted({s for r in RUNTIMES.values() for s in r.suffixes}))
+
+
+def check_device(runtime: Runtime, device: str) -> str:
+    """``device`` if ``runtime`` can run on it (``cpu``, ``cuda``, ``cuda:N``), else one clear error."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise BlazeportError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    if kind not in runtime.devices:
+        on = [r.name for r in RUNTIMES.values() if kind in r.devices]
+        raise BlazeportError(f"the {runtime.name} backend runs on the CPU only; --device {device} is for "
+                             f"{', '.join(on)}")
+    return device
 
 
 def get_runtime(name: str) -> Runtime:

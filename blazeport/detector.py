@@ -17,7 +17,7 @@ from blazeport.anchors import anchors_for
 from blazeport.backends import default_runtime
 from blazeport.errors import BlazeportError
 from blazeport.loader import open_backend
-from blazeport.postprocess import Detection, postprocess
+from blazeport.postprocess import Detection, check_postprocess, postprocess
 from blazeport.preprocess import as_rgb, letterbox, read_image
 from blazeport.specs import ModelSpec
 
@@ -31,6 +31,7 @@ class Detector:
     spec: ModelSpec
     backend: Backend
     score_threshold: float | None = None
+    post: str = "auto"  # decode + NMS: "numba" (compiled), "numpy", or "auto" (numba when installed); same floats
 
     def __post_init__(self) -> None:
         self.anchors = anchors_for(self.spec)
@@ -43,7 +44,7 @@ class Detector:
         arrays = [read_image(i) if isinstance(i, (str, Path)) else as_rgb(i) for i in images]
         batch, pads = self.preprocess(arrays)
         raw_boxes, raw_scores = self.backend(batch)
-        return postprocess(raw_boxes, raw_scores, self.anchors, self.spec, pads, self.score_threshold)
+        return postprocess(raw_boxes, raw_scores, self.anchors, self.spec, pads, self.score_threshold, self.post)
 
     def detect(self, image: np.ndarray | str | Path) -> list[Detection]:
         """Detect faces in one RGB uint8 image (or an image file path)."""
@@ -67,7 +68,8 @@ class Detector:
 
 
 def load(model: str | Path = "short_range", backend: str | None = None, threads: int | None = None,
-         score_threshold: float | None = None, spec: str | ModelSpec | None = None) -> Detector:
+         score_threshold: float | None = None, spec: str | ModelSpec | None = None, postprocess: str = "auto",
+         device: str = "cpu") -> Detector:
     """A ready :class:`Detector` for a spec name or a model file (see :mod:`blazeport.loader`).
 
     ``model`` is a spec name (``short_range``), a ``.safetensors`` written by ``blazeport convert``
@@ -81,5 +83,9 @@ def load(model: str | Path = "short_range", backend: str | None = None, threads:
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise BlazeportError(f"threads must be a whole number >= 1, got {threads!r}")
-    resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads)
-    return Detector(resolved, runner, score_threshold).check(model)
+    check_postprocess(postprocess)
+    resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads, device)
+    if not isinstance(resolved, ModelSpec):
+        raise BlazeportError(f"{model}: {resolved.name} is a landmark model, not a face detector; run it with "
+                             "`blazeport landmarks` (blazeport.load_landmarks in Python)")
+    return Detector(resolved, runner, score_threshold, postprocess).check(model)

@@ -1,16 +1,20 @@
-"""Pictures of detections: boxes, keypoints and scores drawn on a copy of the image."""
+"""Pictures of detections (boxes, keypoints and scores) and of face meshes, drawn on a copy of the image."""
 
 from __future__ import annotations
 
 from itertools import cycle
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from blazeport.errors import BlazeportError
 from blazeport.files import write_atomic
+from blazeport.mesh import CONTOURS, TESSELATION, pairs
 from blazeport.postprocess import Detection
+
+EYELID_OUTLINE = [*range(9), *range(15, 8, -1)]
 
 # One colour per keypoint (RGB), in output order (faces: eyes, nose, mouth, ears; palms use all seven; a
 # model with more keypoints reuses them in turn).
@@ -35,6 +39,41 @@ def draw_detections(image: np.ndarray, detections: list[Detection]) -> np.ndarra
         ty = max(p0[1], th + 2)
         cv2.rectangle(out, (p0[0], ty - th - 2), (p0[0] + tw + 2, ty), (0, 255, 0), -1)
         cv2.putText(out, label, (p0[0] + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return out
+
+
+def draw_landmarks(image: np.ndarray, faces: list[Any], mesh: bool = True) -> np.ndarray:
+    """RGB uint8 image -> RGB copy with each face's mesh drawn (:class:`blazeport.landmarks.FaceLandmarks`):
+    the tessellation in thin grey (``mesh``), the contours (lips, eyes, brows, oval) in white, the
+    468 points, the ROI the model saw in green with the presence score, and the iris landmarks and
+    eye contours when present."""
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    thick = max(1, round(max(h, w) / 600))
+    for face in faces:
+        pts = np.round(face.landmarks[:, :2] * (w, h)).astype(np.int32)
+        if mesh:
+            lines = [np.stack([pts[a], pts[b]]) for a, b in pairs(TESSELATION)]
+            cv2.polylines(out, lines, False, (160, 160, 160), 1, cv2.LINE_AA)
+        cv2.polylines(out, [np.stack([pts[a], pts[b]]) for a, b in pairs(CONTOURS)], False, (255, 255, 255), thick,
+                      cv2.LINE_AA)
+        for x, y in pts:
+            cv2.circle(out, (int(x), int(y)), thick, (255, 48, 48), -1, cv2.LINE_AA)
+        corners = np.round(face.roi.corners(w, h)).astype(np.int32)
+        cv2.polylines(out, [corners], True, (0, 255, 0), thick, cv2.LINE_AA)
+        label = f"{face.score:.2f}"
+        top = corners[np.argmin(corners[:, 1])]
+        cv2.putText(out, label, (int(top[0]), max(int(top[1]) - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick,
+                    (0, 255, 0), thick, cv2.LINE_AA)
+        for eye in face.iris.values():
+            # the eyelids: points 0-8 the lower lid corner to corner, 9-15 the upper lid without the corners
+            # (update_face_landmarks_calculator.cc), so the outline runs 0..8 then 15..9
+            contour = np.round(eye.contour[EYELID_OUTLINE, :2] * (w, h)).astype(np.int32)
+            cv2.polylines(out, [contour], True, (255, 255, 0), thick, cv2.LINE_AA)
+            iris = eye.iris[:, :2] * (w, h)
+            radius = float(np.linalg.norm(iris[1:] - iris[0], axis=1).mean())
+            cv2.circle(out, (round(iris[0][0]), round(iris[0][1])), max(1, round(radius)), (0, 200, 255), thick,
+                       cv2.LINE_AA)
     return out
 
 

@@ -26,6 +26,15 @@ from blazeport.detector import Detector
 from blazeport.postprocess import Detection
 from blazeport.preprocess import ImageReadError, read_image_sized
 
+# --fast-decode keeps a JPEG's long side at >= this many times the model's input side: the letterbox
+# then still shrinks the image by 2x or more, so the tensor's pixels each average several decoded ones
+FAST_DECODE_SIDE = 2
+
+
+def fast_decode_side(detector: Detector) -> int:
+    """The long side ``--fast-decode`` decodes JPEGs to (at least): FAST_DECODE_SIDE x the input side."""
+    return FAST_DECODE_SIDE * detector.spec.input_size
+
 
 def default_workers() -> int:
     """min(4, cores): past a few readers the decoders only take cores from the backend."""
@@ -59,28 +68,29 @@ class FolderStats:
     faces: list[int] = field(default_factory=list)
 
 
-def _read(index: int, path: Path, max_pixels: int | None) -> Decoded:
+def _read(index: int, path: Path, max_pixels: int | None, reduce_to: int | None = None) -> Decoded:
     t0 = time.perf_counter()
     try:
-        image, size = read_image_sized(path, max_pixels=max_pixels)
+        image, size = read_image_sized(path, max_pixels=max_pixels, reduce_to=reduce_to)
         return Decoded(index, path, image, size, read_s=time.perf_counter() - t0)
     except ImageReadError as exc:
         return Decoded(index, path, error=exc, read_s=time.perf_counter() - t0)
 
 
 def read_ahead(paths: Iterable[str | Path], workers: int | None = None, max_pixels: int | None = None,
-               depth: int | None = None, stats: FolderStats | None = None) -> Iterator[Decoded]:
+               depth: int | None = None, stats: FolderStats | None = None, reduce_to: int | None = None) -> Iterator[Decoded]:
     """Every path decoded, in input order, by ``workers`` threads at most ``depth`` files ahead.
 
     ``workers=0`` reads inline (no threads): the plain loop, for comparison. Unreadable files come back
     with ``error`` set, never raised, so the caller counts and reports them where they fall in the order.
-    ``stats.wait_s`` gets the time the consumer spent blocked on a read.
+    ``stats.wait_s`` gets the time the consumer spent blocked on a read. ``reduce_to``: the fast
+    decode of :func:`~blazeport.preprocess.read_image_sized` (JPEGs decoded reduced), off by default.
     """
     workers = default_workers() if workers is None else workers
     items = ((i, Path(p)) for i, p in enumerate(paths))
     if workers <= 0:
         for i, path in items:
-            item = _read(i, path, max_pixels)
+            item = _read(i, path, max_pixels, reduce_to)
             if stats is not None:
                 stats.wait_s += item.read_s
             yield item
@@ -94,7 +104,7 @@ def read_ahead(paths: Iterable[str | Path], workers: int | None = None, max_pixe
                 nxt = next(items, None)
                 if nxt is None:
                     return
-                pending.append(pool.submit(_read, *nxt, max_pixels))
+                pending.append(pool.submit(_read, *nxt, max_pixels, reduce_to))
 
         fill()
         try:
@@ -111,14 +121,17 @@ def read_ahead(paths: Iterable[str | Path], workers: int | None = None, max_pixe
 
 
 def detect_folder(detector: Detector, paths: Iterable[str | Path], batch: int = 1, workers: int | None = None,
-                  max_pixels: int | None = None,
-                  stats: FolderStats | None = None) -> Iterator[tuple[Decoded, list[Detection] | None]]:
+                  max_pixels: int | None = None, stats: FolderStats | None = None,
+                  fast_decode: bool = False) -> Iterator[tuple[Decoded, list[Detection] | None]]:
     """``(item, detections)`` for every path in input order; ``detections`` is None for an unreadable file.
 
     Readable images go to :meth:`Detector.detect_batch` ``batch`` at a time; an unreadable file waits
     in its place in the group, so batches stay full and the order stays the input's. The reader runs
     ``2 * workers`` files ahead of the group (a next file for each reader while it decodes one): at most
     ``batch + 2 * workers`` decoded images are held at once, which matters on a folder of 50 MP photos.
+    ``fast_decode``: JPEGs are decoded reduced, to a long side of at least
+    :data:`FAST_DECODE_SIDE` x the model's input (:func:`fast_decode_side`); off, every image is
+    decoded in full as MediaPipe does.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -147,7 +160,8 @@ def detect_folder(detector: Detector, paths: Iterable[str | Path], batch: int = 
         group.clear()
 
     try:
-        for item in read_ahead(paths, n_workers, max_pixels, depth=2 * max(n_workers, 1), stats=stats):
+        reduce_to = fast_decode_side(detector) if fast_decode else None
+        for item in read_ahead(paths, n_workers, max_pixels, depth=2 * max(n_workers, 1), stats=stats, reduce_to=reduce_to):
             stats.read_s += item.read_s
             group.append(item)
             if sum(d.image is not None for d in group) >= batch:

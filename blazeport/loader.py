@@ -17,18 +17,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blazeport.backends import MODEL_SUFFIXES, get_runtime, native_runtime
+from blazeport.backends import MODEL_SUFFIXES, check_device, get_runtime, native_runtime
 from blazeport.convert import load_tflite
 from blazeport.errors import BlazeportError
 from blazeport.metadata import spec_from_metadata, tflite_metadata
-from blazeport.specs import WEIGHTS_DIR, ModelSpec, get_spec, spec_for_file
+from blazeport.specs import WEIGHTS_DIR, LandmarkSpec, ModelSpec, find_spec, original_spec_for_file
 from blazeport.weights import load_safetensors
 
 __all__ = ["open_backend", "open_module", "spec_weights"]
 
 
-def _as_spec(spec: str | ModelSpec | None) -> ModelSpec | None:
-    return get_spec(spec) if isinstance(spec, str) else spec
+Spec = ModelSpec | LandmarkSpec  # a detector or a landmark model (face mesh, iris)
+
+
+def _as_spec(spec: str | Spec | None) -> Spec | None:
+    return find_spec(spec) if isinstance(spec, str) else spec
 
 
 def _model_file(model: str | Path) -> Path | None:
@@ -41,7 +44,7 @@ def _model_file(model: str | Path) -> Path | None:
     return path
 
 
-def spec_weights(spec: ModelSpec) -> Path:
+def spec_weights(spec: Spec) -> Path:
     """``weights/NAME.safetensors`` of a spec, or the one error that says how to make it."""
     weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
     if not weights.is_file():
@@ -51,13 +54,13 @@ def spec_weights(spec: ModelSpec) -> Path:
     return weights
 
 
-def open_module(model: str | Path, spec: str | ModelSpec | None = None) -> tuple[Any, ModelSpec, Path]:
+def open_module(model: str | Path, spec: str | Spec | None = None) -> tuple[Any, Spec, Path]:
     """``(PyTorch module, spec, source file)`` for a spec name, a ``.safetensors`` or a ``.tflite``
     (converted on load, every weight shape checked)."""
     wanted = _as_spec(spec)
     path = _model_file(model)
     if path is None:
-        path = spec_weights(get_spec(str(model)))
+        path = spec_weights(find_spec(str(model)))
     if path.suffix not in get_runtime("torch").suffixes:  # .onnx, .pte: exported graphs, no PyTorch weights
         native = native_runtime(path)
         raise BlazeportError(f"{path}: a {path.suffix} file holds no PyTorch weights; it runs on the {native} backend. "
@@ -65,7 +68,7 @@ def open_module(model: str | Path, spec: str | ModelSpec | None = None) -> tuple
     if path.suffix == ".safetensors":
         module, stored = load_safetensors(path)
         return module, wanted or stored, path
-    known = spec_for_file(path)
+    known = original_spec_for_file(path)
     resolved = wanted or known
     if resolved is None:
         resolved = spec_from_metadata(tflite_metadata(path), path)
@@ -76,11 +79,13 @@ def open_module(model: str | Path, spec: str | ModelSpec | None = None) -> tuple
     return module, resolved, path
 
 
-def open_backend(model: str | Path, runtime: str = "torch", spec: str | ModelSpec | None = None,
-                 threads: int | None = None) -> tuple[ModelSpec, Any, Path]:
+def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | None = None,
+                 threads: int | None = None, device: str = "cpu") -> tuple[Spec, Any, Path]:
     """``(spec, backend, source file)``: ``model`` ready to run on ``runtime`` (see the registry in
-    :mod:`blazeport.backends`)."""
+    :mod:`blazeport.backends`), on ``device`` (``cpu``; ``cuda[:N]`` for the runtimes that take it)."""
     rt = get_runtime(runtime)
+    check_device(rt, device)
+    on_device = {"device": device} if device != "cpu" else {}
     path = _model_file(model)
     wanted = _as_spec(spec)
     if path is not None and path.suffix not in rt.suffixes:
@@ -91,15 +96,15 @@ def open_backend(model: str | Path, runtime: str = "torch", spec: str | ModelSpe
                              f"`blazeport export {model} --format {runtime}`")
     if runtime == "torch":
         module, resolved, source = open_module(model, wanted)
-        return resolved, rt.backend(module, threads), source
+        return resolved, rt.backend(module, threads, **on_device), source
     if path is None:  # a spec name on a runtime: Google's original file
-        resolved = get_spec(str(model))
+        resolved = find_spec(str(model))
         if resolved.tflite is None:
             raise BlazeportError(f"{resolved.name} has no original .tflite; use --backend torch")
         path = WEIGHTS_DIR / resolved.tflite
         return resolved, rt.backend(path, threads), path
-    backend = rt.backend(path, threads)  # reads and checks the file: clear errors for damaged ones
-    resolved = wanted or spec_for_file(path) or _stored_spec(path, backend)
+    backend = rt.backend(path, threads, **on_device)  # reads and checks the file: clear errors for damaged ones
+    resolved = wanted or original_spec_for_file(path) or _stored_spec(path, backend)
     if resolved is None:
         raise BlazeportError(f"{path}: no blazeport.spec metadata and not a known original file; "
                              "pass --spec NAME (e.g. short_range) to say how to feed and decode it")

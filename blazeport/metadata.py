@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from blazeport.errors import BlazeportError
-from blazeport.specs import ModelSpec
+from blazeport.specs import LandmarkSpec, ModelSpec, spec_from_dict
 from blazeport.version import __version__
 
 SPEC_KEY = "blazeport.spec"
@@ -26,7 +26,7 @@ LAYOUT = "NHWC"
 __all__ = ["LAYOUT", "METADATA_METHOD", "SPEC_KEY", "file_metadata", "spec_from_metadata", "tflite_metadata"]
 
 
-def file_metadata(spec: ModelSpec, source: str | Path, fp16: bool, dynamic_batch: bool,
+def file_metadata(spec: ModelSpec | LandmarkSpec, source: str | Path, fp16: bool, dynamic_batch: bool,
                   weights: str | None = None) -> dict[str, str]:
     """``weights`` overrides the precision ``fp16`` implies (``int8``, ``int8-dynamic``)."""
     return {
@@ -59,12 +59,13 @@ def tflite_metadata(path: str | Path) -> dict[str, str]:
     return out
 
 
-def spec_from_metadata(meta: dict[str, str], path: str | Path) -> ModelSpec | None:
-    """The :class:`ModelSpec` stored in a file's metadata, or None when there is none."""
+def spec_from_metadata(meta: dict[str, str], path: str | Path) -> ModelSpec | LandmarkSpec | None:
+    """The :class:`ModelSpec` (or a landmark model's :class:`LandmarkSpec`) stored in a file's
+    metadata, or None when there is none."""
     text = meta.get(SPEC_KEY)
     if text is None:
         return None
     try:
-        return ModelSpec.from_dict(json.loads(text))
+        return spec_from_dict(json.loads(text))
     except (ValueError, TypeError, KeyError) as exc:
         raise BlazeportError(f"{path}: unreadable {SPEC_KEY} metadata ({exc}); pass --spec NAME") from None

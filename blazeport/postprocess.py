@@ -8,12 +8,15 @@ blends coordinates by score) and ``detection_letterbox_removal_calculator.cc`` (
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from blazeport.errors import BlazeportError
 from blazeport.preprocess import Letterbox
 from blazeport.specs import ModelSpec
 
@@ -213,18 +216,49 @@ def candidate_logit(threshold: float, clip: float) -> float | None:
     return math.log(t) - math.log1p(-t) - 1e-9
 
 
+POSTPROCESSORS = ("auto", "numpy", "numba")
+
+
+@functools.cache
+def compiled_available() -> bool:
+    """Whether numba is installed (the ``fast`` extra), checked once without importing it."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def check_postprocess(how: str) -> None:
+    """Refuse an unknown post-processor, or ``numba`` without numba, with the fix."""
+    if how not in POSTPROCESSORS:
+        raise BlazeportError(f"postprocess must be one of {', '.join(POSTPROCESSORS)}, got {how!r}")
+    if how == "numba" and not compiled_available():
+        raise BlazeportError("postprocess 'numba' needs numba: pip install 'blazeport[fast]' (or use 'auto' or 'numpy')")
+
+
+def _use_compiled(how: str, raw_boxes: np.ndarray, anchors: np.ndarray) -> bool:
+    check_postprocess(how)
+    if how == "numpy":
+        return False
+    # the kernel is written for float32 arithmetic; anything else keeps numpy's promotion rules
+    return compiled_available() and raw_boxes.dtype == np.float32 and anchors.dtype == np.float32
+
+
 def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, spec: ModelSpec,
-                pads: list[Letterbox], score_threshold: float | None = None) -> list[list[Detection]]:
+                pads: list[Letterbox], score_threshold: float | None = None,
+                how: str = "auto") -> list[list[Detection]]:
     """Batched raw outputs -> detections per image, in original-image normalized coordinates.
 
     Threshold first, decode after: anchors whose raw logit cannot reach the score threshold
     (:func:`candidate_logit`) are dropped before the sigmoid and the box decoding, so only a handful
     of the 896 / 2304 anchors are decoded. Every value is computed by the same elementwise
     operations as decoding everything and thresholding after, so the detections are identical.
+
+    ``how``: ``numba`` runs decode, NMS and un-letterbox as one compiled call per image
+    (:mod:`blazeport.compiled_post`, bit-identical, ~10x faster); ``numpy`` the numpy code below;
+    ``auto`` (default) numba when it is installed.
     """
     threshold = spec.score_threshold if score_threshold is None else score_threshold
     lo = candidate_logit(threshold, spec.score_clip)
     k = spec.num_keypoints
+    compiled = _use_compiled(how, raw_boxes, anchors)
     results: list[list[Detection]] = []
     for i, pad in enumerate(pads):
         idx = np.flatnonzero(raw_scores[i, :, 0] >= lo) if lo is not None else np.arange(raw_scores.shape[1])
@@ -232,6 +266,9 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarr
             results.append([])
             continue
         scores = decode_scores(raw_scores[i, idx], spec.score_clip)  # (n,)
+        if compiled:
+            results.append(_compiled_one(raw_boxes[i], idx, scores, anchors, spec, threshold, pad))
+            continue
         flat = _decode_flat(raw_boxes[i, idx], anchors[idx], spec.input_size, k)
         # like ConvertToDetections, drop boxes with a negative or NaN width or height before NMS
         ordered = flat[:, 2:4] >= flat[:, 0:2]
@@ -253,6 +290,21 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarr
             for p, w, s in zip(pts.tolist(), wh.tolist(), sc.tolist(), strict=True)
         ])
     return results
+
+
+def _compiled_one(raw_boxes: np.ndarray, idx: np.ndarray, scores: np.ndarray, anchors: np.ndarray,
+                  spec: ModelSpec, threshold: float, pad: Letterbox) -> list[Detection]:
+    """One image through :func:`blazeport.compiled_post.decode_nms`, each scalar the float32 that
+    numpy makes of it (a Python float meets a float32 array as a float32)."""
+    from blazeport.compiled_post import decode_nms
+
+    f32 = np.float32
+    rows, sc = decode_nms(raw_boxes, idx, scores, anchors, f32(spec.input_size), spec.num_keypoints, f32(threshold),
+                          f32(spec.nms.min_suppression_threshold), spec.nms.algorithm == "weighted",
+                          spec.nms.max_detections, f32(pad.left), f32(pad.top), f32(1.0 - pad.left - pad.right),
+                          f32(1.0 - pad.top - pad.bottom))
+    return [Detection(s, (r[0], r[1], r[2], r[3]), list(zip(r[4::2], r[5::2], strict=True)))
+            for r, s in zip(rows.tolist(), sc.tolist(), strict=True)]
 
 
 def _decode_flat(raw: np.ndarray, anchors: np.ndarray, scale: float, num_keypoints: int) -> np.ndarray:

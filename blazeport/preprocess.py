@@ -77,8 +77,8 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     return read_image_sized(path, max_pixels)[0]
 
 
-def read_image_sized(path: str | Path, max_pixels: int | None = None,
-                     reduce_above: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image_sized(path: str | Path, max_pixels: int | None = None, reduce_above: int | None = None,
+                     reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`read_image`, plus the file's full ``(width, height)`` (after EXIF rotation).
 
     The size matters when a big JPEG was decoded reduced: detections are normalized, so multiply them
@@ -86,6 +86,12 @@ def read_image_sized(path: str | Path, max_pixels: int | None = None,
     the header (PNG, JPEG, BMP, WebP, TIFF) before the file is decoded, so an image over ``max_pixels``
     costs nothing; other formats are checked once decoded. ``reduce_above`` (default
     :data:`REDUCE_ABOVE_PIXELS`) is the JPEG size above which decoding is reduced.
+
+    ``reduce_to`` (the fast decode, off by default): every JPEG is decoded reduced by the largest
+    of 2, 4, 8 that keeps its long side at ``reduce_to`` pixels or more. libjpeg then skips most
+    of the IDCT and the colour conversion, and the letterbox, which shrinks the image to the model's
+    input anyway, reads fewer pixels. The pixels differ from a full decode, so detections move a
+    little (``blazeport bench --folder --fast-decode`` measures how much); MediaPipe decodes in full.
 
     Raises:
         ImageReadError: missing or unreadable file, not a decodable image, or over ``max_pixels``.
@@ -104,8 +110,11 @@ def read_image_sized(path: str | Path, max_pixels: int | None = None,
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
     factor = 1
-    if header is not None and data[:3].tobytes() == b"\xff\xd8\xff" and header[0] * header[1] > reduce_above:
-        factor = _reduction(*header)
+    if header is not None and data[:3].tobytes() == b"\xff\xd8\xff":
+        if header[0] * header[1] > reduce_above:
+            factor = _reduction(*header)
+        if reduce_to is not None:
+            factor = max(factor, _reduction(*header, _positive_int("reduce_to", reduce_to)))
     try:
         img = cv2.imdecode(data, _REDUCED_FLAGS.get(factor, cv2.IMREAD_COLOR)) if data.size else None
     except cv2.error as exc:
@@ -146,10 +155,11 @@ def _check_pixels(path: Path, size: tuple[int, int], limit: int) -> None:
         )
 
 
-def _reduction(width: int, height: int) -> int:
-    """The largest JPEG reduction (8, 4, 2) that keeps the long side at REDUCED_MIN_SIDE or more; else 1."""
-    side = max(width, height)
-    return next((f for f in (8, 4, 2) if -(-side // f) >= REDUCED_MIN_SIDE), 1)
+def _reduction(width: int, height: int, min_side: int | None = None) -> int:
+    """The largest JPEG reduction (8, 4, 2) that keeps the long side at ``min_side`` (default:
+    REDUCED_MIN_SIDE, read at call time) or more; else 1."""
+    side, min_side = max(width, height), REDUCED_MIN_SIDE if min_side is None else min_side
+    return next((f for f in (8, 4, 2) if -(-side // f) >= min_side), 1)
 
 
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): all but DHT C4, JPG C8, DAC CC
@@ -304,8 +314,29 @@ def _warp_maps(width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarr
     index into the bilinear weight table; ``cv2.remap`` then blends exactly as ``warpPerspective``.
     """
     matrix, _ = roi_transform(width, height, size)
-    m = cv2.invert(matrix.astype(np.float64), flags=cv2.DECOMP_LU)[1]
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    xy, alpha = perspective_maps(matrix, size, size)
+    xy.flags.writeable = alpha.flags.writeable = False  # shared through the cache
+    return xy, alpha
+
+
+def fit_for_remap(image: np.ndarray) -> np.ndarray:
+    """``image``, or a copy shrunk to a long side of 4096 when a side reaches 32767 (``cv2.remap`` and
+    ``warpPerspective`` take no more; MediaPipe cannot either). Normalized coordinates are unchanged."""
+    h, w = image.shape[:2]
+    if max(h, w) < _REMAP_MAX_SIDE:
+        return image
+    scale = _SHRUNK_SIDE / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def perspective_maps(matrix: np.ndarray, out_width: int, out_height: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps that reproduce OpenCV 4.x ``warpPerspective(src, matrix, (out_width,
+    out_height), INTER_LINEAR)`` exactly, for any 3x3 ``matrix`` (source -> output, as
+    ``cv::getPerspectiveTransform`` gives it): see :func:`_warp_maps`. The letterbox uses it for
+    the whole image; :mod:`blazeport.roi` for the rotated face crops of the landmark model.
+    """
+    m = cv2.invert(np.asarray(matrix, np.float64), flags=cv2.DECOMP_LU)[1]
+    y, x = np.mgrid[0:out_height, 0:out_width].astype(np.float64)
     xb = x - x % _WARP_BLOCK_COLS
     dx = x - xb
     w = m[2, 0] * xb + m[2, 1] * y + m[2, 2] + m[2, 0] * dx
@@ -315,7 +346,6 @@ def _warp_maps(width: int, height: int, size: int) -> tuple[np.ndarray, np.ndarr
     fy = np.rint(np.clip((m[1, 0] * xb + m[1, 1] * y + m[1, 2] + m[1, 0] * dx) * w, *limits)).astype(np.int64)
     xy = np.stack([fx >> _INTER_BITS, fy >> _INTER_BITS], -1).clip(-32768, 32767).astype(np.int16)
     alpha = ((fy & (_INTER_TAB_SIZE - 1)) * _INTER_TAB_SIZE + (fx & (_INTER_TAB_SIZE - 1))).astype(np.uint16)
-    xy.flags.writeable = alpha.flags.writeable = False  # shared through the cache
     return xy, alpha
 
 

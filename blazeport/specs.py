@@ -30,8 +30,9 @@ from blazeport.files import sha256_of
 # the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
-__all__ = ["KEYPOINT_NAMES", "PALM_KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "AnchorOptions", "ModelSpec", "NMSOptions",
-           "get_spec", "spec_for_file", "student_spec"]
+__all__ = ["KEYPOINT_NAMES", "LANDMARK_SPECS", "PALM_KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "AnchorOptions",
+           "LandmarkSpec", "ModelSpec", "NMSOptions", "find_spec", "get_spec", "original_spec_for_file", "spec_for_file",
+           "student_spec"]
 
 # The subject's right and left (keypoint 0 has the smaller x in a frontal photo).
 KEYPOINT_NAMES = (
@@ -379,6 +380,130 @@ SPECS: dict[str, ModelSpec] = {
     s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE,
                         FULL_RANGE_SPARSE_MOBILENET, POSE_DETECTION, PALM_DETECTION_LITE, PALM_DETECTION_FULL)
 }
+
+
+@dataclass(frozen=True)
+class LandmarkSpec:
+    """A landmark model (face mesh, iris): one crop in, fixed-size float outputs out; no anchors, no NMS.
+
+    The pipeline that makes its crop and reads its outputs (ROI, warp, projection) lives in
+    :mod:`blazeport.landmarks`; the spec only says how to feed the model and how to find its outputs.
+    ``outputs`` are ``(name, floats per image)`` in the order the pipeline reads them; backends
+    return them flattened to ``(B, floats)`` and matched by size, whatever order or shape the file
+    gives them (``face_landmark.tflite`` writes ``(1, 1, 1, 1404)``, ``iris_landmark.tflite``
+    ``(1, 213)``). ``scale`` is the pixel size landmark coordinates are given in (MediaPipe's
+    ``TensorsToLandmarksCalculatorOptions.input_image_width``).
+    """
+
+    name: str
+    input_size: int
+    outputs: tuple[tuple[str, int], ...]
+    tflite: str | None = None
+    sha256: str | None = None
+    normalization: tuple[float, float] = (0.0, 1.0)
+    scale: float = 0.0  # 0: the input size
+    architecture: str = "graph"
+    family: str = "graph"
+    kind: str = "landmarks"  # tells a stored landmark spec from a detector's (ModelSpec has no kind)
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.name, str) or not self.name:
+            problems.append("name must be a non-empty string")
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or self.input_size < 1:
+            problems.append(f"input_size must be an integer >= 1, got {self.input_size!r}")
+        ok = isinstance(self.outputs, tuple) and self.outputs and all(
+            isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) and isinstance(o[1], int) and o[1] > 0
+            for o in self.outputs)
+        if not ok or len({n for _, n in self.outputs}) != len(self.outputs):
+            problems.append(f"outputs must be (name, size) pairs with distinct positive sizes, got {self.outputs!r}")
+        if not (isinstance(self.normalization, tuple) and len(self.normalization) == 2
+                and all(map(_number, self.normalization)) and self.normalization[0] < self.normalization[1]):
+            problems.append(f"normalization must be [low, high] numbers with low < high, got {self.normalization!r}")
+        if not _number(self.scale) or self.scale < 0:
+            problems.append(f"scale must be a number >= 0, got {self.scale!r}")
+        if self.kind != "landmarks":
+            problems.append(f"kind must be 'landmarks', got {self.kind!r}")
+        if problems:
+            raise BlazeportError(f"invalid landmark spec {self.name!r}: {'; '.join(problems)}")
+
+    @property
+    def coordinate_scale(self) -> float:
+        return float(self.scale or self.input_size)
+
+    def output_size(self, name: str) -> int:
+        return dict(self.outputs)[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> LandmarkSpec:
+        """Rebuild from :meth:`to_dict`'s JSON (a safetensors header); problems name the field."""
+        if not isinstance(d, dict):
+            raise BlazeportError(f"a landmark spec is a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        if isinstance(d.get("outputs"), list):
+            d["outputs"] = tuple(tuple(o) if isinstance(o, list) else o for o in d["outputs"])
+        for key in ("normalization", "aliases"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
+        _check_fields(cls, "landmark spec", d)
+        return cls(**d)
+
+
+def spec_from_dict(d: Any) -> ModelSpec | LandmarkSpec:
+    """A stored spec of either kind (a landmark spec says ``kind: landmarks``)."""
+    if isinstance(d, dict) and d.get("kind") == "landmarks":
+        return LandmarkSpec.from_dict(d)
+    return ModelSpec.from_dict(d)
+
+
+# MediaPipe's face mesh model (mediapipe/modules/face_landmark/face_landmark_cpu.pbtxt: ImageToTensorCalculator
+# 192x192, float range [0, 1]; TensorsToLandmarksCalculator 468 landmarks, input_image_width/height 192;
+# the face flag through TensorsToFloatsCalculator's SIGMOID).
+FACE_LANDMARK = LandmarkSpec(
+    name="face_landmark",
+    description="MediaPipe face mesh: 468 3-D landmarks and a face presence score from a 192x192 face crop",
+    input_size=192,
+    outputs=(("landmarks", 468 * 3), ("face_flag", 1)),
+    tflite="face_landmark.tflite",
+    sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+)
+
+# MediaPipe's iris model (mediapipe/modules/iris_landmark/iris_landmark_cpu.pbtxt: a 64x64 eye crop, float range
+# [0, 1] (TfLiteConverterCalculator zero_center: false); 71 eye contour and brow landmarks, then 5 iris
+# landmarks, in 64-pixel units).
+IRIS_LANDMARK = LandmarkSpec(
+    name="iris_landmark",
+    description="MediaPipe iris: 71 eye contour/brow and 5 iris 3-D landmarks from a 64x64 eye crop",
+    input_size=64,
+    outputs=(("eye_contour", 71 * 3), ("iris", 5 * 3)),
+    tflite="iris_landmark.tflite",
+    sha256="d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
+)
+
+# Landmark models: not detectors (no anchors), so kept apart from SPECS, which every detector tool iterates.
+LANDMARK_SPECS: dict[str, LandmarkSpec] = {s.name: s for s in (FACE_LANDMARK, IRIS_LANDMARK)}
+
+
+def original_spec_for_file(path: str | Path) -> ModelSpec | LandmarkSpec | None:
+    """The detector or landmark spec whose original file has this file's sha256, if any."""
+    digest = sha256_of(path)
+    return next((s for s in (*SPECS.values(), *LANDMARK_SPECS.values()) if s.sha256 == digest), None)
+
+
+def find_spec(name: str) -> ModelSpec | LandmarkSpec:
+    """A detector spec (:func:`get_spec`) or a landmark spec by name; the error lists both."""
+    for spec in LANDMARK_SPECS.values():
+        if name == spec.name or name in spec.aliases:
+            return spec
+    try:
+        return get_spec(name)
+    except BlazeportError as exc:
+        raise BlazeportError(f"{exc}; landmark models: {', '.join(LANDMARK_SPECS)}") from None
 
 
 def spec_for_file(path: str | Path) -> ModelSpec | None:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from blazeport.anchors import anchors_for
+from blazeport.errors import BlazeportError
 from blazeport.postprocess import decode_boxes, decode_scores, postprocess
 from blazeport.preprocess import Letterbox, letterbox
-from blazeport.specs import ModelSpec
+from blazeport.specs import LandmarkSpec, ModelSpec
 
 # Float32 noise sets the raw tolerance. Raw outputs reach |x| ~ 100-1500 (background logits,
 # offsets in input pixels) where one float32 ULP is 8e-6 to 1.2e-4, and LiteRT's XNNPACK output
@@ -37,11 +38,12 @@ from blazeport.specs import ModelSpec
 ABS_TOL = 1e-4
 REL_TOL = 1e-3
 
-__all__ = ["ABS_TOL", "REL_TOL", "compare_outputs", "iou", "match_detections", "pair_detections", "passes",
-           "raw_tolerance", "verification_inputs", "verify"]
+__all__ = ["ABS_TOL", "REL_TOL", "compare_outputs", "iou", "landmark_outputs", "match_detections", "pair_detections",
+           "passes", "raw_tolerance", "verification_inputs", "verify", "verify_landmarks"]
 
 
-def verification_inputs(spec: ModelSpec, images: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, list[Letterbox]]:
+def verification_inputs(spec: ModelSpec | LandmarkSpec, images: list[np.ndarray],
+                        seed: int = 0) -> tuple[np.ndarray, list[Letterbox]]:
     """Real photos letterboxed as the pipeline does, plus one random input in the model's range
     (NHWC float32); and the photos' letterbox padding, to map detections back."""
     done = [letterbox(img, spec.input_size, spec.normalization) for img in images]
@@ -115,18 +117,22 @@ def pair_detections(ours: Sequence[Any], theirs: Sequence[Any]) -> list[tuple[in
 
 def match_detections(ours: list[list[Any]], ref: list[list[Any]]) -> dict[str, Any]:
     """Per image, pair the detections (:func:`pair_detections`); count agreement and the worst score
-    and coordinate (box and keypoint) difference over the pairs."""
-    coord = score = 0.0
-    same = True
+    and coordinate (box and keypoint) difference over the pairs, with their 99th percentiles (over
+    pairs) and how many images found as many detections on both sides."""
+    coords, scores = [0.0], [0.0]
+    same_images = 0
     for a, b in zip(ours, ref, strict=True):
-        same &= len(a) == len(b)
+        same_images += len(a) == len(b)
         for i, j in pair_detections(a, b):
             box = np.subtract(a[i].box, b[j].box)
             diff = np.abs(np.concatenate([box, np.ravel(np.subtract(a[i].keypoints, b[j].keypoints))]))
-            coord = max(coord, float(diff.max()))
-            score = max(score, abs(a[i].score - b[j].score))
+            coords.append(float(diff.max()))
+            scores.append(abs(a[i].score - b[j].score))
     return {"images": len(ref), "faces": sum(map(len, ref)), "faces_checked": sum(map(len, ours)),
-            "same_count": bool(same), "max_coordinate_diff": coord, "max_score_diff": score}
+            "same_count": same_images == len(ref), "images_same_count": same_images,
+            "max_coordinate_diff": max(coords), "max_score_diff": max(scores),
+            "p99_coordinate_diff": float(np.percentile(coords[1:] or [0.0], 99)),
+            "p99_score_diff": float(np.percentile(scores[1:] or [0.0], 99))}
 
 
 def verify(candidate: Any, reference: Any, spec: ModelSpec, images: list[np.ndarray]) -> dict[str, Any]:
@@ -147,3 +153,54 @@ def verify(candidate: Any, reference: Any, spec: ModelSpec, images: list[np.ndar
     gate = passes(diffs) and dets["same_count"] and max(dets["max_coordinate_diff"], dets["max_score_diff"]) <= ABS_TOL
     return {**diffs, "detections": dets, "finite": bool(np.isfinite(ours[0]).all() and np.isfinite(ours[1]).all()),
             "images": n, "random_inputs": 1, "tolerance": {"abs": ABS_TOL, "rel": REL_TOL}, "passes_gate": bool(gate)}
+
+
+def landmark_outputs(outputs: Sequence[np.ndarray], spec: LandmarkSpec, source: str = "model") -> list[np.ndarray]:
+    """A landmark model's outputs as ``(B, floats)`` arrays in ``spec.outputs`` order, matched by size.
+
+    Files give them in their own order and shapes (``(1, 1, 1, 1404)`` from a conv, ``(1, 213)``
+    after a RESHAPE, NCHW ``(B, 1404, 1, 1)`` from the converted module); one image's floats are
+    the same values in the same order in all of them, so flattening is exact.
+    """
+    flat = [np.asarray(o, dtype=np.float32).reshape(len(o), -1) for o in outputs]
+    by_size = {f.shape[1]: f for f in flat}
+    wanted = [n for _, n in spec.outputs]
+    if len(flat) != len(wanted) or sorted(by_size) != sorted(wanted):
+        raise BlazeportError(f"{source}: outputs of {[f.shape[1] for f in flat]} floats per image, but spec {spec.name} "
+                             f"reads {', '.join(f'{name} ({n})' for name, n in spec.outputs)}")
+    return [by_size[n] for n in wanted]
+
+
+def verify_landmarks(candidate: Any, reference: Any, spec: LandmarkSpec, images: list[np.ndarray],
+                     crops: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """:func:`verify` for a landmark model: ``candidate`` and ``reference`` map an NHWC batch to the
+    model's raw outputs (a backend's ``raw``), run on the photos scaled to the input (letterboxed
+    as the detectors are), on ``crops`` (inputs the landmark pipeline made, e.g. face crops) and on
+    one random input.
+
+    The gate is the detectors': every raw output within ``ABS_TOL + REL_TOL * |ref|`` (landmarks
+    are in input pixels, up to ~200), and what a user reads within ``ABS_TOL``: landmark
+    coordinates divided by the spec's coordinate scale (normalized to the crop) and, for a
+    one-float output (the face flag), its sigmoid.
+    """
+    inputs, _ = verification_inputs(spec, images)
+    if crops:
+        inputs = np.concatenate([np.stack(crops).astype(np.float32), inputs])
+    ours = landmark_outputs(candidate(inputs), spec, "candidate")
+    ref = landmark_outputs(reference(inputs), spec, "reference")
+    out: dict[str, Any] = {"max_abs_diff": {}, "max_scaled_diff": {}, "tolerance_used": {}, "decoded_diff": {}}
+    for (name, n), a, b in zip(spec.outputs, ours, ref, strict=True):
+        d = np.abs(a.astype(np.float64) - b)
+        out["max_abs_diff"][name] = float(d.max())
+        out["max_scaled_diff"][name] = float((d / np.maximum(1.0, np.abs(b))).max())
+        out["tolerance_used"][name] = float((d / (ABS_TOL + REL_TOL * np.abs(b))).max())
+        if n == 1:  # a presence flag: the score a user sees
+            sa, sb = (1.0 / (1.0 + np.exp(-np.clip(x.astype(np.float64), -100, 100))) for x in (a, b))
+            out["decoded_diff"][f"{name} (sigmoid)"] = float(np.abs(sa - sb).max())
+        else:  # landmark coordinates, normalized to the crop
+            out["decoded_diff"][f"{name} (normalized)"] = float(d.max() / spec.coordinate_scale)
+    gate = all(v <= 1.0 for v in out["tolerance_used"].values()) and all(v <= ABS_TOL for v in out["decoded_diff"].values())
+    finite = all(bool(np.isfinite(a).all()) for a in ours)
+    return {**out, "finite": finite, "images": len(images), "crops": len(crops or []), "random_inputs": 1,
+            "tolerance": {"abs": ABS_TOL, "rel": REL_TOL}, "passes_gate": bool(gate and finite)}
+

@@ -14,12 +14,12 @@ from typing import Any
 from blazeport.anchors import anchors_for
 from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of, write_atomic
-from blazeport.specs import ModelSpec
+from blazeport.specs import LandmarkSpec, ModelSpec, spec_from_dict
 
 __all__ = ["load_safetensors", "save_safetensors"]
 
 
-def save_safetensors(module: Any, spec: ModelSpec, out: str | Path, source: str | Path | None = None,
+def save_safetensors(module: Any, spec: ModelSpec | LandmarkSpec, out: str | Path, source: str | Path | None = None,
                      extra: dict[str, str] | None = None) -> Path:
     """Write weights plus the metadata needed to rebuild the module (family, config, spec).
 
@@ -59,7 +59,7 @@ def _canonical_header(data: bytes) -> bytes:
     return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
-def _prune_to(module: Any, state: dict[str, Any], path: Path, spec: ModelSpec) -> None:
+def _prune_to(module: Any, state: dict[str, Any], path: Path, spec: Any) -> None:
     """A pruned file's network: the unpruned one its config builds, cut to its tensors' widths."""
     from blazeport.pruning.prune import apply_widths
 
@@ -90,7 +90,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
         raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). {_FIX}") from None
 
 
-def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
+def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec | LandmarkSpec]:
     """Rebuild a module and its spec from a blazeport safetensors file.
 
     Everything in the file is checked before it is trusted, and each problem is one
@@ -109,14 +109,16 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec]:
                              "convert the original with `blazeport convert`.")
     try:
         stored = json.loads(meta["spec"])
-        if isinstance(stored, dict):  # files written before specs carried these say them beside the spec
+        if isinstance(stored, dict) and stored.get("kind") != "landmarks":  # files written before specs carried
+            # these say them beside the spec
             stored.setdefault("family", meta.get("family", "blazeface"))
             stored.setdefault("teacher", meta.get("teacher"))
-        spec = ModelSpec.from_dict(stored)
+        spec = spec_from_dict(stored)
     except (ValueError, BlazeportError) as exc:  # JSONDecodeError is a ValueError
         raise BlazeportError(f"{path}: its spec metadata is not usable ({exc}). {fix}") from None
     try:
-        anchors_for(spec)
+        if isinstance(spec, ModelSpec):  # a landmark model has no anchors
+            anchors_for(spec)
     except BlazeportError as exc:
         raise BlazeportError(f"{path}: {exc}. {fix}") from None
     family = meta.get("family", "blazeface")

@@ -101,6 +101,9 @@ def test_e2e_stages_sum_sensibly(tiny_report: dict, photo: Path) -> None:
         assert parts <= total + 1e-3  # the stages run inside the timed call
     share = 100 * row["stage_stats"]["postprocess"]["p50"] / row["stage_stats"]["infer"]["p50"]
     assert row["postprocess_share_pct"] == pytest.approx(share)
+    from blazeport.postprocess import compiled_available
+
+    assert row["postprocess"] == ("numba" if compiled_available() else "numpy")  # --postprocess auto
     # the timed loop is Detector.detect on the file: the same detections
     want = [d.to_dict() for d in blazeport.load(str(SHORT_RANGE_TFLITE), backend="tflite").detect(photo)]
     assert row["faces"] == len(want) == 1
@@ -150,8 +153,8 @@ def test_exports_are_cached_by_source_hash(tmp_path, monkeypatch) -> None:
 
     calls = []
 
-    def fake_export(source, fmt, out):
-        calls.append((Path(source), fmt))
+    def fake_export(source, fmt, out, dynamic_batch=False):
+        calls.append((Path(source), fmt, dynamic_batch))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_bytes(b"exported")
         return {"ok": True}
@@ -162,6 +165,7 @@ def test_exports_are_cached_by_source_hash(tmp_path, monkeypatch) -> None:
     first = targets.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None)
     again = targets.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None)
     assert first == again and len(calls) == 1 and first.suffix == ".onnx"
+    assert calls[0][2] and "dynbatch" in first.name  # ONNX with a dynamic batch: --folder --batch N is one forward
     src.write_bytes(b"weights v2")  # retrained: a new file, not the stale export
     assert targets.cached_export(src, "onnx", tmp_path / "cache", "m", lambda _: None) != first and len(calls) == 2
 
@@ -330,8 +334,17 @@ def _reference_postprocess(raw_boxes, raw_scores, anchors, spec, pads, threshold
     return out
 
 
-def test_fast_postprocess_is_identical_to_the_reference() -> None:
+@pytest.mark.parametrize("how", ["numpy", "numba"])
+def test_fast_postprocess_is_identical_to_the_reference(how: str) -> None:
+    """Both post-processors (numpy, and the compiled one when numba is installed) give exactly the
+    floats of the straightforward decode-everything pipeline, on random outputs built to hit every
+    branch: NaN and huge logits, negative widths, hard NMS, max_detections, a cluster of hundreds."""
     import dataclasses
+
+    from blazeport.postprocess import compiled_available
+
+    if how == "numba" and not compiled_available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
 
     from blazeport.anchors import anchors_for
     from blazeport.postprocess import postprocess
@@ -358,7 +371,7 @@ def test_fast_postprocess_is_identical_to_the_reference() -> None:
             # 1e-8: every anchor is a candidate (no pre-filter); 0.999999 and 1.0: float32 rounding at the top
             for threshold in (s.score_threshold, 0.3, 0.999999, 1.0, *((1e-8,) if trial % 8 == 1 else ())):
                 got = [[(d.score, d.box, d.keypoints) for d in dets]
-                       for dets in postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold)]
+                       for dets in postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold, how)]
                 assert got == _reference_postprocess(raw_boxes, raw_scores, anchors, s, pads, threshold)
 
 
@@ -373,3 +386,20 @@ def test_an_int8_tflite_gets_the_int8_target_and_a_size_ratio() -> None:
     (target,) = bench_report.check_targets(results)
     assert target["target"] == "int8 tflite <= 0.7x original" and target["where"] == "sr_int8 tflite 1t"
     assert target["limit"] == 0.7 and target["met"] is False
+
+
+def test_pytorch_targets_against_litert_and_its_own_single_thread() -> None:
+    """A converted original on torch: <= 1.5x the original in LiteRT at the same threads, and no slower
+    at 2 threads than at 1; a student (spec != reference) gets neither."""
+    base = {"mode": "model", "reference": "short_range", "spec": "short_range"}
+    rows = [{**base, "model": "short_range", "backend": targets.ORIGINAL, "threads": 1, "stats": {"p50": 1.0}},
+            {**base, "model": "short_range", "backend": targets.ORIGINAL, "threads": 2, "stats": {"p50": 0.6}},
+            {**base, "model": "short_range", "backend": "torch", "threads": 1, "stats": {"p50": 1.4}},
+            {**base, "model": "short_range", "backend": "torch", "threads": 2, "stats": {"p50": 1.5}},
+            {**base, "model": "student", "spec": "short_range_resnet", "backend": "torch", "threads": 1,
+             "stats": {"p50": 0.5}}]
+    bench_report.add_ratios(rows)
+    got = {(t["target"], t["where"]): (round(t["value"], 3), t["met"]) for t in bench_report.check_targets(rows)}
+    assert got == {("converted PyTorch <= 1.5x original LiteRT", "short_range torch 1t"): (1.4, True),
+                   ("converted PyTorch <= 1.5x original LiteRT", "short_range torch 2t"): (2.5, False),
+                   ("PyTorch at 2 threads no slower than at 1", "short_range torch 2t"): (1.071, False)}

@@ -115,6 +115,9 @@ def test_models_lists_specs(capsys) -> None:
     assert code == 0
     assert rows["short_range"]["anchors"] == 896 and rows["short_range"]["params"] == 101_390
     assert rows["short_range"]["converted"] is True
+    # the landmark models after detection (blazeport landmarks), with their outputs instead of anchors
+    assert rows["face_landmark"]["kind"] == "landmarks" and rows["face_landmark"]["params"] == 604_685
+    assert rows["iris_landmark"]["outputs"] == {"eye_contour": 213, "iris": 15}
 
 
 def test_runtime_pipeline_needs_no_torch(tmp_path) -> None:

@@ -88,6 +88,7 @@ def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_p
     ours = [r for r in rows if r["backend"] == "tflite-original"]
     assert len(ours) == 1 and ours[0]["images"] == 2 and ours[0]["images_per_s"] > 0
     assert 0 < ours[0]["decode_share"] < 1
+    assert ours[0]["detector_images_per_s"] == pytest.approx(2 / ours[0]["detect_s"], rel=0.02)  # detect_s is rounded
     assert ours[0]["rounds"] == 2 and len(ours[0]["images_per_s_rounds"]) == 2
     if find_mediapipe_python(None)[0] is None:
         pytest.skip("mediapipe is not importable here: no MediaPipe rows to compare with")
@@ -96,3 +97,54 @@ def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_p
     same = next(r for r in mp if r["workers"] == 1)
     assert ours[0]["vs_mediapipe"] == pytest.approx(ours[0]["images_per_s"] / same["images_per_s"])
     assert ours[0]["faces"] == same["faces"]  # the same files, the same model: the same number of faces
+
+
+def test_fast_decode_reads_big_jpegs_reduced_and_keeps_the_faces(shared_data: Path) -> None:
+    """--fast-decode: a 2280x1588 JPEG decodes at 1/8 (long side 285 >= 2 x 128), the file's size is
+    still reported, PNGs decode in full; the same faces are found, close to the full decode's."""
+    from blazeport.verify import match_detections
+
+    big = shared_data / "unlabeled" / "deepface_tests" / "couple.jpg"
+    full, size = read_image_sized(big)
+    small, small_size = read_image_sized(big, reduce_to=256)
+    assert size == small_size == (2280, 1588) and full.shape == (1588, 2280, 3)
+    assert small.shape == (199, 285, 3)  # ceil(side / 8)
+    png = shared_data / "unlabeled" / "blazeface_pytorch" / "3faces.png"
+    assert read_image_sized(png, reduce_to=64)[0].shape == read_image_sized(png)[0].shape
+    detector = blazeport.load("short_range", backend="tflite", threads=1)
+    exact = [d for _, d in detect_folder(detector, [big, png], workers=0)]
+    fast = [d for _, d in detect_folder(detector, [big, png], workers=0, fast_decode=True)]
+    m = match_detections(fast, exact)
+    assert m["same_count"] and m["faces"] >= 4
+    assert m["max_coordinate_diff"] < 0.02 and m["max_score_diff"] < 0.05
+    assert fast[1] == exact[1]  # the PNG is decoded in full either way
+
+
+def test_detect_cli_fast_decode_and_inline_reader(photo_folder: Path, capsys) -> None:
+    code = main(["detect", str(photo_folder), "--workers", "0", "--fast-decode", "--postprocess", "numpy", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "1 skipped" in err  # the broken file, as with the threaded reader
+    assert len(json.loads(out)) == 12
+
+
+def test_fast_decode_effect_pairs_each_fast_row_with_its_exact_row() -> None:
+    from blazeport.bench.folder import _fast_decode_effects
+
+    face = {"score": 0.9, "box": [0.1, 0.1, 0.2, 0.2], "keypoints": [[0.15, 0.15]]}
+    moved = {**face, "score": 0.88, "box": [0.11, 0.1, 0.2, 0.2]}
+    base = {"model": "m", "backend": "tflite", "path": "f", "threads": 1, "batch": 1}
+    rows = [{**base, "fast_decode": False, "images_per_s": 100.0, "detections": [[face], [], None]},
+            {**base, "fast_decode": True, "images_per_s": 125.0, "detections": [[moved], [face], None]}]
+    _fast_decode_effects(rows)
+    e = rows[1]["fast_decode_effect"]
+    assert e["speedup"] == pytest.approx(1.25) and e["images_same_count"] == 2 and e["images"] == 3
+    assert e["max_score_diff"] == pytest.approx(0.02) and e["max_coordinate_diff"] == pytest.approx(0.01)
+    assert "fast_decode_effect" not in rows[0] and all("detections" not in r for r in rows)
+
+
+@pytest.mark.parametrize(("flags", "named"), [(["--folder", ".", "--e2e"], "--e2e"), (["--folder", ".", "--plot", "x.png"],
+                                                "--plot"), (["short_range", "--fast-decode"], "--fast-decode")])
+def test_bench_refuses_flags_that_do_not_apply(flags: list[str], named: str, capsys) -> None:
+    assert main(["bench", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0]

@@ -268,3 +268,46 @@ def test_postprocess_thresholds_before_nms_and_unletterboxes() -> None:
     # nothing above threshold: no detections, no error
     (none,) = postprocess(raw_boxes, raw_scores - 100, anchors, spec, [pad])
     assert none == []
+
+
+def test_compiled_postprocess_matches_numpy_on_real_outputs(boxed_photos) -> None:
+    """numba's decode + NMS gives the numpy code's floats on every face model's real outputs, at the
+    spec's threshold and a low one (many overlapping candidates), weighted and hard NMS."""
+    import dataclasses
+
+    from blazeport import load
+    from blazeport.postprocess import compiled_available
+    from blazeport.preprocess import read_image
+    from blazeport.specs import NMSOptions
+
+    if not compiled_available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
+    images = [read_image(p) for p in boxed_photos[:6]]
+    faces = 0
+    for name in ("short_range", "back", "full_range", "full_range_sparse"):
+        detector = load(name, backend="tflite", threads=1)
+        batch, pads = detector.preprocess(images)
+        raw_boxes, raw_scores = detector.backend(batch)
+        for options in (detector.spec.nms, NMSOptions(algorithm="hard"), NMSOptions(max_detections=1)):
+            spec = dataclasses.replace(detector.spec, nms=options)
+            for threshold in (None, 0.05):
+                ours = postprocess(raw_boxes, raw_scores, detector.anchors, spec, pads, threshold, "numba")
+                ref = postprocess(raw_boxes, raw_scores, detector.anchors, spec, pads, threshold, "numpy")
+                assert [[d.to_dict() for d in x] for x in ours] == [[d.to_dict() for d in x] for x in ref]
+                faces += sum(map(len, ours))
+    assert faces > 100
+
+
+def test_postprocess_choice_is_checked(monkeypatch) -> None:
+    import blazeport.postprocess as pp
+    from blazeport.errors import BlazeportError
+
+    raw_boxes, raw_scores = np.zeros((1, 896, 16), np.float32), np.zeros((1, 896, 1), np.float32)
+    anchors = np.zeros((896, 4), np.float32)
+    with pytest.raises(BlazeportError, match="one of auto, numpy, numba"):
+        pp.postprocess(raw_boxes, raw_scores, anchors, get_spec("short_range"), [Letterbox(0, 0, 0, 0)], how="cuda")
+    monkeypatch.setattr(pp, "compiled_available", lambda: False)
+    with pytest.raises(BlazeportError, match=r"pip install 'blazeport\[fast\]'"):
+        pp.check_postprocess("numba")
+    # auto without numba falls back to the numpy code
+    assert pp.postprocess(raw_boxes, raw_scores - 1, anchors, get_spec("short_range"), [Letterbox(0, 0, 0, 0)]) == [[]]

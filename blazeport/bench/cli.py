@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blazeport.backends import RUNTIMES
+from blazeport.backends import RUNTIMES, check_device
 from blazeport.bench.android import android_commands
 from blazeport.bench.folder import print_folder_report, run_folder_bench
 from blazeport.bench.mediapipe import MEDIAPIPE, find_mediapipe_python
@@ -26,6 +26,7 @@ from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_bas
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
 from blazeport.folder import default_workers
+from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
 from blazeport.specs import SPECS
 
@@ -93,6 +94,15 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
     b.add_argument("--batch", type=_int_list, default=[1], help="with --folder: comma-separated batch sizes (default: 1)")
     b.add_argument("--workers", type=int, default=default_workers(),
                    help="with --folder: reader threads, ours and MediaPipe's alike (default: min(4, cores), here %(default)s)")
+    b.add_argument("--fast-decode", action="store_true",
+                   help="with --folder: also run each configuration with JPEGs decoded reduced (`detect --fast-decode`), "
+                   "and print its speed and its effect on the detections against the exact decode")
+    b.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: run the torch and onnx rows on that GPU (the LiteRT, ExecuTorch "
+                   "and MediaPipe rows stay on the CPU); with --folder, images/s per --batch on it")
+    b.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
+                   help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
+                   "(default: auto); the detections are identical")
     b.add_argument("--android", action="store_true",
                    help="print the equivalent TFLite benchmark_model command lines (adb) for the .tflite files and exit")
     b.set_defaults(func=cmd_bench)
@@ -106,10 +116,13 @@ def command_line(args: argparse.Namespace) -> str:
     if args.folder:  # --runs and --warmup mean nothing to a folder: one pass per round over its files
         parts += ["--folder", args.folder, "--batch", ",".join(map(str, args.batch)), "--workers", str(args.workers)]
         parts += ["--limit", str(args.limit)] if args.limit else []
+        parts += ["--fast-decode"] if args.fast_decode else []
     else:
         parts += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
     parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
     parts += ["--e2e"] if args.e2e else []
+    parts += ["--postprocess", args.postprocess] if args.postprocess != "auto" else []
+    parts += ["--device", args.device] if args.device != "cpu" else []
     parts += ["--image", args.image] if args.image else []
     parts += ["--mediapipe-python", args.mediapipe_python] if args.mediapipe_python else []
     parts += ["--no-baselines"] if args.no_baselines else []
@@ -160,24 +173,39 @@ def _build_report(args: argparse.Namespace, host: dict[str, Any], results: list[
     return report
 
 
+def _place(targets: list[Any], args: argparse.Namespace) -> None:
+    """What each child is told beyond its target: the decode + NMS code, and --device for the runtimes
+    that take one (checked here, once, before any child starts)."""
+    for t in targets:
+        t.extra["postprocess"] = args.postprocess
+        if t.backend in RUNTIMES and "cuda" in RUNTIMES[t.backend].devices:
+            t.extra["device"] = check_device(RUNTIMES[t.backend], args.device)
+
+
 def cmd_bench_folder(args: argparse.Namespace) -> int:
     """``bench --folder DIR``: images/s of the folder pipeline against MediaPipe's (:mod:`blazeport.bench.folder`)."""
     if not Path(args.folder).is_dir():
         raise BlazeportError(f"--folder {args.folder}: not a folder")
     if (args.limit is not None and args.limit < 1) or args.workers < 0:
         raise BlazeportError("--limit must be >= 1 and --workers >= 0")
+    ignored = [flag for flag, given in (("--e2e", args.e2e), ("--plot", args.plot), ("--android", args.android),
+                                        ("--runs", args.runs != 200), ("--warmup", args.warmup != 20)) if given]
+    if ignored:  # said, not silently dropped
+        raise BlazeportError(f"{', '.join(ignored)} do(es) not apply to --folder (one timed pass per round over the "
+                             "folder's files); drop it, or run the latency bench without --folder")
     args.models = args.models or [DEFAULT_TEACHER]
     if args.json:
         check_output(args.json, [Path(m) for m in args.models if Path(m).is_file()], "JSON report")
     notes: list[str] = []
     targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log)
+    _place(targets, args)
     mp_python = None
     if not args.no_baselines:
         mp_python, why = find_mediapipe_python(args.mediapipe_python)
         notes.append(why)
     host = host_info()
     rows = run_folder_bench(targets, Path(args.folder), args.limit, args.threads, args.batch, args.workers, mp_python,
-                            notes, _bench_image(args.image), _log, rounds=max(1, args.rounds))
+                            notes, _bench_image(args.image), _log, rounds=max(1, args.rounds), fast_decode=args.fast_decode)
     host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     for note in notes:
         _log(f"note: {note}")
@@ -197,6 +225,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise BlazeportError("give a MODEL to benchmark (or --folder DIR)")
     if args.runs < 1 or args.warmup < 0:
         raise BlazeportError("--runs must be >= 1 and --warmup >= 0")
+    if args.fast_decode or args.batch != [1]:
+        raise BlazeportError("--fast-decode and --batch apply to --folder DIR (images/s over a folder)")
     image = _bench_image(args.image)
     inputs = [image, *(m for m in args.models if Path(m).is_file())]
     for out, what in ((args.json, "JSON report"), (args.plot, "chart")):
@@ -213,6 +243,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.append(why)
     if not args.no_baselines:
         targets = add_baselines(targets, args.e2e, mp_python, notes)
+    _place(targets, args)
     configs = configurations(targets, args.threads, ["model", "e2e"] if args.e2e else ["model"])
     host = host_info()
     rounds = max(1, min(args.rounds, args.runs))

@@ -39,26 +39,38 @@ def folder_paths(folder: str | Path, limit: int | None) -> list[Path]:
 
 
 def _summary(stats: FolderStats) -> dict[str, Any]:
-    """A pass's rates and where its time went; ``decode_share`` is decoding's share of the work
+    """A pass's rates and where its time went (``detector_images_per_s``: images per second of detector
+    time, file decoding left out); ``decode_share`` is decoding's share of the work
     (reader seconds / (reader + detector seconds)), ``wait_share`` the part of the wall the detector
     waited for an image (decoding not hidden by the readers)."""
     work = stats.read_s + stats.detect_s
     return {"images": stats.images, "skipped": stats.skipped, "wall_s": round(stats.wall_s, 4),
             "images_per_s": stats.images / stats.wall_s if stats.wall_s else None,
+            # the detector alone (letterbox, model, decode + NMS; no file decoding): what --batch changes
+            "detector_images_per_s": stats.images / stats.detect_s if stats.detect_s else None,
             "read_s": round(stats.read_s, 4), "detect_s": round(stats.detect_s, 4), "wait_s": round(stats.wait_s, 4),
             "decode_share": stats.read_s / work if work else None,
             "wait_share": stats.wait_s / stats.wall_s if stats.wall_s else None, "faces": int(sum(stats.faces))}
 
 
 def measure_folder(detector: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """In the child: one untimed pass over the first files, then one timed pass over them all."""
+    """In the child: one untimed pass over the first files, then one timed pass over them all.
+
+    With ``collect`` in ``cfg`` the timed pass also keeps every image's detections (``detections``:
+    a list per file, None for an unreadable one), so the parent can compare the fast decode's with
+    the exact decode's."""
     paths = folder_paths(cfg["folder"], cfg.get("limit"))
-    batch, workers = int(cfg["batch"]), int(cfg["workers"])
+    batch, workers, fast = int(cfg["batch"]), int(cfg["workers"]), bool(cfg.get("fast_decode"))
     # detect_folder is a generator: deque(maxlen=0) runs it to the end without keeping its results
-    deque(detect_folder(detector, paths[:max(WARMUP_FILES, batch)], batch=batch, workers=workers), maxlen=0)
+    deque(detect_folder(detector, paths[:max(WARMUP_FILES, batch)], batch=batch, workers=workers, fast_decode=fast),
+          maxlen=0)
     stats = FolderStats()
-    deque(detect_folder(detector, paths, batch=batch, workers=workers, stats=stats), maxlen=0)
-    return {**_summary(stats), **process_facts()}
+    results = detect_folder(detector, paths, batch=batch, workers=workers, stats=stats, fast_decode=fast)
+    if not cfg.get("collect"):
+        deque(results, maxlen=0)
+        return {**_summary(stats), **process_facts()}
+    found = [None if dets is None else [d.to_dict() for d in dets] for _, dets in results]
+    return {**_summary(stats), **process_facts(), "detections": found}
 
 
 def measure_mediapipe_folder(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -90,16 +102,44 @@ def measure_mediapipe_folder(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**_summary(stats), **process_facts(), "versions": {"mediapipe": mp.__version__}}
 
 
-def folder_configs(targets: list[Target], threads: list[int], batches: list[int], workers: int) -> list[dict[str, Any]]:
-    """Every target at every thread count and batch; MediaPipe (batch 1) with our reader and with none."""
+def folder_configs(targets: list[Target], threads: list[int], batches: list[int], workers: int,
+                   fast_decode: bool = False) -> list[dict[str, Any]]:
+    """Every target at every thread count and batch; MediaPipe (batch 1) with our reader and with none.
+    With ``fast_decode``, each of ours twice: the exact decode and the fast one."""
     configs = []
     for n in threads:
         for t in targets:
             if t.backend == MEDIAPIPE:
-                configs += [{"target": t, "threads": n, "batch": 1, "workers": w} for w in (workers, 0)]
+                configs += [{"target": t, "threads": n, "batch": 1, "workers": w, "fast_decode": False} for w in (workers, 0)]
             else:
-                configs += [{"target": t, "threads": n, "batch": b, "workers": workers} for b in batches]
+                configs += [{"target": t, "threads": n, "batch": b, "workers": workers, "fast_decode": f}
+                            for b in batches for f in ((False, True) if fast_decode else (False,))]
     return configs
+
+
+def _fast_decode_effects(rows: list[dict[str, Any]]) -> None:
+    """Each fast-decode row against the exact-decode row of the same model, backend, threads and batch:
+    its images/s ratio, and its detections matched to the exact ones (same count per image, score and
+    coordinate differences: :func:`blazeport.verify.match_detections`). Drops the detection lists."""
+    from blazeport.postprocess import Detection
+    from blazeport.verify import match_detections
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["model"], r["backend"], r["path"], r["threads"], r["batch"]
+
+    def as_detections(per_file: list[Any]) -> list[list[Detection]]:
+        return [[Detection(d["score"], tuple(d["box"]), [tuple(k) for k in d["keypoints"]]) for d in dets or []]
+                for dets in per_file]
+
+    exact = {key(r): r for r in rows if not r.get("fast_decode") and r.get("detections") is not None}
+    for r in rows:
+        ref = exact.get(key(r))
+        if r.get("fast_decode") and ref is not None and r.get("detections") is not None:
+            r["fast_decode_effect"] = {
+                "speedup": r["images_per_s"] / ref["images_per_s"] if ref.get("images_per_s") else None,
+                **match_detections(as_detections(r["detections"]), as_detections(ref["detections"]))}
+    for r in rows:
+        r.pop("detections", None)
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
@@ -116,10 +156,11 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, threads: list[int], batches: list[int],
                      workers: int, mediapipe_python: str | None, notes: list[str], image: Path,
-                     log: Callable[[str], None], rounds: int = 1) -> list[dict[str, Any]]:
+                     log: Callable[[str], None], rounds: int = 1, fast_decode: bool = False) -> list[dict[str, Any]]:
     """Rows of ``bench --folder``: every configuration in its own child over the same files, MediaPipe's
     beside them when ``mediapipe_python`` (an interpreter that imports it) is given; ``rounds`` passes each,
-    round-robin, the median pass reported."""
+    round-robin, the median pass reported. ``fast_decode`` adds each of ours with JPEGs decoded reduced,
+    with its effect on the detections (``fast_decode_effect``)."""
     from blazeport.bench.child import spawn
     from blazeport.bench.rounds import child_config
     from blazeport.bench.targets import mediapipe_baseline
@@ -130,7 +171,7 @@ def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, thr
     refs = {t.reference.name: t.reference for t in targets if t.reference is not None}
     for ref in refs.values():
         targets = [*targets, *mediapipe_baseline(ref, mediapipe_python, notes)]
-    configs = folder_configs(targets, threads, batches, workers)
+    configs = folder_configs(targets, threads, batches, workers, fast_decode)
     log(f"{len(configs)} configurations x {rounds} round(s) over {len(paths)} files of {folder}, one process each")
     passes: list[list[dict[str, Any]]] = [[] for _ in configs]
     for r in range(rounds):
@@ -139,18 +180,20 @@ def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, thr
             c = configs[i]
             t: Target = c["target"]
             cfg = {**child_config(t, c["threads"], "folder", 1, 0, image), "folder": str(Path(folder).resolve()),
-                   "limit": limit, "batch": c["batch"], "workers": c["workers"]}
+                   "limit": limit, "batch": c["batch"], "workers": c["workers"], "fast_decode": c["fast_decode"],
+                   "collect": fast_decode}
             child = spawn(cfg, t.extra.get("python", sys.executable))
             passes[i].append(child)
             rate = f"{child['images_per_s']:.1f} images/s" if child.get("images_per_s") else f"FAILED: {child.get('error')}"
             where = f"round {r + 1}/{rounds} " if rounds > 1 else ""
             log(f"[{where}{i + 1}/{len(configs)}] {t.model} {t.backend} {c['threads']}t batch {c['batch']} "
-                f"workers {c['workers']}: {rate}")
+                f"workers {c['workers']}{' fast decode' if c['fast_decode'] else ''}: {rate}")
     rows = []
     for c, runs in zip(configs, passes, strict=True):
         t = c["target"]
         row = {"model": t.model, "backend": t.backend, "path": t.path, "threads": c["threads"], "batch": c["batch"],
-               "workers": c["workers"], "baseline": t.baseline, "rounds": rounds}
+               "workers": c["workers"], "fast_decode": c["fast_decode"], "device": t.extra.get("device", "cpu"),
+               "baseline": t.baseline, "rounds": rounds}
         failed = [x for x in runs if "error" in x]
         if failed:
             rows.append({**row, "error": failed[0]["error"]})
@@ -159,6 +202,7 @@ def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, thr
         ranked = sorted(runs, key=lambda x: x["images_per_s"])
         rows.append({**row, **ranked[(len(ranked) - 1) // 2], "images_per_s_rounds": [x["images_per_s"] for x in runs]})
     _ratios(rows)
+    _fast_decode_effects(rows)
     return rows
 
 
@@ -166,20 +210,32 @@ def print_folder_report(rows: list[dict[str, Any]]) -> None:
     def fmt(x: float | None, spec: str) -> str:
         return "-" if x is None else format(x, spec)
 
-    print(f"{'model':<14}{'backend':<17}{'thr':>4}{'batch':>6}{'workers':>8}{'images/s':>10}{'decode%':>9}"
-          f"{'wait%':>7}{'x MP':>7}{'x MP plain':>11}")
+    print(f"{'model':<14}{'backend':<17}{'thr':>4}{'batch':>6}{'workers':>8}{'decode':>7}{'images/s':>10}{'det img/s':>10}"
+          f"{'decode%':>9}{'wait%':>7}{'x MP':>7}{'x MP plain':>11}")
     for r in rows:
+        decode = "fast" if r.get("fast_decode") else "exact"
         if "error" in r:
-            print(f"{r['model']:<14}{r['backend']:<17}{r['threads']:>4}{r['batch']:>6}{r['workers']:>8}  FAILED: {r['error']}")
+            print(f"{r['model']:<14}{r['backend']:<17}{r['threads']:>4}{r['batch']:>6}{r['workers']:>8}{decode:>7}"
+                  f"  FAILED: {r['error']}")
             continue
-        print(f"{r['model']:<14}{r['backend']:<17}{r['threads']:>4}{r['batch']:>6}{r['workers']:>8}"
-              f"{fmt(r['images_per_s'], '.1f'):>10}{fmt(100 * r['decode_share'], '.0f'):>9}"
+        print(f"{r['model']:<14}{r['backend']:<17}{r['threads']:>4}{r['batch']:>6}{r['workers']:>8}{decode:>7}"
+              f"{fmt(r['images_per_s'], '.1f'):>10}{fmt(r.get('detector_images_per_s'), '.1f'):>10}"
+              f"{fmt(100 * r['decode_share'], '.0f'):>9}"
               f"{fmt(100 * r['wait_share'], '.0f'):>7}{fmt(r.get('vs_mediapipe'), '.2f'):>7}"
               f"{fmt(r.get('vs_mediapipe_plain'), '.2f'):>11}")
     for n in sorted({r["threads"] for r in rows}):  # per thread count: one odd MediaPipe run must not make the headline
         rates = [r["vs_mediapipe"] for r in rows if r["threads"] == n and r.get("vs_mediapipe")]
         if rates:
             print(f"{n} thread(s): best {max(rates):.2f}x MediaPipe with the same reader (target >= 1.5x)")
-    print(f"images: {rows[0].get('images') if rows else 0}, decode% = reader seconds / (reader + detector seconds), "
+    for r in rows:
+        e = r.get("fast_decode_effect")
+        if e:
+            print(f"fast decode, {r['model']} {r['backend']} {r['threads']}t batch {r['batch']}: "
+                  f"{e['speedup']:.2f}x the exact decode's images/s; same count on {e['images_same_count']}/{e['images']} "
+                  f"images ({e['faces_checked']} faces against {e['faces']}); score diff p99 {e['p99_score_diff']:.4f}, "
+                  f"max {e['max_score_diff']:.4f}; coordinate diff p99 {e['p99_coordinate_diff']:.4f}, "
+                  f"max {e['max_coordinate_diff']:.4f}")
+    print(f"images: {rows[0].get('images') if rows else 0}, det img/s = images per second of detector time (no file "
+          "decoding), decode% = reader seconds / (reader + detector seconds), "
           "wait% = share of the wall the detector waited for a decoded image", file=sys.stderr)
 

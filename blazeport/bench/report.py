@@ -26,6 +26,7 @@ LIBRARIES = {  # distribution names, read with importlib.metadata (nothing is im
     "numpy": "numpy", "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "rich": "rich",
 }
 INT8_TFLITE_TARGET = 0.7  # an int8 .tflite at most this fraction of the original's LiteRT latency
+TORCH_TARGET = 1.5  # a converted original on PyTorch at most this multiple of the original's LiteRT latency
 TITLES = {
     "model": "model only: the backend call on a ready (1, S, S, 3) input, ms",
     "e2e": "end to end: image file -> detections (read, letterbox, infer, decode + NMS), p50 per stage, ms",
@@ -113,9 +114,11 @@ def _target(name: str, where: str, value: float, limit: float, unit: str) -> dic
 
 
 def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, from this run's ratios: e2e onnx <= 1.0x MediaPipe, postprocess <= 10% of
-    model time, re-exported tflite <= 1.1x the original. Each says its unit (``x``: a ratio, ``%``)."""
+    """The issues' targets, from this run's ratios: e2e onnx <= 1.0x MediaPipe, postprocess <= 10% of
+    model time, re-exported tflite <= 1.1x the original, a converted original on PyTorch <= 1.5x the
+    original on LiteRT and no slower at 2 threads than at 1. Each says its unit (``x``: a ratio, ``%``)."""
     out = []
+    one_thread = {(r["model"], r["backend"], r["mode"]): r for r in results if r["threads"] == 1 and r.get("stats")}
     for r in results:
         if not r.get("stats") or (r.get("baseline") and r["backend"] == MEDIAPIPE):
             continue
@@ -131,6 +134,15 @@ def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append(_target("int8 tflite <= 0.7x original", where, ratio["vs_original"], INT8_TFLITE_TARGET, "x"))
             else:
                 out.append(_target("re-exported tflite <= 1.1x original", where, ratio["vs_original"], 1.1, "x"))
+        if r["mode"] == "model" and r["backend"] == "torch" and r.get("reference") == r.get("spec") \
+                and r.get("device", "cpu") == "cpu":
+            if "vs_original" in ratio:  # a converted original (a student's ratio to its teacher is a figure)
+                out.append(_target(f"converted PyTorch <= {TORCH_TARGET}x original LiteRT", where, ratio["vs_original"],
+                                   TORCH_TARGET, "x"))
+            single = one_thread.get((r["model"], r["backend"], r["mode"]))
+            if r["threads"] > 1 and single is not None and _p50(single):
+                out.append(_target(f"PyTorch at {r['threads']} threads no slower than at 1", where,
+                                   _p50(r) / _p50(single), 1.0, "x"))
     return out
 
 

@@ -86,7 +86,8 @@ def result_row(t: Target, threads: int, mode: str, child: dict[str, Any]) -> dic
         "model": t.model, "backend": t.backend, "runtime": t.runtime, "threads": threads, "mode": mode,
         "path": t.path, "file_bytes": Path(t.path).stat().st_size if t.path else None, "params": t.params,
         "macs": t.macs, "spec": t.spec.name, "reference": t.reference.name if t.reference else None,
-        "baseline": t.baseline, "note": t.extra.get("note"), "weights": t.weights, **child,
+        "baseline": t.baseline, "note": t.extra.get("note"), "weights": t.weights,
+        "device": t.extra.get("device", "cpu"), **child,
     }
     if t.backend == MEDIAPIPE:
         row["model_selection"] = t.extra["model_selection"]

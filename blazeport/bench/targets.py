@@ -95,11 +95,14 @@ def cached_export(source: Path, fmt: str, cache: Path, stem: str, log: Any) -> P
     """``blazeport export`` of ``source`` into ``cache``, named by the source's sha256 (reused when
     present; a new source, e.g. retrained weights, gets a new file). Raises BlazeportError."""
     f = blazeport.export.get_format(fmt)
-    out = cache / f"{stem}-{sha256_of(source)[:12]}{f.suffix}"
+    # a format that can take a dynamic batch gets one (ONNX): the folder bench's --batch then runs one
+    # forward per batch there, as on torch; at batch 1 it runs like the fixed-batch file
+    dynamic = f.dynamic_batch
+    out = cache / f"{stem}-{sha256_of(source)[:12]}{'-dynbatch' if dynamic else ''}{f.suffix}"
     if out.is_file():
         return out
-    log(f"exporting {source} -> {out} ({fmt}, verified; once, then cached)")
-    report = blazeport.export.export(source, fmt, out)
+    log(f"exporting {source} -> {out} ({fmt}{', dynamic batch' if dynamic else ''}, verified; once, then cached)")
+    report = blazeport.export.export(source, fmt, out, dynamic_batch=dynamic)
     if not report["ok"]:
         out.unlink(missing_ok=True)
         raise BlazeportError(f"{out}: the exported file failed verification against PyTorch; not benchmarked")

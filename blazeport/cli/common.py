@@ -12,15 +12,20 @@ from blazeport.photos import list_images
 from blazeport.preprocess import MAX_PIXELS, ImageReadError, read_image
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts such as --threads: a whole number >= 1."""
+def positive_int(text: str, least: int = 1) -> int:
+    """argparse type for counts such as --threads: a whole number >= 1 (>= ``least``)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means none, such as --workers."""
+    return positive_int(text, least=0)
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +36,12 @@ def add_max_pixels(parser: argparse.ArgumentParser) -> None:
 
 def print_check(r: dict[str, Any]) -> None:
     """The differences a verification found (:func:`blazeport.verify.verify`'s report), as convert
-    and export print them."""
+    and export print them; a landmark model's (:func:`blazeport.verify.verify_landmarks`) per output."""
+    if "detections" not in r:
+        for name in r["max_abs_diff"]:
+            print(f"  {name:<15} max |diff| {r['max_abs_diff'][name]:.2e}   scaled {r['max_scaled_diff'][name]:.2e}")
+        print("  decoded         " + "   ".join(f"{k} {v:.2e}" for k, v in r["decoded_diff"].items()))
+        return
     a, s, d, det = r["max_abs_diff"], r["max_scaled_diff"], r["decoded_diff"], r["detections"]
     print(f"  regressors      max |diff| {a['regressors']:.2e}   scaled {s['regressors']:.2e}")
     print(f"  classificators  max |diff| {a['classificators']:.2e}   scaled {s['classificators']:.2e}")
@@ -44,9 +54,10 @@ def print_check(r: dict[str, Any]) -> None:
 def gate_line(r: dict[str, Any]) -> str:
     """``OK``/``FAILED`` and the gate it was judged by."""
     tol = r["tolerance"]
-    return (f"{'OK' if r['ok'] else 'FAILED'}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref| "
-            f"(|ref|: the anchor row's largest), decoded and "
-            f"detections within {tol['abs']:g}")
+    checked = "decoded and detections" if "detections" in r else "decoded landmarks and scores"
+    row = " (|ref|: the anchor row's largest)" if "detections" in r else ""
+    return (f"{'OK' if r['ok'] else 'FAILED'}: raw |diff| <= {tol['abs']:g} + {tol['rel']:g}*|ref|{row}, {checked} "
+            f"within {tol['abs']:g}")
 
 
 def print_json(obj: object) -> None:

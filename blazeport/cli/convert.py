@@ -8,12 +8,12 @@ from typing import Any
 
 from blazeport.cli.common import add_max_pixels, gate_line, print_check, print_json, read_images
 from blazeport.convert import convert
-from blazeport.specs import get_spec
+from blazeport.specs import find_spec
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     images = read_images(args.images, args.max_pixels) if args.images else None
-    spec = get_spec(args.spec) if args.spec else None
+    spec = find_spec(args.spec) if args.spec else None
     report = convert(args.src, args.output, spec, images)
     if not report["written"]:
         print(f"nothing written: {report['output']} was left as it was", file=sys.stderr)
@@ -22,7 +22,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         arrow = "->" if report["written"] else "-> (not written)"
         print(f"converted {report['source']} {arrow} {report['output']}  ({report['spec']}, {report['params']:,} params)")
-        print(f"verified against LiteRT on {report['images']} real photos + {report['random_inputs']} random input:")
+        crops = f" + {report['crops']} face crops" if report.get("crops") else ""
+        print(f"verified against LiteRT on {report['images']} real photos{crops} + {report['random_inputs']} random input:")
         print_check(report)
         print(f"{gate_line(report)}  ({report['seconds']:.1f} s)")
     return 0 if report["ok"] else 1

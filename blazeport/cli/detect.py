@@ -11,13 +11,14 @@ from typing import Any
 from tqdm import tqdm
 
 from blazeport.backends import RUNTIMES
-from blazeport.cli.common import add_max_pixels, positive_int, print_json
+from blazeport.cli.common import add_max_pixels, non_negative_int, positive_int, print_json
 from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths
-from blazeport.folder import default_workers, detect_folder
+from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.photos import list_images, sample_image_path
+from blazeport.postprocess import POSTPROCESSORS
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -31,7 +32,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
     detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
-                              spec=args.spec)
+                    spec=args.spec, postprocess=args.postprocess, device=args.device)
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
     verbose = not args.json and not args.quiet
@@ -40,7 +41,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # decoding runs ahead in reader threads; results come back in input order (blazeport.folder)
     # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own
-    for item, dets in detect_folder(detector, paths, batch=args.batch, workers=args.workers, max_pixels=args.max_pixels):
+    for item, dets in detect_folder(detector, paths, batch=args.batch, workers=args.workers, max_pixels=args.max_pixels,
+                                    fast_decode=args.fast_decode):
         bar.update()
         if dets is None:
             skipped += 1
@@ -83,8 +85,19 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="images per detector call (default: 1); one forward per batch on torch and on a dynamic-batch "
                    ".onnx, image by image on the other runtimes; same detections as one at a time. Holds up to "
                    "BATCH + 2 x WORKERS decoded images in memory")
-    p.add_argument("--workers", type=positive_int, default=default_workers(),
-                   help="threads that decode images ahead of the detector (default: min(4, cores), here %(default)s)")
+    p.add_argument("--workers", type=non_negative_int, default=default_workers(),
+                   help="threads that decode images ahead of the detector; 0 decodes in the detector's thread "
+                   "(default: min(4, cores), here %(default)s)")
+    p.add_argument("--fast-decode", action="store_true",
+                   help=f"decode JPEGs reduced (libjpeg's 1/2, 1/4, 1/8 IDCT) to a long side of at least "
+                   f"{FAST_DECODE_SIDE}x the model's input: faster reading, slightly different detections (measured "
+                   "by `blazeport bench --folder DIR --fast-decode`); default: decode in full, as MediaPipe does")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: the GPU for the torch and onnx backends (a CUDA build of torch, "
+                   "onnxruntime-gpu)")
+    p.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
+                   help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
+                   "(default: auto); the detections are identical")
     p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)

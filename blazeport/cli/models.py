@@ -9,7 +9,7 @@ from typing import Any
 from blazeport.cli.common import print_json
 from blazeport.counting import count_macs, count_params
 from blazeport.loader import open_module
-from blazeport.specs import SPECS, WEIGHTS_DIR, get_spec
+from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, get_spec
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -27,6 +27,15 @@ def cmd_models(args: argparse.Namespace) -> int:
             "anchors": spec.num_anchors, "params": count_params(module), "macs": count_macs(module, spec.input_size),
             "family": spec.family, "score_threshold": spec.score_threshold, "source": spec.tflite, "sha256": spec.sha256,
             "teacher": spec.teacher, "converted": weights.is_file(), "description": spec.description,
+        })
+    for spec in LANDMARK_SPECS.values():  # after detection: the face mesh and iris models
+        weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
+        module = open_module(weights if weights.is_file() else WEIGHTS_DIR / spec.tflite, spec)[0]
+        rows.append({
+            "name": spec.name, "kind": "landmarks", "aliases": list(spec.aliases), "input": spec.input_size,
+            "outputs": {name: n for name, n in spec.outputs}, "params": count_params(module),
+            "macs": count_macs(module, spec.input_size), "family": spec.family, "source": spec.tflite,
+            "sha256": spec.sha256, "converted": weights.is_file(), "description": spec.description,
         })
     teacher = get_spec(args.teacher)
     for name, (family, _) in REGISTERED.items():
@@ -46,6 +55,12 @@ def cmd_models(args: argparse.Namespace) -> int:
             source = f"{r['source']}  sha256 {r['sha256'][:12]}…" if r["source"] else "distilled (blazeport distill)"
             print(f"{r['name']:<29}{r['input']:>6}{r['anchors']:>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
                   f"{r['family']:<10}{'yes' if r['converted'] else 'no':<9}{source}")
+    for r in rows:
+        if r["kind"] == "landmarks":
+            outputs = " + ".join(f"{n} {k}" for k, n in r["outputs"].items())
+            print(f"{r['name']:<29}{r['input']:>6}{'-':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  "
+                  f"{r['family']:<10}{'yes' if r['converted'] else 'no':<9}{r['source']}  sha256 {r['sha256'][:12]}…  "
+                  f"(landmarks: {outputs})")
     print(f"\nstudent architectures for teacher {teacher.name} (blazeport distill --student NAME; also timm:NAME and "
           "package.module:factory):")
     for r in rows:

@@ -24,9 +24,9 @@ from blazeport.convert.graph import extract_graph
 from blazeport.convert.walker import ConversionError, Mapping, check_ops
 from blazeport.files import check_output, sha256_of, staged
 from blazeport.photos import sample_images
-from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, spec_for_file
+from blazeport.specs import SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, original_spec_for_file
 from blazeport.tflite import TFLiteModel, read_tflite
-from blazeport.verify import verify
+from blazeport.verify import verify, verify_landmarks
 from blazeport.weights import load_safetensors, save_safetensors
 
 __all__ = ["EXTRACTORS", "ConversionError", "Mapping", "check_ops", "convert", "extract", "extract_graph", "load_tflite"]
@@ -64,7 +64,7 @@ def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mappi
 
     model = read_tflite(path)
     if family is None:
-        spec = spec_for_file(path)
+        spec = original_spec_for_file(path)
         family = spec.family if spec is not None else None
     if family is None:
         mapping, family = _first_walk(model)
@@ -91,14 +91,19 @@ def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mappi
 def convert(
     src: str | Path,
     out: str | Path | None = None,
-    spec: ModelSpec | None = None,
+    spec: ModelSpec | LandmarkSpec | None = None,
     images: list[np.ndarray] | None = None,
+    crops: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Convert, verify and save one file; return the report (the CLI's ``--json``).
 
     The weights go to a temporary file that is read back and verified against LiteRT; only a
     file that passes the gate replaces ``out`` (``report["written"]``). A failed conversion
     leaves any previous ``out`` untouched and writes nothing.
+
+    A landmark model (:class:`LandmarkSpec`: face mesh, iris) is verified the same way on its raw
+    outputs (:func:`blazeport.verify.verify_landmarks`), also on ``crops`` (model inputs the
+    landmark pipeline made from real photos) when given.
     """
     t0 = time.perf_counter()
     src = Path(src)
@@ -108,7 +113,7 @@ def convert(
             raise ConversionError(f"{out}: converted weights are a .safetensors file; choose an -o name ending in .safetensors")
         check_output(out, [src], "converted weights")
     model = read_tflite(src)
-    spec = spec or spec_for_file(src)
+    spec = spec or original_spec_for_file(src)
     module, mapping = load_tflite(src)
     if spec is None:
         spec = next((s for s in SPECS.values() if s.input_size == mapping.config.input_size), None)
@@ -127,7 +132,11 @@ def convert(
         # it), and only then replace the previous output
         save_safetensors(module, spec, stage.path, src)
         written, _ = load_safetensors(stage.path)
-        check = verify(TorchBackend(written), TFLiteBackend(src), spec, images)
+        if isinstance(spec, LandmarkSpec):
+            check = verify_landmarks(TorchBackend(written, optimize=False).raw, TFLiteBackend(src).raw, spec, images,
+                                     crops)
+        else:
+            check = verify(TorchBackend(written), TFLiteBackend(src), spec, images)
         ok = check["passes_gate"]
         if ok:
             stage.commit()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.convert.walker import Mapping, Walker, check_ops
+from blazeport.convert.walker import ConversionError, Mapping, Walker, check_ops
 from blazeport.tflite import Op, TFLiteModel
 
 __all__ = ["GRAPH_OPS", "TRANSLATORS", "extract_graph"]
@@ -88,8 +88,10 @@ def _prelu(w: Walker, op: Op) -> Translated:
 
 def _flatten(w: Walker, op: Op) -> Translated:
     shape = w.m.tensor(op.outputs[0]).shape
-    if len(shape) != 3 or len(w.m.tensor(op.inputs[0]).shape) != 4 or shape[0] != 1:
-        raise w.fail(f"op {op.index}: RESHAPE to {shape}; only (1, H, W, C) -> (1, N, k) is supported")
+    if len(w.m.tensor(op.inputs[0]).shape) != 4 or shape[0] != 1 or len(shape) not in (2, 3):
+        raise w.fail(f"op {op.index}: RESHAPE to {shape}; only (1, H, W, C) -> (1, N, k) or (1, N) is supported")
+    if len(shape) == 2:  # a landmark model's head: (1, 1, 1, N) -> (1, N)
+        return Translated("flatten", {"last_dim": int(shape[-1]), "rank": 2})
     return Translated("flatten", {"last_dim": int(shape[-1])})
 
 
@@ -131,7 +133,7 @@ def extract_graph(model: TFLiteModel) -> Mapping:
     check_ops(model, GRAPH_OPS)
     w = Walker(model)
     size = w.image_input()
-    kinds = w.outputs()
+    outputs = _graph_outputs(w)
     names = {model.inputs[0]: "input"}
     counts: dict[str, int] = {}
     nodes: list[Node] = []
@@ -146,7 +148,22 @@ def extract_graph(model: TFLiteModel) -> Mapping:
         for suffix, (array, source) in t.params.items():
             name = f"layers.{param_name(node)}.{suffix}"
             mapping.params[name], mapping.sources[name] = array, source
-    if any(o not in names for o in kinds.values()):
+    if any(o not in names for o in outputs):
         raise w.fail("an output is not computed from the input")
-    mapping.config = GraphConfig(size, "input", (names[kinds["reg"]], names[kinds["cls"]]), tuple(nodes))
+    mapping.config = GraphConfig(size, "input", (names[outputs[0]], names[outputs[1]]), tuple(nodes))
     return mapping
+
+
+def _graph_outputs(w: Walker) -> tuple[int, int]:
+    """The two output tensors GraphNet returns: a detector's (regressors, classificators), or a
+    landmark model's two outputs in the file's order (``face_landmark``: landmarks, face flag;
+    ``iris_landmark``: eye contour, iris), each of one image's floats (1, ..., N)."""
+    try:
+        kinds = w.outputs()
+        return kinds["reg"], kinds["cls"]
+    except ConversionError:
+        shapes = [w.m.tensor(o).shape for o in w.m.outputs]
+        if len(shapes) == 2 and all(len(s) in (2, 4) and s[0] == 1 and all(d == 1 for d in s[1:-1]) for s in shapes):
+            return w.m.outputs[0], w.m.outputs[1]
+        raise w.fail(f"expected outputs (1, N, 1) and (1, N, k) (a detector), or two (1, ..., K) outputs (a landmark "
+                     f"model), found {shapes}") from None

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
-from blazeport.specs import SPECS
+from blazeport.specs import LANDMARK_SPECS, SPECS
 from blazeport.tflite import Op, TFLiteModel
 
 __all__ = ["ConversionError", "Mapping", "Walker", "check_ops"]
@@ -120,6 +120,7 @@ def check_ops(model: TFLiteModel, supported: set[str] | frozenset[str]) -> None:
     if unknown:
         raise ConversionError(
             f"{model.path}: unsupported TFLite op(s) {', '.join(unknown)}. blazeport converts "
-            f"{', '.join(sorted(supported))} (plus folded DEQUANTIZE/DENSIFY). Known specs: {', '.join(sorted(SPECS))}; "
+            f"{', '.join(sorted(supported))} (plus folded DEQUANTIZE/DENSIFY). "
+            f"Known specs: {', '.join(sorted([*SPECS, *LANDMARK_SPECS]))}; "
             "this file needs a newer blazeport."
         )

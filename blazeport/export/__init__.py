@@ -69,8 +69,8 @@ from blazeport.files import check_output, same_file, staged
 from blazeport.loader import open_module
 from blazeport.metadata import LAYOUT, file_metadata
 from blazeport.photos import sample_images
-from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec
-from blazeport.verify import verification_inputs, verify
+from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec
+from blazeport.verify import verification_inputs, verify, verify_landmarks
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def default_output(model: str | Path, spec: ModelSpec, fmt: ExportFormat, fp16: 
 
 def protected_inputs(source: Path, spec: ModelSpec) -> list[Path]:
     """Files an export must never overwrite: its source and Google's bundled originals."""
-    originals = [WEIGHTS_DIR / s.tflite for s in SPECS.values() if s.tflite]
+    originals = [WEIGHTS_DIR / s.tflite for s in (*SPECS.values(), *LANDMARK_SPECS.values()) if s.tflite]
     return [source, *originals, *([WEIGHTS_DIR / spec.tflite] if spec.tflite else [])]
 
 
@@ -180,6 +180,9 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
             raise BlazeportError(f"{flag} is not offered for {f.name} --int8; it is for "
                                  f"{', '.join(x.name for x in FORMATS.values() if flag in x.int8_flags)}")
     module, spec, source = open_module(model)
+    if isinstance(spec, LandmarkSpec) and int8:
+        raise BlazeportError(f"{spec.name} is a landmark model: --int8 is offered for detectors only (its fidelity is "
+                             "judged by detection AP); export it in float32 or --fp16")
     out = Path(out) if out else default_output(model, spec, f, fp16, precision)
     if out.suffix != f.suffix:
         raise BlazeportError(f"{out}: {f.name} files end in {f.suffix}; choose another -o name")
@@ -198,7 +201,10 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         written = _read_back(f, stage.path, out, spec)
-        check = verify(written, TorchBackend(module), spec, images)
+        if isinstance(spec, LandmarkSpec):  # raw outputs by the same gate, no detections to match
+            check = verify_landmarks(written.raw, TorchBackend(module, optimize=False).raw, spec, images)
+        else:
+            check = verify(written, TorchBackend(module), spec, images)
         verify_seconds = time.perf_counter() - t1
         size, op_counts = stage.path.stat().st_size, f.op_counter(stage.path)
         ok = check["passes_gate"] if not fp16 else check["finite"]
@@ -212,7 +218,7 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         "seconds": round(seconds, 3),
         "verify_seconds": round(verify_seconds, 3),
         **{k: check[k] for k in ("max_abs_diff", "max_scaled_diff", "tolerance_used", "decoded_diff", "detections",
-                                 "images", "random_inputs", "tolerance", "passes_gate")},
+                                 "images", "random_inputs", "tolerance", "passes_gate") if k in check},
         "gated": not fp16,
         "ok": ok,
         "op_counts": op_counts,

@@ -18,7 +18,7 @@ import numpy as np
 from blazeport.errors import BlazeportError
 from blazeport.export.common import nhwc, quiet, sample_input
 from blazeport.files import write_atomic
-from blazeport.specs import ModelSpec
+from blazeport.specs import LandmarkSpec, ModelSpec
 
 ONNX_OPSET = 18
 
@@ -44,7 +44,7 @@ def _onnx_fp16_weights(model: Any) -> None:
     graph.node.extend(nodes)
 
 
-def export_onnx(module: Any, spec: ModelSpec, out: Path, *, fp16: bool, dynamic_batch: bool,
+def export_onnx(module: Any, spec: ModelSpec | LandmarkSpec, out: Path, *, fp16: bool, dynamic_batch: bool,
                 metadata: dict[str, str]) -> None:
     """``torch.onnx.export`` (dynamo, one file, opset 18) -> onnxslim -> metadata -> ``out``."""
     try:
@@ -58,9 +58,16 @@ def export_onnx(module: Any, spec: ModelSpec, out: Path, *, fp16: bool, dynamic_
     # torch.export specialises a sample batch of 1, so a dynamic batch is traced with 2.
     sample = sample_input(spec, 2 if dynamic_batch else 1)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    if isinstance(spec, LandmarkSpec):  # a landmark model's outputs, named by the spec (matched by size)
+        with torch.inference_mode():
+            sizes = [o[0].numel() for o in wrapper(sample)]
+        names = {n: name for name, n in spec.outputs}
+        output_names = [names.get(n, f"output{i}") for i, n in enumerate(sizes)]
+    else:
+        output_names = ["regressors", "classificators"]
     with quiet():
         program = torch.onnx.export(wrapper, (sample,), None, dynamo=True, external_data=False,
-                                    input_names=["input"], output_names=["regressors", "classificators"],
+                                    input_names=["input"], output_names=output_names,
                                     opset_version=ONNX_OPSET, dynamic_shapes=dynamic, optimize=True, verbose=False)
         model = onnxslim.slim(program.model_proto)
     if fp16:

@@ -43,7 +43,7 @@ class Node:
 class GraphConfig:
     input_size: int
     input: str
-    outputs: tuple[str, str]  # (regressors, classificators)
+    outputs: tuple[str, str]  # (regressors, classificators), or a landmark model's two outputs in file order
     nodes: tuple[Node, ...]
 
     def to_json(self) -> str:
@@ -146,7 +146,9 @@ def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None
         y = ins[0].reshape(b, bs, bs, c // (bs * bs), h, w).permute(0, 3, 4, 1, 5, 2)
         return y.reshape(b, c // (bs * bs), h * bs, w * bs)
     if node.op == "flatten":
-        # TFLite RESHAPE (1, H, W, A*k) -> (1, H*W*A, k) in NHWC order
+        # TFLite RESHAPE (1, H, W, A*k) -> (1, H*W*A, k) in NHWC order; rank 2: (1, H, W, C) -> (1, H*W*C)
+        if a.get("rank", 3) == 2:
+            return ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1)
         return ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1, a["last_dim"])
     if node.op == "concat":  # along the anchor axis of (B, N, k) tensors
         return torch.cat(ins, dim=a["axis"])

@@ -1,0 +1,111 @@
+"""``blazeport landmarks``: face detection, then MediaPipe's 468 face landmarks per face (and iris)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from blazeport.backends import RUNTIMES
+from blazeport.cli.common import add_max_pixels, positive_int, print_json
+from blazeport.draw import draw_landmarks, save_rgb
+from blazeport.errors import BlazeportError
+from blazeport.files import drawing_paths
+from blazeport.landmarks import load_landmarks
+from blazeport.photos import list_images, sample_image_path
+from blazeport.preprocess import ImageReadError, read_image_sized
+
+
+def cmd_landmarks(args: argparse.Namespace) -> int:
+    arguments = args.images or [sample_image_path("astronaut")]
+    paths = list_images(arguments)
+    if not paths:
+        raise BlazeportError(f"no images found in {' '.join(args.images)}")
+    out_dir = Path(args.out) if args.out else None
+    drawings = drawing_paths(arguments, paths, out_dir) if out_dir else []  # checked against the inputs first
+    if out_dir and out_dir.exists() and not out_dir.is_dir():
+        raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
+    landmarker = load_landmarks(args.model, backend=args.backend, detector=args.detector,
+                                iris=args.iris_model if args.iris else False,
+                                threads=args.threads, max_faces=args.max_faces,
+                                min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence,
+                                device=args.device)
+    verbose = not args.json and not args.quiet
+    bar = tqdm(total=len(paths), desc="landmarks", unit="img", disable=verbose or args.quiet or len(paths) < 2,
+               file=sys.stderr)
+    results: list[dict[str, Any]] = []
+    skipped = 0
+    t0 = time.perf_counter()
+    for index, path in enumerate(paths):
+        bar.update()
+        try:
+            image, (w, h) = read_image_sized(path, args.max_pixels)
+        except ImageReadError as exc:
+            skipped += 1
+            tqdm.write(f"skipped: {exc}", file=sys.stderr)
+            continue
+        faces = landmarker.process(image)
+        results.append({"image": str(path), "width": w, "height": h, "faces": [f.to_dict() for f in faces]})
+        if out_dir:
+            save_rgb(drawings[index], draw_landmarks(image, faces, mesh=not args.no_mesh))
+        if verbose:
+            tqdm.write(f"{path}: {len(faces)} face(s)", file=sys.stdout)
+            for f in faces:
+                x, y = f.landmarks[:, 0] * w, f.landmarks[:, 1] * h
+                eyes = "".join(f"  {eye} iris ({e.iris[0][0] * w:.0f}, {e.iris[0][1] * h:.0f}) px"
+                               for eye, e in f.iris.items())
+                tqdm.write(f"  presence {f.score:.3f}  468 landmarks in x={x.min():.0f}-{x.max():.0f} "
+                           f"y={y.min():.0f}-{y.max():.0f} px  detection score {f.detection.score:.3f}{eyes}",
+                           file=sys.stdout)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    if args.json:
+        print_json(results)
+    if not args.quiet:
+        where = f", drawings in {out_dir}" if out_dir else ""
+        print(f"{len(results)} image(s), {sum(len(r['faces']) for r in results)} face(s), {skipped} skipped, "
+              f"{elapsed:.2f} s ({args.model}, {args.backend or 'torch'}){where}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _max_faces(text: str) -> int | None:
+    return None if text == "all" else positive_int(text)
+
+
+def add_parser(sub: Any, fmt: Any) -> None:
+    """The ``landmarks`` subcommand's arguments."""
+    p = sub.add_parser(
+        "landmarks", help="468 face landmarks per face (MediaPipe's face mesh), optionally iris landmarks",
+        description="Detect faces (short range), cut MediaPipe's rotated ROI around each, run the face landmark "
+        "model and project its 468 landmarks back onto the image, as MediaPipe's FaceMesh(static_image_mode=True) "
+        "does. With --iris, also the iris model on both eyes. With no IMAGE, uses a real photo bundled with "
+        "scikit-image. Coordinates are normalized to the image (z in the units of x).", formatter_class=fmt)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--model", default="face_landmark", help="face landmark model: spec name or file (default: face_landmark)")
+    p.add_argument("--detector", default="short_range", help="face detector: spec name or file (default: short_range, "
+                   "as FaceMesh)")
+    p.add_argument("--backend", choices=tuple(RUNTIMES), help="runtime for both models (default: torch; a .onnx "
+                   "model runs on onnx)")
+    p.add_argument("--iris", action="store_true", help="also iris landmarks (71 eye contour + 5 iris per eye)")
+    p.add_argument("--iris-model", default="iris_landmark", metavar="MODEL",
+                   help="iris model for --iris: spec name or file (default: iris_landmark)")
+    p.add_argument("--max-faces", type=_max_faces, default=1, metavar="N",
+                   help="faces per image, highest detection scores first, or 'all' (default: 1, as FaceMesh's "
+                   "max_num_faces)")
+    p.add_argument("--min-detection-confidence", type=float, default=0.5, metavar="S",
+                   help="detector score threshold (default: 0.5)")
+    p.add_argument("--min-presence", type=float, default=0.5, metavar="S",
+                   help="keep a face whose presence score is above S (default: 0.5, FaceMesh's min_tracking_confidence)")
+    p.add_argument("--out", help="folder for copies of the images with the meshes drawn")
+    p.add_argument("--no-mesh", action="store_true", help="draw contours and points only, not the tessellation")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
+    p.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N for the torch and onnx backends")
+    p.add_argument("--json", action="store_true", help="print the landmarks as JSON: per image, per face: score, "
+                   "landmarks [[x, y, z] x 468], roi, detection, iris")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    add_max_pixels(p)
+    p.set_defaults(func=cmd_landmarks)

@@ -1,0 +1,166 @@
+"""Regions of interest: MediaPipe's rotated rectangles, the crops made from them, and the way back.
+
+What the landmark models see is not the detection's box but a rotated square around it. This
+module holds that geometry as MediaPipe 0.10.14 computes it (numpy + OpenCV, no torch):
+
+- :func:`detection_to_rect` is ``DetectionsToRectsCalculator`` (``detections_to_rects_calculator.cc``):
+  the box's centre and size, rotated so that the vector from keypoint 0 to keypoint 1, measured in
+  pixels, points along ``target_angle``.
+- :func:`transform_rect` is ``RectTransformationCalculator`` (``rect_transformation_calculator.cc``):
+  square the rect on its long side *in pixels*, then scale it.
+- :func:`rect_transform` and :func:`warp_rect` are ``ImageToTensorCalculator``'s CPU path
+  (``image_to_tensor_converter_opencv.cc``): ``cv::boxPoints`` of the rotated rect mapped onto the
+  tensor's corners with ``cv::getPerspectiveTransform``, then ``cv::warpPerspective``, bilinear,
+  ``BORDER_REPLICATE`` (the calculator's default, ``image_to_tensor_utils.cc``). The warp is the
+  fixed-point one of the OpenCV MediaPipe links (:func:`blazeport.preprocess.perspective_maps`).
+- :func:`project_landmarks` is ``LandmarkProjectionCalculator`` (``landmark_projection_calculator.cc``).
+- :func:`associate` is ``AssociationNormRectCalculator`` (``association_calculator.h``), which
+  ``face_landmark_front_cpu`` runs on the rects of all detections (min_similarity_threshold 0.5).
+
+Rects are normalized to the image (``x_center``, ``y_center``, ``width``, ``height`` in [0, 1] of
+the image's width or height) with a rotation in radians, as MediaPipe's ``NormalizedRect``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from blazeport.preprocess import fit_for_remap, perspective_maps
+
+__all__ = ["Rect", "associate", "detection_to_rect", "normalize_radians", "project_landmarks", "rect_iou",
+           "rect_transform", "roi_from_detection", "transform_rect", "warp_rect"]
+
+
+@dataclass(frozen=True)
+class Rect:
+    """MediaPipe's ``NormalizedRect``: centre and size normalized to the image, rotation in radians
+    (counter-clockwise in the image as displayed, y pointing down)."""
+
+    x_center: float
+    y_center: float
+    width: float
+    height: float
+    rotation: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def corners(self, image_width: int, image_height: int) -> np.ndarray:
+        """The four corners in pixels, ``cv::boxPoints`` order (bottom-left, top-left, top-right,
+        bottom-right of the unrotated rect)."""
+        return _box_points(self, image_width, image_height)
+
+
+def normalize_radians(angle: float) -> float:
+    """An angle in [-pi, pi), as MediaPipe's ``NormalizeRadians``."""
+    return angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+
+
+def detection_to_rect(box: tuple[float, float, float, float], keypoints: Any, image_width: int, image_height: int,
+                      start: int = 0, end: int = 1, target_angle_degrees: float = 0.0) -> Rect:
+    """``DetectionsToRectsCalculator``: the rect of a normalized ``(xmin, ymin, width, height)`` box,
+    rotated by the angle of keypoint ``start`` -> ``end`` measured in pixels (MediaPipe's face graph:
+    keypoints 0 and 1, the eyes, target angle 0)."""
+    xmin, ymin, w, h = (float(v) for v in box)
+    x0, y0 = float(keypoints[start][0]) * image_width, float(keypoints[start][1]) * image_height
+    x1, y1 = float(keypoints[end][0]) * image_width, float(keypoints[end][1]) * image_height
+    rotation = normalize_radians(math.radians(target_angle_degrees) - math.atan2(-(y1 - y0), x1 - x0))
+    return Rect(xmin + w / 2, ymin + h / 2, w, h, rotation)
+
+
+def transform_rect(rect: Rect, image_width: int, image_height: int, scale_x: float = 1.0, scale_y: float = 1.0,
+                   square_long: bool = True) -> Rect:
+    """``RectTransformationCalculator`` without shifts: square on the long side in pixels (so the
+    crop is square on the image whatever its aspect), then scale."""
+    width, height = rect.width, rect.height
+    if square_long:
+        long_side = max(width * image_width, height * image_height)
+        width, height = long_side / image_width, long_side / image_height
+    return Rect(rect.x_center, rect.y_center, width * scale_x, height * scale_y, rect.rotation)
+
+
+def roi_from_detection(box: tuple[float, float, float, float], keypoints: Any, image_width: int,
+                       image_height: int) -> Rect:
+    """``FaceDetectionFrontDetectionToRoi`` (``face_detection_front_detection_to_roi.pbtxt``): the
+    face landmark model's ROI from a short-range detection: rotation from the eyes (keypoints 0
+    and 1, target angle 0), squared on the long side, scaled by 1.5."""
+    rect = detection_to_rect(box, keypoints, image_width, image_height, 0, 1, 0.0)
+    return transform_rect(rect, image_width, image_height, 1.5, 1.5, square_long=True)
+
+
+def _box_points(rect: Rect, image_width: int, image_height: int) -> np.ndarray:
+    """``cv::boxPoints(cv::RotatedRect(centre, size, degrees))`` of the rect in pixels, in float32
+    as ``ImageToTensorCalculator`` builds it (``RotatedRect::points``)."""
+    f = np.float32
+    cx, cy = f(rect.x_center) * f(image_width), f(rect.y_center) * f(image_height)
+    w, h = f(rect.width) * f(image_width), f(rect.height) * f(image_height)
+    degrees = f(rect.rotation) * f(180.0) / f(math.pi)
+    return cv2.boxPoints(((float(cx), float(cy)), (float(w), float(h)), float(degrees))).astype(np.float32)
+
+
+def rect_transform(rect: Rect, image_width: int, image_height: int, out_width: int, out_height: int) -> np.ndarray:
+    """The 3x3 matrix that maps the rect's corners (pixels) onto the output's corners (pixel edge 0
+    -> 0 and W -> out_width, no half-pixel shift), as ``cv::getPerspectiveTransform`` gives it."""
+    src = _box_points(rect, image_width, image_height)
+    dst = np.array([[0, out_height], [0, 0], [out_width, 0], [out_width, out_height]], dtype=np.float32)
+    return cv2.getPerspectiveTransform(src, dst)
+
+
+def warp_rect(image: np.ndarray, rect: Rect, size: int, normalization: tuple[float, float] = (0.0, 1.0),
+              border: str = "replicate") -> np.ndarray:
+    """The rect of an RGB uint8 image as a ``(size, size, 3)`` float32 tensor in ``normalization``
+    range: MediaPipe's ``ImageToTensorCalculator`` with a ``NORM_RECT`` (bilinear, the warp of the
+    OpenCV it links, ``BORDER_REPLICATE`` by default, ``border="zero"`` for ``BORDER_ZERO``)."""
+    image = fit_for_remap(image)  # a side of 32767 px or more: shrunk first (the rect is normalized)
+    h, w = image.shape[:2]
+    xy, alpha = perspective_maps(rect_transform(rect, w, h, size, size), size, size)
+    mode = {"replicate": cv2.BORDER_REPLICATE, "zero": cv2.BORDER_CONSTANT}[border]
+    warped = cv2.remap(image, xy, alpha, cv2.INTER_LINEAR, borderMode=mode, borderValue=(0, 0, 0))
+    lo, hi = normalization
+    tensor = np.multiply(warped, np.float32((hi - lo) / 255.0), dtype=np.float32)
+    np.add(tensor, np.float32(lo), out=tensor)
+    return tensor
+
+
+def project_landmarks(landmarks: np.ndarray, rect: Rect) -> np.ndarray:
+    """``LandmarkProjectionCalculator``: ``(N, 3)`` landmarks normalized to the crop -> normalized
+    to the image. x and y are rotated about the crop's centre by the rect's rotation and scaled by
+    its width and height; z (normalized like x) is scaled by the width."""
+    pts = np.asarray(landmarks, np.float32)
+    x, y = pts[:, 0] - np.float32(0.5), pts[:, 1] - np.float32(0.5)
+    c, s = np.float32(math.cos(rect.rotation)), np.float32(math.sin(rect.rotation))
+    out = np.empty_like(pts)
+    out[:, 0] = (c * x - s * y) * np.float32(rect.width) + np.float32(rect.x_center)
+    out[:, 1] = (s * x + c * y) * np.float32(rect.height) + np.float32(rect.y_center)
+    out[:, 2:] = pts[:, 2:] * np.float32(rect.width)
+    return out
+
+
+def rect_iou(a: Rect, b: Rect) -> float:
+    """IoU of two rects as axis-aligned boxes, rotation ignored (``AssociationNormRectCalculator``'s
+    ``GetRectangle``)."""
+    ax0, ay0, bx0, by0 = a.x_center - a.width / 2, a.y_center - a.height / 2, b.x_center - b.width / 2, b.y_center - b.height / 2
+    iw = min(ax0 + a.width, bx0 + b.width) - max(ax0, bx0)
+    ih = min(ay0 + a.height, by0 + b.height) - max(ay0, by0)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / (a.width * a.height + b.width * b.height - inter)
+
+
+def associate(rects: list[Any], key: Any = None, threshold: float = 0.5) -> list[Any]:
+    """``AssociationNormRectCalculator`` on one list: each element in turn removes the earlier ones it
+    overlaps by IoU > ``threshold`` and is appended, so of two overlapping faces the later (lower
+    scored) one's rect is kept, at the end. ``key`` maps an element to its :class:`Rect`."""
+    key = key or (lambda r: r)
+    out: list[Any] = []
+    for item in rects:
+        rect = key(item)
+        out = [o for o in out if not rect_iou(rect, key(o)) > threshold]
+        out.append(item)
+    return out
