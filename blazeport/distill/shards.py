@@ -165,13 +165,13 @@ class ShardStream(IterableDataset):
         key, ext = key_and_ext(name)
         return image_member(ext) and name_hash(key) >= self.index.val_fraction + self.index.test_fraction
 
-    def _encoded(self, shards: list[int]) -> Iterator[tuple[str, bytes]]:
+    def _encoded(self, shards: list[int]) -> Iterator[tuple[str, str, bytes]]:
         from webdataset.tariterators import tarfile_samples
 
         for sample in tarfile_samples([{"url": self.index.urls[s]} for s in shards], select_files=self._train_member):
             ext = next((k for k in IMAGE_KEYS if k in sample), None)
             if ext is not None:
-                yield sample["__key__"], sample[ext]
+                yield sample["__key__"], sample["__url__"], sample[ext]
 
     def __iter__(self) -> Iterator[Sample]:
         info = torch.utils.data.get_worker_info()
@@ -180,7 +180,7 @@ class ShardStream(IterableDataset):
         # this worker's quota: the rank's `count` samples dealt round-robin over the workers, as the loader reads them
         quota = self.count // workers + (1 if worker < self.count % workers else 0)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 15485863])
-        buffer: list[tuple[str, bytes]] = []
+        buffer: list[tuple[str, str, bytes]] = []
         last: np.ndarray | None = None
         pending: list[tuple[str, tuple[str, ...]]] = []  # unreadable before any readable photo: (key, skipped)
         made = 0
@@ -192,9 +192,9 @@ class ShardStream(IterableDataset):
         def drain(final: bool) -> Iterator[Sample]:
             nonlocal last, made
             while buffer and (final or len(buffer) >= SHUFFLE_BUFFER) and made < quota:
-                key, data = buffer.pop(int(rng.integers(len(buffer))))
+                key, url, data = buffer.pop(int(rng.integers(len(buffer))))
                 try:
-                    img = decode(data, f"{key} in {self.index.urls[shards[0]] if shards else '?'}", self.size)
+                    img = decode(data, f"{key} in {url}", self.size)
                 except ImageReadError as exc:
                     if last is None:
                         pending.append((key, (str(exc),)))
@@ -258,6 +258,9 @@ class ShardTrain:
                 group = []
         if group:  # only when the workers ran dry (no readable photo at all on a shard set)
             yield collate(group)
+
+    def shard_names(self, epoch: int, rank: int, world: int) -> list[str]:
+        return [self.index.urls[s] for s in self.index.shards_of(epoch, self.seed, rank, world)]
 
     def first(self, n: int, device: torch.device) -> torch.Tensor:
         self.stream.configure(0, 0, 1, n)

@@ -34,6 +34,7 @@ At the end the best epoch's student is written as ``student.safetensors`` (loada
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -259,6 +260,10 @@ class Run:
         """One epoch on this rank's share: the sums of each loss term, the number of steps, seconds."""
         self.model.train()
         batches = self.data.train_set.epoch(epoch, self.rank, self.world, self.batch)  # decoded by --workers processes
+        if self.world > 1 and isinstance(self.data.train_set, ShardTrain):
+            names = self.data.train_set.shard_names(epoch, self.rank, self.world)
+            print(f"rank {self.rank} of {self.world}, epoch {epoch + 1}: {len(names)} shard(s) {' '.join(names[:8])}"
+                  f"{' ...' if len(names) > 8 else ''}", file=sys.stderr, flush=True)
         sums: dict[str, float] = {}
         bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
                    disable=not (self.cfg.progress and self.main), dynamic_ncols=True)
@@ -403,6 +408,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if run.main:
             run.validate_epoch(epoch, sums, steps, seconds)
     if world > 1:
+        digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
+                                         for v in run.joint.student.parameters())).hexdigest()
+        print(f"rank {rank} of {world}: {run.global_step} steps, student parameters sha256 {digest[:16]}",
+              file=sys.stderr, flush=True)  # the same on every rank: DDP kept them in step (BatchNorm buffers are rank 0's)
         dist.barrier()
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, sorted(run.skipped))  # every rank read its own files
