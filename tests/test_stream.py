@@ -218,7 +218,7 @@ def test_two_node_torchrun_reads_disjoint_shards_and_keeps_weights_in_step(shard
                 "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", f"blazeport-{port}", "--node-rank", str(node),
                 "-m", "blazeport.cli", "distill", "--images", str(shards / "{000..003}.tar"),
                 "--out", str(tmp_path / f"node{node}"), "--student", "resnet_slim", "--epochs", "1", "--batch-size", "4",
-                "--val-fraction", "0.25", "--threads", "1", "--seed", "1", "--json"]
+                "--val-fraction", "0.25", "--threads", "1", "--seed", "1", "--workers", "1", "--json"]
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):

@@ -48,8 +48,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, name_hash, sample_rng, split_by_hash
 from blazeport.distill.stream import Sample, collate, to_batch
 from blazeport.errors import BlazeportError
+from blazeport.preprocess import _REDUCED_FLAGS, ImageReadError, _check_pixels, _header_size, _reduction
 from blazeport.preprocess import MAX_PIXELS as _MAX_PIXELS
-from blazeport.preprocess import ImageReadError, _check_pixels, _header_size
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 SHUFFLE_BUFFER = 256  # encoded samples (about 60 KB each) shuffled within a worker
@@ -91,10 +91,13 @@ def decode(data: bytes, name: str, size: int) -> np.ndarray:
     """Encoded image bytes -> downscaled RGB uint8 (as :func:`~blazeport.preprocess.read_image`, EXIF
     rotation and the pixel limit included). Raises ImageReadError."""
     header = _header_size(io.BytesIO(data))
+    flags = cv2.IMREAD_COLOR
     if header is not None:
         _check_pixels(Path(name), header, _MAX_PIXELS)
+        if data[:3] == b"\xff\xd8\xff":  # a JPEG decoded reduced, as load_photo does for files
+            flags = _REDUCED_FLAGS.get(_reduction(*header, 2 * size), cv2.IMREAD_COLOR)
     try:
-        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
     except cv2.error:
         img = None
     if img is None:
@@ -278,6 +281,8 @@ class Spool:
         for s, key in index.held:
             if lo <= name_hash(key) < hi:
                 want.setdefault(s, set()).add(key)
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
         self.file = tempfile.TemporaryFile(dir=folder, prefix="blazeport-heldout-")  # noqa: SIM115 (lives with the Spool)
         spans: list[tuple[int, int]] = []
         self.names: list[str] = []

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, sample_rng, split_by_hash, to_unit
+from blazeport.distill.dataset import AugmentConfig, load_photo, make_input_uint8, sample_rng, split_by_hash, to_unit
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
-from blazeport.preprocess import ImageReadError, read_image
+from blazeport.preprocess import ImageReadError
 
 # A sample as a loader returns it: uint8 (S, S, 3) and the files that could not be read for it
 Sample = tuple[np.ndarray, tuple[str, ...]]
@@ -84,7 +84,7 @@ class ImageIndex:
         first = None
         for i in indices:
             try:
-                read_image(self.paths[i])
+                load_photo(self.paths[i], 64)
                 return
             except ImageReadError as exc:
                 first = first or str(exc)
@@ -114,7 +114,7 @@ class DiskCache:
             return np.load(file, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             pass  # not cached yet (or a damaged entry: rewritten below)
-        img = downscale(read_image(path), self.input_size)
+        img = load_photo(path, self.input_size)
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
         try:
@@ -163,7 +163,7 @@ class StreamDataset(Dataset):
         if img is not None:
             return img
         path = self.paths[idx]
-        img = self.disk.load(path) if self.disk else downscale(read_image(path), self.size)
+        img = self.disk.load(path) if self.disk else load_photo(path, self.size)
         if self._memory_used + img.nbytes <= self.memory_budget:
             self._memory[idx] = img
             self._memory_used += img.nbytes
