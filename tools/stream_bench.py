@@ -125,8 +125,9 @@ def run_one(kind: str, source: str, workers: int, samples: int) -> dict:
         order = ds.order()
 
         def batches():
-            for s in range(steps):
-                idx = order[s * BATCH : (s + 1) * BATCH]
+            for s in range(steps):  # a pool smaller than --samples: more epochs
+                ds.set_epoch(s * BATCH // n)
+                idx = [order[(s * BATCH + k) % n] for k in range(BATCH)]
                 yield torch.from_numpy(np.stack([ds[i] for i in idx])).permute(0, 3, 1, 2)
     else:
         if kind == "stream":
@@ -140,13 +141,16 @@ def run_one(kind: str, source: str, workers: int, samples: int) -> dict:
         startup = time.perf_counter() - t0
 
         def batches():
-            for s, (x, _) in enumerate(train.epoch(0, 0, 1, BATCH)):
-                if s == steps - 1:  # the workers' peaks and everyone's current PSS, while the workers are alive
-                    workers_hwm.extend(hwm_kb(pid) for pid in children())
-                    pss.extend(pss_kb(pid) for pid in ["self", *children()])
-                yield to_batch(x, torch.device("cpu"))
-                if s + 1 >= steps:
-                    break
+            s = 0
+            for epoch in range(10**6):  # a pool smaller than --samples: more epochs
+                for x, _ in train.epoch(epoch, 0, 1, BATCH):
+                    if s == steps - 1:  # the workers' peaks and everyone's current PSS, while the workers are alive
+                        workers_hwm.extend(hwm_kb(pid) for pid in children())
+                        pss.extend(pss_kb(pid) for pid in ["self", *children()])
+                    yield to_batch(x, torch.device("cpu"))
+                    s += 1
+                    if s >= steps:
+                        return
 
     t1 = time.perf_counter()
     done = 0
