@@ -1,4 +1,9 @@
-"""Unlabeled images for distillation: a cached, split, deterministically augmented dataset.
+"""Unlabeled images for distillation: the split, the augmentation, and the in-memory photo set.
+
+How photos become samples lives here; how they are fed at scale (an index of paths decoded in
+loader workers, WebDataset shards) is :mod:`blazeport.distill.stream` and
+:mod:`blazeport.distill.shards`, which the trainer uses. :class:`ImageSet` (every photo decoded
+into a list) is the old in-memory path, kept for tools and as the streaming benchmark's baseline.
 
 The teacher labels each sample on the fly, on the very tensor the student sees, so every
 augmentation keeps the pseudo-labels consistent by construction. Geometry (zoom, shift, flip)

@@ -156,8 +156,8 @@ class Data:
             held = [Spool(index, which, size, cfg.cache_dir) if rank == 0 else [] for which in ("val", "test")]
             return cls(train_set, HeldOut(held[0], VAL_BATCH, device), HeldOut(held[1], VAL_BATCH, device))
         index = ImageIndex(cfg.images, cfg.limit)
+        index.check_readable(range(len(index)))  # stops at the first readable photo
         train_idx, val_idx, test_idx = index.split(cfg.val_fraction, cfg.test_fraction)
-        index.check_readable(train_idx + val_idx + test_idx)
         n = len(index)
 
         def part(indices: list[int], augment: bool) -> StreamDataset:  # the memory cache, shared out by split size
