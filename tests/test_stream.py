@@ -20,7 +20,7 @@ import torch
 
 from blazeport.distill.config import TrainConfig
 from blazeport.distill.dataset import AugmentConfig, DistillDataset, ImageSet, name_hash, to_unit
-from blazeport.distill.shards import ShardIndex, ShardTrain, Spool
+from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, quotas
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset
 from blazeport.distill.trainer import train
 from blazeport.errors import BlazeportError
@@ -179,6 +179,11 @@ def test_shards_split_by_key_and_each_rank_reads_its_own(shards: Path) -> None:
         assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
         seen.append({x[i].numpy().tobytes() for x, _ in a for i in range(len(x))})
     assert not seen[0] & seen[1]
+    # 3 workers on 4 shards of unequal size: still every training sample once, in full batches
+    one = ShardTrain(index, 128, 0, aug, 3)
+    got = list(one.epoch(0, 0, 1, 2))
+    assert len(got) == one.steps(0, 1, 2) == int(index.train_counts.sum()) // 2 and all(len(x) == 2 for x, _ in got)
+    assert quotas(9, [2, 4, 10]) == [2, 4, 3] and sum(quotas(7, [3, 3, 3])) == 7
 
 
 def test_shard_run_resumed_at_an_epoch_boundary_ends_like_an_uninterrupted_one(shards: Path, tmp_path: Path) -> None:

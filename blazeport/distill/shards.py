@@ -32,6 +32,7 @@ who reads what, so that a run stays reproducible:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tarfile
@@ -46,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, name_hash, sample_rng, split_by_hash
-from blazeport.distill.stream import Sample, collate, to_batch
+from blazeport.distill.stream import Sample, _init_worker, collate, to_batch
 from blazeport.errors import BlazeportError
 from blazeport.preprocess import _REDUCED_FLAGS, ImageReadError, _check_pixels, _header_size, _reduction
 from blazeport.preprocess import MAX_PIXELS as _MAX_PIXELS
@@ -154,6 +155,23 @@ class ShardIndex:
         return max(1, least // batch)
 
 
+def quotas(count: int, available: list[int]) -> list[int]:
+    """How many of a rank's ``count`` samples each worker yields: as even as the workers' shards allow
+    (a worker whose shards hold fewer gives what it has, the others the rest). The loader reads workers
+    round-robin, skipping one that has finished, so the order is fixed and the total is ``count``."""
+    quota, left = [0] * len(available), count
+    while left > 0:
+        room = [w for w, a in enumerate(available) if quota[w] < a]
+        if not room:
+            break
+        share = max(1, left // len(room))
+        for w in room:
+            take = min(share, available[w] - quota[w], left)
+            quota[w] += take
+            left -= take
+    return quota
+
+
 class ShardStream(IterableDataset):
     """One rank's training samples for one epoch: ``(uint8 sample, skipped)``, exactly ``count`` of them."""
 
@@ -179,9 +197,9 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        shards = self.index.shards_of(self.epoch, self.seed, self.rank, self.world)[worker::workers]
-        # this worker's quota: the rank's `count` samples dealt round-robin over the workers, as the loader reads them
-        quota = self.count // workers + (1 if worker < self.count % workers else 0)
+        mine = self.index.shards_of(self.epoch, self.seed, self.rank, self.world)
+        shards = mine[worker::workers]
+        quota = quotas(self.count, [int(self.index.train_counts[mine[w::workers]].sum()) for w in range(workers)])[worker]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 15485863])
         buffer: list[tuple[str, str, bytes]] = []
         last: np.ndarray | None = None
@@ -223,14 +241,16 @@ class ShardStream(IterableDataset):
         yield from drain(True)
 
 
+def _one(sample: Sample) -> Sample:
+    return sample
+
+
 def shard_loader(stream: ShardStream, workers: int) -> DataLoader:
     """Samples (not batches) from ``workers`` processes, read round-robin in worker order; the trainer
     groups them into batches, so the number of samples, and of steps, does not depend on ``workers``."""
-    def init(_: int) -> None:
-        torch.set_num_threads(1)
-
-    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=lambda s: s,
-                      prefetch_factor=16 if workers > 0 else None, worker_init_fn=init if workers > 0 else None)
+    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_one,
+                      prefetch_factor=16 if workers > 0 else None,
+                      worker_init_fn=functools.partial(_init_worker, None) if workers > 0 else None)
 
 
 class ShardTrain:

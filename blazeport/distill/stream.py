@@ -23,6 +23,7 @@ size and DDP ranks keep the same number of steps.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -230,21 +231,22 @@ class EpochBatches:
         return len(self.batches)
 
 
+def _init_worker(memory_share: int | None, _: int) -> None:
+    """In a decoding process: its share of the memory cache, one torch thread (no intra-op threads
+    competing with training). Module level, so it pickles where workers are spawned, not forked."""
+    if memory_share is not None:
+        torch.utils.data.get_worker_info().dataset.memory_budget = memory_share
+    torch.set_num_threads(1)
+
+
 def worker_loader(dataset: Dataset, batch_sampler: Any, workers: int, persistent: bool = True) -> DataLoader:
     """A DataLoader that decodes in ``workers`` processes (0: in this one), uint8 batches back.
 
     Each worker's copy of a :class:`StreamDataset` gets ``memory_budget / workers`` of memory cache."""
-    init = None
-    if workers > 0 and isinstance(dataset, StreamDataset):
-        share = dataset.memory_budget // workers
-
-        def init(_: int) -> None:
-            info = torch.utils.data.get_worker_info()
-            info.dataset.memory_budget = share
-            torch.set_num_threads(1)  # a decoding process: no intra-op threads competing with training
+    share = dataset.memory_budget // workers if workers > 0 and isinstance(dataset, StreamDataset) else None
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
                       persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=init)
+                      worker_init_fn=functools.partial(_init_worker, share) if workers > 0 else None)
 
 
 class FolderTrain:
