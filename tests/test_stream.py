@@ -147,6 +147,7 @@ def test_disk_cache_is_keyed_by_file_state_and_never_beside_the_photos(photos: P
         TrainConfig(images=[str(folder)], cache_dir=str(folder / "cache"), out=str(tmp_path / "run"))._check_out()
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # 3 on a 2-core host, on purpose
 def test_shards_split_by_key_and_each_rank_reads_its_own(shards: Path) -> None:
     spec = [str(shards / "{000..003}.tar")]
     index = ShardIndex(spec, val_fraction=0.25, test_fraction=0.1)
