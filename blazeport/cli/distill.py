@@ -19,7 +19,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         limit=args.limit, resume=args.resume, device=args.device,
         amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom,
-        sparsity=args.sparsity,
+        sparsity=args.sparsity, workers=args.workers, cache_dir=args.cache_dir, memory_cache_mb=args.memory_cache_mb,
     )
     summary = train(cfg)
     if not summary:  # a non-zero DDP rank
@@ -67,7 +67,18 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    "mobilenet_large; see `blazeport models`), timm:NAME[,key=value...] (needs timm), or your own "
                    "package.module:factory[,key=value...] returning a backbone (a list of feature maps) or a full "
                    "detector (default: resnet)")
-    p.add_argument("--images", nargs="+", required=True, help="folders (searched recursively) or files of unlabeled photos")
+    p.add_argument("--images", nargs="+", required=True,
+                   help="folders (searched recursively) or files of unlabeled photos, or WebDataset tar shards "
+                   "('shards/{000..099}.tar', quoted; each DDP rank reads its own shards)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader processes that decode and augment photos while the model trains (default 0: in the "
+                   "training process). Samples do not depend on it for folders; for shards it sets the read order")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="keep each downscaled photo as a .npy file here (keyed by path, mtime and size; never beside "
+                   "your photos): later epochs and runs skip the JPEG decode")
+    p.add_argument("--memory-cache-mb", type=float, default=1024.0, metavar="MB",
+                   help="keep downscaled photos in memory up to this many MB (split between workers; default 1024; "
+                   "0: decode every time). Memory stays bounded however many photos there are")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)

@@ -3,8 +3,11 @@
 The package, one job per module:
 
 - :mod:`~blazeport.distill.config`: :class:`TrainConfig`, a job's arguments, and their checks.
-- :mod:`~blazeport.distill.dataset`: the photos, cached, split by file-name hash and augmented
-  deterministically per (seed, epoch, image).
+- :mod:`~blazeport.distill.dataset`: the split by file-name hash, augmentation seeded per
+  (seed, epoch, image), and the in-memory photo set.
+- :mod:`~blazeport.distill.stream`: photos streamed from an index of paths, decoded in DataLoader
+  workers, with bounded memory and optional disk caches; :mod:`~blazeport.distill.shards`: the
+  same from WebDataset tar shards, each DDP rank reading its own.
 - :mod:`~blazeport.distill.loss_terms`: the table of ``--loss`` terms and :class:`LossConfig`
   (no torch: the CLI's help reads it); :mod:`~blazeport.distill.losses` implements each term.
 - :mod:`~blazeport.distill.checkpoint`: ``last.pt`` / ``best.pt``: written atomically, read only

@@ -47,6 +47,9 @@ class TrainConfig:
     init: str | None = None  # start the student from this .safetensors (same architecture): fine-tuning
     zoom: tuple[float, float] = (0.75, 1.5)  # augmentation zoom range; < 1 shrinks faces (small-face practice)
     sparsity: float = 0.0  # network slimming: L1 on BatchNorm scales (about 1e-4), for `blazeport prune` afterwards
+    workers: int = 0  # DataLoader processes that decode photos (0: in the training process)
+    cache_dir: str | None = None  # on-disk cache of downscaled photos (.npy), never beside the photos
+    memory_cache_mb: float = 1024.0  # downscaled photos kept in memory, at most this much (split between workers)
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
 
     def __post_init__(self) -> None:
@@ -91,6 +94,10 @@ class TrainConfig:
             _whole("--limit", self.limit, 1)
         if self.threads is not None:
             _whole("--threads", self.threads, 1)
+        _whole("--workers", self.workers, 0)
+        _real("--memory-cache-mb", self.memory_cache_mb, 0.0, math.inf, False, True)
+        if self.limit is not None and any(str(s).endswith(".tar") for s in self.images):
+            raise BlazeportError("--limit applies to folders of photos, not to tar shards: give fewer shards instead")
         _real("--sparsity", self.sparsity, 0.0, 1.0, False, True)
         zoom = tuple(self.zoom) if isinstance(self.zoom, (list, tuple)) else ()
         if len(zoom) != 2 or not all(isinstance(z, (int, float)) and math.isfinite(z) for z in zoom) or \
@@ -127,6 +134,15 @@ class TrainConfig:
 
     def _check_out(self) -> None:
         out = Path(self.out)
+        if self.cache_dir is not None:
+            cache = Path(self.cache_dir).resolve()
+            if cache.exists() and not cache.is_dir():
+                raise BlazeportError(f"--cache-dir {self.cache_dir} is a file, not a folder; choose another --cache-dir")
+            for src in self.images:
+                folder = Path(src).resolve()
+                if folder.is_dir() and (cache == folder or folder in cache.parents):
+                    raise BlazeportError(f"--cache-dir {self.cache_dir} is inside --images {src}: the cache is never "
+                                         "written beside your photos; choose a folder outside it")
         if self.init is not None and same_file(out / "student.safetensors", self.init):
             raise BlazeportError(f"--init {self.init} is the student.safetensors this run writes at its end; "
                                  "choose another --out (or copy the file)")

@@ -1,4 +1,9 @@
-"""Unlabeled images for distillation: a cached, split, deterministically augmented dataset.
+"""Unlabeled images for distillation: the split, the augmentation, and the in-memory photo set.
+
+How photos become samples lives here; how they are fed at scale (an index of paths decoded in
+loader workers, WebDataset shards) is :mod:`blazeport.distill.stream` and
+:mod:`blazeport.distill.shards`, which the trainer uses. :class:`ImageSet` (every photo decoded
+into a list) is the old in-memory path, kept for tools and as the streaming benchmark's baseline.
 
 The teacher labels each sample on the fly, on the very tensor the student sees, so every
 augmentation keeps the pseudo-labels consistent by construction. Geometry (zoom, shift, flip)
@@ -28,7 +33,7 @@ import torch
 
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
-from blazeport.preprocess import ImageReadError, read_image, roi_transform
+from blazeport.preprocess import ImageReadError, read_image_sized, roi_transform
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,11 @@ class AugmentConfig:
 
 @dataclass
 class ImageSet:
-    """Photos decoded once, downscaled to at most ``2 * input_size`` on the long side."""
+    """Photos decoded once and held in memory, downscaled to at most ``2 * input_size`` on the long side.
+
+    The trainer streams instead (:mod:`blazeport.distill.stream`: memory does not grow with the
+    number of photos); this is the in-memory path, kept for tools and as the baseline that
+    ``tools/stream_bench.py`` measures against."""
 
     paths: list[Path]
     images: list[np.ndarray]
@@ -60,13 +69,10 @@ class ImageSet:
             if limit is not None and len(images) >= limit:
                 break
             try:
-                img = read_image(p)
+                img = load_photo(p, input_size)
             except ImageReadError as exc:
                 skipped.append(str(exc))
                 continue
-            scale = 2 * input_size / max(img.shape[:2])
-            if scale < 1:
-                img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             keep.append(p)
             images.append(img)
         if not images:
@@ -75,34 +81,75 @@ class ImageSet:
         return cls(keep, images, skipped)
 
     def split(self, val_fraction: float, test_fraction: float = 0.0) -> tuple[list[int], list[int], list[int]]:
-        """Train / validation / test indices, by a hash of each file name (stable as folders grow).
+        """Train / validation / test indices, by a hash of each file name: :func:`split_by_hash`."""
+        return split_by_hash([p.name for p in self.paths], val_fraction, test_fraction)
 
-        Validation chooses ``best.pt``; test is never used to choose anything, so its figures are
-        the honest ones. Hashes below ``val_fraction`` are validation, the next ``test_fraction``
-        test: adding a test split leaves the validation images as they were.
-        """
-        train, val, test = [], [], []
-        for i, p in enumerate(self.paths):
-            h = int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-            (val if h < val_fraction else test if h < val_fraction + test_fraction else train).append(i)
-        if not val:
-            raise BlazeportError(
-                f"none of the {len(self.paths)} images falls in the held-out {val_fraction:.0%} (the split is by a hash of "
-                "each file name); the validation images choose best.pt, so the split must not be empty: add images or "
-                "raise --val-fraction")
-        if not train:
-            raise BlazeportError(f"all {len(self.paths)} images fall in the validation and test splits, none is left "
-                                 "to train on: add images or lower --val-fraction / --test-fraction")
-        return train, val, test
+
+def name_hash(name: str) -> float:
+    """A file name's (or a WebDataset ``__key__``'s) place in [0, 1]: stable as folders grow."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def split_by_hash(names: Sequence[str], val_fraction: float, test_fraction: float = 0.0,
+                  what: str = "images", by: str = "file name") -> tuple[list[int], list[int], list[int]]:
+    """Train / validation / test indices, by a hash of each name (stable as folders grow).
+
+    Validation chooses ``best.pt``; test is never used to choose anything, so its figures are
+    the honest ones. Hashes below ``val_fraction`` are validation, the next ``test_fraction``
+    test: adding a test split leaves the validation images as they were.
+    """
+    train, val, test = [], [], []
+    for i, name in enumerate(names):
+        h = name_hash(name)
+        (val if h < val_fraction else test if h < val_fraction + test_fraction else train).append(i)
+    if not val:
+        raise BlazeportError(
+            f"none of the {len(names)} {what} falls in the held-out {val_fraction:.0%} (the split is by a hash of "
+            f"each {by}); the validation images choose best.pt, so the split must not be empty: add images or "
+            "raise --val-fraction")
+    if not train:
+        raise BlazeportError(f"all {len(names)} {what} fall in the validation and test splits, none is left "
+                             "to train on: add images or lower --val-fraction / --test-fraction")
+    return train, val, test
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def load_photo(path: str | Path, input_size: int) -> np.ndarray:
+    """A photo as every sample is cut from it: RGB uint8, at most ``2 * input_size`` on the long side.
+
+    A JPEG at least twice that size is decoded reduced by libjpeg (1/2, 1/4 or 1/8, its long side kept
+    at ``2 * input_size`` or more: :func:`~blazeport.preprocess.read_image_sized`'s ``reduce_to``), then
+    shrunk with INTER_AREA; on ``../shared/data/unlabeled`` that decodes in 3.5 ms a photo instead of
+    6.0 ms, which matters now that photos are decoded every epoch rather than once. Raises ImageReadError."""
+    return downscale(read_image_sized(path, reduce_to=2 * input_size)[0], input_size)
+
+
+def downscale(image: np.ndarray, input_size: int) -> np.ndarray:
+    """At most ``2 * input_size`` on the long side (INTER_AREA): what every sample is cut from."""
+    scale = 2 * input_size / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return image
+
+
 def make_input(image: np.ndarray, size: int, rng: np.random.Generator | None = None,
                aug: AugmentConfig | None = None) -> np.ndarray:
     """RGB uint8 photo -> ``(size, size, 3)`` float32 in [-1, 1]; augmented when ``rng`` is given."""
+    return to_unit(make_input_uint8(image, size, rng, aug))
+
+
+def to_unit(sample: np.ndarray) -> np.ndarray:
+    """uint8 sample(s) -> float32 in [-1, 1]. Loader workers hand back uint8 (a quarter of the bytes
+    to move between processes); this is the one conversion, bit for bit the same wherever it runs."""
+    return sample.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+
+def make_input_uint8(image: np.ndarray, size: int, rng: np.random.Generator | None = None,
+                     aug: AugmentConfig | None = None) -> np.ndarray:
+    """:func:`make_input` before the conversion to [-1, 1]: ``(size, size, 3)`` uint8."""
     h, w = image.shape[:2]
     matrix, _ = roi_transform(w, h, size)  # MediaPipe's letterbox, a pure scale + shift
     if rng is not None:
@@ -123,7 +170,7 @@ def make_input(image: np.ndarray, size: int, rng: np.random.Generator | None = N
         out = np.clip(x, 0, 255).astype(np.uint8)
         if rng.random() < aug.blur:
             out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
-    return out.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+    return out
 
 
 class DistillDataset:

@@ -34,6 +34,7 @@ At the end the best epoch's student is written as ``student.safetensors`` (loada
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -62,10 +63,12 @@ from blazeport.distill.checkpoint import (
     save_checkpoint,
 )
 from blazeport.distill.config import TrainConfig, init_weights
-from blazeport.distill.dataset import AugmentConfig, DistillDataset, ImageSet
+from blazeport.distill.dataset import AugmentConfig
 from blazeport.distill.logs import RunLogs
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
+from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, is_shard_spec
+from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset, to_batch
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
 from blazeport.models import architecture_name, build_student
@@ -135,28 +138,38 @@ class Teacher:
 
 @dataclass
 class Data:
-    """The photos, split by file-name hash; held-out batches prepared once on the device."""
+    """The photos, streamed (:mod:`blazeport.distill.stream` for folders, :mod:`blazeport.distill.shards`
+    for WebDataset tars), split by a hash of each file name or ``__key__``; held-out batches are
+    decoded each time they are validated, so memory does not grow with the number of photos."""
 
-    images: ImageSet
-    train_set: DistillDataset  # augmented, seeded per (seed, epoch, index)
-    val_set: DistillDataset
-    val_batches: list[torch.Tensor]
-    test_set: DistillDataset  # never chooses anything; measured once, on the chosen student
-    test_batches: list[torch.Tensor]
+    train_set: FolderTrain | ShardTrain  # augmented, seeded per (seed, epoch, sample)
+    val_batches: HeldOut
+    test_batches: HeldOut  # never chooses anything; measured once, on the chosen student
 
     @classmethod
-    def load(cls, cfg: TrainConfig, size: int, device: torch.device) -> Data:
-        images = ImageSet.load(cfg.images, size, cfg.limit)
-        train_idx, val_idx, test_idx = images.split(cfg.val_fraction, cfg.test_fraction)
-        train_set = DistillDataset(images, train_idx, size, cfg.seed, augment=True,
-                                   aug=AugmentConfig(zoom=(float(cfg.zoom[0]), float(cfg.zoom[1]))))
-        val_set = DistillDataset(images, val_idx, size, cfg.seed, augment=False)
-        test_set = DistillDataset(images, test_idx, size, cfg.seed, augment=False)
+    def load(cls, cfg: TrainConfig, size: int, device: torch.device, rank: int = 0) -> Data:
+        aug = AugmentConfig(zoom=(float(cfg.zoom[0]), float(cfg.zoom[1])))
+        if is_shard_spec(cfg.images):
+            index = ShardIndex(cfg.images, cfg.val_fraction, cfg.test_fraction)
+            train_set = ShardTrain(index, size, cfg.seed, aug, cfg.workers)
+            # only rank 0 validates: the others need no held-out copy
+            held = [Spool(index, which, size, cfg.cache_dir) if rank == 0 else [] for which in ("val", "test")]
+            return cls(train_set, HeldOut(held[0], VAL_BATCH, device), HeldOut(held[1], VAL_BATCH, device))
+        index = ImageIndex(cfg.images, cfg.limit)
+        index.check_readable(range(len(index)))  # stops at the first readable photo
+        train_idx, val_idx, test_idx = index.split(cfg.val_fraction, cfg.test_fraction)
+        n = len(index)
 
-        def batches(ds: DistillDataset) -> list[torch.Tensor]:
-            return [ds.batch(range(s, min(s + VAL_BATCH, len(ds))), device) for s in range(0, len(ds), VAL_BATCH)]
+        def part(indices: list[int], augment: bool) -> StreamDataset:  # the memory cache, shared out by split size
+            return StreamDataset(index, indices, size, cfg.seed, augment, aug if augment else None, cfg.cache_dir,
+                                 cfg.memory_cache_mb * len(indices) / n)
 
-        return cls(images, train_set, val_set, batches(val_set), test_set, batches(test_set))
+        return cls(FolderTrain(part(train_idx, True), cfg.workers),
+                   HeldOut(part(val_idx, False), VAL_BATCH, device, cfg.workers),
+                   HeldOut(part(test_idx, False), VAL_BATCH, device, cfg.workers))
+
+    def skipped(self) -> set[str]:
+        return self.val_batches.skipped | self.test_batches.skipped
 
 
 class Run:
@@ -169,6 +182,7 @@ class Run:
         self.teacher, self.data = teacher, data
         self.start_epoch, self.history, self.best = 0, [], -1.0
         self.global_step, self.images_seen, self.t_start = 0, 0, time.perf_counter()
+        self.skipped: set[str] = set()  # unreadable files this process met (train batches; held-out in Data)
         self.logs: RunLogs | None = None
         self._build_training()
         self._check_outputs()
@@ -182,7 +196,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
         teacher = Teacher.load(cfg.teacher, device)
-        return cls(cfg, world, rank, device, teacher, Data.load(cfg, teacher.spec.input_size, device))
+        return cls(cfg, world, rank, device, teacher, Data.load(cfg, teacher.spec.input_size, device, rank))
 
     def _build_training(self) -> None:
         """Student, loss module (with its trainable parts), DDP wrapper, optimizer, schedule, AMP scaler."""
@@ -203,7 +217,7 @@ class Run:
         self.model = nn.parallel.DistributedDataParallel(self.joint) if self.world > 1 else self.joint
         self.optimizer = torch.optim.AdamW(self.joint.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.batch = max(1, cfg.batch_size // self.world)  # this rank's share of a batch
-        self.steps_per_epoch = max(1, len(self.data.train_set.order(self.rank, self.world)) // self.batch)
+        self.steps_per_epoch = self.data.train_set.steps(self.rank, self.world, self.batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(
             cfg.epochs * self.steps_per_epoch, max(1, int(cfg.warmup_epochs * self.steps_per_epoch))))
         self.amp = cfg.amp and device.type == "cuda"
@@ -214,7 +228,7 @@ class Run:
         """The untrained student on real training photos (eval mode: nothing changes) must give finite
         outputs; a NaN at step 0 is the backbone's own, and is refused before the run folder exists."""
         student = self.joint.student
-        x = self.data.train_set.batch(range(min(8, len(self.data.train_set))), self.device)
+        x = self.data.train_set.first(8, self.device)
         was = student.training
         reg, cls = student.eval()(x.contiguous(memory_format=self.joint.memory_format))
         student.train(was)
@@ -244,27 +258,30 @@ class Run:
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], int, float]:
         """One epoch on this rank's share: the sums of each loss term, the number of steps, seconds."""
-        self.data.train_set.set_epoch(epoch)
         self.model.train()
-        order, n = self.data.train_set.order(self.rank, self.world), self.batch
-        batches = [order[i : i + n] for i in range(0, self.steps_per_epoch * n, n)]
+        batches = self.data.train_set.epoch(epoch, self.rank, self.world, self.batch)  # decoded by --workers processes
+        if self.world > 1 and isinstance(self.data.train_set, ShardTrain):
+            names = self.data.train_set.shard_names(epoch, self.rank, self.world)
+            print(f"rank {self.rank} of {self.world}, epoch {epoch + 1}: {len(names)} shard(s) {' '.join(names[:8])}"
+                  f"{' ...' if len(names) > 8 else ''}", file=sys.stderr, flush=True)
         sums: dict[str, float] = {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
                    disable=not (self.cfg.progress and self.main), dynamic_ncols=True)
-        t_epoch = time.perf_counter()
-        for idx in bar:
-            losses = self._step(idx, epoch)
+        t_epoch, steps = time.perf_counter(), 0
+        for batch, skipped in bar:
+            self.skipped.update(skipped)
+            losses = self._step(to_batch(batch, self.device), epoch)
+            steps += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
-            ips = len(idx) * self.world * (bar.n + 1) / (time.perf_counter() - t_epoch)
+            ips = len(batch) * self.world * (bar.n + 1) / (time.perf_counter() - t_epoch)
             bar.set_postfix(loss=f"{losses['total'].item():.4f}", img_s=f"{ips:.0f}")
             if self.logs:
                 self.logs.step(losses, self.scheduler.get_last_lr()[0], self.global_step)
-        return sums, len(batches), time.perf_counter() - t_epoch
+        return sums, steps, time.perf_counter() - t_epoch
 
-    def _step(self, idx: list[int], epoch: int) -> dict[str, torch.Tensor]:
-        """One optimizer step on the samples ``idx``, labelled by the teacher on the very same tensor."""
-        x = self.data.train_set.batch(idx, self.device)  # (B, 3, S, S)
+    def _step(self, x: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """One optimizer step on the batch ``x`` (B, 3, S, S), labelled by the teacher on the very same tensor."""
         teacher, needs_feats, device_type = self.teacher.module, self.loss_cfg.needs_features, self.device.type
         with torch.autocast(device_type, enabled=self.amp), torch.no_grad():
             t_feats = teacher.features(x) if needs_feats else None
@@ -291,7 +308,7 @@ class Run:
         self.scaler.update()
         self.scheduler.step()
         self.global_step += 1
-        self.images_seen += len(idx) * self.world
+        self.images_seen += len(x) * self.world
         return losses
 
     def validate_epoch(self, epoch: int, sums: dict[str, float], steps: int, seconds: float) -> None:
@@ -343,8 +360,8 @@ class Run:
             "macs": count_macs(student, spec.input_size),
             "loss": self.loss_cfg.describe(),
             "test": test,  # None when --test-fraction left no test images
-            "images": {"train": len(self.data.train_set), "val": len(self.data.val_set), "test": len(self.data.test_set),
-                       "skipped_unreadable": len(self.data.images.skipped)},
+            "images": {"train": len(self.data.train_set), "val": len(self.data.val_batches.dataset),
+                       "test": len(self.data.test_batches.dataset), "skipped_unreadable": len(self.skipped)},
             "epochs": cfg.epochs,
             "best_epoch": best_record.get("epoch"),
             "best": best_record,
@@ -391,5 +408,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if run.main:
             run.validate_epoch(epoch, sums, steps, seconds)
     if world > 1:
+        digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes()
+                                         for v in run.joint.student.parameters())).hexdigest()
+        print(f"rank {rank} of {world}: {run.global_step} steps, student parameters sha256 {digest[:16]}",
+              file=sys.stderr, flush=True)  # the same on every rank: DDP kept them in step (BatchNorm buffers are rank 0's)
         dist.barrier()
-    return run.finish() if run.main else {}
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, sorted(run.skipped))  # every rank read its own files
+        run.skipped = set().union(*gathered)
+    if run.main:
+        run.skipped |= run.data.skipped()
+        return run.finish()
+    return {}

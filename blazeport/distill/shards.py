@@ -1,0 +1,344 @@
+"""WebDataset tar shards as distillation input: ``--images 'shards/{000..099}.tar'``.
+
+Large unlabeled pools are stored and streamed as tar shards (WebDataset's format: the members of
+one sample share a ``__key__``, the path without its extensions; the image is its ``jpg``,
+``jpeg``, ``png``, ``webp`` or ``bmp`` member). The ``webdataset`` package expands the braces and
+reads the tars as streams (:func:`webdataset.tariterators.tarfile_samples`); this module decides
+who reads what, so that a run stays reproducible:
+
+- **Split**: by a hash of each sample's ``__key__`` (the file-name hash of a folder run), so a
+  sample is in the same split on every rank, every epoch, whichever shard holds it.
+- **Epochs**: each epoch shuffles the shard order with (seed, epoch); rank r of W reads shards
+  ``r::W`` of that order (each DDP rank its own shards: webdataset's ``split_by_node``), and
+  DataLoader worker w of K reads ``w::K`` of those (``split_by_worker``). Within a worker a
+  buffer of ``SHUFFLE_BUFFER`` encoded samples is shuffled with (seed, epoch, rank, worker).
+  Augmentation is seeded per (seed, epoch, hash of the key), as a folder run seeds per index.
+- **Steps**: every rank must take the same number of steps (DDP's all-reduce would wait forever
+  for a rank that ran dry), so before training every rank reads the tar *headers* of all shards
+  (no image data) and counts each shard's training samples. Every epoch gives each rank at least
+  ``shards // world`` shards, so an epoch has (the training samples of the ``shards // world``
+  smallest shards) // batch steps, and a rank stops there: with shards of equal size and as many
+  shards as processes times a whole number, that is every sample; otherwise the rest of a larger
+  share waits for another epoch's shard order.
+- **Resume**: at an epoch boundary, like a folder run (checkpoints are written at the end of each
+  epoch). An epoch's stream is a pure function of (seed, epoch, world size, ``--workers``), so a
+  run resumed with the same world size and workers continues exactly.
+- **Held-out samples**: rank 0 copies the validation and test samples' encoded bytes once, at
+  start, into a temporary spool file (a few percent of the pool on disk, never in memory) and
+  decodes them from there each epoch.
+- **Unreadable samples** are counted and replaced by the worker's previous readable photo
+  (augmented with the unreadable sample's own seed), so the count of samples, and of steps, holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, name_hash, sample_rng, split_by_hash
+from blazeport.distill.stream import Sample, _init_worker, collate, to_batch
+from blazeport.errors import BlazeportError
+from blazeport.preprocess import _REDUCED_FLAGS, ImageReadError, _check_pixels, _header_size, _reduction
+from blazeport.preprocess import MAX_PIXELS as _MAX_PIXELS
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
+SHUFFLE_BUFFER = 256  # encoded samples (about 60 KB each) shuffled within a worker
+
+
+def is_shard_spec(images: Sequence[str]) -> bool:
+    """True when ``--images`` names tar shards (``x.tar``, ``shards/{000..099}.tar``) rather than folders."""
+    return any(str(s).endswith(".tar") for s in images)
+
+
+def expand(images: Sequence[str]) -> list[str]:
+    """Brace-expanded shard paths (``{000..099}``), every one an existing ``.tar`` file, or one error."""
+    from webdataset.shardlists import expand_urls  # imported only for a shard run
+
+    urls = [u for spec in images for u in expand_urls(str(spec))]
+    bad = [u for u in urls if not u.endswith(".tar")]
+    if bad:
+        raise BlazeportError(f"--images mixes tar shards and other paths ({bad[0]}); give either folders of photos or "
+                             "WebDataset .tar shards")
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise BlazeportError(f"--images: shard {missing[0]} does not exist ({len(missing)} of {len(urls)} missing); check "
+                             "the brace pattern, e.g. 'shards/{000..099}.tar' in quotes")
+    return urls
+
+
+def key_and_ext(name: str) -> tuple[str | None, str | None]:
+    """WebDataset's split of a member name into ``__key__`` and extension (``a/b.c.jpg`` -> ``a/b``, ``c.jpg``)."""
+    from webdataset.tariterators import base_plus_ext
+
+    return base_plus_ext(name)
+
+
+def image_member(ext: str | None) -> bool:
+    return ext is not None and ext.lower() in IMAGE_KEYS
+
+
+def decode(data: bytes, name: str, size: int) -> np.ndarray:
+    """Encoded image bytes -> downscaled RGB uint8 (as :func:`~blazeport.preprocess.read_image`, EXIF
+    rotation and the pixel limit included). Raises ImageReadError."""
+    header = _header_size(io.BytesIO(data))
+    flags = cv2.IMREAD_COLOR
+    if header is not None:
+        _check_pixels(Path(name), header, _MAX_PIXELS)
+        if data[:3] == b"\xff\xd8\xff":  # a JPEG decoded reduced, as load_photo does for files
+            flags = _REDUCED_FLAGS.get(_reduction(*header, 2 * size), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
+    except cv2.error:
+        img = None
+    if img is None:
+        raise ImageReadError(f"{name}: not an image OpenCV can decode (empty, truncated or another format).")
+    return downscale(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+
+class ShardIndex:
+    """Every shard's training-sample count, from the tar headers (no image data read), and the split."""
+
+    def __init__(self, images: Sequence[str], val_fraction: float, test_fraction: float):
+        self.urls = expand(images)
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.train_counts = np.zeros(len(self.urls), dtype=np.int64)
+        held: list[tuple[int, str]] = []  # (shard, key) of validation and test samples: a few percent of the pool
+        keys: list[str] = []
+        for s, url in enumerate(self.urls):
+            for key in self._image_keys(url):
+                keys.append(key)
+                h = name_hash(key)
+                if h < val_fraction + test_fraction:
+                    held.append((s, key))
+                else:
+                    self.train_counts[s] += 1
+        if not keys:
+            raise BlazeportError(f"no images found in the {len(self.urls)} shard(s) {self.urls[0]}...: a WebDataset sample's "
+                                 f"image is its {', '.join(IMAGE_KEYS)} member")
+        self.total = len(keys)
+        split_by_hash(keys, val_fraction, test_fraction, what="samples", by="sample's __key__")  # its two refusals
+        self.held = held
+
+    @staticmethod
+    def _image_keys(url: str) -> Iterator[str]:
+        try:
+            with tarfile.open(url, "r:") as tar:  # seekable: headers only, the data is skipped
+                for m in tar:
+                    key, ext = key_and_ext(m.name)
+                    if m.isreg() and image_member(ext):
+                        yield key
+        except (OSError, tarfile.TarError) as exc:
+            raise BlazeportError(f"{url}: not a readable tar shard ({exc}); check the file or leave it out") from None
+
+    def shards_of(self, epoch: int, seed: int, rank: int, world: int) -> list[int]:
+        order = np.random.default_rng([seed, epoch, 104729]).permutation(len(self.urls))
+        return order[rank::world].tolist()
+
+    def steps(self, world: int, batch: int) -> int:
+        """Steps per epoch, the same on every rank and every epoch: any epoch gives each rank at least
+        ``len(shards) // world`` shards, so the smallest that many shards hold is a share every rank has."""
+        if world > len(self.urls):
+            raise BlazeportError(f"{len(self.urls)} shard(s) for {world} processes: each DDP rank reads its own shards, so "
+                                 "give at least as many shards as processes")
+        least = int(np.sort(self.train_counts)[: len(self.urls) // world].sum())
+        return max(1, least // batch)
+
+
+def quotas(count: int, available: list[int]) -> list[int]:
+    """How many of a rank's ``count`` samples each worker yields: as even as the workers' shards allow
+    (a worker whose shards hold fewer gives what it has, the others the rest). The loader reads workers
+    round-robin, skipping one that has finished, so the order is fixed and the total is ``count``."""
+    quota, left = [0] * len(available), count
+    while left > 0:
+        room = [w for w, a in enumerate(available) if quota[w] < a]
+        if not room:
+            break
+        share = max(1, left // len(room))
+        for w in room:
+            take = min(share, available[w] - quota[w], left)
+            quota[w] += take
+            left -= take
+    return quota
+
+
+class ShardStream(IterableDataset):
+    """One rank's training samples for one epoch: ``(uint8 sample, skipped)``, exactly ``count`` of them."""
+
+    def __init__(self, index: ShardIndex, size: int, seed: int, aug: AugmentConfig | None = None):
+        self.index, self.size, self.seed, self.aug = index, size, seed, aug or AugmentConfig()
+        self.epoch, self.rank, self.world, self.count = 0, 0, 1, 0
+
+    def configure(self, epoch: int, rank: int, world: int, count: int) -> None:
+        self.epoch, self.rank, self.world, self.count = epoch, rank, world, count
+
+    def _train_member(self, name: str) -> bool:
+        key, ext = key_and_ext(name)
+        return image_member(ext) and name_hash(key) >= self.index.val_fraction + self.index.test_fraction
+
+    def _encoded(self, shards: list[int]) -> Iterator[tuple[str, str, bytes]]:
+        from webdataset.tariterators import tarfile_samples
+
+        for sample in tarfile_samples([{"url": self.index.urls[s]} for s in shards], select_files=self._train_member):
+            ext = next((k for k in IMAGE_KEYS if k in sample), None)
+            if ext is not None:
+                yield sample["__key__"], sample["__url__"], sample[ext]
+
+    def __iter__(self) -> Iterator[Sample]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = self.index.shards_of(self.epoch, self.seed, self.rank, self.world)
+        shards = mine[worker::workers]
+        quota = quotas(self.count, [int(self.index.train_counts[mine[w::workers]].sum()) for w in range(workers)])[worker]
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 15485863])
+        buffer: list[tuple[str, str, bytes]] = []
+        last: np.ndarray | None = None
+        pending: list[tuple[str, tuple[str, ...]]] = []  # unreadable before any readable photo: (key, skipped)
+        made = 0
+
+        def emit(key: str, img: np.ndarray, skipped: tuple[str, ...]) -> Sample:
+            r = sample_rng(self.seed, self.epoch, int(name_hash(key) * 0xFFFFFFFF))
+            return make_input_uint8(img, self.size, r, self.aug), skipped
+
+        def drain(final: bool) -> Iterator[Sample]:
+            nonlocal last, made
+            while buffer and (final or len(buffer) >= SHUFFLE_BUFFER) and made < quota:
+                key, url, data = buffer.pop(int(rng.integers(len(buffer))))
+                try:
+                    img = decode(data, f"{key} in {url}", self.size)
+                except ImageReadError as exc:
+                    if last is None:
+                        pending.append((key, (str(exc),)))
+                        continue
+                    made += 1
+                    yield emit(key, last, (str(exc),))
+                    continue
+                last = img
+                for k, sk in pending:
+                    if made < quota:
+                        made += 1
+                        yield emit(k, img, sk)
+                pending.clear()
+                if made < quota:
+                    made += 1
+                    yield emit(key, img, ())
+
+        for item in self._encoded(shards):
+            buffer.append(item)
+            yield from drain(False)
+            if made >= quota:
+                return
+        yield from drain(True)
+
+
+def _one(sample: Sample) -> Sample:
+    return sample
+
+
+def shard_loader(stream: ShardStream, workers: int) -> DataLoader:
+    """Samples (not batches) from ``workers`` processes, read round-robin in worker order; the trainer
+    groups them into batches, so the number of samples, and of steps, does not depend on ``workers``."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_one,
+                      prefetch_factor=16 if workers > 0 else None,
+                      worker_init_fn=functools.partial(_init_worker, None) if workers > 0 else None)
+
+
+class ShardTrain:
+    """The training side of a shard run, with the same interface as :class:`~blazeport.distill.stream.FolderTrain`."""
+
+    def __init__(self, index: ShardIndex, size: int, seed: int, aug: AugmentConfig, workers: int):
+        self.index, self.workers = index, workers
+        self.stream = ShardStream(index, size, seed, aug)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return int(self.index.train_counts.sum())
+
+    def steps(self, rank: int, world: int, batch: int) -> int:
+        return self.index.steps(world, batch)
+
+    def epoch(self, epoch: int, rank: int, world: int, batch: int) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+        steps = self.steps(rank, world, batch)
+        self.stream.configure(epoch, rank, world, steps * batch)
+        # no more workers than this rank's fewest shards: a worker without a shard could not fill its quota
+        workers = min(self.workers, len(self.index.urls) // world)
+        # a fresh loader per epoch: its workers fork with this epoch's configuration
+        group: list[Sample] = []
+        for s in shard_loader(self.stream, workers):
+            group.append(s)
+            if len(group) == batch:
+                yield collate(group)
+                group = []
+        if group:  # only when the workers ran dry (no readable photo at all on a shard set)
+            yield collate(group)
+
+    def shard_names(self, epoch: int, rank: int, world: int) -> list[str]:
+        return [self.index.urls[s] for s in self.index.shards_of(epoch, self.seed, rank, world)]
+
+    def first(self, n: int, device: torch.device) -> torch.Tensor:
+        self.stream.configure(0, 0, 1, n)
+        return to_batch(collate(list(self.stream))[0], device)
+
+
+class Spool:
+    """Held-out samples' encoded bytes in one temporary file (offsets in memory), decoded on demand."""
+
+    def __init__(self, index: ShardIndex, which: str, size: int, folder: str | None = None):
+        self.size, self.urls = size, index.urls
+        lo, hi = (0.0, index.val_fraction) if which == "val" else \
+            (index.val_fraction, index.val_fraction + index.test_fraction)
+        want: dict[int, set[str]] = {}
+        for s, key in index.held:
+            if lo <= name_hash(key) < hi:
+                want.setdefault(s, set()).add(key)
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        self.file = tempfile.TemporaryFile(dir=folder, prefix="blazeport-heldout-")  # noqa: SIM115 (lives with the Spool)
+        spans: list[tuple[int, int]] = []
+        self.names: list[str] = []
+        pos = 0
+        for s in sorted(want):
+            with tarfile.open(self.urls[s], "r:") as tar:
+                for m in tar:
+                    key, ext = key_and_ext(m.name)
+                    if m.isreg() and image_member(ext) and key in want[s]:
+                        data = tar.extractfile(m).read()
+                        self.file.write(data)
+                        spans.append((pos, len(data)))
+                        self.names.append(f"{key} in {self.urls[s]}")
+                        pos += len(data)
+                        want[s].discard(key)
+        self.file.flush()
+        self.spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def sample(self, i: int, epoch: int | None = None) -> Sample:
+        skipped: list[str] = []
+        for k in range(len(self)):
+            j = (i + k) % len(self)
+            off, n = self.spans[j]
+            try:
+                img = decode(os.pread(self.file.fileno(), int(n), int(off)), self.names[j], self.size)
+            except ImageReadError as exc:
+                skipped.append(str(exc))
+                continue
+            return make_input_uint8(img, self.size), tuple(skipped)
+        raise BlazeportError(f"none of the {len(self)} held-out samples is readable (first: {skipped[0]})")
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.sample(i)
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a Spool is read in the process that made it")  # HeldOut decodes it in the main process
