@@ -18,16 +18,62 @@ ones): every value goes through the same float32 operations in the same order as
   (:func:`_pairwise_sum` is its ``pairwise_sum`` for float32, eight accumulators and all);
 - ``(point - offset) / span`` for the letterbox, then ``max - min`` for width and height.
 
-The sigmoid stays in numpy (:func:`blazeport.postprocess.decode_scores`): numpy's float64 ``exp``
-is its own SIMD code, not the libm ``exp`` numba calls. numba is optional (the ``fast`` extra):
-:mod:`blazeport.postprocess` imports this module only when numba is installed. The first call in
-a process compiles (or loads numba's on-disk cache, ``cache=True``).
+The candidates and their sigmoid (:func:`select`) are computed here too when that is exact:
+``1 / (1 + exp(-clip(logit)))`` in float64, cast to float32, as
+:func:`blazeport.postprocess.decode_scores` does. numba's ``exp`` is the C library's; numpy's
+float64 ``exp`` is the C library's too unless numpy dispatches its own AVX-512 loop, so
+:func:`kernel_sigmoid_is_exact` asks numpy which loop it runs and, on an AVX-512 build, the sigmoid
+stays in numpy. On this project's hosts (AVX2) every float32 logit in [-100, 100] gives the same
+bits both ways (``tools/check_sigmoid.py``, 2.24e9 values).
+
+numba is optional (the ``fast`` extra): :mod:`blazeport.postprocess` imports this module only when
+numba is installed. The first call in a process compiles (or loads numba's on-disk cache,
+``cache=True``).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numba
 import numpy as np
+
+
+@functools.cache
+def kernel_sigmoid_is_exact() -> bool:
+    """Whether numpy's float64 ``exp`` is the C library's (the one numba calls): numpy dispatches its
+    own SIMD ``exp`` for float64 only on AVX-512 (``X86_V4``); unknown means no."""
+    try:
+        from numpy.lib.introspect import opt_func_info
+
+        loops = opt_func_info(func_name="^exp$", signature="float64").get("exp", {})
+        current = " ".join(str(v.get("current", "")) for v in loops.values())
+    except Exception:  # an older numpy without introspection, or another layout
+        return False
+    return bool(current) and "V4" not in current and "AVX512" not in current
+
+
+@numba.njit(cache=True, nogil=True)
+def select(logits: np.ndarray, lo: np.float32, every: bool, clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """The anchors whose raw logit is ``>= lo`` (all of them when ``every``) and their scores,
+    ``float32(1 / (1 + exp(-clip(logit))))`` computed in float64: ``postprocess``'s pre-filter and
+    ``decode_scores`` in one pass."""
+    n = logits.shape[0]
+    idx = np.empty(n, np.int64)
+    scores = np.empty(n, np.float32)
+    m = 0
+    for a in range(n):
+        if every or logits[a] >= lo:
+            v = np.float64(logits[a])
+            if v < -clip:
+                v = -clip
+            elif v > clip:
+                v = clip
+            idx[m] = a
+            scores[m] = np.float32(1.0 / (1.0 + math.exp(-v)))
+            m += 1
+    return idx[:m], scores[:m]
 
 
 @numba.njit(cache=True, nogil=True)

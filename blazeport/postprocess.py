@@ -260,12 +260,19 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarr
     k = spec.num_keypoints
     compiled = _use_compiled(how, raw_boxes, anchors)
     results: list[list[Detection]] = []
+    if compiled:
+        from blazeport import compiled_post
+
+        in_kernel = compiled_post.kernel_sigmoid_is_exact()
     for i, pad in enumerate(pads):
-        idx = np.flatnonzero(raw_scores[i, :, 0] >= lo) if lo is not None else np.arange(raw_scores.shape[1])
+        if compiled and in_kernel:  # the pre-filter and the sigmoid in one compiled pass
+            idx, scores = compiled_post.select(raw_scores[i, :, 0], np.float32(lo or 0.0), lo is None, float(spec.score_clip))
+        else:
+            idx = np.flatnonzero(raw_scores[i, :, 0] >= lo) if lo is not None else np.arange(raw_scores.shape[1])
+            scores = decode_scores(raw_scores[i, idx], spec.score_clip) if idx.size else None  # (n,)
         if not idx.size:
             results.append([])
             continue
-        scores = decode_scores(raw_scores[i, idx], spec.score_clip)  # (n,)
         if compiled:
             results.append(_compiled_one(raw_boxes[i], idx, scores, anchors, spec, threshold, pad))
             continue

@@ -311,3 +311,28 @@ def test_postprocess_choice_is_checked(monkeypatch) -> None:
         pp.check_postprocess("numba")
     # auto without numba falls back to the numpy code
     assert pp.postprocess(raw_boxes, raw_scores - 1, anchors, get_spec("short_range"), [Letterbox(0, 0, 0, 0)]) == [[]]
+
+
+def test_compiled_sigmoid_gives_numpys_bits() -> None:
+    """The kernel's pre-filter + sigmoid (used where numpy's exp is the C library's) returns the
+    anchors and the float32 scores of numpy's path, on 4M random logits and the edge cases
+    (tools/check_sigmoid.py walks all 2.24e9 float32 logits in [-100, 100])."""
+    from blazeport.postprocess import candidate_logit, compiled_available
+
+    if not compiled_available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
+    from blazeport.compiled_post import kernel_sigmoid_is_exact, select
+
+    if not kernel_sigmoid_is_exact():
+        pytest.skip("numpy runs its own AVX-512 exp here: the sigmoid stays in numpy")
+    rng = np.random.default_rng(0)
+    edges = np.array([np.nan, np.inf, -np.inf, 100, -100, 100.5, -1e9, 1e9, 0, -0.0, 16.7, -16.7], np.float32)
+    logits = np.concatenate([edges, rng.normal(0, 8, 2_000_000).astype(np.float32),
+                             rng.uniform(-100, 100, 2_000_000).astype(np.float32)])
+    for threshold in (0.5, 0.65, 1e-8):
+        lo = candidate_logit(threshold, 100.0)
+        idx, scores = select(logits, np.float32(lo or 0.0), lo is None, 100.0)
+        want = np.flatnonzero(logits >= lo) if lo is not None else np.arange(len(logits))
+        np.testing.assert_array_equal(idx, want)
+        ref = decode_scores(logits[want][:, None], 100.0)
+        assert np.array_equal(scores.view(np.uint32), ref.view(np.uint32))
