@@ -152,3 +152,16 @@ def test_a_plan_that_disagrees_with_the_module_is_not_used(monkeypatch, astronau
     assert backend.runner.plans[(128, 128)] is None  # the module runs instead
     detector = blazeport.Detector(get_spec("short_range"), backend)
     assert len(detector.detect(astronaut)) == 1
+
+
+def test_relu6_convs_run_on_the_fused_plan(photos, keep_threads) -> None:
+    """MediaPipe's pose detector fuses RELU6 into its convs: oneDNN's hardtanh post-op (and a clamp
+    after a GEMM) runs them, within the gate of the module and of LiteRT, without the fallback warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the "not used ... fused activation 'relu6'" fallback would raise
+        fast, plain = _fast("pose_detection", 1)
+    spec = get_spec("pose_detection")
+    assert verify(fast, plain, spec, photos)["passes_gate"]
+    assert verify(fast, TFLiteBackend(WEIGHTS_DIR / spec.tflite, 1), spec, photos)["passes_gate"]

@@ -148,6 +148,7 @@ class ConvOp:
     other: str | None = None  # added to the conv output (same shape), or into its first channels
     widen: bool = False  # ``other`` has fewer channels: the shortcut's zero channels are skipped
     relu: bool = False
+    relu6: bool = False  # a fused RELU6 (pose detection's convs): min(max(x, 0), 6), never with ``other``
 
 
 @dataclass
@@ -212,12 +213,12 @@ def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[Op]:
             ph = same_padding(h + t + b, a["kernel"], a["stride"])
             pw = same_padding(w + left + r, a["kernel"], a["stride"])
             t, b, left, r = t + ph[0], b + ph[1], left + pw[0], r + pw[1]
-        relu = a.get("activation") == "relu"
-        if a.get("activation") not in (None, "relu"):
-            raise ValueError(f"fused activation {a.get('activation')!r}")
+        act = a.get("activation")
+        if act not in (None, "relu", "relu6"):
+            raise ValueError(f"fused activation {act!r}")
         out = n.output
-        relu = relu or absorb_relu(out)
-        return ConvOp(n, src, out, (t, b, left, r), (c, h, w), relu=relu)
+        relu = act == "relu" or (act is None and absorb_relu(out))
+        return ConvOp(n, src, out, (t, b, left, r), (c, h, w), relu=relu, relu6=act == "relu6")
 
     # first: every conv with its pads (a PAD folded into a conv is not run), and which adds take
     # a conv in (that conv then runs at the add's place, when the add's other operand exists)
@@ -227,7 +228,8 @@ def fuse(graph: Graph, shapes: dict[str, Shape | None]) -> list[Op]:
         if n.op != "add" or n.attrs.get("activation") not in (None, "relu"):
             continue
         for mine, other in ((n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])):
-            if mine not in convs or convs[mine].relu or convs[mine].output != mine or not only_use(mine, n):
+            if (mine not in convs or convs[mine].relu or convs[mine].relu6 or convs[mine].output != mine
+                    or not only_use(mine, n)):
                 continue
             q, widen = producer.get(other), False
             if q is not None and q.op == "pad" and only_use(other, n):
@@ -274,7 +276,8 @@ def _group_gemms(ops: list[ConvOp | NodeOp], layers: dict[str, nn.Conv2d]) -> li
     narrow for a GEMM of their own, and oneDNN's call costs ~40 us)."""
     siblings: dict[str, list[ConvOp]] = {}
     for op in ops:
-        if isinstance(op, ConvOp) and op.other is None and not op.relu and is_gemm(op, layers[op.node.output], 1):
+        if (isinstance(op, ConvOp) and op.other is None and not op.relu and not op.relu6
+                and is_gemm(op, layers[op.node.output], 1)):
             siblings.setdefault(op.input, []).append(op)
     grouped = {id(m): members for members in siblings.values() if len(members) > 1 for m in members}
     out: list[Op] = []

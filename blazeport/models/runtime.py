@@ -160,14 +160,15 @@ def _conv_step(op: ConvOp, layer: nn.Conv2d, slot: dict[str, int], shapes: dict[
     bias = layer.bias.detach().float().contiguous() if layer.bias is not None else None
     packed = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, [1, 1], groups, [1, c, h, w])
     i, o = slot[op.input], slot[op.output]
-    unary = "relu" if op.relu else "none"
+    # oneDNN's eltwise post-op: relu, or RELU6 as hardtanh clamped to [0, 6] (what inductor emits for it)
+    unary, scalars = ("hardtanh", [0.0, 6.0]) if op.relu6 else ("relu" if op.relu else "none", [])
     dilation: list[int] = [1, 1]
     if op.other is None:
         conv = pointwise.default
 
         def run(env: list[Any]) -> None:
             x = env[i] if pre is None else F.pad(env[i], pre)
-            env[o] = conv(x, packed, bias, padding, stride, dilation, groups, unary, [], None)
+            env[o] = conv(x, packed, bias, padding, stride, dilation, groups, unary, scalars, None)
 
         return run
     j = slot[op.other]
@@ -210,7 +211,7 @@ def _gemm_step(op: ConvOp, layer: nn.Conv2d, slot: dict[str, int], shapes: dict[
     i, o = slot[op.input], slot[op.output]
     j = slot[op.other] if op.other is not None else None
     width = shapes[op.other][0] if op.other is not None else 0  # type: ignore[index]
-    widen, relu = op.widen, op.relu
+    widen, relu, relu6 = op.widen, op.relu, op.relu6
 
     def run(env: list[Any]) -> None:
         x = env[i]
@@ -221,6 +222,8 @@ def _gemm_step(op: ConvOp, layer: nn.Conv2d, slot: dict[str, int], shapes: dict[
             (y[:, :width] if widen else y).add_(shortcut)
         if relu:
             y.relu_()
+        elif relu6:
+            y.clamp_(0.0, 6.0)
         env[o] = y.view(n, h, w, c_out).permute(0, 3, 1, 2)  # (B, Cout, H, W) channels-last
 
     return run
