@@ -43,7 +43,32 @@ def quantize_input(batch: np.ndarray, scale: float, zero_point: int, dtype: Any)
     return np.clip(np.round(batch / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
-class TFLiteBackend:
+class _ChunkedBackend:
+    """What the file backends share: ``_run(batch)`` yields each chunk's outputs (one image, or one
+    batch of a dynamic-batch file) in the file's order; ``__call__`` splits them into a detector's
+    regressors and classificators, ``raw`` keeps every output as it is."""
+
+    path: Path
+
+    def _run(self, batch: np.ndarray) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        regs, clss = [], []
+        for outputs in self._run(batch):
+            r, c = _split_outputs(outputs, str(self.path))
+            regs.append(r)
+            clss.append(c)
+        return np.concatenate(regs), np.concatenate(clss)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the file, in its order, as ``(B, ...)`` float32: what a landmark model's
+        pipeline reads (:mod:`blazeport.landmarks`), where there are no regressors to split."""
+        chunks = list(self._run(batch))
+        return [np.concatenate([c[i] for c in chunks]).astype(np.float32, copy=False) for i in range(len(chunks[0]))]
+
+
+class TFLiteBackend(_ChunkedBackend):
     """The original (or any exported) ``.tflite`` in the LiteRT interpreter.
 
     ``xnnpack=False`` uses the builtin reference kernels without default delegates, which is also
@@ -107,21 +132,6 @@ class TFLiteBackend:
             self._local.interpreter = interpreter
         return interpreter
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        regs, clss = [], []
-        for outputs in self._run(batch):
-            r, c = _split_outputs(outputs, str(self.path))
-            regs.append(r)
-            clss.append(c)
-        return np.concatenate(regs), np.concatenate(clss)
-
-    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Every output of the file, in its order, as ``(B, ...)`` float32: what a landmark model's
-        pipeline reads (:mod:`blazeport.landmarks`), where there are no regressors to split."""
-        per_image = list(self._run(batch))
-        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
-                for i in range(len(self.outputs))]
-
     def _run(self, batch: np.ndarray) -> Any:
         interpreter = self._interpreter()
         for x in batch:  # the original files have a fixed batch of 1
@@ -138,7 +148,7 @@ def _dequantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return (x.astype(np.float32) - zero) * scale if x.dtype in INTEGER_INPUTS and scale else x
 
 
-class OnnxBackend:
+class OnnxBackend(_ChunkedBackend):
     """An ``.onnx`` file in onnxruntime, e.g. one written by ``blazeport export``: on the CPU, or
     with ``device="cuda[:N]"`` on onnxruntime's CUDA provider (``onnxruntime-gpu``).
 
@@ -198,19 +208,6 @@ class OnnxBackend:
             raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's two, "
                                  f"got {[o.shape for o in outputs]}")
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        regs, clss = [], []
-        for outputs in self._run(batch):
-            r, c = _split_outputs(outputs, str(self.path))
-            regs.append(r)
-            clss.append(c)
-        return np.concatenate(regs), np.concatenate(clss)
-
-    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Both outputs in the file's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
-        chunks = list(self._run(batch))
-        return [np.concatenate([c[i] for c in chunks]).astype(np.float32, copy=False) for i in range(len(chunks[0]))]
-
     def _run(self, batch: np.ndarray) -> Any:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)
         if self.input_quantization is not None:
@@ -248,7 +245,7 @@ def _check_pte(path: Path) -> None:
                                  "export or copy it again.")
 
 
-class ExecuTorchBackend:
+class ExecuTorchBackend(_ChunkedBackend):
     """A ``.pte`` from ``blazeport export --format executorch`` in the ExecuTorch runtime (pybindings).
 
     The file is NHWC float32 with batch 1 (like the ``.tflite``): a batch runs image by image.
@@ -298,20 +295,6 @@ class ExecuTorchBackend:
         except (RuntimeError, ValueError, TypeError) as exc:
             raise BlazeportError(f"{self.path}: unreadable {METADATA_METHOD} ({exc}); pass --spec NAME") from None
         return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        regs, clss = [], []
-        for outputs in self._run(batch):
-            r, c = _split_outputs(outputs, str(self.path))
-            regs.append(r)
-            clss.append(c)
-        return np.concatenate(regs), np.concatenate(clss)
-
-    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Every output in the program's order, ``(B, ...)`` float32 (a landmark model's, see TFLiteBackend.raw)."""
-        per_image = list(self._run(batch))
-        return [np.concatenate([o[i] for o in per_image]).astype(np.float32, copy=False)
-                for i in range(len(per_image[0]))]
 
     def _run(self, batch: np.ndarray) -> Any:
         for x in batch:  # the file has a fixed batch of 1
