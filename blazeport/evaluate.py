@@ -44,8 +44,8 @@ from blazeport.photos import list_images
 from blazeport.postprocess import Detection
 from blazeport.preprocess import ImageReadError, read_image_sized
 
-__all__ = ["agreement_with_teacher", "coco_ap", "evaluate_against_teacher", "evaluate_on_boxes", "load_boxes",
-           "validate_boxes"]
+__all__ = ["SCORE_BANDS", "SIZE_BANDS", "agreement_with_teacher", "breakdown", "coco_ap", "evaluate_against_teacher",
+           "evaluate_on_boxes", "load_boxes", "validate_boxes"]
 
 Box = tuple[float, float, float, float]  # xmin, ymin, w, h, normalized
 MAX_DETS = [1, 10, 100]  # pycocotools' default; 100 per image does not cut group photos
@@ -131,20 +131,56 @@ def coco_ap(predictions: list[list[Detection]], references: list[list[tuple[floa
     return out
 
 
+# Face-size bands by the teacher box's width over the model input's width (issue 13's small / medium / large)
+SIZE_BANDS: dict[str, tuple[float, float]] = {"under_15pct": (0.0, 0.15), "15_to_40pct": (0.15, 0.40),
+                                              "over_40pct": (0.40, 10.0)}
+SCORE_BANDS: dict[str, tuple[float, float]] = {"0.5-0.6": (0.5, 0.6), "0.6-0.7": (0.6, 0.7), "0.7-0.8": (0.7, 0.8),
+                                               "0.8-1.0": (0.8, 1.01)}
+
+
+def breakdown(preds: list[list[Detection]], refs: list[list[Detection]], size: int,
+              frames: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Where a student fails against its teacher: COCO AP50 / AP by the teacher face's width over the
+    model input's width (:data:`SIZE_BANDS`; COCO area ranges, references outside a band ignored), and
+    how many of the teacher's faces in each teacher-score band (:data:`SCORE_BANDS`) a student
+    detection overlaps at IoU > 0.5.
+
+    ``frames``: each image's (width, height) in the ``size`` x ``size`` input frame (a letterboxed
+    photo of W x H is W * size / max(W, H) wide); default: already the input frame."""
+    from blazeport.verify import iou
+
+    frames = frames if frames is not None else [(size, size)] * len(preds)
+    bands = {k: ((lo * size) ** 2, (hi * size) ** 2) for k, (lo, hi) in SIZE_BANDS.items()}
+    ap = coco_ap(preds, [_normalized(r) for r in refs], frames, area_bands=bands)  # type: ignore[arg-type]
+    by_score = {k: {"faces": 0, "found50": 0} for k in SCORE_BANDS}
+    for ps, rs in zip(preds, refs, strict=True):
+        for r in rs:
+            band = next((k for k, (lo, hi) in SCORE_BANDS.items() if lo <= r.score < hi), None)
+            if band is not None:
+                by_score[band]["faces"] += 1
+                by_score[band]["found50"] += any(iou(r.box, p.box) > 0.5 for p in ps)
+    return {"by_face_width": ap.get("by_area", {}), "by_teacher_score": by_score}
+
+
 def _normalized(dets: list[Detection]) -> list[Box]:
     return [tuple(float(v) for v in d.box) for d in dets]  # type: ignore[misc]
 
 
-def _agreement(student: Detector, teacher: Detector, images: Iterable[np.ndarray]) -> dict[str, float]:
+def _agreement(student: Detector, teacher: Detector, images: Iterable[np.ndarray],
+               by_size: bool = False) -> dict[str, Any]:
     preds: list[list[Detection]] = []
-    refs: list[list[Box]] = []
+    refs: list[list[Detection]] = []
     sizes: list[tuple[int, int]] = []
     for image in images:
         h, w = image.shape[:2]
-        refs.append(_normalized(teacher.detect(image)))
+        refs.append(teacher.detect(image))
         preds.append(student.detect(image))
         sizes.append((w, h))
-    return coco_ap(preds, refs, sizes)
+    result: dict[str, Any] = coco_ap(preds, [_normalized(r) for r in refs], sizes)
+    if by_size:
+        s = teacher.spec.input_size  # bands are read in the letterboxed input frame both models see
+        result["breakdown"] = breakdown(preds, refs, s, [(w * s / max(w, h), h * s / max(w, h)) for w, h in sizes])
+    return result
 
 
 def agreement_with_teacher(student: Detector, teacher: Detector, images: list[np.ndarray]) -> dict[str, float]:
@@ -348,15 +384,18 @@ def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
 
 
 def evaluate_against_teacher(student: Detector, teacher: Detector, images: str | Path | list[str | Path],
-                             progress: bool = False, max_pixels: int | None = None) -> dict[str, Any]:
+                             progress: bool = False, max_pixels: int | None = None,
+                             by_size: bool = False) -> dict[str, Any]:
     """:func:`agreement_with_teacher` on image files, streamed (unreadable files and files over
-    ``max_pixels``, default :data:`blazeport.preprocess.MAX_PIXELS`, skipped and counted)."""
+    ``max_pixels``, default :data:`blazeport.preprocess.MAX_PIXELS`, skipped and counted).
+    ``by_size`` adds :func:`breakdown` under ``"breakdown"``."""
     from tqdm import tqdm
 
     paths = list_images(list(images) if isinstance(images, list) else [images])
     unreadable: list[str] = []
     bar = tqdm(paths, desc="eval", unit="img", disable=not progress or len(paths) < 2)
-    result: dict[str, Any] = _agreement(student, teacher, (img for _, img, _ in _read_all(bar, unreadable, max_pixels)))
+    result: dict[str, Any] = _agreement(student, teacher, (img for _, img, _ in _read_all(bar, unreadable, max_pixels)),
+                                        by_size)
     result["skipped"] = len(unreadable)
     result["unreadable"] = len(unreadable)
     result["messages"] = unreadable

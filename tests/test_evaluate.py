@@ -280,7 +280,7 @@ def test_evaluate_on_boxes_counts_images_over_max_pixels_as_unreadable(tmp_path:
 
 def test_ap_and_found_by_face_width_and_teacher_score() -> None:
     """A student that finds the teacher's large faces and misses its small ones: AP by band says so."""
-    from blazeport.distill.validation import breakdown
+    from blazeport.evaluate import breakdown
     from blazeport.postprocess import Detection
 
     small = [Detection(0.65, (0.1 * i, 0.1, 0.08, 0.08)) for i in range(3)]  # 8% of the width, teacher 0.65
@@ -298,3 +298,33 @@ def test_ap_and_found_by_face_width_and_teacher_score() -> None:
     whole = coco_ap(preds, [[d.box for d in r] for r in refs], [(192, 192)] * 2)
     banded = coco_ap(preds, [[d.box for d in r] for r in refs], [(192, 192)] * 2, area_bands={"all2": (0, 1e10)})
     assert banded["AP50"] == whole["AP50"] and banded["by_area"]["all2"]["AP50"] == pytest.approx(whole["AP50"])
+
+
+def test_breakdown_reads_face_width_in_the_letterboxed_input_frame() -> None:
+    """Bands are read in the model's input frame: a 200x100 photo fills a 128x64 strip of the 128 input,
+    a 100x200 one a 64x128 strip, and a square face's normalized box says different things in each."""
+    from blazeport.evaluate import breakdown
+
+    wide_face = Detection(0.9, (0.3, 0.2, 0.3, 0.6))  # 60x60 px in 200x100: 38 px, 30% of the input
+    tall_face = Detection(0.9, (0.3, 0.3, 0.25, 0.125))  # 25x25 px in 100x200: 16 px, 12.5% of the input
+    for face, frame, band in ((wide_face, (128.0, 64.0), "15_to_40pct"), (tall_face, (64.0, 128.0), "under_15pct")):
+        out = breakdown([[face]], [[face]], 128, [frame])
+        assert out["by_face_width"][band]["references"] == 1 and out["by_face_width"][band]["AP50"] == pytest.approx(1.0)
+    # read as if the photo were square, the portrait's face would land in the wrong band
+    assert breakdown([[tall_face]], [[tall_face]], 128)["by_face_width"]["under_15pct"]["references"] == 0
+
+
+def test_cli_eval_by_size_against_the_teacher(shared_data: Path, capsys) -> None:
+    images = sorted((shared_data / "unlabeled" / "human_samples").glob("group-*"))[:4]
+    code = main(["eval", "--model", "short_range_resnet", "--teacher", "short_range", "--by-size", "--json", "--images",
+                 *map(str, images)])
+    report = json.loads(capsys.readouterr().out)
+    split = report["breakdown"]
+    assert code == 0 and report["references"] > 0
+    assert sum(v["references"] for v in split["by_face_width"].values()) == report["references"]
+    found = sum(v["found50"] for v in split["by_teacher_score"].values())
+    assert sum(v["faces"] for v in split["by_teacher_score"].values()) == report["references"]
+    # COCO matches one box per face; the score bands count any overlapping box, so never fewer
+    assert report["references"] >= found >= report["found50"] > 0
+    with pytest.raises(BlazeportError, match=r"--by-size reads face sizes .* use it with --teacher"):
+        main(["eval", "--boxes", str(shared_data / "faces-boxed" / "boxes.json"), "--by-size"])

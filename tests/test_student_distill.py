@@ -115,6 +115,8 @@ def test_init_loads_a_students_weights_or_says_why_not(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("zoom", (2.0, 1.0), "--zoom must be MIN,MAX"),
     ("zoom", (0.0, 1.0), "--zoom must be MIN,MAX"),
+    ("augment", "closeup=0.2,glare=0.1", "--augment: unknown term 'glare'"),
+    ("augment", "grey=1.5", r"--augment grey='1.5': a probability in \[0, 1\]"),
     ("init", "weights/short_range_resnet.safetensors", "tensors do not fit --student"),
 ])
 def test_bad_init_or_zoom_stops_before_anything_is_written(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from blazeport.cli.common import positive_int, print_json
+from blazeport.distill.augment import AUGMENT_TERMS, DEFAULT_AUGMENT
 from blazeport.distill.loss_terms import TERMS as LOSS_TERMS  # the --loss help lists them; imports no torch
 
 
@@ -18,7 +19,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, loss=args.loss, temperature=args.temperature, alpha=args.alpha,
         seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         limit=args.limit, resume=args.resume, device=args.device,
-        amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom,
+        amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom, augment=args.augment,
         sparsity=args.sparsity, workers=args.workers, cache_dir=args.cache_dir, memory_cache_mb=args.memory_cache_mb,
     )
     summary = train(cfg)
@@ -97,8 +98,12 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--init", metavar="STUDENT.safetensors",
                    help="start from this student's weights (same --student and --teacher): fine-tune a shipped or pruned one")
-    p.add_argument("--zoom", type=_zoom, default=(0.75, 1.5), metavar="MIN,MAX",
-                   help="augmentation zoom range (default 0.75,1.5; below 1 shrinks faces: 0.4,1.5 practises small faces)")
+    p.add_argument("--zoom", type=_zoom, default=(0.6, 1.5), metavar="MIN,MAX",
+                   help="augmentation zoom range (default 0.6,1.5; below 1 shrinks faces: 0.4,1.5 practises small faces)")
+    p.add_argument("--augment", default=DEFAULT_AUGMENT, metavar="NAME=P,...",
+                   help="probabilities of the failure-mode augmentations, each labelled by the teacher on the augmented "
+                   f"photo: {'; '.join(f'{k}: {v}' for k, v in AUGMENT_TERMS.items())}. 'none' turns them off "
+                   f"(default: {DEFAULT_AUGMENT})")
     p.add_argument("--sparsity", type=float, default=0.0, metavar="SR",
                    help="network slimming: L1 on BatchNorm scale factors (about 1e-4; default 0, off), so that "
                    "`blazeport prune` can remove channels afterwards; TensorBoard logs the |gamma| distribution")

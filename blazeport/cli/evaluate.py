@@ -27,6 +27,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 raise BlazeportError(f"{images[0]} does not exist; pass --images DIR with the photos of {args.boxes}")
     elif images is None:
         raise BlazeportError("--teacher needs --images DIR (the photos to compare the two detectors on)")
+    if args.by_size and not args.teacher:
+        raise BlazeportError("--by-size reads face sizes and scores from the teacher's detections: use it with --teacher")
     for p in images:
         if not p.exists():
             raise BlazeportError(f"{p}: no such file or folder")
@@ -39,7 +41,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  "(matched by file name)")
     else:
         teacher = load(args.teacher, backend=args.teacher_backend, threads=args.threads)
-        result = evaluate_against_teacher(detector, teacher, images, progress=True, max_pixels=args.max_pixels)
+        result = evaluate_against_teacher(detector, teacher, images, progress=True, max_pixels=args.max_pixels,
+                                          by_size=args.by_size)
         against = f"teacher {args.teacher} ({args.teacher_backend}, threshold {teacher.spec.score_threshold:g})"
         if result["images"] == 0:
             raise BlazeportError(f"no readable images in {' '.join(map(str, images))}")
@@ -55,7 +58,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         keys = ["AP50", "AP", "AP75", "AR100", "found50", "images", "references", "predictions", "skipped"]
         print("".join(f"{k:>12}" for k in keys))
         print("".join(f"{report[k]:>12.3f}" if isinstance(report[k], float) else f"{report[k]:>12}" for k in keys))
+        if "breakdown" in report:
+            _print_breakdown(report["breakdown"])
     return 1 if result.get("unreadable") else 0
+
+
+def _print_breakdown(split: dict[str, Any]) -> None:
+    """The --by-size tables: AP by the teacher face's width, faces found by teacher score."""
+    print("by the teacher face's width / input width:")
+    for band, v in split["by_face_width"].items():
+        ap50, ap = ("-" if math.isnan(v[k]) else f"{v[k]:.3f}" for k in ("AP50", "AP"))
+        print(f"  {band.replace('_', ' ').replace('pct', '%'):>12}  AP50 {ap50:>6}  AP {ap:>6}  ({v['references']} faces)")
+    print("teacher faces found (IoU > 0.5) by the teacher's score:")
+    for band, v in split["by_teacher_score"].items():
+        print(f"  {band:>12}  {v['found50']} of {v['faces']}")
 
 
 def add_parser(sub: Any, fmt: Any) -> None:
@@ -79,6 +95,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="runtime of the teacher, which uses its spec's threshold (default: torch)")
     p.add_argument("--threshold", type=float, help="score threshold of the evaluated model (default: the spec's)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
+    p.add_argument("--by-size", action="store_true",
+                   help="with --teacher: also AP50 / AP by the teacher face's width over the input width (under 15%%, "
+                   "15-40%%, over 40%%) and faces found by the teacher's score band")
     p.add_argument("--json", action="store_true", help="print the result as JSON (nan as null)")
     add_max_pixels(p)
     p.set_defaults(func=cmd_eval)

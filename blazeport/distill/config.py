@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from blazeport.distill.augment import DEFAULT_AUGMENT, AugmentConfig
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.errors import BlazeportError
 from blazeport.files import same_file
@@ -45,7 +46,8 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     init: str | None = None  # start the student from this .safetensors (same architecture): fine-tuning
-    zoom: tuple[float, float] = (0.75, 1.5)  # augmentation zoom range; < 1 shrinks faces (small-face practice)
+    zoom: tuple[float, float] = (0.6, 1.5)  # augmentation zoom range; < 1 shrinks faces (small-face practice)
+    augment: str = DEFAULT_AUGMENT  # failure-mode augmentations' probabilities (dataset.AUGMENT_TERMS), or "none"
     sparsity: float = 0.0  # network slimming: L1 on BatchNorm scales (about 1e-4), for `blazeport prune` afterwards
     workers: int = 0  # DataLoader processes that decode photos (0: in the training process)
     cache_dir: str | None = None  # on-disk cache of downscaled photos (.npy), never beside the photos
@@ -103,6 +105,9 @@ class TrainConfig:
         if len(zoom) != 2 or not all(isinstance(z, (int, float)) and math.isfinite(z) for z in zoom) or \
                 not 0.1 <= zoom[0] <= zoom[1] <= 10:
             raise BlazeportError(f"--zoom must be MIN,MAX with 0.1 <= MIN <= MAX <= 10 (got {self.zoom!r})")
+        if not isinstance(self.augment, str):
+            raise BlazeportError(f"--augment must be text such as {DEFAULT_AUGMENT} (got {self.augment!r})")
+        AugmentConfig.parse(self.augment, zoom)
 
     def _check_models(self) -> None:
         """The teacher is a converted original; the student builds, meets its head and gives finite

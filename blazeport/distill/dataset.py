@@ -6,11 +6,12 @@ loader workers, WebDataset shards) is :mod:`blazeport.distill.stream` and
 into a list) is the old in-memory path, kept for tools and as the streaming benchmark's baseline.
 
 The teacher labels each sample on the fly, on the very tensor the student sees, so every
-augmentation keeps the pseudo-labels consistent by construction. Geometry (zoom, shift, flip)
-is folded into the letterbox warp itself: one ``cv2.warpAffine`` from the (cached) photo to the
-model input, composed from MediaPipe's letterbox transform and the random affine, so no
-resolution is lost to a second resampling. Photometric changes (brightness, contrast,
-saturation, blur) follow on the uint8 result.
+augmentation keeps the pseudo-labels consistent by construction. The augmentations themselves are
+:mod:`blazeport.distill.augment`. Geometry (zoom, shift, flip, close-ups) is folded into the
+letterbox warp: one ``cv2.warpAffine`` from the (cached) photo to the model input, composed from
+MediaPipe's letterbox transform and the random affine, so no resolution is lost to a second
+resampling. Photometric changes and the failure modes (grey, low light, occlusion) follow on the
+uint8 result.
 
 Randomness is seeded per (seed, epoch, sample index), not drawn from a global stream: a run
 resumed from a checkpoint, or split across DDP ranks or loader workers, sees exactly the same
@@ -31,20 +32,10 @@ import cv2
 import numpy as np
 import torch
 
+from blazeport.distill.augment import AugmentConfig, photometric, random_affine
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
 from blazeport.preprocess import ImageReadError, read_image_sized, roi_transform
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    zoom: tuple[float, float] = (0.75, 1.5)  # > 1 zooms in (faces grow)
-    shift: float = 0.15  # fraction of the input size
-    flip: float = 0.5
-    brightness: float = 0.25
-    contrast: float = 0.25
-    saturation: float = 0.3
-    blur: float = 0.2  # probability of a Gaussian blur, sigma in [0.5, 1.5]
 
 
 @dataclass
@@ -153,23 +144,10 @@ def make_input_uint8(image: np.ndarray, size: int, rng: np.random.Generator | No
     h, w = image.shape[:2]
     matrix, _ = roi_transform(w, h, size)  # MediaPipe's letterbox, a pure scale + shift
     if rng is not None:
-        aug = aug or AugmentConfig()
-        s = float(np.exp(rng.uniform(np.log(aug.zoom[0]), np.log(aug.zoom[1]))))
-        tx, ty = rng.uniform(-aug.shift, aug.shift, 2) * size
-        fx = -1.0 if rng.random() < aug.flip else 1.0
-        c = size / 2.0
-        around = np.array([[s * fx, 0, c - s * fx * c + tx], [0, s, c - s * c + ty], [0, 0, 1]])
-        matrix = around @ matrix
+        matrix = random_affine(rng, aug or AugmentConfig(), size) @ matrix
     out = cv2.warpAffine(image, matrix[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     if rng is not None:
-        x = out.astype(np.float32)
-        x *= rng.uniform(1 - aug.contrast, 1 + aug.contrast)
-        x += rng.uniform(-aug.brightness, aug.brightness) * 255
-        gray = x.mean(axis=2, keepdims=True)
-        x = gray + (x - gray) * rng.uniform(1 - aug.saturation, 1 + aug.saturation)
-        out = np.clip(x, 0, 255).astype(np.uint8)
-        if rng.random() < aug.blur:
-            out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
+        out = photometric(out, rng, aug or AugmentConfig())
     return out
 
 

@@ -148,7 +148,7 @@ class Data:
 
     @classmethod
     def load(cls, cfg: TrainConfig, size: int, device: torch.device, rank: int = 0) -> Data:
-        aug = AugmentConfig(zoom=(float(cfg.zoom[0]), float(cfg.zoom[1])))
+        aug = AugmentConfig.parse(cfg.augment, cfg.zoom)
         if is_shard_spec(cfg.images):
             index = ShardIndex(cfg.images, cfg.val_fraction, cfg.test_fraction)
             train_set = ShardTrain(index, size, cfg.seed, aug, cfg.workers)

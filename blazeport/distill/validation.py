@@ -18,12 +18,12 @@ from torch import nn
 
 from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.errors import BlazeportError
-from blazeport.evaluate import coco_ap
+from blazeport.evaluate import breakdown, coco_ap
 from blazeport.photos import sample_images
-from blazeport.postprocess import Detection, postprocess
+from blazeport.postprocess import postprocess
 from blazeport.preprocess import Letterbox
 from blazeport.specs import WEIGHTS_DIR, ModelSpec
-from blazeport.verify import iou, verify
+from blazeport.verify import verify
 
 __all__ = ["AP_PREDICTION_THRESHOLD", "breakdown", "check_teacher", "validate"]
 
@@ -43,29 +43,6 @@ def check_teacher(spec: ModelSpec, module: nn.Module) -> dict[str, Any]:
             f"weights did not load correctly. Re-run `blazeport convert weights/{spec.tflite}` and try again."
         )
     return check
-
-
-# Face-size bands by the teacher box's width over the input width (issue 13's small / medium / large)
-SIZE_BANDS: dict[str, tuple[float, float]] = {"under_15pct": (0.0, 0.15), "15_to_40pct": (0.15, 0.40),
-                                              "over_40pct": (0.40, 10.0)}
-SCORE_BANDS: dict[str, tuple[float, float]] = {"0.5-0.6": (0.5, 0.6), "0.6-0.7": (0.6, 0.7), "0.7-0.8": (0.7, 0.8),
-                                               "0.8-1.0": (0.8, 1.01)}
-
-
-def breakdown(preds: list[list[Detection]], refs: list[list[Detection]], size: int) -> dict[str, Any]:
-    """Where a student fails against its teacher, in the model's input frame: COCO AP50 / AP by the
-    teacher face's width (COCO area ranges, references outside a band ignored), and how many of the
-    teacher's faces in each teacher-score band a student detection overlaps at IoU > 0.5."""
-    bands = {k: ((lo * size) ** 2, (hi * size) ** 2) for k, (lo, hi) in SIZE_BANDS.items()}
-    ap = coco_ap(preds, [[d.box for d in r] for r in refs], [(size, size)] * len(preds), area_bands=bands)
-    by_score = {k: {"faces": 0, "found50": 0} for k in SCORE_BANDS}
-    for ps, rs in zip(preds, refs, strict=True):
-        for r in rs:
-            band = next((k for k, (lo, hi) in SCORE_BANDS.items() if lo <= r.score < hi), None)
-            if band is not None:
-                by_score[band]["faces"] += 1
-                by_score[band]["found50"] += any(iou(r.box, p.box) > 0.5 for p in ps)
-    return {"by_face_width": ap.get("by_area", {}), "by_teacher_score": by_score}
 
 
 @torch.no_grad()

