@@ -68,24 +68,25 @@ def test_wheel_photo_frames_skips_and_provenance(tmp_path: Path, wheel, photo: b
     reasons = {s["member"]: s["reason"] for s in tally["skipped"]}
     assert set(reasons) == {"tinypkg/data/broken.jpg", "tinypkg/data/notes.txt"}
     assert "decode" in reasons["tinypkg/data/broken.jpg"]
-    assert not (out / "tinypkg" / "broken.jpg").exists()
+    assert not (out / "photos" / "tinypkg" / "broken.jpg").exists()
 
-    written = out / "tinypkg" / "face.jpg"
+    written = out / "photos" / "tinypkg" / "face.jpg"
     assert _sha(written.read_bytes()) == _sha(photo)  # the member's own bytes, not a re-encoding
     provenance = json.loads((out / "PROVENANCE.json").read_text())
     assert "not redistributable" in provenance["note"]
     entries = {e["path"]: e for e in provenance["files"]}
-    face = entries["tinypkg/face.jpg"]
-    assert face == {"path": "tinypkg/face.jpg", "sha256": _sha(photo), "width": 512, "height": 512,
+    face = entries["photos/tinypkg/face.jpg"]
+    assert face == {"path": "photos/tinypkg/face.jpg", "sha256": _sha(photo), "width": 512, "height": 512,
                     "package": "tinypkg", "version": "1.0", "wheel": "tinypkg-1.0-py3-none-any.whl",
                     "wheel_sha256": source.wheel_sha256, "licence": "MIT", "content": "faces", "note": "test wheel",
                     "member": "tinypkg/data/face.jpg", "frame": None}
 
-    frames = sorted(e for e in entries if e != "tinypkg/face.jpg")
-    assert frames == ["tinypkg/clip_f00000.jpg", "tinypkg/clip_f00010.jpg", "tinypkg/clip_f00020.jpg"]
+    frames = sorted(e for e in entries if e != "photos/tinypkg/face.jpg")
+    assert frames == ["frames/tinypkg/clip_f00000.jpg", "frames/tinypkg/clip_f00010.jpg", "frames/tinypkg/clip_f00020.jpg"]
     assert [entries[f]["frame"] for f in frames] == [0, 10, 20]
-    assert sorted(p.name for p in (out / "tinypkg").iterdir()) == ["clip_f00000.jpg", "clip_f00010.jpg",
-                                                                    "clip_f00020.jpg", "face.jpg"]
+    assert sorted(p.name for p in (out / "frames" / "tinypkg").iterdir()) == ["clip_f00000.jpg", "clip_f00010.jpg",
+                                                                              "clip_f00020.jpg"]
+    assert sorted(p.name for p in (out / "photos" / "tinypkg").iterdir()) == ["face.jpg"]
     for f in frames:  # each frame is the video's frame at that index (grey level 8 * index), as a readable JPEG
         image = cv2.imread(str(out / f))
         assert image.shape == (64, 64, 3) and entries[f]["sha256"] == _sha((out / f).read_bytes())
@@ -109,7 +110,7 @@ def test_wrong_wheel_sha256_is_refused(tmp_path: Path, wheel) -> None:
     report = package_images.collect(out, [replace(source, wheel_sha256="0" * 64)], wheel_dir)
     [error] = report["errors"]
     assert "tinypkg-1.0-py3-none-any.whl" in error and "0" * 64 in error and source.wheel_sha256 in error
-    assert not (out / "tinypkg").exists()
+    assert not (out / "photos" / "tinypkg").exists()
 
 
 def test_missing_wheel_is_downloaded_with_pip_and_a_failure_is_one_line(tmp_path: Path, wheel, monkeypatch) -> None:

