@@ -106,6 +106,26 @@ def test_loss_terms_vanish_when_student_equals_teacher_and_grow_otherwise(teache
     assert torch.isfinite(worse["total"])
 
 
+def test_score_faces_weights_a_missed_borderline_face_far_above_the_plain_mean() -> None:
+    """One teacher face at 0.55 among 895 background anchors: missing it (student -4) costs the plain
+    per-anchor BCE about 1/900 of its size, score_faces many times more."""
+    reg = torch.zeros(1, 896, 16)
+    zt = torch.full((1, 896, 1), -10.0)
+    zt[0, 100, 0] = 0.2  # sigmoid 0.55: a borderline teacher face
+    zs = zt.clone()
+    zs[0, 100, 0] = -4.0
+    loss = DistillLoss(LossConfig.parse("score+score_faces"), anchors_for(SPEC), SPEC)
+    agree, missed = loss((reg, zt), (reg, zt)), loss((reg, zs), (reg, zt))
+    plain = missed["score"].item() - agree["score"].item()
+    focused = missed["score_faces"].item() - agree["score_faces"].item()
+    assert plain > 0 and focused > 10 * plain
+    # a false face of the student's own is weighted as well (its score, not the teacher's, sets it)
+    false = zt.clone()
+    false[0, 500, 0] = 2.0
+    extra = loss((reg, false), (reg, zt))
+    assert extra["score_faces"].item() - agree["score_faces"].item() > 10 * (extra["score"].item() - agree["score"].item())
+
+
 def test_hard_pseudo_labels_come_from_teacher_detections(teacher, astronaut) -> None:
     x = torch.from_numpy(make_input(astronaut, 128)[None]).permute(0, 3, 1, 2)
     with torch.no_grad():

@@ -38,6 +38,8 @@ TERMS: dict[str, Term] = {t.name: t for t in (
     Term("kl", "softmax over anchors at temperature T, KL(teacher || student) * T^2"),
     Term("score", "BCE between student and teacher sigmoid scores per anchor"),
     Term("score_l1", "L1 between student and teacher sigmoid scores per anchor"),
+    Term("score_faces", "BCE per anchor weighted 1 + 20 * max(teacher, student score): the anchors where either sees a "
+         "face, not the ~98% background, decide it"),
     Term("hinton", "per-anchor Hinton KD on the sigmoid at temperature T, times T^2"),
     Term("box", "L1 on boxes and keypoints decoded with the anchors, in input pixels, weighted by the teacher's score"),
     Term("mgd", "Masked Generative Distillation on one feature level of the head's inputs", needs_features=True),
