@@ -28,6 +28,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="the distill run folder")
     ap.add_argument("name", help="the spec name in blazeport.specs.SPECS")
+    ap.add_argument("--command", help="the command line that made the run, kept in NAME.json")
     args = ap.parse_args()
 
     spec = get_spec(args.name)
@@ -48,7 +49,8 @@ def main() -> int:
             sys.exit(f"{stage.path}: reloads with another spec; {out} left as it was")
         stage.commit()
     history = json.loads((args.run / "metrics.json").read_text())
-    write_atomic(out.with_suffix(".json"), (json.dumps({**summary, "history": history}, indent=1) + "\n").encode())
+    extra = {"command": args.command} if args.command else {}
+    write_atomic(out.with_suffix(".json"), (json.dumps({**summary, **extra, "history": history}, indent=1) + "\n").encode())
     print(f"{out} ({out.stat().st_size:,} bytes) and {out.with_suffix('.json')}: {spec.name}, test AP50 "
           f"{(summary.get('test') or {}).get('test_AP50')}")
     return 0

@@ -3,6 +3,7 @@ letterbox warp absorbs, then photometric changes and the failure modes of issue 
 occlusion) on the uint8 result.
 
 Numpy and OpenCV only: the CLI's ``--help`` reads :data:`AUGMENT_TERMS` without importing torch.
+``mosaic`` works on whole batches and lives in :mod:`blazeport.distill.mosaic`.
 The teacher labels the augmented tensor itself, so none of these can put a label where the teacher
 would not; a term with probability 0 draws nothing from the sample's generator, so a run with
 ``--augment none`` sees the samples that runs made before these terms existed.
@@ -23,8 +24,9 @@ AUGMENT_TERMS: dict[str, str] = {
     "grey": "greyscale",
     "dark": "low light: gamma 1.3-2.2, gain 0.4-0.8, sensor noise",
     "occlude": "one or two flat rectangles of 10-35 percent of the side (hands, masks, microphones)",
+    "mosaic": "a 2x2 mosaic of four samples of the batch at half size (small faces, crowds)",
 }
-DEFAULT_AUGMENT = "closeup=0.2,grey=0.1,dark=0.15,occlude=0.2"
+DEFAULT_AUGMENT = "closeup=0.2,grey=0.1,dark=0.15,occlude=0.2,mosaic=0.3"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class AugmentConfig:
     grey: float = 0.0
     dark: float = 0.0
     occlude: float = 0.0
+    mosaic: float = 0.0  # applied to the batch, by blazeport.distill.mosaic (the others: to each sample, here)
 
     @classmethod
     def parse(cls, text: str, zoom: tuple[float, float] = (0.6, 1.5)) -> AugmentConfig:

@@ -67,6 +67,7 @@ from blazeport.distill.dataset import AugmentConfig
 from blazeport.distill.logs import RunLogs
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
+from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
 from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, is_shard_spec
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset, to_batch
 from blazeport.distill.validation import check_teacher, validate
@@ -177,6 +178,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, world: int, rank: int, device: torch.device, teacher: Teacher, data: Data):
         self.cfg, self.world, self.rank, self.device = cfg, world, rank, device
+        self.aug = AugmentConfig.parse(cfg.augment, cfg.zoom)
         self.main = rank == 0  # the process that validates, checkpoints and logs
         self.out = Path(cfg.out)
         self.teacher, self.data = teacher, data
@@ -283,6 +285,7 @@ class Run:
     def _step(self, x: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         """One optimizer step on the batch ``x`` (B, 3, S, S), labelled by the teacher on the very same tensor."""
         teacher, needs_feats, device_type = self.teacher.module, self.loss_cfg.needs_features, self.device.type
+        x = mosaic_batch(x, self.aug.mosaic, mosaic_generator(self.cfg.seed, self.global_step, self.rank))
         with torch.autocast(device_type, enabled=self.amp), torch.no_grad():
             t_feats = teacher.features(x) if needs_feats else None
             t_out = teacher.head(t_feats) if needs_feats else teacher(x)
