@@ -71,3 +71,25 @@ def test_terms_at_probability_zero_leave_the_sample_unchanged() -> None:
         b = make_input_uint8(photo, SIZE, _rng(i), AugmentConfig.parse("none", zoom=(0.75, 1.5)))
         c = make_input_uint8(photo, SIZE, _rng(i), AugmentConfig.parse("grey=1", zoom=(0.75, 1.5)))
         assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_mosaic_tiles_four_batch_samples_at_half_size_and_repeats_on_resume() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
+
+    x = torch.rand(16, 3, SIZE, SIZE) * 2 - 1
+    before = x.clone()
+    out = mosaic_batch(x, 0.5, mosaic_generator(0, 7, 0))
+    assert torch.equal(x, before)  # the batch itself is left alone
+    changed = [i for i in range(16) if not torch.equal(out[i], x[i])]
+    assert 2 <= len(changed) <= 14
+    half = F.interpolate(x, size=(SIZE // 2, SIZE // 2), mode="area")
+    for i in changed:  # every quarter of a mosaic is one of the batch's samples at half size
+        for tile in (out[i, :, :64, :64], out[i, :, :64, 64:], out[i, :, 64:, :64], out[i, :, 64:, 64:]):
+            assert min((tile - h).abs().max().item() for h in half) < 1e-6
+    again = mosaic_batch(x, 0.5, mosaic_generator(0, 7, 0))
+    assert torch.equal(out, again)  # a resumed run (same seed, step, rank) draws the same mosaics
+    assert not torch.equal(out, mosaic_batch(x, 0.5, mosaic_generator(0, 8, 0)))
+    assert mosaic_batch(x, 0.0, mosaic_generator(0, 7, 0)) is x

@@ -126,7 +126,7 @@ def main() -> int:
     args = ap.parse_args()
 
     known = sources(args.images)
-    folds = [f.split("+") for f in (args.folds or known)]
+    folds = [f.split("+") for f in (args.folds if args.folds is not None else known)]  # --folds alone: none
     for name in (n for fold in folds for n in fold):
         if name not in known:
             ap.error(f"--folds: {name} is not a subfolder of {args.images} with photos ({', '.join(known)})")
