@@ -54,6 +54,8 @@ def train(name: str, folders: list[Path], out: Path, args: argparse.Namespace) -
     cmd = [sys.executable, "-m", "blazeport.cli", "distill", "--teacher", args.teacher, "--student", args.student,
            "--images", *map(str, folders), "--out", str(run), "--epochs", str(args.epochs), "--threads",
            str(args.threads), "--workers", str(args.workers), "--seed", str(args.seed), "--json"]
+    if args.augment is not None:
+        cmd += ["--augment", args.augment]
     if (run / "last.pt").exists():
         cmd.append("--resume")
     run.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,7 @@ def main() -> int:
     ap.add_argument("--teacher", default="short_range")
     ap.add_argument("--student", default="resnet")
     ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--augment", help="distill's --augment for every run (default: distill's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--workers", type=int, default=1, help="loader processes per run")
@@ -151,7 +154,7 @@ def main() -> int:
             for label, folder in external.items():
                 rows.append(row(label, name, "external", score(student, [folder], args)))
     summaries = {n: json.loads((r / "summary.json").read_text()) for n, r in runs.items()}
-    report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs,
+    report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs, "augment": args.augment,
               "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
               "validation": {n: {"best_epoch": s["best_epoch"], "val_AP50": s["best"].get("val_AP50"),
                                  "val_AP": s["best"].get("val_AP"), "images": s["images"]} for n, s in summaries.items()}}
