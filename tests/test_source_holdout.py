@@ -49,3 +49,15 @@ def test_table_rows_show_bands_and_missing_values() -> None:
     row = holdout.row("wider_416", "wider_416", "source held out", result)
     line = holdout.table([row]).splitlines()[-1]
     assert line == "| wider_416 | source held out | wider_416 | 5 | 4 | 0.750 | - | 0.500 (2) | 1.000 (2) | - (0) |"
+
+
+def test_an_out_folder_inside_the_images_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    import pytest
+
+    _folder(tmp_path, "a", 2)
+    monkeypatch.setattr(sys, "argv", ["source_holdout.py", "--images", str(tmp_path), "--out", str(tmp_path / "runs")])
+    with pytest.raises(SystemExit):
+        holdout.main()
+    assert "is inside --images" in capsys.readouterr().err and not (tmp_path / "runs").exists()

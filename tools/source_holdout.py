@@ -128,6 +128,8 @@ def main() -> int:
     ap.add_argument("--threshold", type=float, help="the student's score threshold when scored (default: its spec's)")
     args = ap.parse_args()
 
+    if args.out.resolve() == args.images.resolve() or args.images.resolve() in args.out.resolve().parents:
+        ap.error(f"--out {args.out} is inside --images {args.images}: runs would become a source; choose another --out")
     known = sources(args.images)
     folds = [f.split("+") for f in (args.folds if args.folds is not None else known)]  # --folds alone: none
     for name in (n for fold in folds for n in fold):
