@@ -69,7 +69,7 @@ class Detector:
 
 def load(model: str | Path = "short_range", backend: str | None = None, threads: int | None = None,
          score_threshold: float | None = None, spec: str | ModelSpec | None = None, postprocess: str = "auto",
-         device: str = "cpu") -> Detector:
+         device: str = "cpu", trust_code: bool = False) -> Detector:
     """A ready :class:`Detector` for a spec name or a model file (see :mod:`blazeport.loader`).
 
     ``model`` is a spec name (``short_range``), a ``.safetensors`` written by ``blazeport convert``
@@ -80,11 +80,17 @@ def load(model: str | Path = "short_range", backend: str | None = None, threads:
     ``spec`` (a name or a :class:`ModelSpec`) says how to feed and decode a file; it overrides what
     the file says. The model must give one
     output row per anchor of its spec (:meth:`Detector.check`).
+
+    ``trust_code``: a student ``.safetensors`` whose backbone is your own module (``distill --student
+    mymod:build``) names that module, and rebuilding it imports it, running its code. That happens
+    only with ``trust_code=True`` (the CLI's ``--trust-code``), as ``trust_remote_code`` in the Hugging
+    Face ecosystem; without it such a file is refused before anything is imported. blazeport's own
+    models and students never need it.
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise BlazeportError(f"threads must be a whole number >= 1, got {threads!r}")
     check_postprocess(postprocess)
-    resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads, device)
+    resolved, runner, _ = open_backend(model, backend or default_runtime(model), spec, threads, device, trust_code)
     if not isinstance(resolved, ModelSpec):
         raise BlazeportError(f"{model}: {resolved.name} is a landmark model, not a face detector; run it with "
                              "`blazeport landmarks` (blazeport.load_landmarks in Python)")

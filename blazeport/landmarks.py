@@ -257,12 +257,14 @@ def _landmark_backend(model: str | Path, backend: str | None, threads: int | Non
 
 def load_landmarks(model: str | Path = "face_landmark", backend: str | None = None, detector: str | Path = "short_range",
                    iris: bool | str | Path = False, threads: int | None = None, max_faces: int | None = 1,
-                   min_detection_confidence: float = 0.5, min_presence: float = 0.5, device: str = "cpu") -> FaceLandmarker:
+                   min_detection_confidence: float = 0.5, min_presence: float = 0.5, device: str = "cpu",
+                   trust_code: bool = False) -> FaceLandmarker:
     """A ready :class:`FaceLandmarker`: ``model`` (spec name or file of the face landmark model) and
     ``detector`` on ``backend`` (``torch``, ``tflite`` or ``onnx``, as :func:`blazeport.load`);
     ``iris=True`` (or an iris model name or file) adds iris landmarks. Defaults are FaceMesh's:
     one face, detection and presence thresholds 0.5. ``device`` as :func:`blazeport.load` (``cuda[:N]`` on torch
-    and onnx) for all the models."""
+    and onnx) for all the models; ``trust_code`` as :func:`blazeport.load`, for a student detector whose
+    backbone is the user's own module."""
     for name, value in (("min_detection_confidence", min_detection_confidence), ("min_presence", min_presence)):
         if not 0.0 <= value <= 1.0:
             raise BlazeportError(f"{name} must be in [0, 1], got {value!r}")
@@ -276,5 +278,6 @@ def load_landmarks(model: str | Path = "face_landmark", backend: str | None = No
         iris_model = "iris_landmark" if iris is True else iris
         iris_spec, iris_runner = _landmark_backend(iris_model, backend, threads, "iris", device)
         iris_landmarker = IrisLandmarker(iris_spec, iris_runner)
-    det = load(detector, backend=backend, threads=threads, score_threshold=min_detection_confidence, device=device)
+    det = load(detector, backend=backend, threads=threads, score_threshold=min_detection_confidence, device=device,
+               trust_code=trust_code)
     return FaceLandmarker(det, spec, runner, max_faces, min_presence, iris_landmarker)

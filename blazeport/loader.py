@@ -54,9 +54,11 @@ def spec_weights(spec: Spec) -> Path:
     return weights
 
 
-def open_module(model: str | Path, spec: str | Spec | None = None) -> tuple[Any, Spec, Path]:
+def open_module(model: str | Path, spec: str | Spec | None = None, trust_code: bool = False) -> tuple[Any, Spec, Path]:
     """``(PyTorch module, spec, source file)`` for a spec name, a ``.safetensors`` or a ``.tflite``
-    (converted on load, every weight shape checked)."""
+    (converted on load, every weight shape checked). ``trust_code``: a student file whose backbone is
+    the user's own module may import it (:mod:`blazeport.models.backbones`); never needed for
+    blazeport's own models."""
     wanted = _as_spec(spec)
     path = _model_file(model)
     if path is None:
@@ -66,7 +68,7 @@ def open_module(model: str | Path, spec: str | Spec | None = None) -> tuple[Any,
         raise BlazeportError(f"{path}: a {path.suffix} file holds no PyTorch weights; it runs on the {native} backend. "
                              "Give the .safetensors or .tflite it was exported from.")
     if path.suffix == ".safetensors":
-        module, stored = load_safetensors(path)
+        module, stored = load_safetensors(path, trust_code)
         return module, wanted or stored, path
     known = original_spec_for_file(path)
     resolved = wanted or known
@@ -80,9 +82,10 @@ def open_module(model: str | Path, spec: str | Spec | None = None) -> tuple[Any,
 
 
 def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | None = None,
-                 threads: int | None = None, device: str = "cpu") -> tuple[Spec, Any, Path]:
+                 threads: int | None = None, device: str = "cpu", trust_code: bool = False) -> tuple[Spec, Any, Path]:
     """``(spec, backend, source file)``: ``model`` ready to run on ``runtime`` (see the registry in
-    :mod:`blazeport.backends`), on ``device`` (``cpu``; ``cuda[:N]`` for the runtimes that take it)."""
+    :mod:`blazeport.backends`), on ``device`` (``cpu``; ``cuda[:N]`` for the runtimes that take it).
+    ``trust_code``: as for :func:`open_module` (exported .onnx/.tflite/.pte files hold no code to import)."""
     rt = get_runtime(runtime)
     check_device(rt, device)
     on_device = {"device": device} if device != "cpu" else {}
@@ -95,7 +98,7 @@ def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | N
         raise BlazeportError(f"the {runtime} backend runs a {'/'.join(rt.suffixes)} file; write one with "
                              f"`blazeport export {model} --format {runtime}`")
     if runtime == "torch":
-        module, resolved, source = open_module(model, wanted)
+        module, resolved, source = open_module(model, wanted, trust_code)
         return resolved, rt.backend(module, threads, **on_device), source
     if path is None:  # a spec name on a runtime: Google's original file
         resolved = find_spec(str(model))

@@ -2,7 +2,8 @@
 
 A ``.safetensors`` written here rebuilds its module from the file alone (family + config JSON)
 and says how to feed and decode it (the spec JSON). Nothing in it is executed: safetensors holds
-tensors and strings only, and every field is checked before it is trusted.
+tensors and strings only, every field is checked before it is trusted, and a student's backbone
+that names the user's own module is imported only with ``trust_code=True``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of, write_atomic
 from blazeport.specs import LandmarkSpec, ModelSpec, spec_from_dict
 
-__all__ = ["load_safetensors", "save_safetensors"]
+__all__ = ["load_safetensors", "read_weights", "save_safetensors"]
 
 
 def save_safetensors(module: Any, spec: ModelSpec | LandmarkSpec, out: str | Path, source: str | Path | None = None,
@@ -90,19 +91,10 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, Any]]:
         raise BlazeportError(f"{path}: not a readable safetensors file ({exc}). {_FIX}") from None
 
 
-def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec | LandmarkSpec]:
-    """Rebuild a module and its spec from a blazeport safetensors file.
-
-    Everything in the file is checked before it is trusted, and each problem is one
-    :class:`BlazeportError` naming the file: unreadable, not safetensors, no blazeport metadata,
-    a spec or config that is not valid JSON or not complete, and tensors missing, unexpected or of
-    the wrong shape for the model the config describes. (safetensors holds no code: nothing in the
-    file is executed.)
-    """
-    from blazeport.models import from_config  # imports torch, which a runtime-only install may lack
-
+def read_weights(path: str | Path) -> tuple[dict[str, str], ModelSpec | LandmarkSpec, dict[str, Any]]:
+    """``(metadata, spec, tensors)`` of a blazeport safetensors file, checked, without building its
+    module: what ``distill --init`` needs, and nothing a file names is imported."""
     path = Path(path)
-    fix = _FIX
     meta, state = _read(path)
     if meta.get("format") != "blazeport" or "config" not in meta or "spec" not in meta:
         raise BlazeportError(f"{path}: safetensors without blazeport metadata (format, spec, config); "
@@ -115,15 +107,34 @@ def load_safetensors(path: str | Path) -> tuple[Any, ModelSpec | LandmarkSpec]:
             stored.setdefault("teacher", meta.get("teacher"))
         spec = spec_from_dict(stored)
     except (ValueError, BlazeportError) as exc:  # JSONDecodeError is a ValueError
-        raise BlazeportError(f"{path}: its spec metadata is not usable ({exc}). {fix}") from None
+        raise BlazeportError(f"{path}: its spec metadata is not usable ({exc}). {_FIX}") from None
     try:
         if isinstance(spec, ModelSpec):  # a landmark model has no anchors
             anchors_for(spec)
     except BlazeportError as exc:
-        raise BlazeportError(f"{path}: {exc}. {fix}") from None
+        raise BlazeportError(f"{path}: {exc}. {_FIX}") from None
+    return meta, spec, state
+
+
+def load_safetensors(path: str | Path, trust_code: bool = False) -> tuple[Any, ModelSpec | LandmarkSpec]:
+    """Rebuild a module and its spec from a blazeport safetensors file.
+
+    Everything in the file is checked before it is trusted, and each problem is one
+    :class:`BlazeportError` naming the file: unreadable, not safetensors, no blazeport metadata,
+    a spec or config that is not valid JSON or not complete, and tensors missing, unexpected or of
+    the wrong shape for the model the config describes. safetensors holds tensors and strings, so
+    reading runs nothing; a student whose backbone is the user's own code names a module, and that
+    module is imported only with ``trust_code=True`` (:mod:`blazeport.models.backbones`): without it
+    the file is refused before any import, naming the module and ``--trust-code``.
+    """
+    from blazeport.models import from_config  # imports torch, which a runtime-only install may lack
+
+    path = Path(path)
+    fix = _FIX
+    meta, spec, state = read_weights(path)
     family = meta.get("family", "blazeface")
     try:
-        module = from_config(family, meta["config"])
+        module = from_config(family, meta["config"], trust_code)
     except BlazeportError as exc:  # a student's own backbone names its fix (an import path that moved)
         raise BlazeportError(f"{path}: {exc}" + ("" if family == "student" else f". {fix}")) from None
     except Exception as exc:  # a config is user data: any way it fails to build is the same problem

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -139,7 +138,9 @@ def test_a_user_backbone_gets_the_teachers_head_and_reloads_from_its_file(user_c
     assert reg.shape == (1, 2304, 16) and cls.shape == (1, 2304, 1)
     out = user_code / "s.safetensors"
     save_safetensors(student, student_spec(spec, "userbackbones:tiny,width=8", student.family, name="fr_tiny"), out)
-    again, again_spec = load_safetensors(out)
+    with pytest.raises(BlazeportError, match=r"import the module 'userbackbones'.*--trust-code"):
+        load_safetensors(out)  # the file names the user's module: imported only on the user's word
+    again, again_spec = load_safetensors(out, trust_code=True)
     assert again_spec.name == "fr_tiny" and again.config.backbone.kwargs == {"width": 8}
     for a, b in zip(student(x), again(x), strict=True):
         torch.testing.assert_close(a, b)
@@ -149,7 +150,7 @@ def test_a_user_backbone_gets_the_teachers_head_and_reloads_from_its_file(user_c
 
     sys.modules.pop("userbackbones", None)
     with pytest.raises(BlazeportError, match=r"s\.safetensors: userbackbones:tiny: cannot import userbackbones"):
-        load_safetensors(out)
+        load_safetensors(out, trust_code=True)
 
 
 def test_a_module_meeting_the_head_contract_is_used_as_is(user_code: Path) -> None:
@@ -167,7 +168,6 @@ def test_a_module_meeting_the_head_contract_is_used_as_is(user_code: Path) -> No
     ("userbackbones:OnlyStride4", "needs feature maps at stride 8, 16 .* the backbone has 4 .missing 8, 16"),
     ("userbackbones:NaNNet", "NaN or infinite"),
     ("userbackbones:missing", "userbackbones has no 'missing'"),
-    ("userbackbones:untyped", r"declare what untyped returns \(def untyped\(...\) -> nn.Module\)"),
     ("userbackbones:tiny,depth=3", r"calling tiny\(depth=3\) raised TypeError"),
     ("nosuchpackage.mod:net", "cannot import nosuchpackage.mod .no module 'nosuchpackage'.; run from the folder"),
     ("os:system", "os is a standard-library module, not a backbone"),
@@ -179,28 +179,10 @@ def test_a_bad_backbone_is_one_message(user_code: Path, arg: str, message: str) 
         build_student(arg, get_spec("short_range"))
 
 
-def test_a_crafted_file_cannot_call_a_function(tmp_path: Path, user_code: Path) -> None:
-    """A weights file naming ``os:system`` (or an undeclared function) is refused before anything runs."""
-    spec = get_spec("short_range")
-    student = build_student("userbackbones:tiny", spec)
-    good = tmp_path / "good.safetensors"
-    save_safetensors(student, student_spec(spec, "userbackbones:tiny", "student"), good)
-    marker = tmp_path / "ran"
-    for target, kwargs, why in (("os:system", {"command": f"touch {marker}"}, "standard-library module"),
-                                ("userbackbones:untyped", {"width": 8}, "declare what untyped returns")):
-        raw = good.read_bytes()
-        n = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + n])
-        config = json.loads(header["__metadata__"]["config"])
-        config["backbone"].update(kind="import", name=target, kwargs=kwargs)
-        header["__metadata__"]["config"] = json.dumps(config)
-        text = json.dumps(header).encode()
-        text += b" " * (-(8 + len(text)) % 8)
-        bad = tmp_path / "bad.safetensors"
-        bad.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
-        with pytest.raises(BlazeportError, match=f"bad.safetensors: {target}: .*{why}"):
-            load_safetensors(bad)
-        assert not marker.exists()
+def test_an_unannotated_factory_named_on_the_command_line_builds(user_code: Path) -> None:
+    """The user typed the name, so it is trusted: the check is on what the factory returns."""
+    student = build_student("userbackbones:untyped,width=8", get_spec("short_range"))
+    assert isinstance(student, Student) and student(torch.zeros(1, 3, 128, 128))[0].shape == (1, 896, 16)
 
 
 def test_timm_gives_one_message_where_it_cannot_import() -> None:

@@ -51,16 +51,18 @@ def test_a_user_backbone_distills_detects_exports_and_benchmarks(photos: Path, t
     weights = out / "student.safetensors"
 
     monkeypatch.chdir(ROOT)  # where the user's module imports from
-    det = blazeport.load(weights)  # no flags: the file says how to rebuild the backbone
+    with pytest.raises(BlazeportError, match="--trust-code"):
+        blazeport.load(weights)  # the file names the user's module: refused before it is imported
+    det = blazeport.load(weights, trust_code=True)  # the user's word: the file says how to rebuild the backbone
     assert det.spec.name == "short_range_mnv3_small" and det.spec.teacher == "short_range"
     faces = det.detect(np.full((200, 300, 3), 128, np.uint8))
     assert isinstance(faces, list)
     for fmt in ("onnx", "tflite"):
-        report = export(weights, fmt, tmp_path / f"student.{fmt}")
+        report = export(weights, fmt, tmp_path / f"student.{fmt}", trust_code=True)
         assert report["ok"], report  # verified against the PyTorch student on real photos
         assert blazeport.load(tmp_path / f"student.{fmt}", backend=fmt).spec.name == det.spec.name
     r = _cli(["bench", str(weights), "--backend", "torch,onnx", "--runs", "5", "--warmup", "1", "--no-baselines",
-              "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "bench.json")], ROOT)
+              "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "bench.json"), "--trust-code"], ROOT)
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())["results"]
     assert {row["backend"] for row in rows} == {"torch", "onnx"} and all(row["stats"]["p50"] > 0 for row in rows)

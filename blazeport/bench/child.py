@@ -45,7 +45,7 @@ def open_timed(cfg: dict[str, Any]) -> tuple[Detector, float, float]:
     if runtime == "torch":
         library.set_num_interop_threads(1)
     spec, backend, _ = open_backend(cfg["path"], runtime, ModelSpec.from_dict(cfg["spec"]), threads,
-                                    cfg.get("device", "cpu"))
+                                    cfg.get("device", "cpu"), bool(cfg.get("trust_code", False)))
     t2 = time.perf_counter_ns()
     return Detector(spec, backend, post=cfg.get("postprocess", "auto")), ms(t1 - t0), ms(t2 - t1)
 

@@ -29,6 +29,7 @@ from blazeport.folder import default_workers
 from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
 from blazeport.specs import SPECS
+from blazeport.trust import add_trust_code
 
 DEFAULT_CACHE = Path("runs") / "bench-cache"
 
@@ -105,6 +106,7 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
                    "(default: auto); the detections are identical")
     b.add_argument("--android", action="store_true",
                    help="print the equivalent TFLite benchmark_model command lines (adb) for the .tflite files and exit")
+    add_trust_code(b)
     b.set_defaults(func=cmd_bench)
     return b
 
@@ -122,6 +124,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--rounds", str(args.rounds)] if args.rounds > 1 else []
     parts += ["--e2e"] if args.e2e else []
     parts += ["--postprocess", args.postprocess] if args.postprocess != "auto" else []
+    parts += ["--trust-code"] if args.trust_code else []
     parts += ["--device", args.device] if args.device != "cpu" else []
     parts += ["--image", args.image] if args.image else []
     parts += ["--mediapipe-python", args.mediapipe_python] if args.mediapipe_python else []
@@ -197,7 +200,8 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
     if args.json:
         check_output(args.json, [Path(m) for m in args.models if Path(m).is_file()], "JSON report")
     notes: list[str] = []
-    targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log)
+    targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log,
+                              args.trust_code)
     _place(targets, args)
     mp_python = None
     if not args.no_baselines:
@@ -233,7 +237,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if out:
             check_output(out, inputs, what)
     notes: list[str] = []
-    targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log)
+    targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log,
+                              args.trust_code)
     if args.android:
         print(android_commands(targets, args.threads, args.runs, args.warmup))
         return 0

@@ -33,7 +33,7 @@ def child_config(t: Target, threads: int, mode: str, runs: int, warmup: int, ima
     """What the child reads on stdin (the MediaPipe interpreter's path is the parent's business)."""
     cfg = {"runtime": t.runtime, "path": str(Path(t.path).resolve()) if t.path else None, "threads": threads,
            "mode": mode, "runs": runs, "warmup": warmup, "image": str(image), "spec": t.spec.to_dict(),
-           "cwd": os.getcwd(), **t.extra}
+           "cwd": os.getcwd(), "trust_code": t.trust_code, **t.extra}
     return {k: v for k, v in cfg.items() if k != "python"}
 
 

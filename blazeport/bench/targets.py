@@ -47,6 +47,7 @@ class Target:
     macs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # a blazeport export's precision (its blazeport.weights metadata: int8, float16, ...)
+    trust_code: bool = False  # --trust-code: the child may import a student file's own backbone module
 
     @property
     def runtime(self) -> str:
@@ -91,7 +92,7 @@ def original_file(spec: ModelSpec) -> Path | None:
     return WEIGHTS_DIR / spec.tflite if spec.tflite else None
 
 
-def cached_export(source: Path, fmt: str, cache: Path, stem: str, log: Any) -> Path:
+def cached_export(source: Path, fmt: str, cache: Path, stem: str, log: Any, trust_code: bool = False) -> Path:
     """``blazeport export`` of ``source`` into ``cache``, named by the source's sha256 (reused when
     present; a new source, e.g. retrained weights, gets a new file). Raises BlazeportError."""
     f = blazeport.export.get_format(fmt)
@@ -102,7 +103,7 @@ def cached_export(source: Path, fmt: str, cache: Path, stem: str, log: Any) -> P
     if out.is_file():
         return out
     log(f"exporting {source} -> {out} ({fmt}{', dynamic batch' if dynamic else ''}, verified; once, then cached)")
-    report = blazeport.export.export(source, fmt, out, dynamic_batch=dynamic)
+    report = blazeport.export.export(source, fmt, out, dynamic_batch=dynamic, trust_code=trust_code)
     if not report["ok"]:
         out.unlink(missing_ok=True)
         raise BlazeportError(f"{out}: the exported file failed verification against PyTorch; not benchmarked")
@@ -138,11 +139,12 @@ def _is_student(arg: str, has_torch: bool) -> bool:
     return head in REGISTERED or ":" in head  # timm:NAME or package.module:factory
 
 
-def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, notes: list[str]) -> _Model:
+def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, notes: list[str],
+              trust_code: bool = False) -> _Model:
     """What one MODEL argument is: a model file, an untrained student architecture, or a spec name."""
     path = Path(arg)
     if path.suffix in MODEL_SUFFIXES:
-        return _describe_file(path, spec_name, has_torch)
+        return _describe_file(path, spec_name, has_torch, trust_code)
     if _is_student(arg, has_torch):
         weights = untrained_student(arg, get_spec(spec_name or DEFAULT_TEACHER), cache)
         module, spec, source = open_module(weights)
@@ -155,13 +157,13 @@ def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, not
     return _Model(arg, arg, spec, files, arg)
 
 
-def _describe_file(path: Path, spec_name: str | None, has_torch: bool) -> _Model:
+def _describe_file(path: Path, spec_name: str | None, has_torch: bool, trust_code: bool = False) -> _Model:
     if not path.is_file():
         raise BlazeportError(f"{path}: no such model file")
     if path.suffix == ".safetensors":
         if not has_torch:
             raise BlazeportError(f"{path}: a .safetensors model needs torch (pip install -e .)")
-        module, spec, source = open_module(path, spec_name)
+        module, spec, source = open_module(path, spec_name, trust_code)
         return _Model(path.stem, path.stem, spec, {}, path, spec_name, module, source)
     runtime = native_runtime(path)
     detector = load(path, backend=runtime, spec=spec_name)  # the loader, and the file's outputs checked against the spec
@@ -186,22 +188,23 @@ def _wanted(m: _Model, backends: set[str]) -> tuple[list[str], list[str]]:
     return runnable, [b for b in runnable if b not in m.files]
 
 
-def _from_torch(m: _Model, backend: str, cache: Path, notes: list[str], log: Any) -> Path | None:
+def _from_torch(m: _Model, backend: str, cache: Path, notes: list[str], log: Any, trust_code: bool = False) -> Path | None:
     """The file a backend runs that is made from the module: its weights (torch) or a cached export."""
     if backend == "torch":
         return m.source
     try:
-        return cached_export(m.source, backend, cache, m.stem, log)
+        return cached_export(m.source, backend, cache, m.stem, log, trust_code)
     except BlazeportError as exc:
         notes.append(f"{m.label}: {backend} skipped: {exc}")
         return None
 
 
 def _model_targets(m: _Model, backends: set[str], cache: Path, has_torch: bool, notes: list[str],
-                   log: Any) -> list[Target]:
+                   log: Any, trust_code: bool = False) -> list[Target]:
     runnable, made = _wanted(m, backends)
     if made and has_torch and m.module is None:
-        m.module, m.spec, m.source = open_module(m.torch_model, m.spec_arg)  # the loader's error if weights are missing
+        # the loader's error if weights are missing
+        m.module, m.spec, m.source = open_module(m.torch_model, m.spec_arg, trust_code)
     counts: Counts = module_counts(m.module, m.spec) if m.module is not None else graph_counts(m.files.values())
     out = []
     for backend in runnable:
@@ -209,11 +212,11 @@ def _model_targets(m: _Model, backends: set[str], cache: Path, has_torch: bool, 
             notes.append(f"{m.label}: torch skipped (torch is not importable here)" if backend == "torch"
                          else f"{m.label}: {backend} export skipped (exporting needs torch)")
             continue
-        path = _from_torch(m, backend, cache, notes, log) if backend in made else m.files[backend]
+        path = _from_torch(m, backend, cache, notes, log, trust_code) if backend in made else m.files[backend]
         if path is None:
             continue
         t = Target(m.label, backend, str(path), m.spec, reference_of(m.spec), params=counts[0], macs=counts[1],
-                   weights=m.weights if backend in m.files else None)
+                   weights=m.weights if backend in m.files else None, trust_code=trust_code)
         if backend == "torch" and path.suffix == ".tflite":
             t.extra["note"] = "converted from the .tflite on load"
         out.append(t)
@@ -221,14 +224,16 @@ def _model_targets(m: _Model, backends: set[str], cache: Path, has_torch: bool, 
 
 
 def resolve_targets(models: list[str], backends: set[str], cache: Path, spec_name: str | None,
-                    notes: list[str], log: Any) -> list[Target]:
+                    notes: list[str], log: Any, trust_code: bool = False) -> list[Target]:
     """Turn MODEL arguments and ``--backend`` into targets, exporting on the fly where needed.
-    ``spec_name`` (``--spec``) is the spec of a model file, and the teacher of an untrained student."""
+    ``spec_name`` (``--spec``) is the spec of a model file, and the teacher of an untrained student.
+    ``trust_code`` (``--trust-code``): a student file whose backbone is the user's own module may
+    import it, here and in every measuring child."""
     has_torch = torch_available()
     targets: list[Target] = []
     for arg in models:
-        targets += _model_targets(_describe(arg, spec_name, cache, has_torch, notes), backends, cache, has_torch,
-                                  notes, log)
+        targets += _model_targets(_describe(arg, spec_name, cache, has_torch, notes, trust_code), backends, cache,
+                                  has_torch, notes, log, trust_code)
     if not targets:
         raise BlazeportError("nothing to benchmark (see the notes above)")
     return targets

@@ -19,6 +19,7 @@ from blazeport.files import drawing_paths
 from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.photos import list_images, sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
+from blazeport.trust import add_trust_code
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
     detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
-                    spec=args.spec, postprocess=args.postprocess, device=args.device)
+                    spec=args.spec, postprocess=args.postprocess, device=args.device, trust_code=args.trust_code)
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
     verbose = not args.json and not args.quiet
@@ -101,4 +102,5 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)
+    add_trust_code(p)
     p.set_defaults(func=cmd_detect)

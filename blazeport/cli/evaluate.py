@@ -13,6 +13,7 @@ from blazeport.cli.common import add_max_pixels, positive_int, print_json
 from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
+from blazeport.trust import add_trust_code
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -32,7 +33,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for p in images:
         if not p.exists():
             raise BlazeportError(f"{p}: no such file or folder")
-    detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold)
+    detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
+                    trust_code=args.trust_code)
     if args.boxes:
         result = evaluate_on_boxes(detector, images, boxes, progress=True, max_pixels=args.max_pixels)
         against = str(args.boxes)
@@ -40,7 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise BlazeportError(f"none of the images in {' '.join(map(str, images))} has an entry in {args.boxes} "
                                  "(matched by file name)")
     else:
-        teacher = load(args.teacher, backend=args.teacher_backend, threads=args.threads)
+        teacher = load(args.teacher, backend=args.teacher_backend, threads=args.threads, trust_code=args.trust_code)
         result = evaluate_against_teacher(detector, teacher, images, progress=True, max_pixels=args.max_pixels,
                                           by_size=args.by_size)
         against = f"teacher {args.teacher} ({args.teacher_backend}, threshold {teacher.spec.score_threshold:g})"
@@ -100,4 +102,5 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    "15-40%%, over 40%%) and faces found by the teacher's score band")
     p.add_argument("--json", action="store_true", help="print the result as JSON (nan as null)")
     add_max_pixels(p)
+    add_trust_code(p)
     p.set_defaults(func=cmd_eval)

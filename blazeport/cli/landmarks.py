@@ -18,6 +18,7 @@ from blazeport.files import drawing_paths
 from blazeport.landmarks import load_landmarks
 from blazeport.photos import list_images, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.trust import add_trust_code
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
@@ -33,7 +34,7 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
                                 iris=args.iris_model if args.iris else False,
                                 threads=args.threads, max_faces=args.max_faces,
                                 min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence,
-                                device=args.device)
+                                device=args.device, trust_code=args.trust_code)
     verbose = not args.json and not args.quiet
     bar = tqdm(total=len(paths), desc="landmarks", unit="img", disable=verbose or args.quiet or len(paths) < 2,
                file=sys.stderr)
@@ -108,4 +109,5 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    "landmarks [[x, y, z] x 468], roi, detection, iris")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)
+    add_trust_code(p)
     p.set_defaults(func=cmd_landmarks)

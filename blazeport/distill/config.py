@@ -160,23 +160,25 @@ class TrainConfig:
 
 def init_weights(student: torch.nn.Module, path: str, teacher: Any) -> None:
     """Load ``--init``'s weights into ``student``: a student of the same teacher and architecture, every
-    tensor of the same shape, or one message naming the file and what differs."""
-    from blazeport.weights import load_safetensors
+    tensor of the same shape, or one message naming the file and what differs. Only the file's tensors
+    and spec are read (:func:`~blazeport.weights.read_weights`): its module is never rebuilt, so a
+    backbone module the file names is never imported."""
+    from blazeport.weights import read_weights
 
-    module, spec = load_safetensors(path)  # checks the file; a user's file is data, never unpickled
+    meta, spec, state = read_weights(path)  # checks the file; a user's file is data, never unpickled
     if spec.teacher != teacher.name:
         raise BlazeportError(f"--init {path}: a student of {spec.teacher or spec.name}, not of --teacher {teacher.name}")
-    if getattr(module, "pruned", False):  # a `blazeport prune` output: the same architecture, cut to its widths
+    if meta.get("pruned") == "true":  # a `blazeport prune` output: the same architecture, cut to its widths
         from blazeport.pruning.prune import apply_widths
 
-        apply_widths(student, module.state_dict(), spec.input_size)
+        apply_widths(student, state, spec.input_size)
     mine = {k: tuple(v.shape) for k, v in student.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
     if mine != theirs:
         diff = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
         raise BlazeportError(f"--init {path}: its tensors do not fit --student ({len(diff)} differ, e.g. {diff[0]}); "
                              f"pass the --student it was trained as ({spec.architecture})")
-    student.load_state_dict(module.state_dict())
+    student.load_state_dict(state)
 
 
 def _whole(name: str, value: Any, least: int, why: str = "") -> None:

@@ -157,13 +157,14 @@ def _int8_options(fp16: bool, int8: bool, dynamic: bool, int8_io: bool, calibrat
 def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, fp16: bool = False,
            dynamic_batch: bool = False, images: list[np.ndarray] | None = None, int8: bool = False,
            dynamic: bool = False, int8_io: bool = False, calibration: str | Path | None = None,
-           calibration_count: int = DEFAULT_COUNT, max_pixels: int | None = None) -> dict[str, Any]:
+           calibration_count: int = DEFAULT_COUNT, max_pixels: int | None = None, trust_code: bool = False) -> dict[str, Any]:
     """Export, verify, and return the report (the CLI's ``--json``).
 
     ``ok`` is the float32 gate (:func:`blazeport.verify.verify`: raw outputs, decoded outputs and
     detections); float16 weights are reported, and ``ok`` only requires finite outputs. With
     ``int8``, ``ok`` is the int8 target instead (:mod:`blazeport.export.fidelity`: AP50 of the int8
     file's detections against the float model's on photos the calibration did not see).
+    ``trust_code``: as for :func:`blazeport.load` (a student whose backbone is the user's own module).
     """
     from blazeport.models import fold_batchnorm  # imports torch, which export needs anyway
 
@@ -179,7 +180,7 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
         if given and flag not in f.int8_flags:  # before the float export: a refusal should not cost a lowering
             raise BlazeportError(f"{flag} is not offered for {f.name} --int8; it is for "
                                  f"{', '.join(x.name for x in FORMATS.values() if flag in x.int8_flags)}")
-    module, spec, source = open_module(model)
+    module, spec, source = open_module(model, trust_code=trust_code)
     if isinstance(spec, LandmarkSpec) and int8:
         raise BlazeportError(f"{spec.name} is a landmark model: --int8 is offered for detectors only (its fidelity is "
                              "judged by detection AP); export it in float32 or --fp16")

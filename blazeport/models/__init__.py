@@ -28,10 +28,13 @@ FAMILIES: dict[str, tuple[Any, Any]] = {
 }
 
 
-def from_config(family: str, config_json: str) -> Any:
-    """Rebuild a module from a family name and its JSON config (as stored beside the weights)."""
+def from_config(family: str, config_json: str, trust_code: bool = False) -> Any:
+    """Rebuild a module from a family name and its JSON config (as stored beside the weights).
+    ``trust_code``: a student whose backbone is the user's own code may import it (see
+    :mod:`blazeport.models.backbones`); the other families are blazeport's own code."""
     if family not in FAMILIES:
         raise BlazeportError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, module_cls = FAMILIES[family]
-    return module_cls(config_cls.from_json(config_json))
+    config = config_cls.from_json(config_json)
+    return Student(config, trust_code=trust_code) if module_cls is Student else module_cls(config)
 

@@ -10,10 +10,14 @@
   the current directory or the environment, called with the keyword arguments.
 
 A :class:`BackboneSource` records which, so a student's ``.safetensors`` rebuilds it from the file
-alone. Reloading a user's import path imports that module, and calls only an ``nn.Module``
-subclass or a function annotated ``-> nn.Module`` (a subclass), defined in that module and not in
-the standard library, with the JSON values stored beside it: a crafted file cannot make it call
-``os:system`` or some package's ``rmtree``.
+alone. **A weights file is data, and trust is explicit and per use**, as ``trust_remote_code`` is
+in the Hugging Face ecosystem: rebuilding an ``import`` backbone from a file imports the module it
+names, which runs that module's top-level code, so :func:`make_backbone` refuses it, naming the
+module and the flag, unless the caller passes ``trust_code=True`` (``--trust-code`` on the command
+line). Nothing is imported before that check. Registered families are blazeport's own code and need
+no trust; a timm backbone from a file is built by timm's registry with the file's options, and may
+not name weights to load (the file holds them). A module the user names on the command line
+(``--student mod:factory``) is trusted for that run: the user typed it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import json
 import os
 import re
 import sys
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +35,15 @@ from torch import nn
 
 from blazeport.errors import BlazeportError
 from blazeport.models.resnet import RESNET_BACKBONES, ResNetBackbone, ResNetBackboneConfig
+from blazeport.trust import TRUST_FLAG
 
-__all__ = ["REGISTERED", "BackboneSource", "architecture_name", "backbone_families", "imported_backbone", "make_backbone",
-           "module_path", "parse_student", "timm_backbone"]
+__all__ = ["REGISTERED", "TRUST_FLAG", "BackboneSource", "architecture_name", "backbone_families", "check_trusted",
+           "imported_backbone", "make_backbone", "module_path", "parse_student", "timm_backbone"]
+
+# timm options that load weights from somewhere: a weights file holds its weights, and a file that
+# named a checkpoint would have timm unpickle a path the file chose
+_TIMM_WEIGHT_OPTIONS = {"checkpoint", "checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                        "cache_dir"}
 
 
 def _mobilenet() -> tuple[Any, Any, dict[str, Any]]:
@@ -118,7 +127,9 @@ def timm_backbone(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _resolve(target: str) -> Any:
-    """The class or function ``package.module:name`` names, refusing anything but the user's own code."""
+    """The class or function ``package.module:name`` names. Only called once the module is trusted
+    (named on the command line, or ``trust_code=True``); the name is checked before the import, and
+    what the factory returns is checked on its result (:func:`imported_backbone`)."""
     modname, _, attr = target.partition(":")
     if not all(part.isidentifier() for part in modname.split(".")) or not attr.isidentifier():
         raise BlazeportError(f"{target}: write your backbone as package.module:factory (e.g. mybackbones:tiny_net)")
@@ -146,15 +157,6 @@ def _resolve(target: str) -> Any:
         raise BlazeportError(f"{target}: {attr} is a {type(obj).__name__}; name an nn.Module class or a function returning one")
     if obj.__module__ != module.__name__:
         raise BlazeportError(f"{target}: {attr} is defined in {obj.__module__}; name it there ({obj.__module__}:{attr})")
-    if inspect.isfunction(obj):
-        try:
-            returns = typing.get_type_hints(obj).get("return")
-        except Exception:  # an annotation that does not resolve is no declaration
-            returns = None
-        if not (inspect.isclass(returns) and issubclass(returns, nn.Module)):
-            raise BlazeportError(f"{target}: declare what {attr} returns (def {attr}(...) -> nn.Module): blazeport calls "
-                                 "only classes and functions declared to build a module, so a weights file that names "
-                                 "a function cannot make it run anything else")
     return obj
 
 
@@ -170,7 +172,22 @@ def imported_backbone(target: str, kwargs: dict[str, Any]) -> nn.Module:
     return module
 
 
-def make_backbone(src: BackboneSource) -> nn.Module:
+def check_trusted(src: BackboneSource, trust_code: bool) -> None:
+    """Refuse, before anything is imported, to rebuild a backbone that is the user's own code without
+    the user's word for it. The message names the module and the flag."""
+    if src.kind != "import" or trust_code:
+        return
+    module = src.name.partition(":")[0]
+    raise BlazeportError(
+        f"its student backbone is code, {src.name}: loading it would import the module {module!r}, which runs that "
+        f"module's code. Nothing was imported. If you trust this file and {module}, pass {TRUST_FLAG} (Python: "
+        "trust_code=True)")
+
+
+def make_backbone(src: BackboneSource, trust_code: bool = False) -> nn.Module:
+    """Rebuild a stored backbone. ``trust_code``: the caller's word that an ``import`` backbone's
+    module may be imported (see the module docstring); without it such a backbone is refused."""
+    check_trusted(src, trust_code)
     if src.kind == "registered":
         families = backbone_families()
         if src.name not in families:
@@ -178,6 +195,10 @@ def make_backbone(src: BackboneSource) -> nn.Module:
         config_cls, module_cls, _ = families[src.name]
         return module_cls(config_cls.from_json(src.config))
     if src.kind == "timm":
+        named = sorted(_TIMM_WEIGHT_OPTIONS & set(src.kwargs))
+        if named:
+            raise BlazeportError(f"its timm backbone {src.name} names weights to load ({', '.join(named)}); a weights file "
+                                 "holds its own weights and may not point timm at another file")
         return timm_backbone(src.name, src.kwargs)
     if src.kind == "import":
         return imported_backbone(src.name, src.kwargs)

@@ -142,10 +142,12 @@ class Student(nn.Module):
 
     family = "student"
 
-    def __init__(self, config: StudentConfig, backbone: nn.Module | None = None):
+    def __init__(self, config: StudentConfig, backbone: nn.Module | None = None, trust_code: bool = False):
+        """``backbone``: the instance to use; else it is rebuilt from ``config``, which for the user's own
+        code needs ``trust_code`` (:func:`~blazeport.models.backbones.make_backbone`)."""
         super().__init__()
         self.config = config
-        self.backbone = backbone if backbone is not None else make_backbone(config.backbone)
+        self.backbone = backbone if backbone is not None else make_backbone(config.backbone, trust_code)
         if config.as_is:
             return
         c = config.neck_channels
