@@ -77,10 +77,11 @@ def draw_landmarks(image: np.ndarray, faces: list[Any], mesh: bool = True) -> np
     return out
 
 
-def save_rgb(path: str | Path, image: np.ndarray) -> Path:
-    """Encode by the path's suffix and write atomically (a half-written drawing never replaces one)."""
+def save_rgb(path: str | Path, image: np.ndarray, replace: bool = True) -> Path:
+    """Encode by the path's suffix and write atomically (a half-written drawing never replaces one);
+    ``replace=False`` never replaces an existing file (:func:`blazeport.files.write_atomic`)."""
     path = Path(path)
     ok, data = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise BlazeportError(f"{path}: OpenCV could not encode the drawing")
-    return write_atomic(path, data.tobytes())
+    return write_atomic(path, data.tobytes(), replace)

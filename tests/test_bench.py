@@ -153,7 +153,7 @@ def test_exports_are_cached_by_source_hash(tmp_path, monkeypatch) -> None:
 
     calls = []
 
-    def fake_export(source, fmt, out, dynamic_batch=False):
+    def fake_export(source, fmt, out, dynamic_batch=False, trust_code=False):
         calls.append((Path(source), fmt, dynamic_batch))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_bytes(b"exported")

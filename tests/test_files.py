@@ -39,7 +39,7 @@ def test_convert_failing_verification_keeps_previous_output(tmp_path, capsys) ->
     data[100000:100002] = b"\x00\x7c"  # a float16 weight becomes +inf
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(bytes(data))
-    code, out, err = run(capsys, "convert", str(bad), "--spec", "short_range", "-o", str(good))
+    code, out, err = run(capsys, "convert", str(bad), "--spec", "short_range", "-o", str(good), "--overwrite")
     assert code == 1 and "FAILED" in out and "nothing written" in err
     assert good.read_bytes() == before
     assert _leftovers(tmp_path) == []
@@ -110,7 +110,7 @@ def test_export_that_fails_verification_keeps_the_previous_file(tmp_path, capsys
     out = tmp_path / "sr.onnx"
     out.write_bytes(b"previous good export")
     monkeypatch.setattr("blazeport.verify.passes", lambda diffs: False)
-    code, _, err = run(capsys, "export", "short_range", "--format", "onnx", "-o", str(out), "--json")
+    code, _, err = run(capsys, "export", "short_range", "--format", "onnx", "-o", str(out), "--json", "--overwrite")
     assert code == 1 and "nothing written" in err
     assert out.read_bytes() == b"previous good export" and _leftovers(tmp_path) == []
 
@@ -120,7 +120,7 @@ def test_export_that_fails_verification_keeps_the_previous_file(tmp_path, capsys
     monkeypatch.setitem(export.FORMATS, "onnx", export.FORMATS["onnx"].__class__(
         **{**export.FORMATS["onnx"].__dict__, "exporter": broken}))
     with pytest.raises(RuntimeError):
-        export.export("short_range", "onnx", out)
+        export.export("short_range", "onnx", out, overwrite=True)
     assert out.read_bytes() == b"previous good export" and _leftovers(tmp_path) == []
 
 
@@ -139,7 +139,10 @@ def test_detect_refuses_to_draw_over_its_inputs(tmp_path, capsys) -> None:
     a = _photo(photos / "a.jpg", 10)
     before = a.read_bytes()
     code, _, err = run(capsys, "detect", str(photos), "--out", str(photos), "-q")
-    assert code == 2 and "input image" in err
+    assert code == 2 and "is the input folder" in err
+    assert a.read_bytes() == before
+    code, _, err = run(capsys, "detect", str(a), "--out", str(photos), "-q", "--overwrite")
+    assert code == 2 and "input image" in err  # --overwrite replaces drawings, never an input
     assert a.read_bytes() == before
 
 

@@ -26,10 +26,10 @@ from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_bas
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
 from blazeport.folder import default_workers
+from blazeport.options import add_overwrite, add_trust_code
 from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
 from blazeport.specs import SPECS
-from blazeport.trust import add_trust_code
 
 DEFAULT_CACHE = Path("runs") / "bench-cache"
 
@@ -107,6 +107,7 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
     b.add_argument("--android", action="store_true",
                    help="print the equivalent TFLite benchmark_model command lines (adb) for the .tflite files and exit")
     add_trust_code(b)
+    add_overwrite(b)
     b.set_defaults(func=cmd_bench)
     return b
 
@@ -198,7 +199,7 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
                              "folder's files); drop it, or run the latency bench without --folder")
     args.models = args.models or [DEFAULT_TEACHER]
     if args.json:
-        check_output(args.json, [Path(m) for m in args.models if Path(m).is_file()], "JSON report")
+        check_output(args.json, [Path(m) for m in args.models if Path(m).is_file()], "JSON report", args.overwrite)
     notes: list[str] = []
     targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log,
                               args.trust_code)
@@ -217,7 +218,7 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
     report = {"blazeport_bench_folder": 1, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "command": command_line(args), "host": host, "notes": notes, "results": rows}
     if args.json:
-        out = write_atomic(args.json, json.dumps(report, indent=1).encode())
+        out = write_atomic(args.json, json.dumps(report, indent=1).encode(), args.overwrite)
         _log(f"report: {out}")
     return 1 if any(r.get("error") for r in rows) else 0
 
@@ -235,7 +236,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     inputs = [image, *(m for m in args.models if Path(m).is_file())]
     for out, what in ((args.json, "JSON report"), (args.plot, "chart")):
         if out:
-            check_output(out, inputs, what)
+            check_output(out, inputs, what, args.overwrite)
     notes: list[str] = []
     targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log,
                               args.trust_code)
@@ -256,10 +257,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = _build_report(args, host, results, notes, image, rounds, mp_python)
     print_report(report)
     if args.json:
-        out = write_atomic(args.json, json.dumps(report, indent=1).encode())
+        out = write_atomic(args.json, json.dumps(report, indent=1).encode(), args.overwrite)
         _log(f"report: {out}")
     if args.plot:
-        write_plot(report, Path(args.plot))
+        write_plot(report, Path(args.plot), args.overwrite)
         _log(f"chart: {args.plot}")
     return 1 if any(r.get("error") for r in results) else 0
 

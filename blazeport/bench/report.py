@@ -241,7 +241,7 @@ def print_report(report: dict[str, Any], file: Any = None) -> None:
         print(line, file=file)
 
 
-def write_plot(report: dict[str, Any], out: Path) -> None:
+def write_plot(report: dict[str, Any], out: Path, replace: bool = True) -> None:
     """p50 bars with a whisker to p90, one panel per mode (matplotlib, Agg)."""
     import matplotlib
 
@@ -276,6 +276,6 @@ def write_plot(report: dict[str, Any], out: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, dpi=120, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
-    write_atomic(out, buf.getvalue())
+    write_atomic(out, buf.getvalue(), replace)
 
 

@@ -8,13 +8,14 @@ from typing import Any
 
 from blazeport.cli.common import add_max_pixels, gate_line, print_check, print_json, read_images
 from blazeport.convert import convert
+from blazeport.options import add_overwrite
 from blazeport.specs import find_spec
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     images = read_images(args.images, args.max_pixels) if args.images else None
     spec = find_spec(args.spec) if args.spec else None
-    report = convert(args.src, args.output, spec, images)
+    report = convert(args.src, args.output, spec, images, overwrite=args.overwrite)
     if not report["written"]:
         print(f"nothing written: {report['output']} was left as it was", file=sys.stderr)
     if args.json:
@@ -40,4 +41,6 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_max_pixels(p)
+    add_overwrite(p, "refused before any work, unless it is blazeport's own conversion of the same .tflite "
+                  "(replaced once the new one is verified)")
     p.set_defaults(func=cmd_convert)

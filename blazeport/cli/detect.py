@@ -15,21 +15,25 @@ from blazeport.cli.common import add_max_pixels, non_negative_int, positive_int,
 from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
-from blazeport.files import drawing_paths
+from blazeport.files import drawing_paths, inputs_outside
 from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
+from blazeport.options import add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
-from blazeport.trust import add_trust_code
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     arguments = args.images or [sample_image_path("astronaut")]
     paths = list_images(arguments)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:  # the drawings of an earlier run into a folder inside an input folder are not photos
+        paths, left = inputs_outside(arguments, paths, out_dir)
+        if left and not args.quiet:
+            print(f"{left} image(s) under --out {out_dir} were not taken as inputs", file=sys.stderr)
     if not paths:
         raise BlazeportError(f"no images found in {' '.join(args.images)}")
-    out_dir = Path(args.out) if args.out else None
     # every drawing's name is decided, and checked against the inputs, before any work
-    drawings = drawing_paths(arguments, paths, out_dir) if out_dir else []
+    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir else []
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
     detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
@@ -52,7 +56,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         path, image, (w, h) = item.path, item.image, item.size
         results.append({"image": str(path), "width": w, "height": h, "detections": [d.to_dict() for d in dets]})
         if out_dir:
-            save_rgb(drawings[item.index], draw_detections(image, dets))
+            save_rgb(drawings[item.index], draw_detections(image, dets), replace=args.overwrite)
         if verbose:
             tqdm.write(f"{path}: {len(dets)} {detector.spec.subject}(s)", file=sys.stdout)
             for d in dets:
@@ -103,4 +107,5 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)
     add_trust_code(p)
+    add_overwrite(p, "drawn under a free name (photo_2.jpg)")
     p.set_defaults(func=cmd_detect)

@@ -13,7 +13,7 @@ from blazeport.cli.common import add_max_pixels, positive_int, print_json
 from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
-from blazeport.trust import add_trust_code
+from blazeport.options import add_trust_code
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -11,14 +11,15 @@ from blazeport.cli.common import add_max_pixels, gate_line, positive_int, print_
 from blazeport.export import FORMATS, export
 from blazeport.export.calibration import DEFAULT_COUNT, MIN_CALIBRATION
 from blazeport.export.fidelity import AP50_TARGET
-from blazeport.trust import add_trust_code
+from blazeport.options import add_overwrite, add_trust_code
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     images = read_images(args.images, args.max_pixels) if args.images else None
     r = export(args.model, args.format, args.output, fp16=args.fp16, dynamic_batch=args.dynamic_batch, images=images,
                int8=args.int8, dynamic=args.dynamic, int8_io=args.int8_io, calibration=args.calibration,
-               calibration_count=args.calibration_count, max_pixels=args.max_pixels, trust_code=args.trust_code)
+               calibration_count=args.calibration_count, max_pixels=args.max_pixels, trust_code=args.trust_code,
+               overwrite=args.overwrite)
     if not r["written"]:
         print(f"nothing written: {r['output']} was left as it was", file=sys.stderr)
     if args.json:
@@ -101,4 +102,5 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_max_pixels(p)
     add_trust_code(p)
+    add_overwrite(p)
     p.set_defaults(func=cmd_export)

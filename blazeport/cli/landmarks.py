@@ -14,20 +14,25 @@ from blazeport.backends import RUNTIMES
 from blazeport.cli.common import add_max_pixels, positive_int, print_json
 from blazeport.draw import draw_landmarks, save_rgb
 from blazeport.errors import BlazeportError
-from blazeport.files import drawing_paths
+from blazeport.files import drawing_paths, inputs_outside
 from blazeport.landmarks import load_landmarks
+from blazeport.options import add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
-from blazeport.trust import add_trust_code
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
     arguments = args.images or [sample_image_path("astronaut")]
     paths = list_images(arguments)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:  # the drawings of an earlier run into a folder inside an input folder are not photos
+        paths, left = inputs_outside(arguments, paths, out_dir)
+        if left and not args.quiet:
+            print(f"{left} image(s) under --out {out_dir} were not taken as inputs", file=sys.stderr)
     if not paths:
         raise BlazeportError(f"no images found in {' '.join(args.images)}")
-    out_dir = Path(args.out) if args.out else None
-    drawings = drawing_paths(arguments, paths, out_dir) if out_dir else []  # checked against the inputs first
+    # checked against the inputs first
+    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir else []
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
     landmarker = load_landmarks(args.model, backend=args.backend, detector=args.detector,
@@ -52,7 +57,7 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
         faces = landmarker.process(image)
         results.append({"image": str(path), "width": w, "height": h, "faces": [f.to_dict() for f in faces]})
         if out_dir:
-            save_rgb(drawings[index], draw_landmarks(image, faces, mesh=not args.no_mesh))
+            save_rgb(drawings[index], draw_landmarks(image, faces, mesh=not args.no_mesh), replace=args.overwrite)
         if verbose:
             tqdm.write(f"{path}: {len(faces)} face(s)", file=sys.stdout)
             for f in faces:
@@ -110,4 +115,5 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)
     add_trust_code(p)
+    add_overwrite(p, "drawn under a free name (photo_2.jpg)")
     p.set_defaults(func=cmd_landmarks)

@@ -11,6 +11,7 @@ random input, and reports the worst absolute difference per output.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,7 @@ def convert(
     spec: ModelSpec | LandmarkSpec | None = None,
     images: list[np.ndarray] | None = None,
     crops: list[np.ndarray] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Convert, verify and save one file; return the report (the CLI's ``--json``).
 
@@ -104,6 +106,11 @@ def convert(
     A landmark model (:class:`LandmarkSpec`: face mesh, iris) is verified the same way on its raw
     outputs (:func:`blazeport.verify.verify_landmarks`), also on ``crops`` (model inputs the
     landmark pipeline made from real photos) when given.
+
+    An existing ``out`` is replaced only with ``overwrite``, or when it is this command's own earlier
+    output for the same original (:func:`_reconverts`: a blazeport file whose recorded source sha256
+    is ``src``'s), which is how ``blazeport convert weights/X.tflite`` refreshes ``weights/``; any
+    other file there is refused before any work.
     """
     t0 = time.perf_counter()
     src = Path(src)
@@ -111,7 +118,7 @@ def convert(
         out = Path(out)
         if out.suffix != ".safetensors":
             raise ConversionError(f"{out}: converted weights are a .safetensors file; choose an -o name ending in .safetensors")
-        check_output(out, [src], "converted weights")
+        check_output(out, [src], "converted weights", overwrite=True)  # names and places; existing files below
     model = read_tflite(src)
     spec = spec or original_spec_for_file(src)
     module, mapping = load_tflite(src)
@@ -125,9 +132,10 @@ def convert(
     if mapping.config.input_size != spec.input_size:
         raise ConversionError(f"{src}: input is {mapping.config.input_size}px but spec {spec.name} expects {spec.input_size}px")
     out = Path(out) if out else WEIGHTS_DIR / f"{spec.name}.safetensors"
-    check_output(out, [src], "converted weights")
+    replace = overwrite or _reconverts(out, src)
+    check_output(out, [src], "converted weights", overwrite=replace)
     images = images if images is not None else sample_images()
-    with staged(out) as stage:
+    with staged(out, replace) as stage:
         # verify what was written, read back from disk, against LiteRT (XNNPACK, as MediaPipe runs
         # it), and only then replace the previous output
         save_safetensors(module, spec, stage.path, src)
@@ -153,3 +161,17 @@ def convert(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return report
+
+
+def _reconverts(out: Path, src: Path) -> bool:
+    """Whether ``out`` is blazeport's own conversion of ``src`` (its header records ``src``'s sha256),
+    read from the safetensors JSON header alone."""
+    try:
+        with open(out, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n < 1 << 24:
+                return False
+            meta = json.loads(fh.read(n)).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return meta.get("format") == "blazeport" and meta.get("source_sha256") == sha256_of(src)

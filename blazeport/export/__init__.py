@@ -157,7 +157,8 @@ def _int8_options(fp16: bool, int8: bool, dynamic: bool, int8_io: bool, calibrat
 def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, fp16: bool = False,
            dynamic_batch: bool = False, images: list[np.ndarray] | None = None, int8: bool = False,
            dynamic: bool = False, int8_io: bool = False, calibration: str | Path | None = None,
-           calibration_count: int = DEFAULT_COUNT, max_pixels: int | None = None, trust_code: bool = False) -> dict[str, Any]:
+           calibration_count: int = DEFAULT_COUNT, max_pixels: int | None = None, trust_code: bool = False,
+           overwrite: bool = False) -> dict[str, Any]:
     """Export, verify, and return the report (the CLI's ``--json``).
 
     ``ok`` is the float32 gate (:func:`blazeport.verify.verify`: raw outputs, decoded outputs and
@@ -165,6 +166,8 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
     ``int8``, ``ok`` is the int8 target instead (:mod:`blazeport.export.fidelity`: AP50 of the int8
     file's detections against the float model's on photos the calibration did not see).
     ``trust_code``: as for :func:`blazeport.load` (a student whose backbone is the user's own module).
+    ``overwrite``: replace an existing ``out`` (after verification); without it an existing file there is
+    refused before any work.
     """
     from blazeport.models import fold_batchnorm  # imports torch, which export needs anyway
 
@@ -187,13 +190,13 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
     out = Path(out) if out else default_output(model, spec, f, fp16, precision)
     if out.suffix != f.suffix:
         raise BlazeportError(f"{out}: {f.name} files end in {f.suffix}; choose another -o name")
-    check_output(out, protected_inputs(source, spec), f"{f.name} export")
+    check_output(out, protected_inputs(source, spec), f"{f.name} export", overwrite)
     if int8:
         calib = None if dynamic else load_calibration(calibration, spec, calibration_count, images, max_pixels)
         return _export_int8(f, module, spec, source, out, calib, images, dynamic=dynamic, int8_io=int8_io,
-                            dynamic_batch=dynamic_batch)
+                            dynamic_batch=dynamic_batch, replace=overwrite)
     images = images if images is not None else sample_images()
-    with staged(out) as stage:
+    with staged(out, overwrite) as stage:
         t0 = time.perf_counter()
         # students' BatchNorm folded into their convs (plain convs with bias, like Google's files);
         # the written file is then checked against the unfolded module, which checks the folding too
@@ -241,7 +244,8 @@ def _read_back(f: ExportFormat, path: Path, out: Path, spec: ModelSpec) -> Any:
 
 
 def _export_int8(f: ExportFormat, module: Any, spec: ModelSpec, source: Path, out: Path, calib: Calibration | None,
-                 images: list[np.ndarray] | None, *, dynamic: bool, int8_io: bool, dynamic_batch: bool) -> dict[str, Any]:
+                 images: list[np.ndarray] | None, *, dynamic: bool, int8_io: bool, dynamic_batch: bool,
+                 replace: bool = False) -> dict[str, Any]:
     """Float file (temporary) -> the format's quantizer -> int8 file verified against the float model.
 
     Verification photos: those the calibration held out, or ``images`` (then excluded from calibration);
@@ -250,7 +254,7 @@ def _export_int8(f: ExportFormat, module: Any, spec: ModelSpec, source: Path, ou
 
     verify_images = calib.verify_images if calib else images if images is not None else sample_images()
     weights = "int8-dynamic" if dynamic else "int8"
-    with staged(out) as stage, tempfile.TemporaryDirectory(prefix="blazeport-float-") as tmp:
+    with staged(out, replace) as stage, tempfile.TemporaryDirectory(prefix="blazeport-float-") as tmp:
         float_path = Path(tmp) / f"float{f.suffix}"
         t0 = time.perf_counter()
         meta = file_metadata(spec, source, False, dynamic_batch)

@@ -35,7 +35,7 @@ from torch import nn
 
 from blazeport.errors import BlazeportError
 from blazeport.models.resnet import RESNET_BACKBONES, ResNetBackbone, ResNetBackboneConfig
-from blazeport.trust import TRUST_FLAG
+from blazeport.options import TRUST_FLAG
 
 __all__ = ["REGISTERED", "TRUST_FLAG", "BackboneSource", "architecture_name", "backbone_families", "check_trusted",
            "imported_backbone", "make_backbone", "module_path", "parse_student", "timm_backbone"]

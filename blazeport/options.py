@@ -1,4 +1,7 @@
-"""Trust in code a model file names: explicit, and per use.
+"""Options every command that opens or writes files declares the same way (torch-free, and free of
+:mod:`blazeport.cli`, so ``bench``'s parser declares them too).
+
+**Trust in code a model file names: explicit, and per use** (``--trust-code``).
 
 A weights file is data. The one thing in a blazeport file that could name code is a student's
 backbone written as ``package.module:factory`` (``distill --student mymod:build``): rebuilding it
@@ -9,14 +12,15 @@ the Hugging Face ecosystem, nothing a file names is imported unless the user say
 check (:func:`blazeport.models.backbones.check_trusted`) runs before any import. A module the user
 types on the command line (``distill --student mymod:build``) is trusted for that run.
 
-This module is torch-free so that every command's parser, ``bench``'s too, can declare the flag.
+**Outputs never replace a file the run did not make** (``--overwrite``, :mod:`blazeport.files`):
+a model or report path that holds a file is refused before any work; a drawing takes a free name.
 """
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["TRUST_FLAG", "add_trust_code"]
+__all__ = ["TRUST_FLAG", "add_overwrite", "add_trust_code"]
 
 TRUST_FLAG = "--trust-code"
 
@@ -27,3 +31,10 @@ def add_trust_code(parser: argparse.ArgumentParser) -> None:
                         help="let a student .safetensors whose backbone is your own code (distill --student "
                         "mymod:build) import that module, which runs it; without this flag such a file is refused "
                         "before anything is imported. blazeport's own models never need it")
+
+
+def add_overwrite(parser: argparse.ArgumentParser, taken: str = "refused before any work") -> None:
+    """``--overwrite`` (``args.overwrite``); ``taken`` says what happens without it."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace existing output files; without it an output name that an existing file holds is "
+                        f"{taken}. An input is never overwritten")
