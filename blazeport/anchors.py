@@ -18,7 +18,7 @@ import numpy as np
 from blazeport.errors import BlazeportError
 from blazeport.specs import AnchorOptions, ModelSpec
 
-ANCHORS_DIR = Path(__file__).resolve().parent.parent / "anchors"
+ANCHORS_DIR = Path(__file__).resolve().parent / "bundled" / "anchors"
 
 
 def _scale(min_scale: float, max_scale: float, index: int, num_strides: int) -> float:

@@ -47,10 +47,18 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # (path, device, inode, size, mtime_ns) -> sha256
+
+
 def sha256_of(path: str | Path) -> str:
-    """The file's sha256 (hex); an unreadable file is one clear error."""
+    """The file's sha256 (hex); an unreadable file is one clear error. Remembered per file version
+    (device, inode, size, modification time), so opening a model hashes it once, not once per check."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return _DIGESTS[key]
     except OSError as exc:
         raise BlazeportError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
 

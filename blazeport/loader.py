@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from blazeport.backends import MODEL_SUFFIXES, check_device, get_runtime, native_runtime
+from blazeport.bundle import check_bundled
 from blazeport.convert import load_tflite
 from blazeport.errors import BlazeportError
 from blazeport.metadata import spec_from_metadata, tflite_metadata
@@ -41,7 +42,7 @@ def _model_file(model: str | Path) -> Path | None:
         return None
     if not path.is_file():
         raise BlazeportError(f"{path}: no such model file")
-    return path
+    return check_bundled(path)
 
 
 def spec_weights(spec: Spec) -> Path:
@@ -51,7 +52,7 @@ def spec_weights(spec: Spec) -> Path:
         how = (f"Run `blazeport convert weights/{spec.tflite}` first." if spec.tflite
                else "Distill one with `blazeport distill` and load its student.safetensors.")
         raise BlazeportError(f"{weights}: converted weights for {spec.name} not found. {how}")
-    return weights
+    return check_bundled(weights)
 
 
 def open_module(model: str | Path, spec: str | Spec | None = None, trust_code: bool = False) -> tuple[Any, Spec, Path]:
@@ -104,7 +105,7 @@ def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | N
         resolved = find_spec(str(model))
         if resolved.tflite is None:
             raise BlazeportError(f"{resolved.name} has no original .tflite; use --backend torch")
-        path = WEIGHTS_DIR / resolved.tflite
+        path = check_bundled(WEIGHTS_DIR / resolved.tflite)
         return resolved, rt.backend(path, threads), path
     backend = rt.backend(path, threads, **on_device)  # reads and checks the file: clear errors for damaged ones
     resolved = wanted or original_spec_for_file(path) or _stored_spec(path, backend)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blazeport.errors import BlazeportError
 from blazeport.preprocess import as_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -15,10 +16,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SAMPLE_NAMES = ("astronaut", "camera", "chelsea", "coffee", "rocket")
 
 
-def sample_image_path(name: str = "astronaut") -> Path:
-    """Path of a photo file inside scikit-image's installed package."""
-    import skimage
+BUNDLED_PHOTOS = Path(__file__).resolve().parent / "bundled" / "photos"  # astronaut.png: a core install's photo
 
+
+def sample_image_path(name: str = "astronaut") -> Path:
+    """Path of a sample photo: bundled with blazeport (``astronaut``, the same bytes scikit-image ships),
+    else inside scikit-image's installed package (the ``torch`` extra installs it)."""
+    bundled = BUNDLED_PHOTOS / f"{name}.png"
+    if bundled.is_file():
+        return bundled
+    try:
+        import skimage
+    except ImportError:
+        raise BlazeportError(f"sample photo {name!r} comes with scikit-image: pip install 'blazeport[torch]'") from None
     path = Path(skimage.__file__).parent / "data" / f"{name}.png"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the scikit-image install")
@@ -26,10 +36,22 @@ def sample_image_path(name: str = "astronaut") -> Path:
 
 
 def sample_images(names: tuple[str, ...] = SAMPLE_NAMES) -> list[np.ndarray]:
-    """RGB uint8 photos from scikit-image (grayscale ones converted)."""
-    import skimage.data
-
+    """RGB uint8 photos: the bundled one read from its file, the rest from scikit-image (grayscale ones
+    converted). ``astronaut`` gives the same pixels either way (the same PNG)."""
+    if all((BUNDLED_PHOTOS / f"{n}.png").is_file() for n in names):
+        return [_read_png(BUNDLED_PHOTOS / f"{n}.png") for n in names]
+    try:
+        import skimage.data
+    except ImportError:
+        raise BlazeportError(f"sample photos {', '.join(names)} come with scikit-image: pip install 'blazeport[torch]'"
+                             ) from None
     return [as_rgb(getattr(skimage.data, n)()) for n in names]
+
+
+def _read_png(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:

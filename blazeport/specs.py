@@ -27,8 +27,9 @@ from typing import Any
 from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of
 
-# the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors, shipped
+# inside the package (a clone's ``weights/`` is a link to it): read-only data, checked by sha256
+WEIGHTS_DIR = Path(__file__).resolve().parent / "bundled" / "weights"
 
 __all__ = ["KEYPOINT_NAMES", "LANDMARK_SPECS", "PALM_KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "AnchorOptions",
            "LandmarkSpec", "ModelSpec", "NMSOptions", "find_spec", "get_spec", "original_spec_for_file", "spec_for_file",
