@@ -48,6 +48,7 @@ __all__ = ["EYES", "FaceLandmarker", "FaceLandmarks", "Iris", "IrisLandmarker", 
            "load_landmarks"]
 
 NUM_FACE_LANDMARKS = 468
+NUM_EYE_CONTOUR, NUM_IRIS = 71, 5  # iris_landmark's two outputs, in landmarks of 3 floats
 # MediaPipe's eye boundary landmarks (iris_tracking_cpu.pbtxt: SplitNormalizedLandmarkListCalculator ranges),
 # named as its iris graph names them; "left" (33, 133) is on the image's left in a frontal photo, the
 # subject's right eye. The right eye's crop is mirrored for the model (IS_RIGHT_EYE).
@@ -255,6 +256,16 @@ def _landmark_backend(model: str | Path, backend: str | None, threads: int | Non
     return spec, runner
 
 
+def _check_iris(model: str | Path, spec: LandmarkSpec) -> None:
+    """Refuse a landmark model that is not an iris model before it runs: :class:`IrisLandmarker` splits
+    its two outputs into 71 + 5 landmarks, and a face mesh given instead would end in a reshape error."""
+    sizes = [n for _, n in spec.outputs]
+    if sizes != [NUM_EYE_CONTOUR * 3, NUM_IRIS * 3]:
+        raise BlazeportError(f"{model}: {spec.name} is not an iris model (an iris model gives "
+                             f"{NUM_EYE_CONTOUR} eye contour and {NUM_IRIS} iris landmarks from an eye crop); give "
+                             "iris_landmark or a file converted or exported from it")
+
+
 def load_landmarks(model: str | Path = "face_landmark", backend: str | None = None, detector: str | Path = "short_range",
                    iris: bool | str | Path = False, threads: int | None = None, max_faces: int | None = 1,
                    min_detection_confidence: float = 0.5, min_presence: float = 0.5, device: str = "cpu") -> FaceLandmarker:
@@ -275,6 +286,7 @@ def load_landmarks(model: str | Path = "face_landmark", backend: str | None = No
     if iris:
         iris_model = "iris_landmark" if iris is True else iris
         iris_spec, iris_runner = _landmark_backend(iris_model, backend, threads, "iris", device)
+        _check_iris(iris_model, iris_spec)
         iris_landmarker = IrisLandmarker(iris_spec, iris_runner)
     det = load(detector, backend=backend, threads=threads, score_threshold=min_detection_confidence, device=device)
     return FaceLandmarker(det, spec, runner, max_faces, min_presence, iris_landmarker)

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+import blazeport
 from blazeport.cli import main
 from blazeport.convert import ConversionError, convert
 from blazeport.landmarks import EYES, FaceLandmarker, _landmarks, _remove_padding, crop_eye, eye_roi, load_landmarks
@@ -184,6 +185,17 @@ def test_detector_commands_refuse_a_landmark_model_clearly() -> None:
     with pytest.raises(blazeport.BlazeportError, match="is a face detector, not a face landmark model"):
         load_landmarks("short_range", backend="tflite")
     assert find_spec("iris_landmark").input_size == 64
+
+
+def test_a_face_mesh_given_as_the_iris_model_is_refused_in_one_line(capsys) -> None:
+    """The iris model was never checked: a face mesh there ended in a reshape traceback on the first face."""
+    code = main(["landmarks", str(sample_image_path("astronaut")), "--backend", "tflite", "--iris",
+                 "--iris-model", "face_landmark", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "face_landmark is not an iris model" in err and "71 eye contour and 5 iris landmarks" in err
+    with pytest.raises(blazeport.BlazeportError, match="is not an iris model"):
+        load_landmarks(backend="tflite", iris=WEIGHTS_DIR / "face_landmark.tflite")
 
 
 # ---------------------------------------------------------------------------------------------
