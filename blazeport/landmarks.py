@@ -216,6 +216,19 @@ class FaceLandmarker:
     min_presence: float = 0.5
     iris: IrisLandmarker | None = None
 
+    @property
+    def runtime(self) -> str:
+        """The runtime that runs the models (``onnx``), or each model's when they differ (``face mesh on
+        onnx, detector on torch``: a ``.onnx`` face mesh with the default detector, which runs on torch).
+        What a summary should name: the ``--backend`` asked for, or its absence, does not say it."""
+        names = {"face mesh": self.backend, "detector": self.detector.backend}
+        if self.iris is not None:
+            names["iris"] = self.iris.backend
+        runtimes = {k: getattr(b, "name", type(b).__name__) for k, b in names.items()}
+        if len(set(runtimes.values())) == 1:
+            return next(iter(runtimes.values()))
+        return ", ".join(f"{k} on {v}" for k, v in runtimes.items())
+
     def rois(self, detections: list[Detection], width: int, height: int) -> list[tuple[Detection, Rect]]:
         """The detections kept (the first ``max_faces``) with their ROIs, after association."""
         kept = detections if self.max_faces is None else detections[: self.max_faces]

@@ -222,6 +222,23 @@ def test_cli_writes_a_drawing_and_json_with_468x3_landmarks(tmp_path, capsys) ->
     assert (np.abs(drawing.astype(int) - original).sum(2) > 60).mean() > 0.01  # the mesh is drawn
 
 
+def test_the_summary_names_the_runtimes_that_ran(tmp_path, capsys) -> None:
+    """With no --backend a .onnx model runs on onnx (and the default detector on torch): the summary
+    named ``torch`` for both, from the unset --backend."""
+    from blazeport.export import export
+
+    mesh, detector = tmp_path / "face_landmark.onnx", tmp_path / "short_range.onnx"
+    export("face_landmark", "onnx", mesh)
+    export("short_range", "onnx", detector)
+    photo = str(sample_image_path("astronaut"))
+    assert main(["landmarks", photo, "--model", str(mesh), "--json"]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"({mesh}, face mesh on onnx, detector on torch)")
+    assert main(["landmarks", photo, "--model", str(mesh), "--detector", str(detector), "--json"]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"({mesh}, onnx)")
+    assert main(["landmarks", photo, "--backend", "tflite", "--iris", "--json"]) == 0
+    assert capsys.readouterr().err.strip().endswith("(face_landmark, tflite)")
+
+
 def test_landmarks_on_litert_need_no_torch() -> None:
     """The landmark pipeline on LiteRT runs where torch is not installed (boards)."""
     import subprocess
