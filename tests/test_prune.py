@@ -170,6 +170,22 @@ def test_bad_prune_requests_say_why_and_write_nothing(tmp_path: Path) -> None:
     assert cli_main(["prune", str(src), "-o", str(out)]) == 2  # neither --ratio nor --macs
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--macs", "nan"), ("--macs", "inf"), ("--macs", "-5M"), ("--macs", "0"),
+                                            ("--ratio", "nan"), ("--ratio", "inf"), ("--ratio", "0"), ("--ratio", "1.5")])
+def test_non_finite_or_out_of_range_amounts_are_usage_errors(flag: str, value: str, tmp_path: Path, capsys) -> None:
+    """``--macs nan`` compared false with every MACs figure and pruned to the maximum, exit 0."""
+    out = tmp_path / "p.safetensors"
+    with pytest.raises(SystemExit) as info:
+        cli_main(["prune", str(SHIPPED), f"{flag}={value}", "-o", str(out)])  # = lets -5M through
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {flag}: " in err and repr(value) in err and not out.exists()
+
+
+def test_the_library_refuses_a_nan_macs_budget() -> None:
+    with pytest.raises(BlazeportError, match="--macs must be a positive number"):
+        prune(_student("resnet_slim"), SIZE, macs=float("nan"))
+
+
 def test_prune_cli_prints_params_macs_and_per_layer_json(tmp_path: Path, capsys, shared_data: Path) -> None:
     src = SHIPPED
     photo = str(shared_data / "faces-boxed" / "images")

@@ -216,6 +216,8 @@ def prune(module: nn.Module, size: int, *, ratio: float | None = None, macs: flo
         raise BlazeportError("give exactly one of --ratio R or --macs M")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise BlazeportError(f"--round-to must be a whole number of at least 1, got {round_to!r}")
+    if macs is not None and not (math.isfinite(macs) and macs > 0):  # nan compares false: it pruned to the maximum
+        raise BlazeportError(f"--macs must be a positive number of multiply-accumulates (e.g. 12e6), got {macs}")
     module = copy.deepcopy(module).eval()
     before = {"params": count_params(module), "macs": count_macs(module, size), "widths": conv_widths(module)}
     plan = plan_ratio(module, size, ratio, round_to) if ratio is not None else plan_macs(module, size, macs, round_to)
