@@ -4,6 +4,7 @@ pruned student (``--init``), on the real ResNet and MobileNet students."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -184,6 +185,21 @@ def test_non_finite_or_out_of_range_amounts_are_usage_errors(flag: str, value: s
 def test_the_library_refuses_a_nan_macs_budget() -> None:
     with pytest.raises(BlazeportError, match="--macs must be a positive number"):
         prune(_student("resnet_slim"), SIZE, macs=float("nan"))
+
+
+def test_a_ratio_that_removes_nothing_is_refused_with_the_smallest_that_does(tmp_path: Path) -> None:
+    """``--ratio 1e-9`` wrote ``..._pruned0``, a copy of the source, saying "0 of N removed"."""
+    module = _student("resnet_slim")
+    src, out = _save(module, tmp_path / "student.safetensors"), tmp_path / "pruned.safetensors"
+    with pytest.raises(BlazeportError, match=r"--ratio 1e-09 removes none of the \d+ prunable channels") as info:
+        prune_file(str(src), str(out), ratio=1e-9, images=[])
+    assert not out.exists() and "Nothing written" in str(info.value)
+    found = re.search(r"the smallest --ratio that removes any is (0\.\d{3})", str(info.value))
+    assert found
+    least = float(found.group(1))
+    assert prune(module, SIZE, ratio=least)[1]["channels_removed"] > 0  # the suggestion works...
+    if least > 0.001:  # ...and is the smallest such ratio to 3 decimals
+        assert prune(module, SIZE, ratio=least - 0.001)[1]["channels_removed"] == 0
 
 
 def test_prune_cli_prints_params_macs_and_per_layer_json(tmp_path: Path, capsys, shared_data: Path) -> None:
