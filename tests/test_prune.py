@@ -202,6 +202,31 @@ def test_a_ratio_that_removes_nothing_is_refused_with_the_smallest_that_does(tmp
         assert prune(module, SIZE, ratio=least - 0.001)[1]["channels_removed"] == 0
 
 
+def test_prune_says_ap_cannot_be_measured_when_the_unpruned_student_finds_no_face(tmp_path: Path, capsys,
+                                                                                   astronaut) -> None:
+    """An unpruned student that finds no faces leaves no references: the report said ``AP50 nan`` (and
+    ``NaN``, which is not JSON, with --json)."""
+    module = _student("resnet_slim")
+    with torch.no_grad():
+        for conv in module.head.cls:
+            conv.bias.fill_(-50.0)  # every score ~0: no detection on any photo
+    src = _save(module, tmp_path / "student.safetensors")
+    r = prune_file(str(src), str(tmp_path / "a.safetensors"), ratio=0.3, images=[astronaut])
+    assert r["agreement_with_unpruned"] == {"AP50": None, "AP": None, "references": 0}
+    photo = str(tmp_path / "astronaut.png")
+    import cv2
+
+    cv2.imwrite(photo, astronaut[:, :, ::-1])
+    assert cli_main(["prune", str(src), "--ratio", "0.3", "-o", str(tmp_path / "b.safetensors"), "--json",
+                     "--images", photo]) == 0
+    text = capsys.readouterr().out
+    assert "NaN" not in text and json.loads(text)["agreement_with_unpruned"]["AP50"] is None
+    assert cli_main(["prune", str(src), "--ratio", "0.3", "-o", str(tmp_path / "c.safetensors"),
+                     "--images", photo]) == 0
+    text = capsys.readouterr().out
+    assert "nan" not in text and "cannot be measured, it finds no faces on these 1 photo(s)" in text
+
+
 def test_prune_cli_prints_params_macs_and_per_layer_json(tmp_path: Path, capsys, shared_data: Path) -> None:
     src = SHIPPED
     photo = str(shared_data / "faces-boxed" / "images")

@@ -57,7 +57,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"  {len(changed)} of {len(r['layers'])} convs narrowed: "
           + ", ".join(f"{x['layer']} {x['before']}->{x['after']}" for x in changed[:6]) + (" ..." if len(changed) > 6 else ""))
     a = r["agreement_with_unpruned"]
-    print(f"before fine-tuning, against the unpruned student on {r['images']} photos: AP50 {a['AP50']:.3f}  AP {a['AP']:.3f}")
+    if a["AP50"] is None:  # no references: the unpruned student finds no face on them
+        print(f"before fine-tuning: AP against the unpruned student cannot be measured, it finds no faces on these "
+              f"{r['images']} photo(s) (give --images with faces it finds)")
+    else:
+        print(f"before fine-tuning, against the unpruned student on {r['images']} photos: AP50 {a['AP50']:.3f}  "
+              f"AP {a['AP']:.3f}")
     print(f"next: blazeport distill --init {r['output']} --student <the same --student> --teacher <its teacher> ...")
     return 0
 

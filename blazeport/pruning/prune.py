@@ -296,8 +296,10 @@ def prune_file(model: str, out: str, *, ratio: float | None = None, macs: float 
         stage.commit()
     images = images if images is not None else sample_images()  # (TorchBackend makes the modules channels-last)
     agreement = agreement_with_teacher(Detector(spec, TorchBackend(pruned)), Detector(spec, TorchBackend(module)), images)
+    # AP is nan when the unpruned student finds no face (no references): null in JSON, not NaN (not JSON at all)
+    measured = {k: None if math.isnan(agreement[k]) else agreement[k] for k in ("AP50", "AP")}
     return {"source": str(source), "output": str(out), "spec": p_spec.name, **report,
-            "agreement_with_unpruned": {k: agreement[k] for k in ("AP50", "AP")}, "images": len(images)}
+            "agreement_with_unpruned": {**measured, "references": agreement["references"]}, "images": len(images)}
 
 
 def _refuse_no_change(module: nn.Module, size: int, ratio: float | None, macs: float | None, round_to: int,
