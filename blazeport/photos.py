@@ -32,12 +32,20 @@ def sample_images(names: tuple[str, ...] = SAMPLE_NAMES) -> list[np.ndarray]:
     return [as_rgb(getattr(skimage.data, n)()) for n in names]
 
 
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def list_images(paths: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into image files, sorted."""
+    """Expand files and folders (recursively) into image files, sorted.
+
+    A broken symlink with an image suffix is listed too: the reader then reports it as unreadable,
+    so it is counted among the skipped files with its name, instead of vanishing from the run."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+                              and (f.is_file() or _broken_link(f))))
         else:
             out.append(p)
     return out
