@@ -48,6 +48,7 @@ __all__ = ["EYES", "FaceLandmarker", "FaceLandmarks", "Iris", "IrisLandmarker", 
            "load_landmarks"]
 
 NUM_FACE_LANDMARKS = 468
+NUM_EYE_CONTOUR, NUM_IRIS = 71, 5  # iris_landmark's two outputs, in landmarks of 3 floats
 # MediaPipe's eye boundary landmarks (iris_tracking_cpu.pbtxt: SplitNormalizedLandmarkListCalculator ranges),
 # named as its iris graph names them; "left" (33, 133) is on the image's left in a frontal photo, the
 # subject's right eye. The right eye's crop is mirrored for the model (IS_RIGHT_EYE).
@@ -215,6 +216,19 @@ class FaceLandmarker:
     min_presence: float = 0.5
     iris: IrisLandmarker | None = None
 
+    @property
+    def runtime(self) -> str:
+        """The runtime that runs the models (``onnx``), or each model's when they differ (``face mesh on
+        onnx, detector on torch``: a ``.onnx`` face mesh with the default detector, which runs on torch).
+        What a summary should name: the ``--backend`` asked for, or its absence, does not say it."""
+        names = {"face mesh": self.backend, "detector": self.detector.backend}
+        if self.iris is not None:
+            names["iris"] = self.iris.backend
+        runtimes = {k: getattr(b, "name", type(b).__name__) for k, b in names.items()}
+        if len(set(runtimes.values())) == 1:
+            return next(iter(runtimes.values()))
+        return ", ".join(f"{k} on {v}" for k, v in runtimes.items())
+
     def rois(self, detections: list[Detection], width: int, height: int) -> list[tuple[Detection, Rect]]:
         """The detections kept (the first ``max_faces``) with their ROIs, after association."""
         kept = detections if self.max_faces is None else detections[: self.max_faces]
@@ -255,6 +269,16 @@ def _landmark_backend(model: str | Path, backend: str | None, threads: int | Non
     return spec, runner
 
 
+def _check_iris(model: str | Path, spec: LandmarkSpec) -> None:
+    """Refuse a landmark model that is not an iris model before it runs: :class:`IrisLandmarker` splits
+    its two outputs into 71 + 5 landmarks, and a face mesh given instead would end in a reshape error."""
+    sizes = [n for _, n in spec.outputs]
+    if sizes != [NUM_EYE_CONTOUR * 3, NUM_IRIS * 3]:
+        raise BlazeportError(f"{model}: {spec.name} is not an iris model (an iris model gives "
+                             f"{NUM_EYE_CONTOUR} eye contour and {NUM_IRIS} iris landmarks from an eye crop); give "
+                             "iris_landmark or a file converted or exported from it")
+
+
 def load_landmarks(model: str | Path = "face_landmark", backend: str | None = None, detector: str | Path = "short_range",
                    iris: bool | str | Path = False, threads: int | None = None, max_faces: int | None = 1,
                    min_detection_confidence: float = 0.5, min_presence: float = 0.5, device: str = "cpu",
@@ -277,6 +301,7 @@ def load_landmarks(model: str | Path = "face_landmark", backend: str | None = No
     if iris:
         iris_model = "iris_landmark" if iris is True else iris
         iris_spec, iris_runner = _landmark_backend(iris_model, backend, threads, "iris", device)
+        _check_iris(iris_model, iris_spec)
         iris_landmarker = IrisLandmarker(iris_spec, iris_runner)
     det = load(detector, backend=backend, threads=threads, score_threshold=min_detection_confidence, device=device,
                trust_code=trust_code)

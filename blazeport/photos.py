@@ -54,12 +54,20 @@ def _read_png(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def list_images(paths: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into image files, sorted."""
+    """Expand files and folders (recursively) into image files, sorted.
+
+    A broken symlink with an image suffix is listed too: the reader then reports it as unreadable,
+    so it is counted among the skipped files with its name, instead of vanishing from the run."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+                              and (f.is_file() or _broken_link(f))))
         else:
             out.append(p)
     return out

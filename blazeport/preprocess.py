@@ -108,6 +108,8 @@ def read_image_sized(path: str | Path, max_pixels: int | None = None, reduce_abo
             file.seek(0)
             data = np.fromfile(file, dtype=np.uint8)
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and path.is_symlink():  # open() says only "No such file or directory"
+            raise ImageReadError(f"{path}: broken symlink (its target {path.readlink()} does not exist).") from None
         raise ImageReadError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
     factor = 1
     if header is not None and data[:3].tobytes() == b"\xff\xd8\xff":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -166,3 +167,64 @@ def test_detect_skips_images_over_max_pixels(tmp_path, astronaut, capsys) -> Non
     assert code == 1 and json.loads(out) == [] and "over the limit of 100,000 pixels" in err
     code, out, _ = run(capsys, "detect", str(big), "--max-pixels", "300000", "--json")
     assert code == 0 and len(json.loads(out)[0]["detections"]) == 1
+
+
+class _FailingStdout:
+    """A stdout whose writes (or only its flush) fail as a full disk's or a dead pipe's do."""
+
+    def __init__(self, exc: OSError, on_flush: bool = False) -> None:
+        self.exc, self.on_flush, self.text = exc, on_flush, ""
+
+    def write(self, text: str) -> int:
+        if not self.on_flush:
+            raise self.exc
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        if self.on_flush and self.text:
+            raise self.exc
+
+
+def test_a_stdout_that_cannot_be_written_ends_in_one_line(monkeypatch, capsys) -> None:
+    """``detect --json > full/det.json`` on a full disk ended in an OSError traceback."""
+    import errno
+    import os
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(sys, "stdout", _FailingStdout(full))
+    assert main(["detect", "--json", "-q"]) == 2
+    assert capsys.readouterr().err == "blazeport detect: error: cannot write the output (No space left on device)\n"
+    # the last buffered bytes fail only when flushed (at exit, after main returned 0): flushed in main now
+    monkeypatch.setattr(sys, "stdout", _FailingStdout(OSError(errno.EIO, os.strerror(errno.EIO)), on_flush=True))
+    assert main(["detect", "--json", "-q"]) == 2
+    assert capsys.readouterr().err == "blazeport detect: error: cannot write the output (Input/output error)\n"
+    monkeypatch.setattr(sys, "stdout", _FailingStdout(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert main(["detect", "--json", "-q"]) == 141  # `| head`: quiet, as before
+    assert capsys.readouterr().err == ""
+
+
+def test_an_oserror_that_is_not_the_output_is_not_called_one(monkeypatch, capsys) -> None:
+    """Only writes to stdout are "cannot write the output"; a model file on a failing disk is not."""
+    import errno
+
+    def failing_load(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/models/cache")
+
+    monkeypatch.setattr("blazeport.cli.detect.load", failing_load)
+    with pytest.raises(OSError) as info:
+        main(["detect", "--json", "-q"])
+    assert info.value.filename == "/models/cache"
+    assert "cannot write the output" not in capsys.readouterr().err
+    assert type(sys.stdout).__name__ != "_GuardedStdout"  # main put the stream back
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux), a disk that is always full")
+def test_json_redirected_to_a_full_disk_exits_2_with_one_line() -> None:
+    """The real thing: the console entry point writing into /dev/full (ENOSPC on every write), also
+    through the interpreter's exit-time flush (which would print "Exception ignored" and exit 120)."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "blazeport.cli", "detect", "--json", "-q"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, cwd=WEIGHTS_DIR.parent)
+    assert proc.returncode == 2
+    assert proc.stderr == "blazeport detect: error: cannot write the output (No space left on device)\n"

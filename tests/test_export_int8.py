@@ -169,6 +169,25 @@ def test_too_few_calibration_photos_says_how_many(calibration_dir, tmp_path) -> 
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_a_file_as_calibration_is_called_a_file_not_missing(tmp_path, capsys) -> None:
+    """An image file given as --calibration was refused as "no such folder", though it exists."""
+    photo = sample_image_path("astronaut")
+    notes = tmp_path / "photos.txt"
+    notes.write_text("a list of photos\n")
+    out = tmp_path / "x.onnx"
+    for given, what in ((photo, "is an image file, not a folder"), (notes, "is a file, not a folder")):
+        with pytest.raises(BlazeportError, match="needs a folder of real photos") as err:
+            export("short_range", "onnx", out, int8=True, calibration=given)
+        assert f"--calibration {given}: {what}" in str(err.value) and "no such folder" not in str(err.value)
+    assert main(["export", "short_range", "--format", "onnx", "--int8", "--calibration", str(photo), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is an image file, not a folder" in err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "--help"])
+    assert "not a single image" in " ".join(capsys.readouterr().out.split())
+
+
 def test_cli_help_and_error(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["export", "--help"])

@@ -148,3 +148,27 @@ def test_bench_refuses_flags_that_do_not_apply(flags: list[str], named: str, cap
     assert main(["bench", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0]
+
+
+def test_a_broken_symlink_in_a_folder_is_skipped_counted_and_named(tmp_path: Path, capsys) -> None:
+    """A dangling symlink was dropped by list_images (``is_file()`` is False for it): neither read nor
+    counted, so a folder with a vanished photo looked complete."""
+    from blazeport.photos import sample_image_path
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_image_path("astronaut"), folder / "astronaut.png")
+    gone = folder / "gone.jpg"
+    gone.symlink_to(tmp_path / "moved_away.jpg")
+    assert list_images([folder]) == [folder / "astronaut.png", gone]
+    with pytest.raises(ImageReadError, match=r"gone\.jpg: broken symlink \(its target .*moved_away\.jpg does not exist\)"):
+        read_image_sized(gone)
+    for command in (["detect"], ["landmarks"]):
+        assert main([*command, str(folder), "--json"]) == 1  # something was skipped; the run finished
+        out, err = capsys.readouterr()
+        assert [r["image"] for r in json.loads(out)] == [str(folder / "astronaut.png")]
+        assert f"skipped: {gone}: broken symlink" in err and "1 image(s), 1 face(s), 1 skipped" in err
+    assert main(["eval", "--teacher", "short_range", "--images", str(folder), "--json"]) == 1
+    out, err = capsys.readouterr()
+    r = json.loads(out)
+    assert (r["images"], r["skipped"], r["unreadable"]) == (1, 1, 1) and f"skipped: {gone}: broken symlink" in err

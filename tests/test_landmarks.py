@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+import blazeport
 from blazeport.cli import main
 from blazeport.convert import ConversionError, convert
 from blazeport.landmarks import EYES, FaceLandmarker, _landmarks, _remove_padding, crop_eye, eye_roi, load_landmarks
@@ -186,6 +187,17 @@ def test_detector_commands_refuse_a_landmark_model_clearly() -> None:
     assert find_spec("iris_landmark").input_size == 64
 
 
+def test_a_face_mesh_given_as_the_iris_model_is_refused_in_one_line(capsys) -> None:
+    """The iris model was never checked: a face mesh there ended in a reshape traceback on the first face."""
+    code = main(["landmarks", str(sample_image_path("astronaut")), "--backend", "tflite", "--iris",
+                 "--iris-model", "face_landmark", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "face_landmark is not an iris model" in err and "71 eye contour and 5 iris landmarks" in err
+    with pytest.raises(blazeport.BlazeportError, match="is not an iris model"):
+        load_landmarks(backend="tflite", iris=WEIGHTS_DIR / "face_landmark.tflite")
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 
@@ -208,6 +220,23 @@ def test_cli_writes_a_drawing_and_json_with_468x3_landmarks(tmp_path, capsys) ->
     assert drawing is not None and drawing.shape == (512, 512, 3)
     original = cv2.imread(str(sample_image_path("astronaut")))
     assert (np.abs(drawing.astype(int) - original).sum(2) > 60).mean() > 0.01  # the mesh is drawn
+
+
+def test_the_summary_names_the_runtimes_that_ran(tmp_path, capsys) -> None:
+    """With no --backend a .onnx model runs on onnx (and the default detector on torch): the summary
+    named ``torch`` for both, from the unset --backend."""
+    from blazeport.export import export
+
+    mesh, detector = tmp_path / "face_landmark.onnx", tmp_path / "short_range.onnx"
+    export("face_landmark", "onnx", mesh)
+    export("short_range", "onnx", detector)
+    photo = str(sample_image_path("astronaut"))
+    assert main(["landmarks", photo, "--model", str(mesh), "--json"]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"({mesh}, face mesh on onnx, detector on torch)")
+    assert main(["landmarks", photo, "--model", str(mesh), "--detector", str(detector), "--json"]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"({mesh}, onnx)")
+    assert main(["landmarks", photo, "--backend", "tflite", "--iris", "--json"]) == 0
+    assert capsys.readouterr().err.strip().endswith("(face_landmark, tflite)")
 
 
 def test_landmarks_on_litert_need_no_torch() -> None:

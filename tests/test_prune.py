@@ -4,6 +4,7 @@ pruned student (``--init``), on the real ResNet and MobileNet students."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -168,6 +169,62 @@ def test_bad_prune_requests_say_why_and_write_nothing(tmp_path: Path) -> None:
         prune_file("short_range", str(out), ratio=0.3)  # Google's converted original
     assert out.read_bytes() == b"an earlier result"
     assert cli_main(["prune", str(src), "-o", str(out)]) == 2  # neither --ratio nor --macs
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--macs", "nan"), ("--macs", "inf"), ("--macs", "-5M"), ("--macs", "0"),
+                                            ("--ratio", "nan"), ("--ratio", "inf"), ("--ratio", "0"), ("--ratio", "1.5")])
+def test_non_finite_or_out_of_range_amounts_are_usage_errors(flag: str, value: str, tmp_path: Path, capsys) -> None:
+    """``--macs nan`` compared false with every MACs figure and pruned to the maximum, exit 0."""
+    out = tmp_path / "p.safetensors"
+    with pytest.raises(SystemExit) as info:
+        cli_main(["prune", str(SHIPPED), f"{flag}={value}", "-o", str(out)])  # = lets -5M through
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {flag}: " in err and repr(value) in err and not out.exists()
+
+
+def test_the_library_refuses_a_nan_macs_budget() -> None:
+    with pytest.raises(BlazeportError, match="--macs must be a positive number"):
+        prune(_student("resnet_slim"), SIZE, macs=float("nan"))
+
+
+def test_a_ratio_that_removes_nothing_is_refused_with_the_smallest_that_does(tmp_path: Path) -> None:
+    """``--ratio 1e-9`` wrote ``..._pruned0``, a copy of the source, saying "0 of N removed"."""
+    module = _student("resnet_slim")
+    src, out = _save(module, tmp_path / "student.safetensors"), tmp_path / "pruned.safetensors"
+    with pytest.raises(BlazeportError, match=r"--ratio 1e-09 removes none of the \d+ prunable channels") as info:
+        prune_file(str(src), str(out), ratio=1e-9, images=[])
+    assert not out.exists() and "Nothing written" in str(info.value)
+    found = re.search(r"the smallest --ratio that removes any is (0\.\d{3})", str(info.value))
+    assert found
+    least = float(found.group(1))
+    assert prune(module, SIZE, ratio=least)[1]["channels_removed"] > 0  # the suggestion works...
+    if least > 0.001:  # ...and is the smallest such ratio to 3 decimals
+        assert prune(module, SIZE, ratio=least - 0.001)[1]["channels_removed"] == 0
+
+
+def test_prune_says_ap_cannot_be_measured_when_the_unpruned_student_finds_no_face(tmp_path: Path, capsys,
+                                                                                   astronaut) -> None:
+    """An unpruned student that finds no faces leaves no references: the report said ``AP50 nan`` (and
+    ``NaN``, which is not JSON, with --json)."""
+    module = _student("resnet_slim")
+    with torch.no_grad():
+        for conv in module.head.cls:
+            conv.bias.fill_(-50.0)  # every score ~0: no detection on any photo
+    src = _save(module, tmp_path / "student.safetensors")
+    r = prune_file(str(src), str(tmp_path / "a.safetensors"), ratio=0.3, images=[astronaut])
+    assert r["agreement_with_unpruned"] == {"AP50": None, "AP": None, "references": 0}
+    photo = str(tmp_path / "astronaut.png")
+    import cv2
+
+    cv2.imwrite(photo, astronaut[:, :, ::-1])
+    assert cli_main(["prune", str(src), "--ratio", "0.3", "-o", str(tmp_path / "b.safetensors"), "--json",
+                     "--images", photo]) == 0
+    text = capsys.readouterr().out
+    assert "NaN" not in text and json.loads(text)["agreement_with_unpruned"]["AP50"] is None
+    assert cli_main(["prune", str(src), "--ratio", "0.3", "-o", str(tmp_path / "c.safetensors"),
+                     "--images", photo]) == 0
+    text = capsys.readouterr().out
+    assert "nan" not in text and "cannot be measured, it finds no faces on these 1 photo(s)" in text
 
 
 def test_prune_cli_prints_params_macs_and_per_layer_json(tmp_path: Path, capsys, shared_data: Path) -> None:

@@ -8,8 +8,10 @@ message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from typing import Any, TextIO
 
 from blazeport.bench.cli import add_bench_parser
 from blazeport.cli import convert, detect, distill, evaluate, export, landmarks, models, prune
@@ -46,16 +48,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class OutputWriteError(BlazeportError):
+    """Writing the command's output to stdout failed (``--json > full/det.json`` on a full disk)."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: an OSError raised by writing or flushing *it* becomes one
+    :class:`OutputWriteError` line. Catching OSError in :func:`main` instead would also swallow the
+    OSErrors of reading models and photos or writing drawings, which deserve their own messages.
+    BrokenPipeError passes unchanged: :func:`main` ends quietly on it, as ``cat`` does."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def _failed(self, exc: OSError) -> OutputWriteError:
+        return OutputWriteError(f"cannot write the output ({exc.strerror or exc})")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding...: the stream's own
+        return getattr(self._stream, name)
+
+
+def _discard_stdout() -> None:
+    """Point fd 1 at /dev/null, so the exit-time flush of what is still buffered does not fail again
+    (Python would print "Exception ignored" and exit with 120)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # not a file: a test's stand-in, a captured stream
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    if stdout is not None:
+        sys.stdout = _GuardedStdout(stdout)  # type: ignore[assignment]
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a failed final write must end in the one-line error too
+        return code
     except BlazeportError as exc:
         print(f"blazeport {args.command}: error: {exc}", file=sys.stderr)
+        if isinstance(exc, OutputWriteError):
+            sys.stdout = stdout
+            _discard_stdout()
         return 2
     except KeyboardInterrupt:
         print(f"blazeport {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `blazeport detect DIR --json | head`: the reader left; no traceback, as `cat` would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush does not fail again
+        sys.stdout = stdout
+        _discard_stdout()
         return 141
+    finally:
+        sys.stdout = stdout

@@ -9,7 +9,7 @@ from typing import Any
 
 from blazeport.cli.common import add_max_pixels, gate_line, positive_int, print_check, print_json, read_images
 from blazeport.export import FORMATS, export
-from blazeport.export.calibration import DEFAULT_COUNT, MIN_CALIBRATION
+from blazeport.export.calibration import DEFAULT_COUNT, MIN_CALIBRATION, MIN_VERIFY
 from blazeport.export.fidelity import AP50_TARGET
 from blazeport.options import add_overwrite, add_trust_code
 
@@ -91,7 +91,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="full-integer int8: int8 weights per channel and int8 activations calibrated on --calibration; "
                    f"verified by AP50 of its detections vs the float model (target {AP50_TARGET}) on photos calibration "
                    "did not see")
-    p.add_argument("--calibration", metavar="DIR", help="with --int8: folder of real photos (searched recursively), "
+    p.add_argument("--calibration", metavar="DIR", help="with --int8: folder of real photos (searched recursively; "
+                   f"not a single image: at least {MIN_CALIBRATION + MIN_VERIFY} are needed, a few hundred is best), "
                    "split with a fixed seed into calibration (up to --calibration-count) and held-out verification photos")
     p.add_argument("--calibration-count", type=positive_int, default=DEFAULT_COUNT, metavar="N",
                    help=f"with --int8: how many photos calibrate (default {DEFAULT_COUNT}, at least {MIN_CALIBRATION})")

@@ -74,7 +74,7 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
     if not args.quiet:
         where = f", drawings in {out_dir}" if out_dir else ""
         print(f"{len(results)} image(s), {sum(len(r['faces']) for r in results)} face(s), {skipped} skipped, "
-              f"{elapsed:.2f} s ({args.model}, {args.backend or 'torch'}){where}", file=sys.stderr)
+              f"{elapsed:.2f} s ({args.model}, {landmarker.runtime}){where}", file=sys.stderr)
     return 1 if skipped else 0
 
 

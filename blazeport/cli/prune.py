@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from blazeport.cli.common import add_max_pixels, positive_int, print_json, read_images
@@ -10,12 +11,28 @@ from blazeport.errors import BlazeportError
 
 
 def _macs(text: str) -> float:
-    """``12e6``, ``12M`` or ``12000000``."""
+    """``12e6``, ``12M`` or ``12000000``; nan, inf and counts <= 0 are refused here (nan compared false
+    with every MACs figure and pruned to the maximum)."""
     scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text[-1:].lower(), 1.0)
     try:
-        return float(text[:-1] if scale != 1.0 else text) * scale
+        value = float(text[:-1] if scale != 1.0 else text) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a MACs count: {text!r} (e.g. 12M or 12e6)") from None
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a MACs count: {text!r} (a positive number, e.g. 12M or 12e6)")
+    return value
+
+
+def _ratio(text: str) -> float:
+    """A share strictly between 0 and 1, refused at parsing otherwise (nan and inf included)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:  # false for nan too
+        raise argparse.ArgumentTypeError(f"expected the share of channels to remove, a number between 0 and 1 "
+                                         f"(e.g. 0.5), got {text!r}")
+    return value
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -40,7 +57,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"  {len(changed)} of {len(r['layers'])} convs narrowed: "
           + ", ".join(f"{x['layer']} {x['before']}->{x['after']}" for x in changed[:6]) + (" ..." if len(changed) > 6 else ""))
     a = r["agreement_with_unpruned"]
-    print(f"before fine-tuning, against the unpruned student on {r['images']} photos: AP50 {a['AP50']:.3f}  AP {a['AP']:.3f}")
+    if a["AP50"] is None:  # no references: the unpruned student finds no face on them
+        print(f"before fine-tuning: AP against the unpruned student cannot be measured, it finds no faces on these "
+              f"{r['images']} photo(s) (give --images with faces it finds)")
+    else:
+        print(f"before fine-tuning, against the unpruned student on {r['images']} photos: AP50 {a['AP50']:.3f}  "
+              f"AP {a['AP']:.3f}")
     print(f"next: blazeport distill --init {r['output']} --student <the same --student> --teacher <its teacher> ...")
     return 0
 
@@ -57,7 +79,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        formatter_class=fmt)
     p.add_argument("model", metavar="MODEL", help="a student .safetensors (from `blazeport distill`)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--ratio", type=float, help="share of the prunable channels to remove, e.g. 0.5")
+    how.add_argument("--ratio", type=_ratio, help="share of the prunable channels to remove, e.g. 0.5")
     how.add_argument("--macs", type=_macs, help="prune until the model has at most this many MACs (e.g. 12M)")
     p.add_argument("--round-to", type=positive_int, default=8,
                    help="every pruned width becomes a multiple of this, and no layer keeps fewer (default 8)")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from blazeport.errors import BlazeportError
-from blazeport.photos import list_images
+from blazeport.photos import IMAGE_SUFFIXES, list_images
 from blazeport.preprocess import ImageReadError, letterbox, read_image
 from blazeport.specs import ModelSpec
 
@@ -61,9 +61,12 @@ def load_calibration(folder: str | Path, spec: ModelSpec, count: int = DEFAULT_C
     """Read, split and letterbox ``folder`` (recursively). Raises :class:`BlazeportError` naming the
     folder and the fix when it is missing or holds too few readable photos."""
     folder = Path(folder)
+    wanted = f"a folder of real photos (at least {MIN_CALIBRATION + MIN_VERIFY}, a few hundred is best)"
+    if folder.exists() and not folder.is_dir():  # one image cannot set the ranges: a folder is asked for, not accepted
+        what = "an image file" if folder.suffix.lower() in IMAGE_SUFFIXES else "a file"
+        raise BlazeportError(f"--calibration {folder}: is {what}, not a folder; int8 calibration needs {wanted}")
     if not folder.is_dir():
-        raise BlazeportError(f"--calibration {folder}: no such folder; give a folder of real photos "
-                             f"(at least {MIN_CALIBRATION + MIN_VERIFY}, a few hundred is best)")
+        raise BlazeportError(f"--calibration {folder}: no such folder; give {wanted}")
     if count < MIN_CALIBRATION:
         raise BlazeportError(f"--calibration-count {count}: int8 calibration needs at least {MIN_CALIBRATION} photos")
     paths = list_images([folder])

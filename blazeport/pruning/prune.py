@@ -155,6 +155,31 @@ def plan_ratio(module: nn.Module, size: int, ratio: float, round_to: int = 8) ->
     return _plan(scores, ratio, round_to)
 
 
+def smallest_ratio(module: nn.Module, size: int, round_to: int = 8) -> float | None:
+    """The smallest ``--ratio`` (to 3 decimals, rounded up) whose plan removes at least one channel, or
+    None when none does: widths are rounded *up* to multiples of ``round_to``, so a small ratio
+    may cut below no layer's next multiple and remove nothing (a ``_pruned0`` file equal to its source).
+
+    The channels a plan removes never fall as the ratio grows (a higher threshold leaves fewer
+    channels above it in every layer), so the smallest channel count is found by bisection."""
+    scores = _importances(module, size)
+    n = sum(len(s) for _, s in scores)
+    lo, hi = 0, math.floor(max_ratio(scores, round_to) * n)  # lo removes nothing; find the least k that does
+
+    def removes(k: int) -> bool:
+        return _plan(scores, (k + 0.5) / n, round_to).removed > 0  # +0.5: floor(ratio * n) is k, float error aside
+
+    if hi < 1 or not removes(hi):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if removes(mid) else (mid, hi)
+    shown = math.ceil(hi / n * 1000) / 1000
+    while _plan(scores, shown, round_to).removed == 0:  # rounding to 3 decimals landed on a float just below
+        shown = round(shown + 0.001, 3)
+    return shown
+
+
 def plan_macs(module: nn.Module, size: int, macs: float, round_to: int = 8) -> PrunePlan:
     """The least pruning whose MACs are at most ``macs`` (bisection on the ratio; MACs fall with it)."""
     scores = _importances(module, size)
@@ -216,6 +241,8 @@ def prune(module: nn.Module, size: int, *, ratio: float | None = None, macs: flo
         raise BlazeportError("give exactly one of --ratio R or --macs M")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise BlazeportError(f"--round-to must be a whole number of at least 1, got {round_to!r}")
+    if macs is not None and not (math.isfinite(macs) and macs > 0):  # nan compares false: it pruned to the maximum
+        raise BlazeportError(f"--macs must be a positive number of multiply-accumulates (e.g. 12e6), got {macs}")
     module = copy.deepcopy(module).eval()
     before = {"params": count_params(module), "macs": count_macs(module, size), "widths": conv_widths(module)}
     plan = plan_ratio(module, size, ratio, round_to) if ratio is not None else plan_macs(module, size, macs, round_to)
@@ -258,6 +285,8 @@ def prune_file(model: str, out: str, *, ratio: float | None = None, macs: float 
         raise BlazeportError(f"{source}: {spec.name} has no BatchNorm layers to rank channels by; prune a student from "
                              "`blazeport distill` (ideally trained with --sparsity 1e-4)")
     pruned, report = prune(module, spec.input_size, ratio=ratio, macs=macs, round_to=round_to)
+    if report["channels_removed"] == 0:  # the file would be the source under a new name
+        _refuse_no_change(module, spec.input_size, ratio, macs, round_to, report["channels_prunable"])
     tag = f"{round(ratio * 100)}" if ratio is not None else f"{report['macs_after'] / 1e6:.0f}M"
     p_spec = replace(spec, name=f"{spec.name}_pruned{tag}",
                      description=f"{spec.description}; channels pruned by BatchNorm |gamma| ({tag}), before fine-tuning")
@@ -267,8 +296,22 @@ def prune_file(model: str, out: str, *, ratio: float | None = None, macs: float 
         stage.commit()
     images = images if images is not None else sample_images()  # (TorchBackend makes the modules channels-last)
     agreement = agreement_with_teacher(Detector(spec, TorchBackend(pruned)), Detector(spec, TorchBackend(module)), images)
+    # AP is nan when the unpruned student finds no face (no references): null in JSON, not NaN (not JSON at all)
+    measured = {k: None if math.isnan(agreement[k]) else agreement[k] for k in ("AP50", "AP")}
     return {"source": str(source), "output": str(out), "spec": p_spec.name, **report,
-            "agreement_with_unpruned": {k: agreement[k] for k in ("AP50", "AP")}, "images": len(images)}
+            "agreement_with_unpruned": {**measured, "references": agreement["references"]}, "images": len(images)}
+
+
+def _refuse_no_change(module: nn.Module, size: int, ratio: float | None, macs: float | None, round_to: int,
+                      prunable: int) -> None:
+    """A request that removes no channel is a mistake (``--ratio 1e-9``): say so, and which ratio
+    would remove one, before a ``_pruned0`` copy of the source is written."""
+    asked = f"--ratio {ratio:g}" if ratio is not None else f"--macs {macs:,.0f}"
+    least = smallest_ratio(module, size, round_to)
+    hint = (f"the smallest --ratio that removes any is {least:.3f}" if least is not None
+            else "no ratio removes any here; lower --round-to")
+    raise BlazeportError(f"{asked} removes none of the {prunable} prunable channels: rounded up to a multiple of "
+                         f"{round_to}, every layer keeps its full width; {hint}. Nothing written.")
 
 
 def _provenance(report: dict[str, Any], source: Any) -> str:
