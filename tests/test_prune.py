@@ -18,8 +18,9 @@ from blazeport.distill.config import init_weights
 from blazeport.distill.trainer import TrainConfig, train
 from blazeport.errors import BlazeportError
 from blazeport.models import build_student
-from blazeport.pruning.prune import conv_widths, prune, prune_file
+from blazeport.pruning.prune import conv_widths, prune
 from blazeport.pruning.slimming import batchnorms, gamma_summary, sparsity_step
+from blazeport.pruning.workflow import prune_file
 from blazeport.specs import get_spec, student_spec
 from blazeport.weights import load_safetensors, save_safetensors
 
@@ -158,15 +159,17 @@ def test_bad_prune_requests_say_why_and_write_nothing(tmp_path: Path) -> None:
     out = tmp_path / "pruned.safetensors"
     out.write_bytes(b"an earlier result")
     with pytest.raises(BlazeportError, match=r"would remove whole layers: .* at most 0\.\d+"):
-        prune_file(str(src), str(out), ratio=0.95)
+        prune_file(str(src), str(out), ratio=0.95, overwrite=True)
     with pytest.raises(BlazeportError, match="--ratio must be between 0 and 1"):
-        prune_file(str(src), str(out), ratio=1.0)
+        prune_file(str(src), str(out), ratio=1.0, overwrite=True)
     with pytest.raises(BlazeportError, match="below what this model can reach"):
-        prune_file(str(src), str(out), macs=1e3)
+        prune_file(str(src), str(out), macs=1e3, overwrite=True)
     with pytest.raises(BlazeportError, match="destroy the input"):
-        prune_file(str(src), str(src), ratio=0.3)
+        prune_file(str(src), str(src), ratio=0.3, overwrite=True)
     with pytest.raises(BlazeportError, match="no BatchNorm"):
-        prune_file("short_range", str(out), ratio=0.3)  # Google's converted original
+        prune_file("short_range", str(out), ratio=0.3, overwrite=True)  # Google's converted original
+    with pytest.raises(BlazeportError, match="a file of that name exists"):
+        prune_file(str(src), str(out), ratio=0.3)  # an earlier result is never replaced unasked
     assert out.read_bytes() == b"an earlier result"
     assert cli_main(["prune", str(src), "-o", str(out)]) == 2  # neither --ratio nor --macs
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from blazeport.cli.common import add_max_pixels, positive_int, print_json, read_images
 from blazeport.errors import BlazeportError
+from blazeport.options import add_overwrite, add_trust_code
 
 
 def _macs(text: str) -> float:
@@ -36,12 +37,13 @@ def _ratio(text: str) -> float:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from blazeport.pruning.prune import prune_file
+    from blazeport.pruning.workflow import prune_file
 
     if args.ratio is None and args.macs is None:
         raise BlazeportError("give --ratio R (share of channels to remove) or --macs M (a budget, e.g. 12M)")
     images = read_images(args.images, args.max_pixels) if args.images else None
-    r = prune_file(args.model, args.output, ratio=args.ratio, macs=args.macs, round_to=args.round_to, images=images)
+    r = prune_file(args.model, args.output, ratio=args.ratio, macs=args.macs, round_to=args.round_to, images=images,
+                   trust_code=args.trust_code, overwrite=args.overwrite)
     if args.json:
         print_json(r)
         return 0
@@ -88,4 +90,6 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="photos or folders on which to compare the pruned and unpruned detections (default: 5 bundled)")
     p.add_argument("--json", action="store_true", help="print the report as JSON, with every conv's width before and after")
     add_max_pixels(p)
+    add_trust_code(p)
+    add_overwrite(p)
     p.set_defaults(func=cmd_prune)
