@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
+from blazeport.extras import installed
 from blazeport.metadata import METADATA_METHOD
 from blazeport.tflite import read_tflite
 
@@ -380,7 +381,7 @@ class Runtime:
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
-        Runtime("torch", TorchBackend, (".safetensors", ".tflite"), True, "pip install -e .", ("cpu", "cuda")),
+        Runtime("torch", TorchBackend, (".safetensors", ".tflite"), True, "pip install 'blazeport[torch]'", ("cpu", "cuda")),
         Runtime("tflite", TFLiteBackend, (".tflite",), True, "pip install ai-edge-litert"),
         Runtime("onnx", OnnxBackend, (".onnx",), False, "pip install onnxruntime", ("cpu", "cuda")),
         Runtime("executorch", ExecuTorchBackend, (".pte",), False, 'pip install -e ".[export]"  (executorch)'),
@@ -414,10 +415,15 @@ def native_runtime(path: str | Path) -> str | None:
 
 
 def default_runtime(model: str | Path) -> str:
-    """The runtime ``blazeport.load`` uses when none is named: torch for a spec name, a
-    ``.safetensors`` or a ``.tflite`` (converted on load, as before), else the file's own runtime
-    (``.onnx`` -> onnx, ``.pte`` -> executorch): those hold no PyTorch weights to run on torch."""
+    """The runtime ``blazeport.load`` uses when none is named: the best one installed. With torch
+    (``blazeport[torch]``): torch for a spec name, a ``.safetensors`` or a ``.tflite`` (converted on
+    load, as before). Without it (the core install): LiteRT for a spec name or a ``.tflite`` (Google's
+    original, or the export bundled for a student). An ``.onnx`` or ``.pte`` runs on its own runtime
+    either way: those hold no PyTorch weights. A ``.safetensors`` without torch stays ``torch``, whose
+    refusal names the extra."""
     suffix = Path(model).suffix
-    if suffix not in MODEL_SUFFIXES or suffix in RUNTIMES["torch"].suffixes:
+    if suffix in MODEL_SUFFIXES and suffix not in RUNTIMES["torch"].suffixes:
+        return native_runtime(model) or "torch"
+    if installed("torch") or suffix == ".safetensors":
         return "torch"
-    return native_runtime(model) or "torch"
+    return "tflite"

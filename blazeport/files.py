@@ -32,10 +32,18 @@ from pathlib import Path
 
 from blazeport.errors import BlazeportError
 
-__all__ = ["OVERWRITE_HINT", "Staged", "check_output", "drawing_paths", "free_name", "inputs_outside", "same_file",
-           "sha256_of", "staged", "write_atomic"]
+__all__ = ["OVERWRITE_HINT", "PACKAGE_DIR", "Staged", "check_output", "drawing_paths", "free_name", "in_source_checkout",
+           "inputs_outside", "same_file", "sha256_of", "staged", "write_atomic"]
 
 OVERWRITE_HINT = "choose another path, or pass --overwrite to replace it"
+PACKAGE_DIR = Path(__file__).resolve().parent  # blazeport itself: site-packages/blazeport once installed
+
+
+def in_source_checkout() -> bool:
+    """Whether blazeport runs from a clone (``pip install -e .``): its ``pyproject.toml`` sits beside the
+    package. Only then may a command write into the package's own folders (``convert`` refreshing
+    ``weights/``); an installed package is never written to."""
+    return (PACKAGE_DIR.parent / "pyproject.toml").is_file()
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
@@ -90,6 +98,9 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), what: str =
                                  "Choose another output path.")
     if out.is_dir():
         raise BlazeportError(f"{out}: is a folder; the {what} must be a file path (e.g. {out / 'model'}...)")
+    if out.resolve().is_relative_to(PACKAGE_DIR) and not in_source_checkout():
+        raise BlazeportError(f"{out}: is inside the installed blazeport package ({PACKAGE_DIR}), which is never written "
+                             f"to; write the {what} to a folder of yours (e.g. -o {Path.cwd() / out.name})")
     if not overwrite and (out.exists() or out.is_symlink()):
         raise BlazeportError(f"{out}: a file of that name exists, and blazeport never replaces a file it did not make; "
                              f"{OVERWRITE_HINT}")

@@ -21,11 +21,12 @@ from blazeport.backends import MODEL_SUFFIXES, check_device, get_runtime, native
 from blazeport.bundle import check_bundled
 from blazeport.convert import load_tflite
 from blazeport.errors import BlazeportError
+from blazeport.extras import require
 from blazeport.metadata import spec_from_metadata, tflite_metadata
 from blazeport.specs import WEIGHTS_DIR, LandmarkSpec, ModelSpec, find_spec, original_spec_for_file
 from blazeport.weights import load_safetensors
 
-__all__ = ["open_backend", "open_module", "spec_weights"]
+__all__ = ["open_backend", "open_module", "runtime_file", "spec_weights"]
 
 
 Spec = ModelSpec | LandmarkSpec  # a detector or a landmark model (face mesh, iris)
@@ -55,11 +56,23 @@ def spec_weights(spec: Spec) -> Path:
     return check_bundled(weights)
 
 
+def runtime_file(spec: Spec, suffix: str) -> Path | None:
+    """The bundled file a runtime runs for a spec name: Google's original ``.tflite``, or for a student
+    the verified export shipped beside its ``.safetensors`` (``NAME.tflite``), so a core install
+    without torch runs every bundled model by name; checked against the bundle's sha256 list."""
+    names = [spec.tflite] if suffix == ".tflite" and spec.tflite else [f"{spec.name}{suffix}"]
+    for name in names:
+        if (WEIGHTS_DIR / name).is_file():
+            return check_bundled(WEIGHTS_DIR / name)
+    return None
+
+
 def open_module(model: str | Path, spec: str | Spec | None = None, trust_code: bool = False) -> tuple[Any, Spec, Path]:
     """``(PyTorch module, spec, source file)`` for a spec name, a ``.safetensors`` or a ``.tflite``
     (converted on load, every weight shape checked). ``trust_code``: a student file whose backbone is
     the user's own module may import it (:mod:`blazeport.models.backbones`); never needed for
     blazeport's own models."""
+    require("torch", f"{model} on the torch backend")
     wanted = _as_spec(spec)
     path = _model_file(model)
     if path is None:
@@ -101,11 +114,12 @@ def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | N
     if runtime == "torch":
         module, resolved, source = open_module(model, wanted, trust_code)
         return resolved, rt.backend(module, threads, **on_device), source
-    if path is None:  # a spec name on a runtime: Google's original file
+    if path is None:  # a spec name on a runtime: Google's original file, or the export a student ships with
         resolved = find_spec(str(model))
-        if resolved.tflite is None:
-            raise BlazeportError(f"{resolved.name} has no original .tflite; use --backend torch")
-        path = check_bundled(WEIGHTS_DIR / resolved.tflite)
+        path = runtime_file(resolved, rt.suffixes[0])
+        if path is None:
+            raise BlazeportError(f"{resolved.name} has no original .tflite and no bundled {rt.suffixes[0]} export; use "
+                                 f"--backend torch, or `blazeport export {resolved.name} --format {runtime}`")
         return resolved, rt.backend(path, threads), path
     backend = rt.backend(path, threads, **on_device)  # reads and checks the file: clear errors for damaged ones
     resolved = wanted or original_spec_for_file(path) or _stored_spec(path, backend)

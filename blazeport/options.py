@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["TRUST_FLAG", "add_overwrite", "add_trust_code"]
+__all__ = ["AUTO_BACKEND", "TRUST_FLAG", "add_overwrite", "add_trust_code"]
 
 TRUST_FLAG = "--trust-code"
+AUTO_BACKEND = "default: torch with blazeport[torch] installed, else tflite"  # blazeport.backends.default_runtime
 
 
 def add_trust_code(parser: argparse.ArgumentParser) -> None:

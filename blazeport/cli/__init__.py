@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from blazeport.bench.cli import add_bench_parser
 from blazeport.cli import convert, detect, distill, evaluate, export, landmarks, models, prune
 from blazeport.errors import BlazeportError
+from blazeport.extras import COMMAND_NEEDS, EXTRA_OF, missing_extra, require
 from blazeport.version import __version__
 
 EXAMPLES = """examples:
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if stdout is not None:
         sys.stdout = _GuardedStdout(stdout)  # type: ignore[assignment]
     try:
+        if args.command in COMMAND_NEEDS:  # before the command reads anything: one line naming the extra
+            require(COMMAND_NEEDS[args.command], f"blazeport {args.command}")
         code = args.func(args)
         sys.stdout.flush()  # here, not at exit: a failed final write must end in the one-line error too
         return code
@@ -105,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, OutputWriteError):
             sys.stdout = stdout
             _discard_stdout()
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in EXTRA_OF:
+            raise
+        print(f"blazeport {args.command}: error: {missing_extra(exc.name, 'this')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"blazeport {args.command}: interrupted", file=sys.stderr)

@@ -36,7 +36,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        description="Map every weight of a BlazeFace .tflite onto the PyTorch module by walking the graph, "
                        "save safetensors, then compare with LiteRT on real photos and a random input.", formatter_class=fmt)
     p.add_argument("src", help="original .tflite file (e.g. weights/face_detection_short_range.tflite)")
-    p.add_argument("-o", "--output", help="output .safetensors (default: weights/SPEC.safetensors)")
+    p.add_argument("-o", "--output", help="output .safetensors (default: weights/SPEC.safetensors in a clone, ./SPEC.safetensors "
+                   "for an installed blazeport)")
     p.add_argument("--spec", help="model spec to use when the file is not a known original")
     p.add_argument("--images", nargs="+", help="photos or folders to verify on (default: 5 photos bundled with scikit-image)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

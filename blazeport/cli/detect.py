@@ -17,7 +17,7 @@ from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths, inputs_outside
 from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
-from blazeport.options import add_overwrite, add_trust_code
+from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
 
@@ -69,7 +69,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not args.quiet:
         where = f", drawings in {out_dir}" if out_dir else ""
         print(f"{len(results)} image(s), {sum(len(r['detections']) for r in results)} {detector.spec.subject}(s), "
-              f"{skipped} skipped, {elapsed:.2f} s ({args.model}, {args.backend}){where}", file=sys.stderr)
+              f"{skipped} skipped, {elapsed:.2f} s ({args.model}, {detector.backend.name}){where}", file=sys.stderr)
     return 1 if skipped else 0
 
 
@@ -80,8 +80,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        "With no IMAGE, uses a real photo bundled with scikit-image.", formatter_class=fmt)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
     p.add_argument("--model", default="short_range", help="spec name, .safetensors, .tflite or .onnx (default: short_range)")
-    p.add_argument("--backend", default="torch", choices=tuple(RUNTIMES),
-                   help="runtime (default: torch); a .onnx model runs on onnx")
+    p.add_argument("--backend", choices=tuple(RUNTIMES),
+                   help=f"runtime ({AUTO_BACKEND}); a .onnx model runs on onnx")
     p.add_argument("--spec", help="spec of a .onnx/.tflite file that does not carry one (files from `blazeport export` do)")
     p.add_argument("--out", help="folder for copies of the images with detections drawn")
     p.add_argument("--threshold", type=float, help="score threshold (default: the spec's)")

@@ -13,7 +13,7 @@ from blazeport.cli.common import add_max_pixels, positive_int, print_json
 from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
-from blazeport.options import add_trust_code
+from blazeport.options import AUTO_BACKEND, add_trust_code
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -45,18 +45,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         teacher = load(args.teacher, backend=args.teacher_backend, threads=args.threads, trust_code=args.trust_code)
         result = evaluate_against_teacher(detector, teacher, images, progress=True, max_pixels=args.max_pixels,
                                           by_size=args.by_size)
-        against = f"teacher {args.teacher} ({args.teacher_backend}, threshold {teacher.spec.score_threshold:g})"
+        against = f"teacher {args.teacher} ({teacher.backend.name}, threshold {teacher.spec.score_threshold:g})"
         if result["images"] == 0:
             raise BlazeportError(f"no readable images in {' '.join(map(str, images))}")
     for msg in result.pop("messages"):
         if "no entry in the boxes file" not in msg:
             print(f"skipped: {msg}", file=sys.stderr)
     threshold = detector.spec.score_threshold if args.threshold is None else args.threshold
-    report = {"model": str(args.model), "backend": args.backend, "threshold": threshold, "against": against, **result}
+    report = {"model": str(args.model), "backend": detector.backend.name, "threshold": threshold, "against": against, **result}
     if args.json:
         print_json({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in report.items()})
     else:
-        print(f"{args.model} ({args.backend}, threshold {threshold:g}) against {against}")
+        print(f"{args.model} ({detector.backend.name}, threshold {threshold:g}) against {against}")
         keys = ["AP50", "AP", "AP75", "AR100", "found50", "images", "references", "predictions", "skipped"]
         print("".join(f"{k:>12}" for k in keys))
         print("".join(f"{report[k]:>12.3f}" if isinstance(report[k], float) else f"{report[k]:>12}" for k in keys))
@@ -87,14 +87,14 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        "down to a low threshold (e.g. --threshold 0.1), which gives a fuller precision-recall curve.",
                        formatter_class=fmt)
     p.add_argument("--model", default="short_range", help="spec name, .safetensors or .tflite (default: short_range)")
-    p.add_argument("--backend", default="torch", choices=tuple(RUNTIMES), help="runtime (default: torch)")
+    p.add_argument("--backend", choices=tuple(RUNTIMES), help="runtime (" + AUTO_BACKEND + ")")
     p.add_argument("--images", nargs="+", metavar="DIR",
                    help="image folders or files (default with --boxes: the boxes file's folder + /images)")
     refs = p.add_mutually_exclusive_group(required=True)
     refs.add_argument("--boxes", help="reference boxes: JSON {file: {width, height, boxes_xywh: [[left, top, w, h], ...]}}")
     refs.add_argument("--teacher", help="reference model (spec name or file): its detections are the references")
-    p.add_argument("--teacher-backend", default="torch", choices=tuple(RUNTIMES),
-                   help="runtime of the teacher, which uses its spec's threshold (default: torch)")
+    p.add_argument("--teacher-backend", choices=tuple(RUNTIMES),
+                   help="runtime of the teacher, which uses its spec's threshold (" + AUTO_BACKEND + ")")
     p.add_argument("--threshold", type=float, help="score threshold of the evaluated model (default: the spec's)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
     p.add_argument("--by-size", action="store_true",

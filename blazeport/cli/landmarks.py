@@ -16,7 +16,7 @@ from blazeport.draw import draw_landmarks, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths, inputs_outside
 from blazeport.landmarks import load_landmarks
-from blazeport.options import add_overwrite, add_trust_code
+from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
 
@@ -94,7 +94,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--model", default="face_landmark", help="face landmark model: spec name or file (default: face_landmark)")
     p.add_argument("--detector", default="short_range", help="face detector: spec name or file (default: short_range, "
                    "as FaceMesh)")
-    p.add_argument("--backend", choices=tuple(RUNTIMES), help="runtime for both models (default: torch; a .onnx "
+    p.add_argument("--backend", choices=tuple(RUNTIMES), help=f"runtime for both models ({AUTO_BACKEND}; a .onnx "
                    "model runs on onnx)")
     p.add_argument("--iris", action="store_true", help="also iris landmarks (71 eye contour + 5 iris per eye)")
     p.add_argument("--iris-model", default="iris_landmark", metavar="MODEL",

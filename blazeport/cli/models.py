@@ -1,4 +1,9 @@
-"""``blazeport models``: the specs and student architectures, with params and MACs."""
+"""``blazeport models``: the specs and student architectures, with params and MACs.
+
+With torch (``blazeport[torch]``) the counts come from the PyTorch modules and the student
+architectures are listed; the core install counts the bundled ``.tflite`` graphs instead (the same
+figures for a converted original: the conversion keeps every weight) and names the extra that
+lists the architectures."""
 
 from __future__ import annotations
 
@@ -6,39 +11,54 @@ import argparse
 import json
 from typing import Any
 
+from blazeport.bench.counts import tflite_counts
 from blazeport.cli.common import print_json
 from blazeport.counting import count_macs, count_params
-from blazeport.loader import open_module
-from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, get_spec
+from blazeport.extras import installed, missing_extra
+from blazeport.loader import open_module, runtime_file
+from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, get_spec
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from blazeport.models import REGISTERED, build_student  # imports torch: only for this command
-
-    rows = []
-    for spec in SPECS.values():
-        weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
+def _counts(spec: ModelSpec | LandmarkSpec, torch: bool) -> tuple[int | None, int | None]:
+    """(params, MACs) of a spec's bundled model: its PyTorch module with torch, else its .tflite graph."""
+    weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
+    if torch:
         if weights.is_file() or spec.tflite:  # the original is converted on load when not converted yet
             module = open_module(weights if weights.is_file() else WEIGHTS_DIR / spec.tflite, spec)[0]
         else:
+            from blazeport.models import build_student  # torch: only with the extra
+
             module = build_student(spec.architecture, get_spec(spec.teacher))
+        return count_params(module), count_macs(module, spec.input_size)
+    path = runtime_file(spec, ".tflite")
+    return tflite_counts(path) if path is not None else (None, None)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    torch = installed("torch")
+    rows = []
+    for spec in SPECS.values():
+        weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
+        params, macs = _counts(spec, torch)
         rows.append({
             "name": spec.name, "kind": "spec", "aliases": list(spec.aliases), "input": spec.input_size,
-            "anchors": spec.num_anchors, "params": count_params(module), "macs": count_macs(module, spec.input_size),
+            "anchors": spec.num_anchors, "params": params, "macs": macs,
             "family": spec.family, "score_threshold": spec.score_threshold, "source": spec.tflite, "sha256": spec.sha256,
             "teacher": spec.teacher, "converted": weights.is_file(), "description": spec.description,
         })
     for spec in LANDMARK_SPECS.values():  # after detection: the face mesh and iris models
         weights = WEIGHTS_DIR / f"{spec.name}.safetensors"
-        module = open_module(weights if weights.is_file() else WEIGHTS_DIR / spec.tflite, spec)[0]
+        params, macs = _counts(spec, torch)
         rows.append({
             "name": spec.name, "kind": "landmarks", "aliases": list(spec.aliases), "input": spec.input_size,
-            "outputs": {name: n for name, n in spec.outputs}, "params": count_params(module),
-            "macs": count_macs(module, spec.input_size), "family": spec.family, "source": spec.tflite,
+            "outputs": {name: n for name, n in spec.outputs}, "params": params,
+            "macs": macs, "family": spec.family, "source": spec.tflite,
             "sha256": spec.sha256, "converted": weights.is_file(), "description": spec.description,
         })
     teacher = get_spec(args.teacher)
-    for name, (family, _) in REGISTERED.items():
+    for name, (family, _) in _registered(torch).items():
+        from blazeport.models import build_student  # torch: only with the extra
+
         module = build_student(name, teacher)
         rows.append({"name": name, "kind": "student", "input": teacher.input_size, "teacher": teacher.name,
                      "params": count_params(module), "macs": count_macs(module, teacher.input_size),
@@ -63,12 +83,22 @@ def cmd_models(args: argparse.Namespace) -> int:
                   f"(landmarks: {outputs})")
     print(f"\nstudent architectures for teacher {teacher.name} (blazeport distill --student NAME; also timm:NAME and "
           "package.module:factory):")
+    if not torch:
+        print("  " + missing_extra("torch", "listing them"))
     for r in rows:
         if r["kind"] == "student":
             print(f"{r['name']:<29}{r['input']:>6}{'':>9}{r['params']:>10,}{r['macs'] / 1e6:>8.1f}  {r['family']}")
     if zoo:
         print_zoo(zoo)
     return 0
+
+
+def _registered(torch: bool) -> dict[str, tuple[str, int]]:
+    if not torch:
+        return {}
+    from blazeport.models import REGISTERED  # torch: only with the extra
+
+    return REGISTERED
 
 
 def print_zoo(zoo: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.convert.blazeface import extract
 from blazeport.convert.graph import extract_graph
 from blazeport.convert.walker import ConversionError, Mapping, check_ops
-from blazeport.files import check_output, sha256_of, staged
+from blazeport.files import check_output, in_source_checkout, sha256_of, staged
 from blazeport.photos import sample_images
 from blazeport.specs import SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, original_spec_for_file
 from blazeport.tflite import TFLiteModel, read_tflite
@@ -131,7 +131,7 @@ def convert(
             )
     if mapping.config.input_size != spec.input_size:
         raise ConversionError(f"{src}: input is {mapping.config.input_size}px but spec {spec.name} expects {spec.input_size}px")
-    out = Path(out) if out else WEIGHTS_DIR / f"{spec.name}.safetensors"
+    out = Path(out) if out else default_output(spec)
     replace = overwrite or _reconverts(out, src)
     check_output(out, [src], "converted weights", overwrite=replace)
     images = images if images is not None else sample_images()
@@ -161,6 +161,12 @@ def convert(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return report
+
+
+def default_output(spec: ModelSpec | LandmarkSpec) -> Path:
+    """Where ``convert`` writes without ``-o``: ``weights/NAME.safetensors`` in a clone (as it always
+    has), else ``NAME.safetensors`` in the current folder: never into an installed package."""
+    return (WEIGHTS_DIR if in_source_checkout() else Path.cwd()) / f"{spec.name}.safetensors"
 
 
 def _reconverts(out: Path, src: Path) -> bool:
