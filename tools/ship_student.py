@@ -8,6 +8,10 @@ spec's teacher, and written again with the spec from ``blazeport.specs.SPECS`` (
 description) and the run's summary; ``weights/NAME.json`` gets the run's ``summary.json`` and its
 per-epoch history. The new file is written beside the old one and replaces it only after it
 reloads with the spec and gives the run's outputs exactly. Add the spec to ``SPECS`` and run ``tools/make_anchors.py`` first.
+
+Then ``weights/NAME.tflite``, the export a core install (no torch) runs by name, is exported again and
+verified (``blazeport export``), and ``blazeport/bundled/SHA256SUMS`` is rewritten
+(``tools/bundle_manifest.py``): a shipped student and its export never disagree.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import blazeport.export
 from blazeport.files import staged, write_atomic
 from blazeport.specs import WEIGHTS_DIR, get_spec
 from blazeport.weights import load_safetensors, save_safetensors
@@ -51,8 +56,16 @@ def main() -> int:
     history = json.loads((args.run / "metrics.json").read_text())
     extra = {"command": args.command} if args.command else {}
     write_atomic(out.with_suffix(".json"), (json.dumps({**summary, **extra, "history": history}, indent=1) + "\n").encode())
-    print(f"{out} ({out.stat().st_size:,} bytes) and {out.with_suffix('.json')}: {spec.name}, test AP50 "
-          f"{(summary.get('test') or {}).get('test_AP50')}")
+    report = blazeport.export.export(out, "tflite", out.with_suffix(".tflite"), overwrite=True)
+    if not report["ok"]:
+        sys.exit(f"{out.with_suffix('.tflite')}: the export failed verification; the previous export was kept, so it "
+                 "does not match the new student: fix and run again")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bundle_manifest
+
+    bundle_manifest.main([])
+    print(f"{out} ({out.stat().st_size:,} bytes), {out.with_suffix('.json')} and {out.with_suffix('.tflite')}: "
+          f"{spec.name}, test AP50 {(summary.get('test') or {}).get('test_AP50')}")
     return 0
 
 
