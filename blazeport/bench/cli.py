@@ -18,6 +18,7 @@ from typing import Any
 
 from blazeport.backends import RUNTIMES, check_device
 from blazeport.bench.android import android_commands
+from blazeport.bench.android_results import cmd_android_results
 from blazeport.bench.folder import print_folder_report, run_folder_bench
 from blazeport.bench.mediapipe import MEDIAPIPE, find_mediapipe_python
 from blazeport.bench.report import add_ratios, check_targets, host_info, print_report, write_plot
@@ -63,7 +64,8 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
         f"original model), {ORIGINAL}.", formatter_class=formatter_class,
         epilog="examples:\n  blazeport bench short_range full_range_sparse --threads 1,2 --e2e --json runs/bench.json\n"
         "  blazeport bench face_detection_short_range.tflite --backend tflite     # on a board: LiteRT only\n"
-        "  blazeport bench short_range --backend tflite --threads 1,4 --android   # benchmark_model command lines")
+        "  blazeport bench short_range --backend tflite --threads 1,4 --android   # benchmark_model command lines\n"
+        "  blazeport bench --android-results runs/android/*.log                   # ... and their logs read back")
     b.add_argument("models", nargs="*", metavar="MODEL",
                    help=f"spec name ({', '.join(SPECS)}), a student architecture to time untrained (resnet, ...), "
                    "a .safetensors, .onnx or .tflite file")
@@ -106,6 +108,10 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
                    "(default: auto); the detections are identical")
     b.add_argument("--android", action="store_true",
                    help="print the equivalent TFLite benchmark_model command lines (adb) for the .tflite files and exit")
+    b.add_argument("--android-results", nargs="+", metavar="LOG",
+                   help="instead of measuring: read these benchmark_model logs (the --android script saves them) into "
+                   "the same table and --json report, each log's graph matched by file name to Google's originals or "
+                   "a MODEL .tflite, with the ratio to the original at the same threads and delegates")
     add_trust_code(b)
     add_overwrite(b)
     b.set_defaults(func=cmd_bench)
@@ -224,6 +230,8 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.android_results:
+        return cmd_android_results(args, _log)
     if args.folder:
         return cmd_bench_folder(args)
     if not args.models:

@@ -182,8 +182,9 @@ def table_rows(results: list[dict[str, Any]], mode: str) -> tuple[list[str], lis
         if mode == "model":
             rows.append([name, r["backend"], str(r["threads"]), _count(r.get("file_bytes"), 1e6, 2),
                          _count(r.get("params"), 1e3, 1), _count(r.get("macs"), 1e6, 1), _fmt(r.get("import_ms"), 0),
-                         _fmt(r.get("init_ms"), 1), _fmt(r.get("first_ms")), *(_fmt(s[k]) for k in ("min", "p50", "p90",
-                         "p99", "mean", "std")), _fmt(r.get("cpu_ms_per_run")), _fmt(r.get("peak_rss_mb"), 0), vs_orig])
+                         _fmt(r.get("init_ms"), 1), _fmt(r.get("first_ms")), *(_fmt(s.get(k)) for k in ("min", "p50",
+                         "p90", "p99", "mean", "std")), _fmt(r.get("cpu_ms_per_run")), _fmt(r.get("peak_rss_mb"), 0),
+                         vs_orig])  # .get: a row read from a benchmark_model log has no p90 / p99 (printed "-")
         else:
             st = r.get("stage_stats", {})
 
@@ -200,33 +201,40 @@ def table_rows(results: list[dict[str, Any]], mode: str) -> tuple[list[str], lis
     return head, rows
 
 
-def print_report(report: dict[str, Any], file: Any = None) -> None:
-    """Rich tables on the terminal (plain text when rich is not installed)."""
+def print_tables(results: list[dict[str, Any]], file: Any = None, titles: dict[str, str] | None = None) -> None:
+    """The tables alone, one per mode, titled by ``titles`` (default :data:`TITLES`): shared by a host
+    run's report and one read from Android logs (:mod:`blazeport.bench.android_results`)."""
     file = file or sys.stdout
-    results = report["results"]
+    titles = {**TITLES, **(titles or {})}
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:  # a board with the runtime only
         Console = None
-    console = Console(file=file, width=max(200, Console(file=file).width)) if Console else None
     for mode in ("model", "e2e"):
         head, rows = table_rows(results, mode)
         if not rows:
             continue
-        if console is not None:
-            table = Table(title=TITLES[mode], title_justify="left", header_style="bold")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        if Console is not None:  # wide enough for every cell: a cut number (rich's "309.…") is a wrong number
+            console = Console(file=file, width=max(200, Console(file=file).width, sum(w + 3 for w in widths) + 1))
+            table = Table(title=titles[mode], title_justify="left", header_style="bold")
             for i, h in enumerate(head):
                 table.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
             for row in rows:
                 table.add_row(*row)
             console.print(table)
         else:
-            widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-            print(TITLES[mode], file=file)
+            print(titles[mode], file=file)
             for row in [head, *rows]:
                 print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
                                                                                               strict=True))), file=file)
+
+
+def print_report(report: dict[str, Any], file: Any = None) -> None:
+    """Rich tables on the terminal (plain text when rich is not installed)."""
+    file = file or sys.stdout
+    print_tables(report["results"], file)
     lines = ["* baseline added by the bench. x orig: p50 / p50 of the original .tflite in LiteRT (same threads, mode); "
              "x MP: e2e p50 / MediaPipe's p50 (read + FaceDetection.process(rgb); its infer column is the whole "
              "process() call), file read included in both. cpu/run: CPU ms per run, all threads.",
