@@ -80,7 +80,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--memory-cache-mb", type=float, default=1024.0, metavar="MB",
                    help="keep downscaled photos in memory up to this many MB (split between workers; default 1024; "
                    "0: decode every time). Memory stays bounded however many photos there are")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True,
+                   help="run folder; one run owns it at a time (OUT/.lock): another run into it is refused, and a "
+                   "lock left by a process that has ended is taken over")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)

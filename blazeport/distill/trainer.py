@@ -10,10 +10,14 @@ images, student, loss, optimizer), :meth:`Run.resume`, :meth:`Run.open_out`,
 
 What makes a run trustworthy, in order:
 
+0. A run folder has one owner (:mod:`blazeport.distill.lock`): right after its arguments are
+   checked, the run takes ``OUT/.lock`` (rank 0 under DDP); a second run into the same ``--out``,
+   ``--resume`` included, is refused at once in one line naming the owner, before any teacher,
+   student or photo is loaded. The lock is released however the run ends.
 1. Every argument is checked (:meth:`TrainConfig.validate`) before anything is computed or
    written, and the teacher, the images and a checkpoint to resume are all loaded and checked
-   before the run folder is created: a mistyped argument or an empty image folder leaves nothing
-   behind.
+   before anything is written into the run folder (the lock creates it; a run that stops before
+   writing removes it again): a mistyped argument or an empty image folder leaves nothing behind.
 2. The teacher is checked against its original ``.tflite`` on a real photo before training
    (:func:`~blazeport.distill.validation.check_teacher`, through :func:`blazeport.verify.verify`);
    a teacher that silently did not load is the most common failure of distillation tools. Each
@@ -64,6 +68,7 @@ from blazeport.distill.checkpoint import (
 )
 from blazeport.distill.config import TrainConfig, init_weights
 from blazeport.distill.dataset import AugmentConfig
+from blazeport.distill.lock import run_folder_lock
 from blazeport.distill.logs import RunLogs
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
@@ -247,8 +252,8 @@ class Run:
             print(f"resumed {self.out} at epoch {self.start_epoch} of {self.cfg.epochs}", file=sys.stderr, flush=True)
 
     def open_out(self) -> None:
-        """Create the run folder (only now, with teacher, images and checkpoint loaded and checked),
-        write ``config.json`` and start the logs."""
+        """Write ``config.json`` (only now, with teacher, images and checkpoint loaded and checked; the
+        folder exists already, created by the lock) and start the logs."""
         if self.main:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
@@ -399,6 +404,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     cfg.validate(world)
     device = _start_process(cfg, world)
+    with run_folder_lock(cfg.out, rank, world):  # one run per folder: refused before anything is read or loaded
+        return _train(cfg, world, rank, device)
+
+
+def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dict[str, Any]:
+    """:func:`train` once this process owns ``--out`` (rank 0) or rank 0 does (the other ranks)."""
     ckpt = checkpoint_to_resume(cfg, Path(cfg.out), device)  # before the teacher loads: a bad file fails fast
     run = Run.setup(cfg, world, rank, device)
     if ckpt is not None:
