@@ -301,9 +301,21 @@ class Spool:
         for s, key in index.held:
             if lo <= name_hash(key) < hi:
                 want.setdefault(s, set()).add(key)
-        if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-        self.file = tempfile.TemporaryFile(dir=folder, prefix="blazeport-heldout-")  # noqa: SIM115 (lives with the Spool)
+        where = folder if folder is not None else tempfile.gettempdir()
+        try:
+            if folder is not None:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            self.file = tempfile.TemporaryFile(dir=folder, prefix="blazeport-heldout-")  # noqa: SIM115 (lives with the Spool)
+            spans = self._fill(want)
+        except OSError as exc:  # a full disk: one line, not a traceback (the temporary file vanishes when closed)
+            if hasattr(self, "file"):
+                self.file.close()
+            raise BlazeportError(f"cannot spool the held-out samples into {where} ({exc.strerror or exc}); free space "
+                                 "there, or pass --cache-dir on another disk") from None
+        self.spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+    def _fill(self, want: dict[int, set[str]]) -> list[tuple[int, int]]:
+        """Copy the wanted samples' image bytes into the spool file; their (offset, length)."""
         spans: list[tuple[int, int]] = []
         self.names: list[str] = []
         pos = 0
@@ -319,7 +331,7 @@ class Spool:
                         pos += len(data)
                         want[s].discard(key)
         self.file.flush()
-        self.spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        return spans
 
     def __len__(self) -> int:
         return len(self.spans)

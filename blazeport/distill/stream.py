@@ -23,10 +23,11 @@ size and DDP ranks keep the same number of steps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from blazeport import files
 from blazeport.distill.dataset import AugmentConfig, load_photo, make_input_uint8, sample_rng, split_by_hash, to_unit
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
@@ -116,14 +118,12 @@ class DiskCache:
         except (OSError, ValueError, EOFError):
             pass  # not cached yet (or a damaged entry: rewritten below)
         img = load_photo(path, self.input_size)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, img, allow_pickle=False)
-            os.replace(tmp, file)  # atomic: a worker killed mid-write leaves no half entry
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)  # a full disk costs speed, not the run
+        buf = io.BytesIO()
+        np.save(buf, img, allow_pickle=False)
+        # the one atomic writer (a temp file per process, renamed): a killed worker leaves no half entry, and a
+        # full disk costs speed, not the run
+        with contextlib.suppress(BlazeportError):
+            files.write_atomic(file, buf.getvalue())
         return img
 
 

@@ -33,7 +33,9 @@ What makes a run trustworthy, in order:
 
 At the end the best epoch's student is written as ``student.safetensors`` (loadable with
 :func:`blazeport.load`, its spec from :func:`blazeport.specs.student_spec`), and
-:mod:`blazeport.distill.logs` writes ``summary.json``.
+:mod:`blazeport.distill.logs` writes ``summary.json``. Every file of the run but TensorBoard's
+event file goes through :func:`blazeport.files.write_atomic`: a full disk stops the run with one
+error naming the file, never leaving a 0-byte or half-written one.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from torch import nn
 from tqdm import tqdm
 
 import blazeport
+from blazeport import files
 from blazeport.anchors import anchors_for
 from blazeport.counting import count_macs, count_params
 from blazeport.distill.checkpoint import (
@@ -69,7 +72,7 @@ from blazeport.distill.checkpoint import (
 from blazeport.distill.config import TrainConfig, init_weights
 from blazeport.distill.dataset import AugmentConfig
 from blazeport.distill.lock import run_folder_lock
-from blazeport.distill.logs import RunLogs
+from blazeport.distill.logs import RunLogs, json_bytes
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
@@ -259,7 +262,7 @@ class Run:
                 self.out.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise BlazeportError(f"cannot create --out {self.out} ({exc.strerror or exc}); choose another --out") from None
-            (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+            files.write_atomic(self.out / "config.json", json_bytes(asdict(self.cfg)))  # a full disk leaves no half file
             self.logs = RunLogs(self.out)
         self.t_start = time.perf_counter()
 
