@@ -77,6 +77,7 @@ from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
 from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, is_shard_spec
+from blazeport.distill.split import recorded_split_rule
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset, to_batch
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
@@ -148,8 +149,9 @@ class Teacher:
 @dataclass
 class Data:
     """The photos, streamed (:mod:`blazeport.distill.stream` for folders, :mod:`blazeport.distill.shards`
-    for WebDataset tars), split by a hash of each file name or ``__key__``; held-out batches are
-    decoded each time they are validated, so memory does not grow with the number of photos."""
+    for WebDataset tars), split by ``cfg.split_rule`` (:mod:`blazeport.distill.split`: a hash of each
+    photo's bytes for new runs); held-out batches are decoded each time they are validated, so memory
+    does not grow with the number of photos."""
 
     train_set: FolderTrain | ShardTrain  # augmented, seeded per (seed, epoch, sample)
     val_batches: HeldOut
@@ -159,14 +161,14 @@ class Data:
     def load(cls, cfg: TrainConfig, size: int, device: torch.device, rank: int = 0) -> Data:
         aug = AugmentConfig.parse(cfg.augment, cfg.zoom)
         if is_shard_spec(cfg.images):
-            index = ShardIndex(cfg.images, cfg.val_fraction, cfg.test_fraction)
+            index = ShardIndex(cfg.images, cfg.val_fraction, cfg.test_fraction, cfg.split_rule, cfg.cache_dir)
             train_set = ShardTrain(index, size, cfg.seed, aug, cfg.workers)
             # only rank 0 validates: the others need no held-out copy
             held = [Spool(index, which, size, cfg.cache_dir) if rank == 0 else [] for which in ("val", "test")]
             return cls(train_set, HeldOut(held[0], VAL_BATCH, device), HeldOut(held[1], VAL_BATCH, device))
         index = ImageIndex(cfg.images, cfg.limit)
         index.check_readable(range(len(index)))  # stops at the first readable photo
-        train_idx, val_idx, test_idx = index.split(cfg.val_fraction, cfg.test_fraction)
+        train_idx, val_idx, test_idx = index.split(cfg.val_fraction, cfg.test_fraction, cfg.split_rule, cfg.cache_dir)
         n = len(index)
 
         def part(indices: list[int], augment: bool) -> StreamDataset:  # the memory cache, shared out by split size
@@ -414,6 +416,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dict[str, Any]:
     """:func:`train` once this process owns ``--out`` (rank 0) or rank 0 does (the other ranks)."""
     ckpt = checkpoint_to_resume(cfg, Path(cfg.out), device)  # before the teacher loads: a bad file fails fast
+    if ckpt is not None:  # the split this run started with, whichever rule this blazeport gives new runs
+        cfg.split_rule = recorded_split_rule(ckpt["config"], Path(cfg.out) / "last.pt")
     run = Run.setup(cfg, world, rank, device)
     if ckpt is not None:
         run.resume(ckpt)
