@@ -30,7 +30,7 @@ from blazeport.errors import BlazeportError
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, shared_data: Path) -> Path:
-    """8 real photos; with val_fraction 0.25 the file-name hash holds out 3 and trains on 5."""
+    """8 real photos; with val_fraction 0.25 the hash of their bytes holds out 1 and trains on 6 (1 is test)."""
     folder = tmp_path_factory.mktemp("photos")
     picks = sorted((shared_data / "unlabeled" / "caltech1999_half").glob("*.jpg"))[:4]
     picks += sorted((shared_data / "unlabeled" / "human_samples").glob("*.jpg"))[:4]
@@ -323,7 +323,7 @@ def test_bad_images_leave_no_run_folder(content: str, photos: Path, tmp_path: Pa
     if content == "unreadable":
         (folder / "a.jpg").write_bytes(b"not an image")
     elif content == "too few to hold out":
-        folder, kw = photos, {"val_fraction": 0.05}  # none of the 8 file-name hashes falls below 0.05
+        folder, kw = photos, {"val_fraction": 0.05}  # none of the 8 photos' content hashes falls below 0.05
     message = {"empty": "no images found", "unreadable": "is a readable image",
                "too few to hold out": "validation images choose best.pt"}[content]
     out = tmp_path / "run"

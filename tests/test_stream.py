@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from blazeport.distill.config import TrainConfig
-from blazeport.distill.dataset import AugmentConfig, DistillDataset, ImageSet, name_hash, to_unit
+from blazeport.distill.dataset import AugmentConfig, DistillDataset, ImageSet, to_unit
 from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, quotas
+from blazeport.distill.split import content_hash
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset
 from blazeport.distill.trainer import train
 from blazeport.errors import BlazeportError
@@ -151,16 +152,15 @@ def test_disk_cache_is_keyed_by_file_state_and_never_beside_the_photos(photos: P
 def test_shards_split_by_key_and_each_rank_reads_its_own(shards: Path) -> None:
     spec = [str(shards / "{000..003}.tar")]
     index = ShardIndex(spec, val_fraction=0.25, test_fraction=0.1)
-    keys = []
+    places = []  # each sample's place: a hash of its image bytes (the rule of new runs), not of its __key__
     for s in range(4):
         with tarfile.open(shards / f"{s:03d}.tar") as tar:
-            keys += [m.name[:-4] for m in tar if m.name.endswith(".jpg")]
-    assert index.total == len(keys) == 17
-    train_keys = {k for k in keys if name_hash(k) >= 0.35}
-    assert int(index.train_counts.sum()) == len(train_keys)
+            places += [content_hash(tar.extractfile(m).read()) for m in tar if m.name.endswith(".jpg")]
+    assert index.total == len(places) == 17
+    assert int(index.train_counts.sum()) == sum(h >= 0.35 for h in places)
     val = Spool(index, "val", 128)
-    assert len(val) == sum(name_hash(k) < 0.25 for k in keys)
-    assert len(Spool(index, "test", 128)) == sum(0.25 <= name_hash(k) < 0.35 for k in keys)
+    assert len(val) == sum(h < 0.25 for h in places)
+    assert len(Spool(index, "test", 128)) == sum(0.25 <= h < 0.35 for h in places)
     for epoch in (0, 1):
         mine = [set(index.shards_of(epoch, 0, r, 2)) for r in range(2)]
         assert not mine[0] & mine[1] and mine[0] | mine[1] == {0, 1, 2, 3}
@@ -198,7 +198,7 @@ def test_shard_run_resumed_at_an_epoch_boundary_ends_like_an_uninterrupted_one(s
     for ra, rb in zip(a, b, strict=True):
         for key in ("train_total", "val_AP50", "val_mae_scores", "val_mae_regressors"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
-    assert name_hash("broken_sample") >= 0.35  # a training sample: met (and counted) every epoch
+    assert content_hash(b"not an image") >= 0.35  # broken_sample's bytes: a training sample, met (and counted) every epoch
     assert full["images"]["skipped_unreadable"] == cut["images"]["skipped_unreadable"] == 1
     assert full["images"]["train"] + full["images"]["val"] + full["images"]["test"] == 17
 

@@ -80,7 +80,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--memory-cache-mb", type=float, default=1024.0, metavar="MB",
                    help="keep downscaled photos in memory up to this many MB (split between workers; default 1024; "
                    "0: decode every time). Memory stays bounded however many photos there are")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True,
+                   help="run folder; one run owns it at a time (OUT/.lock): another run into it is refused, and a "
+                   "lock left by a process that has ended is taken over")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -91,9 +93,12 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--alpha", type=float, default=0.6, help="recipe's KL share against the score loss (default 0.6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="validation share of the images (by file-name hash; chooses best.pt; default 0.1)")
+                   help="validation share of the images (chooses best.pt; default 0.1). The split is by a sha1 of each "
+                   "photo's bytes, so a copy under another name always lands in the same split as its original; a "
+                   "resumed run keeps the rule it started with (runs from before this rule: by file-name hash)")
     p.add_argument("--test-fraction", type=float, default=0.1,
-                   help="test share (by file-name hash; never chooses anything, measured once at the end; default 0.1)")
+                   help="test share (by the same hash of each photo's bytes; never chooses anything, measured once at "
+                   "the end; default 0.1)")
     p.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--init", metavar="STUDENT.safetensors",

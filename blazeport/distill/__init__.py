@@ -3,8 +3,10 @@
 The package, one job per module:
 
 - :mod:`~blazeport.distill.config`: :class:`TrainConfig`, a job's arguments, and their checks.
-- :mod:`~blazeport.distill.dataset`: the split by file-name hash, augmentation seeded per
-  (seed, epoch, image), and the in-memory photo set.
+- :mod:`~blazeport.distill.split`: the train / validation / test split, by a hash of each photo's
+  bytes (runs recorded before that rule keep their file-name hash on resume);
+  :mod:`~blazeport.distill.dataset`: augmentation seeded per (seed, epoch, image), and the
+  in-memory photo set.
 - :mod:`~blazeport.distill.stream`: photos streamed from an index of paths, decoded in DataLoader
   workers, with bounded memory and optional disk caches; :mod:`~blazeport.distill.shards`: the
   same from WebDataset tar shards, each DDP rank reading its own.
@@ -15,6 +17,7 @@ The package, one job per module:
 - :mod:`~blazeport.distill.validation`: the teacher against its ``.tflite`` before training, the
   student against the teacher on held-out images each epoch.
 - :mod:`~blazeport.distill.logs`: TensorBoard, ``metrics.json``, ``curves.png``, ``summary.json``.
+- :mod:`~blazeport.distill.lock`: ``OUT/.lock``, one run per run folder.
 - :mod:`~blazeport.distill.trainer`: :func:`train`, the run itself (teacher check, epochs,
   validation, the student's weights).
 

@@ -17,6 +17,7 @@ import torch
 
 from blazeport.distill.augment import DEFAULT_AUGMENT, AugmentConfig
 from blazeport.distill.loss_terms import LossConfig
+from blazeport.distill.split import CONTENT_RULE, SPLIT_RULES
 from blazeport.errors import BlazeportError
 from blazeport.files import same_file
 from blazeport.specs import get_spec
@@ -52,6 +53,9 @@ class TrainConfig:
     workers: int = 0  # DataLoader processes that decode photos (0: in the training process)
     cache_dir: str | None = None  # on-disk cache of downscaled photos (.npy), never beside the photos
     memory_cache_mb: float = 1024.0  # downscaled photos kept in memory, at most this much (split between workers)
+    # how photos are split (blazeport.distill.split): new runs hash each photo's bytes; a resumed run keeps the
+    # rule its checkpoint records (file-name when it records none), so its photos stay in their splits
+    split_rule: str = CONTENT_RULE
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
 
     def __post_init__(self) -> None:
@@ -84,6 +88,8 @@ class TrainConfig:
         _real("--val-fraction", self.val_fraction, 0.0, 1.0, True, True,
               ": the held-out images choose best.pt, so neither the validation nor the training split may be empty")
         _real("--test-fraction", self.test_fraction, 0.0, 1.0, False, True)
+        if self.split_rule not in SPLIT_RULES:
+            raise BlazeportError(f"split_rule must be one of {', '.join(SPLIT_RULES)} (got {self.split_rule!r})")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise BlazeportError(f"--val-fraction {self.val_fraction} + --test-fraction {self.test_fraction} leave no images "
                                  "to train on; their sum must be below 1")

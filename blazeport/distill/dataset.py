@@ -5,6 +5,10 @@ loader workers, WebDataset shards) is :mod:`blazeport.distill.stream` and
 :mod:`blazeport.distill.shards`, which the trainer uses. :class:`ImageSet` (every photo decoded
 into a list) is the old in-memory path, kept for tools and as the streaming benchmark's baseline.
 
+The split (:func:`split_paths`, rules in :mod:`blazeport.distill.split`): new runs place each photo
+by a sha1 of its *bytes*, so a copy under another name can never sit in another split than its
+original; a run that recorded no rule (started before) keeps the old file-name hash on resume.
+
 The teacher labels each sample on the fly, on the very tensor the student sees, so every
 augmentation keeps the pseudo-labels consistent by construction. The augmentations themselves are
 :mod:`blazeport.distill.augment`. Geometry (zoom, shift, flip, close-ups) is folded into the
@@ -23,7 +27,6 @@ photos; this module turns those photos into training samples.)
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,9 @@ import numpy as np
 import torch
 
 from blazeport.distill.augment import AugmentConfig, photometric, random_affine
+from blazeport.distill.split import CONTENT_RULE, file_places, split_places
+from blazeport.distill.split import name_hash as name_hash  # re-exported: tools and tests import it from here
+from blazeport.distill.split import split_by_hash as split_by_hash
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
 from blazeport.preprocess import ImageReadError, read_image_sized, roi_transform
@@ -71,37 +77,21 @@ class ImageSet:
                                  f"(first: {skipped[0]})")
         return cls(keep, images, skipped)
 
-    def split(self, val_fraction: float, test_fraction: float = 0.0) -> tuple[list[int], list[int], list[int]]:
-        """Train / validation / test indices, by a hash of each file name: :func:`split_by_hash`."""
-        return split_by_hash([p.name for p in self.paths], val_fraction, test_fraction)
+    def split(self, val_fraction: float, test_fraction: float = 0.0,
+              rule: str = CONTENT_RULE) -> tuple[list[int], list[int], list[int]]:
+        """Train / validation / test indices, by ``rule`` (:mod:`blazeport.distill.split`: new runs hash
+        each photo's bytes)."""
+        return split_paths([str(p) for p in self.paths], val_fraction, test_fraction, rule)
 
 
-def name_hash(name: str) -> float:
-    """A file name's (or a WebDataset ``__key__``'s) place in [0, 1]: stable as folders grow."""
-    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-
-
-def split_by_hash(names: Sequence[str], val_fraction: float, test_fraction: float = 0.0,
-                  what: str = "images", by: str = "file name") -> tuple[list[int], list[int], list[int]]:
-    """Train / validation / test indices, by a hash of each name (stable as folders grow).
-
-    Validation chooses ``best.pt``; test is never used to choose anything, so its figures are
-    the honest ones. Hashes below ``val_fraction`` are validation, the next ``test_fraction``
-    test: adding a test split leaves the validation images as they were.
-    """
-    train, val, test = [], [], []
-    for i, name in enumerate(names):
-        h = name_hash(name)
-        (val if h < val_fraction else test if h < val_fraction + test_fraction else train).append(i)
-    if not val:
-        raise BlazeportError(
-            f"none of the {len(names)} {what} falls in the held-out {val_fraction:.0%} (the split is by a hash of "
-            f"each {by}); the validation images choose best.pt, so the split must not be empty: add images or "
-            "raise --val-fraction")
-    if not train:
-        raise BlazeportError(f"all {len(names)} {what} fall in the validation and test splits, none is left "
-                             "to train on: add images or lower --val-fraction / --test-fraction")
-    return train, val, test
+def split_paths(paths: Sequence[str], val_fraction: float, test_fraction: float = 0.0, rule: str = CONTENT_RULE,
+                cache_dir: str | Path | None = None) -> tuple[list[int], list[int], list[int]]:
+    """Train / validation / test indices of photo files by ``rule``: ``content-sha1`` hashes each file's
+    bytes (a copy under another name lands beside its original), ``file-name`` each file's name (the
+    rule of runs that recorded none: :func:`~blazeport.distill.split.recorded_split_rule`)."""
+    if rule == CONTENT_RULE:
+        return split_places(file_places(paths, cache_dir), val_fraction, test_fraction)
+    return split_by_hash([Path(p).name for p in paths], val_fraction, test_fraction)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -5,10 +5,16 @@ learning rate per step; per epoch the validation metrics and the student's Batch
 histogram), ``RUN/metrics.json`` (the per-epoch history), ``RUN/curves.png`` (:func:`plot_curves`),
 one line per epoch on stderr, and ``RUN/summary.json`` at the end. The checkpoints and the student's weights are not logs: see
 :mod:`blazeport.distill.checkpoint` and :mod:`blazeport.distill.trainer`.
+
+Every file here but TensorBoard's (an event file its writer appends to) is rendered in memory and
+written with :func:`blazeport.files.write_atomic`: on a full disk the run stops with one
+:class:`~blazeport.errors.BlazeportError` naming the file, and the previous version of the file
+(or none) is left, never a 0-byte or half-written one.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -19,7 +25,13 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from blazeport import files
 from blazeport.pruning.slimming import gamma_summary
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as the indented JSON every run file uses, ready for :func:`blazeport.files.write_atomic`."""
+    return json.dumps(value, indent=2).encode()
 
 
 class RunLogs:
@@ -49,7 +61,7 @@ class RunLogs:
                 self.writer.add_histogram("bn/abs_gamma", gammas, record["epoch"])
                 for k, v in stats.items():
                     self.writer.add_scalar(f"bn/abs_gamma_{k}", v, record["epoch"])
-        (self.out / "metrics.json").write_text(json.dumps(history, indent=2))
+        files.write_atomic(self.out / "metrics.json", json_bytes(history))
         plot_curves(history, self.out / "curves.png")
         tqdm.write(f"epoch {record['epoch']}: loss {record['train_total']:.4f}  val AP50 {record['val_AP50']:.3f}  "
                    f"AP {record['val_AP']:.3f}  score MAE {record['val_mae_scores']:.4f}"
@@ -58,7 +70,7 @@ class RunLogs:
     def finish(self, summary: dict[str, Any]) -> None:
         """Close TensorBoard and write ``summary.json``."""
         self.writer.close()
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        files.write_atomic(self.out / "summary.json", json_bytes(summary))
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -87,4 +99,6 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)  # rendered in memory: the file is written whole or not at all
+    files.write_atomic(path, buf.getvalue())

@@ -6,16 +6,20 @@ one sample share a ``__key__``, the path without its extensions; the image is it
 reads the tars as streams (:func:`webdataset.tariterators.tarfile_samples`); this module decides
 who reads what, so that a run stays reproducible:
 
-- **Split**: by a hash of each sample's ``__key__`` (the file-name hash of a folder run), so a
-  sample is in the same split on every rank, every epoch, whichever shard holds it.
+- **Split**: by a sha1 of each sample's image bytes (:mod:`blazeport.distill.split`, as a folder run
+  hashes each photo's bytes), so a sample is in the same split on every rank, every epoch,
+  whichever shard holds it, and a copy of it under another ``__key__`` or in another shard lands
+  beside it. Hashing reads every shard once before training (``--cache-dir`` keeps the hashes per
+  shard, keyed by path, mtime and size, so a resume or a second run reads no shard to split); a
+  run recorded before this rule keeps its ``__key__`` hash when resumed (tar headers only).
 - **Epochs**: each epoch shuffles the shard order with (seed, epoch); rank r of W reads shards
   ``r::W`` of that order (each DDP rank its own shards: webdataset's ``split_by_node``), and
   DataLoader worker w of K reads ``w::K`` of those (``split_by_worker``). Within a worker a
   buffer of ``SHUFFLE_BUFFER`` encoded samples is shuffled with (seed, epoch, rank, worker).
   Augmentation is seeded per (seed, epoch, hash of the key), as a folder run seeds per index.
 - **Steps**: every rank must take the same number of steps (DDP's all-reduce would wait forever
-  for a rank that ran dry), so before training every rank reads the tar *headers* of all shards
-  (no image data) and counts each shard's training samples. Every epoch gives each rank at least
+  for a rank that ran dry), so before training every rank indexes all shards (the same pass that
+  hashes them) and counts each shard's training samples. Every epoch gives each rank at least
   ``shards // world`` shards, so an epoch has (the training samples of the ``shards // world``
   smallest shards) // batch steps, and a rank stops there: with shards of equal size and as many
   shards as processes times a whole number, that is every sample; otherwise the rest of a larger
@@ -33,6 +37,7 @@ who reads what, so that a run stays reproducible:
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import tarfile
@@ -46,7 +51,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, name_hash, sample_rng, split_by_hash
+from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, name_hash, sample_rng
+from blazeport.distill.split import CONTENT_RULE, HashCache, hex_place, split_places
 from blazeport.distill.stream import Sample, _init_worker, collate, to_batch
 from blazeport.errors import BlazeportError
 from blazeport.preprocess import _REDUCED_FLAGS, ImageReadError, _check_pixels, _header_size, _reduction
@@ -107,39 +113,64 @@ def decode(data: bytes, name: str, size: int) -> np.ndarray:
 
 
 class ShardIndex:
-    """Every shard's training-sample count, from the tar headers (no image data read), and the split."""
+    """Every shard's training-sample count and the split, from one pass over the shards: image data read
+    and hashed under the ``content-sha1`` rule (kept in ``cache_dir`` for the next run), tar headers
+    only under the old ``file-name`` rule."""
 
-    def __init__(self, images: Sequence[str], val_fraction: float, test_fraction: float):
+    def __init__(self, images: Sequence[str], val_fraction: float, test_fraction: float, rule: str = CONTENT_RULE,
+                 cache_dir: str | Path | None = None):
         self.urls = expand(images)
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.val_fraction, self.test_fraction, self.rule = val_fraction, test_fraction, rule
         self.train_counts = np.zeros(len(self.urls), dtype=np.int64)
-        held: list[tuple[int, str]] = []  # (shard, key) of validation and test samples: a few percent of the pool
-        keys: list[str] = []
+        held: list[tuple[int, str, float]] = []  # (shard, key, place) of held-out samples: a few percent of the pool
+        held_keys: list[frozenset[str]] = []  # per shard: what the training stream leaves out
+        places: list[float] = []
+        cache = HashCache(cache_dir if rule == CONTENT_RULE else None)
         for s, url in enumerate(self.urls):
-            for key in self._image_keys(url):
-                keys.append(key)
-                h = name_hash(key)
-                if h < val_fraction + test_fraction:
-                    held.append((s, key))
+            mine = set()
+            for key, place in self._image_places(url, rule, cache):
+                places.append(place)
+                if place < val_fraction + test_fraction:
+                    held.append((s, key, place))
+                    mine.add(key)
                 else:
                     self.train_counts[s] += 1
-        if not keys:
+            held_keys.append(frozenset(mine))
+        cache.save()
+        if not places:
             raise BlazeportError(f"no images found in the {len(self.urls)} shard(s) {self.urls[0]}...: a WebDataset sample's "
                                  f"image is its {', '.join(IMAGE_KEYS)} member")
-        self.total = len(keys)
-        split_by_hash(keys, val_fraction, test_fraction, what="samples", by="sample's __key__")  # its two refusals
-        self.held = held
+        self.total = len(places)
+        by = "sample's image bytes" if rule == CONTENT_RULE else "sample's __key__"
+        split_places(places, val_fraction, test_fraction, what="samples", by=by)  # its two refusals
+        self.held, self.held_keys = held, held_keys
+
+    def is_train(self, shard: int, name: str) -> bool:
+        """Whether tar member ``name`` of ``shard`` is a training image (what the training stream reads)."""
+        key, ext = key_and_ext(name)
+        return image_member(ext) and key not in self.held_keys[shard]
 
     @staticmethod
-    def _image_keys(url: str) -> Iterator[str]:
+    def _image_places(url: str, rule: str, cache: HashCache) -> list[tuple[str, float]]:
+        """``(__key__, place)`` of each image member of one shard, in tar order."""
+        file_key = HashCache.key(url)
+        cached = cache.get(file_key)
+        if rule == CONTENT_RULE and isinstance(cached, list):
+            return [(key, hex_place(digest)) for key, digest in cached]
+        found: list[tuple[str, str | None]] = []
         try:
-            with tarfile.open(url, "r:") as tar:  # seekable: headers only, the data is skipped
+            with tarfile.open(url, "r:") as tar:  # seekable: under the name rule, headers only
                 for m in tar:
                     key, ext = key_and_ext(m.name)
                     if m.isreg() and image_member(ext):
-                        yield key
+                        data = tar.extractfile(m).read() if rule == CONTENT_RULE else None
+                        found.append((key, hashlib.sha1(data).hexdigest() if data is not None else None))
         except (OSError, tarfile.TarError) as exc:
             raise BlazeportError(f"{url}: not a readable tar shard ({exc}); check the file or leave it out") from None
+        if rule != CONTENT_RULE:
+            return [(key, name_hash(key)) for key, _ in found]
+        cache.put(file_key, [list(f) for f in found])
+        return [(key, hex_place(digest)) for key, digest in found]
 
     def shards_of(self, epoch: int, seed: int, rank: int, world: int) -> list[int]:
         order = np.random.default_rng([seed, epoch, 104729]).permutation(len(self.urls))
@@ -182,17 +213,15 @@ class ShardStream(IterableDataset):
     def configure(self, epoch: int, rank: int, world: int, count: int) -> None:
         self.epoch, self.rank, self.world, self.count = epoch, rank, world, count
 
-    def _train_member(self, name: str) -> bool:
-        key, ext = key_and_ext(name)
-        return image_member(ext) and name_hash(key) >= self.index.val_fraction + self.index.test_fraction
-
     def _encoded(self, shards: list[int]) -> Iterator[tuple[str, str, bytes]]:
         from webdataset.tariterators import tarfile_samples
 
-        for sample in tarfile_samples([{"url": self.index.urls[s]} for s in shards], select_files=self._train_member):
-            ext = next((k for k in IMAGE_KEYS if k in sample), None)
-            if ext is not None:
-                yield sample["__key__"], sample["__url__"], sample[ext]
+        for s in shards:  # one shard at a time: which members are training ones depends on the shard
+            select = functools.partial(self.index.is_train, s)
+            for sample in tarfile_samples([{"url": self.index.urls[s]}], select_files=select):
+                ext = next((k for k in IMAGE_KEYS if k in sample), None)
+                if ext is not None:
+                    yield sample["__key__"], sample["__url__"], sample[ext]
 
     def __iter__(self) -> Iterator[Sample]:
         info = torch.utils.data.get_worker_info()
@@ -298,12 +327,24 @@ class Spool:
         lo, hi = (0.0, index.val_fraction) if which == "val" else \
             (index.val_fraction, index.val_fraction + index.test_fraction)
         want: dict[int, set[str]] = {}
-        for s, key in index.held:
-            if lo <= name_hash(key) < hi:
+        for s, key, place in index.held:
+            if lo <= place < hi:
                 want.setdefault(s, set()).add(key)
-        if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-        self.file = tempfile.TemporaryFile(dir=folder, prefix="blazeport-heldout-")  # noqa: SIM115 (lives with the Spool)
+        where = folder if folder is not None else tempfile.gettempdir()
+        try:
+            if folder is not None:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            self.file = tempfile.TemporaryFile(dir=folder, prefix="blazeport-heldout-")  # noqa: SIM115 (lives with the Spool)
+            spans = self._fill(want)
+        except OSError as exc:  # a full disk: one line, not a traceback (the temporary file vanishes when closed)
+            if hasattr(self, "file"):
+                self.file.close()
+            raise BlazeportError(f"cannot spool the held-out samples into {where} ({exc.strerror or exc}); free space "
+                                 "there, or pass --cache-dir on another disk") from None
+        self.spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+    def _fill(self, want: dict[int, set[str]]) -> list[tuple[int, int]]:
+        """Copy the wanted samples' image bytes into the spool file; their (offset, length)."""
         spans: list[tuple[int, int]] = []
         self.names: list[str] = []
         pos = 0
@@ -319,7 +360,7 @@ class Spool:
                         pos += len(data)
                         want[s].discard(key)
         self.file.flush()
-        self.spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        return spans
 
     def __len__(self) -> int:
         return len(self.spans)

@@ -13,8 +13,10 @@ optional caches keep small folders as fast as before without making memory grow 
   its resolved path, mtime, size and the input size (a changed photo is a new entry), written
   atomically, never beside the user's photos.
 
-What stays as it was: the split by a hash of each file name, and samples that are a pure function
-of (seed, epoch, index), so resume, DDP ranks and any number of workers see the same samples.
+What stays as it was: samples that are a pure function of (seed, epoch, index), so resume, DDP
+ranks and any number of workers see the same samples. The split is
+:func:`~blazeport.distill.dataset.split_paths`: by a hash of each photo's bytes for new runs (a
+renamed copy lands beside its original), by file name for runs recorded before that rule.
 Workers return uint8 samples; the one conversion to [-1, 1] (:func:`~blazeport.distill.dataset.to_unit`)
 runs in the training process. A file that cannot be read is skipped and counted: its sample is cut
 from the next readable photo of the same split (a deterministic stand-in), so a batch keeps its
@@ -23,10 +25,11 @@ size and DDP ranks keep the same number of steps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from blazeport.distill.dataset import AugmentConfig, load_photo, make_input_uint8, sample_rng, split_by_hash, to_unit
+from blazeport import files
+from blazeport.distill.dataset import AugmentConfig, load_photo, make_input_uint8, sample_rng, split_paths, to_unit
+from blazeport.distill.split import CONTENT_RULE
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
 from blazeport.preprocess import ImageReadError
@@ -59,9 +64,6 @@ class PathTable:
     def __getitem__(self, i: int) -> str:
         return os.fsdecode(self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes())
 
-    def names(self) -> list[str]:
-        return [Path(self[i]).name for i in range(len(self))]
-
 
 class ImageIndex:
     """The photos of ``--images`` as paths only (listing 100,000 files takes about a second)."""
@@ -76,9 +78,11 @@ class ImageIndex:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def split(self, val_fraction: float, test_fraction: float = 0.0) -> tuple[list[int], list[int], list[int]]:
-        """By a hash of each file name, as :meth:`ImageSet.split <blazeport.distill.dataset.ImageSet.split>`."""
-        return split_by_hash(self.paths.names(), val_fraction, test_fraction)
+    def split(self, val_fraction: float, test_fraction: float = 0.0, rule: str = CONTENT_RULE,
+              cache_dir: str | Path | None = None) -> tuple[list[int], list[int], list[int]]:
+        """Train / validation / test indices by ``rule`` (:func:`~blazeport.distill.dataset.split_paths`:
+        ``content-sha1``, each photo's bytes, for new runs); ``cache_dir`` keeps the hashes for the next run."""
+        return split_paths([self.paths[i] for i in range(len(self))], val_fraction, test_fraction, rule, cache_dir)
 
     def check_readable(self, indices: Sequence[int]) -> None:
         """Raise unless one of ``indices`` decodes (tries them in order; stops at the first that does)."""
@@ -116,14 +120,12 @@ class DiskCache:
         except (OSError, ValueError, EOFError):
             pass  # not cached yet (or a damaged entry: rewritten below)
         img = load_photo(path, self.input_size)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, img, allow_pickle=False)
-            os.replace(tmp, file)  # atomic: a worker killed mid-write leaves no half entry
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)  # a full disk costs speed, not the run
+        buf = io.BytesIO()
+        np.save(buf, img, allow_pickle=False)
+        # the one atomic writer (a temp file per process, renamed): a killed worker leaves no half entry, and a
+        # full disk costs speed, not the run
+        with contextlib.suppress(BlazeportError):
+            files.write_atomic(file, buf.getvalue())
         return img
 
 

@@ -10,10 +10,14 @@ images, student, loss, optimizer), :meth:`Run.resume`, :meth:`Run.open_out`,
 
 What makes a run trustworthy, in order:
 
+0. A run folder has one owner (:mod:`blazeport.distill.lock`): right after its arguments are
+   checked, the run takes ``OUT/.lock`` (rank 0 under DDP); a second run into the same ``--out``,
+   ``--resume`` included, is refused at once in one line naming the owner, before any teacher,
+   student or photo is loaded. The lock is released however the run ends.
 1. Every argument is checked (:meth:`TrainConfig.validate`) before anything is computed or
    written, and the teacher, the images and a checkpoint to resume are all loaded and checked
-   before the run folder is created: a mistyped argument or an empty image folder leaves nothing
-   behind.
+   before anything is written into the run folder (the lock creates it; a run that stops before
+   writing removes it again): a mistyped argument or an empty image folder leaves nothing behind.
 2. The teacher is checked against its original ``.tflite`` on a real photo before training
    (:func:`~blazeport.distill.validation.check_teacher`, through :func:`blazeport.verify.verify`);
    a teacher that silently did not load is the most common failure of distillation tools. Each
@@ -29,7 +33,9 @@ What makes a run trustworthy, in order:
 
 At the end the best epoch's student is written as ``student.safetensors`` (loadable with
 :func:`blazeport.load`, its spec from :func:`blazeport.specs.student_spec`), and
-:mod:`blazeport.distill.logs` writes ``summary.json``.
+:mod:`blazeport.distill.logs` writes ``summary.json``. Every file of the run but TensorBoard's
+event file goes through :func:`blazeport.files.write_atomic`: a full disk stops the run with one
+error naming the file, never leaving a 0-byte or half-written one.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from torch import nn
 from tqdm import tqdm
 
 import blazeport
+from blazeport import files
 from blazeport.anchors import anchors_for
 from blazeport.counting import count_macs, count_params
 from blazeport.distill.checkpoint import (
@@ -64,11 +71,13 @@ from blazeport.distill.checkpoint import (
 )
 from blazeport.distill.config import TrainConfig, init_weights
 from blazeport.distill.dataset import AugmentConfig
-from blazeport.distill.logs import RunLogs
+from blazeport.distill.lock import run_folder_lock
+from blazeport.distill.logs import RunLogs, json_bytes
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
 from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, is_shard_spec
+from blazeport.distill.split import recorded_split_rule
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset, to_batch
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
@@ -140,8 +149,9 @@ class Teacher:
 @dataclass
 class Data:
     """The photos, streamed (:mod:`blazeport.distill.stream` for folders, :mod:`blazeport.distill.shards`
-    for WebDataset tars), split by a hash of each file name or ``__key__``; held-out batches are
-    decoded each time they are validated, so memory does not grow with the number of photos."""
+    for WebDataset tars), split by ``cfg.split_rule`` (:mod:`blazeport.distill.split`: a hash of each
+    photo's bytes for new runs); held-out batches are decoded each time they are validated, so memory
+    does not grow with the number of photos."""
 
     train_set: FolderTrain | ShardTrain  # augmented, seeded per (seed, epoch, sample)
     val_batches: HeldOut
@@ -151,14 +161,14 @@ class Data:
     def load(cls, cfg: TrainConfig, size: int, device: torch.device, rank: int = 0) -> Data:
         aug = AugmentConfig.parse(cfg.augment, cfg.zoom)
         if is_shard_spec(cfg.images):
-            index = ShardIndex(cfg.images, cfg.val_fraction, cfg.test_fraction)
+            index = ShardIndex(cfg.images, cfg.val_fraction, cfg.test_fraction, cfg.split_rule, cfg.cache_dir)
             train_set = ShardTrain(index, size, cfg.seed, aug, cfg.workers)
             # only rank 0 validates: the others need no held-out copy
             held = [Spool(index, which, size, cfg.cache_dir) if rank == 0 else [] for which in ("val", "test")]
             return cls(train_set, HeldOut(held[0], VAL_BATCH, device), HeldOut(held[1], VAL_BATCH, device))
         index = ImageIndex(cfg.images, cfg.limit)
         index.check_readable(range(len(index)))  # stops at the first readable photo
-        train_idx, val_idx, test_idx = index.split(cfg.val_fraction, cfg.test_fraction)
+        train_idx, val_idx, test_idx = index.split(cfg.val_fraction, cfg.test_fraction, cfg.split_rule, cfg.cache_dir)
         n = len(index)
 
         def part(indices: list[int], augment: bool) -> StreamDataset:  # the memory cache, shared out by split size
@@ -247,14 +257,14 @@ class Run:
             print(f"resumed {self.out} at epoch {self.start_epoch} of {self.cfg.epochs}", file=sys.stderr, flush=True)
 
     def open_out(self) -> None:
-        """Create the run folder (only now, with teacher, images and checkpoint loaded and checked),
-        write ``config.json`` and start the logs."""
+        """Write ``config.json`` (only now, with teacher, images and checkpoint loaded and checked; the
+        folder exists already, created by the lock) and start the logs."""
         if self.main:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise BlazeportError(f"cannot create --out {self.out} ({exc.strerror or exc}); choose another --out") from None
-            (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+            files.write_atomic(self.out / "config.json", json_bytes(asdict(self.cfg)))  # a full disk leaves no half file
             self.logs = RunLogs(self.out)
         self.t_start = time.perf_counter()
 
@@ -399,7 +409,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     cfg.validate(world)
     device = _start_process(cfg, world)
+    with run_folder_lock(cfg.out, rank, world):  # one run per folder: refused before anything is read or loaded
+        return _train(cfg, world, rank, device)
+
+
+def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dict[str, Any]:
+    """:func:`train` once this process owns ``--out`` (rank 0) or rank 0 does (the other ranks)."""
     ckpt = checkpoint_to_resume(cfg, Path(cfg.out), device)  # before the teacher loads: a bad file fails fast
+    if ckpt is not None:  # the split this run started with, whichever rule this blazeport gives new runs
+        cfg.split_rule = recorded_split_rule(ckpt["config"], Path(cfg.out) / "last.pt")
     run = Run.setup(cfg, world, rank, device)
     if ckpt is not None:
         run.resume(ckpt)
