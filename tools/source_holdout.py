@@ -36,7 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blazeport.distill.dataset import split_by_hash  # noqa: E402
+from blazeport.distill.dataset import split_paths  # noqa: E402
+from blazeport.distill.split import CONTENT_RULE, NAME_RULE  # noqa: E402
 from blazeport.evaluate import SIZE_BANDS  # noqa: E402
 from blazeport.photos import list_images  # noqa: E402
 
@@ -78,11 +79,20 @@ def score(student: Path, images: list[Path], args: argparse.Namespace) -> dict[s
     return json.loads(done.stdout)
 
 
-def test_split(folders: list[Path]) -> list[Path]:
-    """The photos of ``blazeport distill``'s test split over ``folders`` (its defaults: 0.1 / 0.1)."""
+def test_split(folders: list[Path], rule: str = CONTENT_RULE) -> list[Path]:
+    """The photos of ``blazeport distill``'s test split over ``folders`` (its defaults: 0.1 / 0.1), by the
+    split ``rule`` the run recorded (``config.json``'s ``split_rule``; runs from before it was recorded
+    split by file name)."""
     paths = list_images([str(f) for f in folders])
-    _, _, test = split_by_hash([p.name for p in paths], 0.1, 0.1)
+    _, _, test = split_paths([str(p) for p in paths], 0.1, 0.1, rule)
     return [paths[i] for i in test]
+
+
+def run_split_rule(run: Path) -> str:
+    """The split rule a run folder recorded (``file-name`` for runs made before rules were recorded)."""
+    config = run / "config.json"
+    saved = json.loads(config.read_text()) if config.is_file() else {}
+    return saved.get("split_rule") or NAME_RULE
 
 
 def row(label: str, run: str, kind: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +161,8 @@ def main() -> int:
         student = run / "student.safetensors"
         for held in ([] if name == "all" else name.split("+")):
             rows.append(row(held, name, "source held out", score(student, [args.images / held], args)))
-        rows.append(row(f"test split ({name})", name, "test split", score(student, test_split(jobs[name]), args)))
+        rows.append(row(f"test split ({name})", name, "test split",
+                        score(student, test_split(jobs[name], run_split_rule(run)), args)))
         if name == "all":
             for label, folder in external.items():
                 rows.append(row(label, name, "external", score(student, [folder], args)))
