@@ -103,7 +103,7 @@ def test_failing_verification_keeps_the_previous_pte(sr_pte, tmp_path, monkeypat
     out = tmp_path / "sr.pte"
     out.write_bytes(b"previous good export")
     monkeypatch.setattr("blazeport.verify.passes", lambda diffs: False)
-    assert main(["export", "short_range", "--format", "executorch", "-o", str(out), "--json"]) == 1
+    assert main(["export", "short_range", "--format", "executorch", "-o", str(out), "--json", "--overwrite"]) == 1
     assert "nothing written" in capsys.readouterr().err
     assert out.read_bytes() == b"previous good export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.pte"]  # no partial file left

@@ -86,7 +86,8 @@ def test_a_missed_target_writes_nothing_and_names_the_worst_layers(calibration_d
     monkeypatch.setattr(fidelity, "AP50_TARGET", 1.01)  # no file can meet it
     out = tmp_path / "sr_int8.onnx"
     out.write_bytes(b"previous export")
-    r = export("short_range", "onnx", out, int8=True, calibration=calibration_dir, calibration_count=MIN_CALIBRATION)
+    r = export("short_range", "onnx", out, int8=True, calibration=calibration_dir, calibration_count=MIN_CALIBRATION,
+               overwrite=True)
     assert not r["ok"] and not r["written"] and out.read_bytes() == b"previous export"
     assert list(tmp_path.iterdir()) == [out]  # no partial file left
     worst = r["worst_layers"]
@@ -151,7 +152,7 @@ def test_calibration_folder_without_readable_photos(tmp_path) -> None:
     out = tmp_path / "sr_int8.onnx"
     out.write_bytes(b"previous export")
     with pytest.raises(BlazeportError) as err:
-        export("short_range", "onnx", out, int8=True, calibration=folder)
+        export("short_range", "onnx", out, int8=True, calibration=folder, overwrite=True)
     text = str(err.value)
     assert str(folder) in text and "0 readable photo(s) of 40" in text and "40 unreadable" in text
     assert out.read_bytes() == b"previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["photos", "sr_int8.onnx"]
