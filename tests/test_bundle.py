@@ -73,6 +73,7 @@ def test_a_changed_bundled_file_is_refused(tmp_path: Path, monkeypatch) -> None:
         check_bundled(extra)
 
 
+@pytest.mark.slow
 def test_without_torch_every_bundled_detector_runs_by_name_on_litert(monkeypatch, astronaut) -> None:
     """The core install: a spec name runs Google's original, a student its bundled export, with the
     same faces as the PyTorch weights (within 1e-4)."""

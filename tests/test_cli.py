@@ -110,6 +110,7 @@ def test_user_errors_end_in_one_line(tmp_path, capsys) -> None:
     assert code == 1 and "nothing_here" in err
 
 
+@pytest.mark.slow
 def test_models_lists_specs(capsys) -> None:
     code, out, _ = run(capsys, "models", "--json")
     rows = {r["name"]: r for r in json.loads(out)}

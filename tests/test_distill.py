@@ -236,6 +236,7 @@ def _distill_args(images: Path, out: Path) -> list[str]:
             "--batch-size", "8", "--val-fraction", "0.25", "--threads", "1", "--seed", "1", "--json"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_images: Path, tmp_path: Path) -> None:
     full, cut = tmp_path / "full", tmp_path / "cut"
     p = _run_cli(_distill_args(tiny_images, full))
@@ -271,6 +272,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tiny_images: Path, t
     assert det.spec.name == "short_range_resnet_slim" and det.spec.input_size == 128
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_on_two_cpu_processes(tiny_images: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"

@@ -154,6 +154,7 @@ def small_calibration(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_short_range_int8_pte_meets_the_target_and_reloads(small_calibration, tmp_path, capsys) -> None:
     """--int8 through the same path as ONNX/TFLite: PT2E int8, XNNPACK-lowered, judged by AP50 vs float."""
     from blazeport.export.calibration import MIN_CALIBRATION, MIN_VERIFY
@@ -180,6 +181,7 @@ def test_short_range_int8_pte_meets_the_target_and_reloads(small_calibration, tm
     assert "1 face(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_int8_layer_errors_compare_the_torch_programs(small_calibration, tmp_path) -> None:
     """What a missed target reports: per node of the PT2E graph, the int8 activation against the float one."""
     import numpy as np

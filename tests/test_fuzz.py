@@ -122,6 +122,7 @@ def test_reproduce_writes_the_seeded_mutant(tmp_path: Path) -> None:
 FUZZ_SEED, FUZZ_COUNT = 750, 100
 
 
+@pytest.mark.slow
 def test_fuzz_slice_has_no_traceback_signal_or_hang(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "tools" / "fuzz_models.py"), "--models", "short_range", "full_range_sparse",
            "--seed", str(FUZZ_SEED), "--count", str(FUZZ_COUNT), "--jobs", "2", "--timeout", "60", "--out",

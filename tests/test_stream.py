@@ -187,6 +187,7 @@ def test_shards_split_by_key_and_each_rank_reads_its_own(shards: Path) -> None:
     assert quotas(9, [2, 4, 10]) == [2, 4, 3] and sum(quotas(7, [3, 3, 3])) == 7
 
 
+@pytest.mark.slow
 def test_shard_run_resumed_at_an_epoch_boundary_ends_like_an_uninterrupted_one(shards: Path, tmp_path: Path) -> None:
     base = dict(images=[str(shards / "{000..003}.tar")], student="resnet_slim", batch_size=4, lr=2e-3,
                 val_fraction=0.25, progress=False, threads=1, seed=1, workers=2)
