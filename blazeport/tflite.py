@@ -224,9 +224,9 @@ def read_tflite(path: str | Path) -> TFLiteModel:
     try:
         buf = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        raise TFLiteError(f"{path}: no such file. Give the path of a .tflite model (see weights/).") from None
+        raise TFLiteError(f"{path}: no such file. Give the path of a .tflite model or a model name.") from None
     except IsADirectoryError:
-        raise TFLiteError(f"{path}: is a folder. Give the path of a .tflite model (see weights/).") from None
+        raise TFLiteError(f"{path}: is a folder. Give the path of a .tflite model or a model name.") from None
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
         raise TFLiteError(f"cannot read {path}: {reason}. Check the file's permissions, or copy it somewhere readable.") from None

@@ -177,3 +177,13 @@ def test_the_installed_wheel_detects_from_any_folder_without_torch(wheel: Path, 
                              "check_output(PACKAGE_DIR / 'bundled' / 'weights' / 'x.safetensors')"], **run)
     assert "inside the installed blazeport package" in writes.stderr
     assert not list(target.rglob("x.safetensors"))
+
+
+def test_convert_takes_a_model_name_for_its_bundled_original(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An installed blazeport has no weights/ folder to point at: ``blazeport convert short_range``."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sr.safetensors"
+    assert main(["convert", "short_range", "-o", str(out), "--images", str(BUNDLE_DIR / "photos" / "astronaut.png")]) == 0
+    assert out.read_bytes() == (WEIGHTS_DIR / "short_range.safetensors").read_bytes()
+    assert main(["convert", "short_range_resnet"]) == 2
+    assert "distilled, not converted" in capsys.readouterr().err

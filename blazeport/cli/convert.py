@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from blazeport.cli.common import add_max_pixels, gate_line, print_check, print_json, read_images
 from blazeport.convert import convert
+from blazeport.errors import BlazeportError
 from blazeport.options import add_overwrite
-from blazeport.specs import find_spec
+from blazeport.specs import WEIGHTS_DIR, find_spec
+
+
+def _source(src: str) -> Path:
+    """The .tflite to convert: a path, or a model name whose original ships inside blazeport (what an
+    installed package has instead of a clone's ``weights/``)."""
+    path = Path(src)
+    if path.suffix == ".tflite" or path.exists():
+        return path
+    try:
+        spec = find_spec(src)
+    except BlazeportError:
+        return path  # the reader's "no such file" names it
+    if spec.tflite is None:
+        raise BlazeportError(f"{spec.name} is distilled, not converted: it has no original .tflite")
+    return WEIGHTS_DIR / spec.tflite
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     images = read_images(args.images, args.max_pixels) if args.images else None
     spec = find_spec(args.spec) if args.spec else None
-    report = convert(args.src, args.output, spec, images, overwrite=args.overwrite)
+    report = convert(_source(args.src), args.output, spec, images, overwrite=args.overwrite)
     if not report["written"]:
         print(f"nothing written: {report['output']} was left as it was", file=sys.stderr)
     if args.json:
@@ -35,7 +52,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p = sub.add_parser("convert", help="convert a .tflite to PyTorch safetensors and verify it against LiteRT",
                        description="Map every weight of a BlazeFace .tflite onto the PyTorch module by walking the graph, "
                        "save safetensors, then compare with LiteRT on real photos and a random input.", formatter_class=fmt)
-    p.add_argument("src", help="original .tflite file (e.g. weights/face_detection_short_range.tflite)")
+    p.add_argument("src", help="original .tflite file (e.g. weights/face_detection_short_range.tflite), or a model "
+                   "name whose original ships with blazeport (short_range, face_landmark, ...)")
     p.add_argument("-o", "--output", help="output .safetensors (default: weights/SPEC.safetensors in a clone, ./SPEC.safetensors "
                    "for an installed blazeport)")
     p.add_argument("--spec", help="model spec to use when the file is not a known original")
