@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,3 +34,25 @@ def astronaut() -> np.ndarray:
     import skimage.data
 
     return skimage.data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, shared_data: Path) -> Path:
+    """8 real photos (4 portraits, 4 group shots) for short distillation runs; with val_fraction 0.25 the
+    hash of their bytes holds out 1 and trains on 6 (1 is test). A test file may define its own."""
+    folder = tmp_path_factory.mktemp("photos")
+    picks = sorted((shared_data / "unlabeled" / "caltech1999_half").glob("*.jpg"))[:4]
+    picks += sorted((shared_data / "unlabeled" / "human_samples").glob("*.jpg"))[:4]
+    for p in picks:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def small_run(folder: Path, out: Path, **kw: Any) -> Any:
+    """A one-epoch ``resnet_slim`` distillation config on ``folder`` (kw overrides), for run-folder tests."""
+    from blazeport.distill.trainer import TrainConfig  # torch: only for the tests that train
+
+    base: dict[str, Any] = dict(images=[str(folder)], out=str(out), student="resnet_slim", epochs=1, batch_size=8,
+                                lr=2e-3, val_fraction=0.25, limit=8, progress=False, threads=1, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)

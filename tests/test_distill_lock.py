@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,28 +25,16 @@ import blazeport
 from blazeport.cli import main as cli_main
 from blazeport.distill import trainer
 from blazeport.distill.lock import LOCK_NAME, RunLock, run_folder_lock
-from blazeport.distill.trainer import NonFiniteLoss, TrainConfig, train
+from blazeport.distill.trainer import NonFiniteLoss, train
 from blazeport.errors import BlazeportError
+from tests.conftest import small_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory, shared_data: Path) -> Path:
-    """8 real photos (portraits and group shots)."""
-    folder = tmp_path_factory.mktemp("photos")
-    picks = sorted((shared_data / "unlabeled" / "caltech1999_half").glob("*.jpg"))[:4]
-    picks += sorted((shared_data / "unlabeled" / "human_samples").glob("*.jpg"))[:4]
-    for p in picks:
-        shutil.copy(p, folder / p.name)
-    return folder
 
 
-def _cfg(folder: Path, out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(images=[str(folder)], out=str(out), student="resnet_slim", epochs=1, batch_size=8,
-                                lr=2e-3, val_fraction=0.25, limit=8, progress=False, threads=1, seed=1)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = small_run
 
 
 def _cli_distill(photos: Path, out: Path, *extra: str) -> list[str]:

@@ -24,26 +24,11 @@ import blazeport.files
 from blazeport.cli import main as cli_main
 from blazeport.distill import checkpoint, trainer
 from blazeport.distill.checkpoint import CHECKPOINT_MARK, CHECKPOINT_VERSION
-from blazeport.distill.trainer import TrainConfig, train
+from blazeport.distill.trainer import train
 from blazeport.errors import BlazeportError
+from tests.conftest import small_run
 
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory, shared_data: Path) -> Path:
-    """8 real photos; with val_fraction 0.25 the hash of their bytes holds out 1 and trains on 6 (1 is test)."""
-    folder = tmp_path_factory.mktemp("photos")
-    picks = sorted((shared_data / "unlabeled" / "caltech1999_half").glob("*.jpg"))[:4]
-    picks += sorted((shared_data / "unlabeled" / "human_samples").glob("*.jpg"))[:4]
-    for p in picks:
-        shutil.copy(p, folder / p.name)
-    return folder
-
-
-def _cfg(folder: Path, out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(images=[str(folder)], out=str(out), student="resnet_slim", epochs=1, batch_size=8,
-                                lr=2e-3, val_fraction=0.25, limit=8, progress=False, threads=1, seed=1)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = small_run
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from blazeport.distill.split import CONTENT_RULE, NAME_RULE, file_places, name_h
 from blazeport.distill.stream import ImageIndex
 from blazeport.distill.trainer import TrainConfig, train
 from blazeport.errors import BlazeportError
+from tests.conftest import small_run
 
 
 def _sha1(path: str | Path) -> str:
@@ -151,10 +152,7 @@ def photos(tmp_path_factory, originals: list[Path]) -> Path:
 
 
 def _cfg(folder: Path, out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(images=[str(folder)], out=str(out), student="resnet_slim", epochs=1, batch_size=8,
-                                lr=2e-3, val_fraction=0.25, test_fraction=0.1, progress=False, threads=1, seed=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_run(folder, out, **{"test_fraction": 0.1, "limit": None, **kw})
 
 
 def _names_by_split(folder: Path, out: Path, monkeypatch: pytest.MonkeyPatch,

@@ -14,7 +14,6 @@ import errno
 import io
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -76,14 +75,6 @@ def _no_partial_files(folder: Path) -> None:
             assert p.stat().st_size > 0, f"{p} is empty"
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory, shared_data: Path) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    picks = sorted((shared_data / "unlabeled" / "caltech1999_half").glob("*.jpg"))[:4]
-    picks += sorted((shared_data / "unlabeled" / "human_samples").glob("*.jpg"))[:4]
-    for p in picks:
-        shutil.copy(p, folder / p.name)
-    return folder
 
 
 def test_a_full_disk_at_config_json_is_one_error_and_no_empty_file(photos: Path, tmp_path: Path,
