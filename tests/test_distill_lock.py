@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 
 import blazeport
-from blazeport.cli import main as cli_main
 from blazeport.distill import trainer
 from blazeport.distill.lock import LOCK_NAME, RunLock, run_folder_lock
 from blazeport.distill.trainer import NonFiniteLoss, train
 from blazeport.errors import BlazeportError
 from tests.conftest import small_run
+from tests.test_distill_safety import _refused_by_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,14 +78,6 @@ def nothing_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blazeport, "load", fail("teacher loaded"))
     monkeypatch.setattr(trainer, "ImageIndex", fail("images listed"))
     monkeypatch.setattr(trainer, "build_student", fail("student built for training"))
-
-
-def _refused_by_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    rc = cli_main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 @pytest.mark.parametrize("resume", [False, True])
