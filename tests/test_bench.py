@@ -18,6 +18,7 @@ import pytest
 
 from blazeport.bench import child, counts, mediapipe, targets
 from blazeport.bench import report as bench_report
+from blazeport.bench import spawn as spawn_mod
 from blazeport.cli import build_parser, main
 from blazeport.errors import BlazeportError
 from blazeport.specs import get_spec
@@ -201,7 +202,7 @@ def test_mediapipe_baseline_child(photo: Path) -> None:
 
     cfg = {"runtime": "mediapipe", "path": None, "threads": 1, "mode": "e2e", "runs": 3, "warmup": 1, "image": str(photo),
            "spec": get_spec("short_range").to_dict(), "cwd": str(ROOT), "model_selection": 0}
-    res = child.spawn(cfg, sys.executable)
+    res = spawn_mod.spawn(cfg, sys.executable)
     assert "error" not in res, res
     assert len(res["runs_ms"]) == 3 and set(res["stages_ms"]) == set(mediapipe.MP_STAGES)
     assert all(len(v) == 3 for v in res["stages_ms"].values())
@@ -232,8 +233,8 @@ def test_child_entry_point_runs_without_torch(tmp_path, photo: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "blazeport.bench.child"], input=json.dumps(cfg), capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith(child.RESULT_TAG)]
-    res = json.loads(line[len(child.RESULT_TAG):])
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith(spawn_mod.RESULT_TAG)]
+    res = json.loads(line[len(spawn_mod.RESULT_TAG):])
     assert len(res["runs_ms"]) == 2 and set(res["stages_ms"]) == set(child.STAGES) and res["faces"] == 1
     assert res["torch_loaded"] is False and not (fake / "tried").exists()
 

@@ -53,7 +53,8 @@ The modules, in the order a run goes through them:
 - :mod:`~blazeport.bench.targets`: MODEL arguments -> targets (a file on a backend), baselines, cached exports;
 - :mod:`~blazeport.bench.counts`: params and MACs (the module counter, or the TFLite / ONNX graph);
 - :mod:`~blazeport.bench.rounds`: configurations, one child process each per round, merged into rows;
-- :mod:`~blazeport.bench.child`: the measured child process and how it is spawned;
+- :mod:`~blazeport.bench.child`: the measured child process; :mod:`~blazeport.bench.spawn` starts it;
+  :mod:`~blazeport.bench.folder_measure`: what the child runs for `--folder`;
 - :mod:`~blazeport.bench.timing`: the clocks and process facts a child reports;
 - :mod:`~blazeport.bench.mediapipe`: MediaPipe's pipeline as a baseline, and its graph surgery;
 - :mod:`~blazeport.bench.report`: statistics, ratios, target checks, host, tables and the chart;

@@ -12,15 +12,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import cv2
 
+from blazeport.bench.folder_measure import measure_folder, measure_mediapipe_folder
 from blazeport.bench.mediapipe import MEDIAPIPE, measure_mediapipe
+from blazeport.bench.spawn import RESULT_TAG
 from blazeport.bench.timing import measure, ms, process_facts
 from blazeport.detector import Detector
 from blazeport.loader import open_backend
@@ -29,11 +29,9 @@ from blazeport.preprocess import read_image
 from blazeport.specs import ModelSpec
 
 STAGES = ("read", "preprocess", "infer", "postprocess")
-RESULT_TAG = "BLAZEPORT_BENCH_RESULT "
 # what each runtime of blazeport.backends.RUNTIMES imports: timed apart from opening the file
 RUNTIME_LIBRARIES = {"torch": "torch", "onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter",
                      "executorch": "executorch.runtime"}
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds this blazeport package
 
 
 def open_timed(cfg: dict[str, Any]) -> tuple[Detector, float, float]:
@@ -88,8 +86,6 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
     cv2.setNumThreads(int(cfg["threads"]))
     out: dict[str, Any] = {"pid": os.getpid()}
     if cfg["mode"] == "folder":  # bench --folder: images/s over a folder (blazeport.bench.folder)
-        from blazeport.bench.folder import measure_folder, measure_mediapipe_folder
-
         if cfg["runtime"] == MEDIAPIPE:
             return {**out, **measure_mediapipe_folder(cfg)}
         detector, import_ms, init_ms = open_timed(cfg)
@@ -109,28 +105,6 @@ def main() -> int:
     result = run_child(cfg)
     sys.stdout.write(RESULT_TAG + json.dumps(result) + "\n")
     return 0
-
-
-def spawn(cfg: dict[str, Any], python: str, timeout: float = 900) -> dict[str, Any]:
-    """Run one configuration in a fresh interpreter; a failure comes back as ``{"error": ...}``.
-
-    The child starts in :data:`PACKAGE_ROOT` with it on ``PYTHONPATH`` too, so it imports this very
-    ``blazeport`` (another interpreter, such as MediaPipe's venv, or another checkout installed in
-    the same venv, would otherwise import its own); it then moves to ``cfg["cwd"]``."""
-    threads = str(cfg["threads"])
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-               TF_CPP_MIN_LOG_LEVEL="3", GLOG_minloglevel="3", PYTHONHASHSEED="0")
-    env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        proc = subprocess.run([python, "-m", "blazeport.bench.child"], input=json.dumps(cfg), capture_output=True,
-                              text=True, env=env, cwd=PACKAGE_ROOT, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-    return {"error": f"exit status {proc.returncode}: {lines[-1] if lines else 'no output'}"}
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.bench.child import spawn
 from blazeport.bench.mediapipe import MEDIAPIPE
 from blazeport.bench.report import stats
+from blazeport.bench.spawn import spawn
 from blazeport.bench.targets import Target
 
 Config = tuple[Target, int, str]  # target, threads, mode
