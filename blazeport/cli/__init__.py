@@ -28,8 +28,8 @@ EXAMPLES = """examples:
   blazeport export short_range --format onnx     # -> short_range.onnx, verified in onnxruntime
   blazeport export full_range_sparse --format tflite --fp16 --json
   blazeport detect img.jpg --model short_range.onnx --backend onnx
-  blazeport eval --model full_range --boxes ../shared/data/faces-boxed/boxes.json
-  blazeport distill --images ../shared/data/unlabeled --out runs/distill --epochs 30
+  blazeport eval --model full_range --boxes faces/boxes.json
+  blazeport distill --images photos/ --out runs/distill --epochs 30
   blazeport prune runs/distill/student.safetensors --ratio 0.5 -o pruned.safetensors
   blazeport bench short_range full_range_sparse --threads 1,2 --e2e --json runs/bench.json
   blazeport models

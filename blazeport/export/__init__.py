@@ -149,7 +149,7 @@ def _int8_options(fp16: bool, int8: bool, dynamic: bool, int8_io: bool, calibrat
         raise BlazeportError("--dynamic keeps float activations: it takes no --calibration and no --int8-io")
     if not dynamic and calibration is None:
         raise BlazeportError("--int8 needs --calibration DIR: a folder of real photos like the ones the model will see "
-                             f"(at least {MIN_CALIBRATION + MIN_VERIFY}; a few hundred is best, e.g. ../shared/data/unlabeled); "
+                             f"(at least {MIN_CALIBRATION + MIN_VERIFY}; a few hundred is best); "
                              "or --dynamic for int8 weights only")
     return "int8_dynamic" if dynamic else "int8"
 
