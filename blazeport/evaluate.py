@@ -42,6 +42,7 @@ from blazeport.detector import Detector
 from blazeport.photos import list_images
 from blazeport.postprocess import Detection
 from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.verify import iou
 
 __all__ = ["SCORE_BANDS", "SIZE_BANDS", "agreement_with_teacher", "breakdown", "coco_ap", "evaluate_against_teacher",
            "evaluate_on_boxes", "load_boxes", "validate_boxes"]
@@ -145,7 +146,6 @@ def breakdown(preds: list[list[Detection]], refs: list[list[Detection]], size: i
 
     ``frames``: each image's (width, height) in the ``size`` x ``size`` input frame (a letterboxed
     photo of W x H is W * size / max(W, H) wide); default: already the input frame."""
-    from blazeport.verify import iou
 
     frames = frames if frames is not None else [(size, size)] * len(preds)
     bands = {k: ((lo * size) ** 2, (hi * size) ** 2) for k, (lo, hi) in SIZE_BANDS.items()}

@@ -261,7 +261,7 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarr
     compiled = _use_compiled(how, raw_boxes, anchors)
     results: list[list[Detection]] = []
     if compiled:
-        from blazeport import compiled_post
+        from blazeport import compiled_post  # numba (the fast extra): only when it runs
 
         in_kernel = compiled_post.kernel_sigmoid_is_exact()
     for i, pad in enumerate(pads):
@@ -303,7 +303,7 @@ def _compiled_one(raw_boxes: np.ndarray, idx: np.ndarray, scores: np.ndarray, an
                   spec: ModelSpec, threshold: float, pad: Letterbox) -> list[Detection]:
     """One image through :func:`blazeport.compiled_post.decode_nms`, each scalar the float32 that
     numpy makes of it (a Python float meets a float32 array as a float32)."""
-    from blazeport.compiled_post import decode_nms
+    from blazeport.compiled_post import decode_nms  # numba (the fast extra): only when it runs
 
     f32 = np.float32
     rows, sc = decode_nms(raw_boxes, idx, scores, anchors, f32(spec.input_size), spec.num_keypoints, f32(threshold),

@@ -62,7 +62,7 @@ def _canonical_header(data: bytes) -> bytes:
 
 def _prune_to(module: Any, state: dict[str, Any], path: Path, spec: Any) -> None:
     """A pruned file's network: the unpruned one its config builds, cut to its tensors' widths."""
-    from blazeport.pruning.prune import apply_widths
+    from blazeport.pruning.prune import apply_widths  # torch-pruning: only a pruned file needs it
 
     try:
         apply_widths(module, state, spec.input_size)

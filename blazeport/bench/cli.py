@@ -28,6 +28,7 @@ from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
 from blazeport.folder import default_workers
 from blazeport.options import add_overwrite, add_trust_code
+from blazeport.photos import sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
 from blazeport.specs import SPECS
@@ -151,7 +152,6 @@ def _bench_image(image: str | None) -> Path:
         path = Path(image).resolve()
     else:
         try:
-            from blazeport.photos import sample_image_path
 
             path = sample_image_path("astronaut")
         except (ImportError, FileNotFoundError):

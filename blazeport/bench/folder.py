@@ -23,6 +23,8 @@ from blazeport.bench.mediapipe import MEDIAPIPE
 from blazeport.bench.rounds import child_config
 from blazeport.bench.spawn import spawn
 from blazeport.bench.targets import Target, mediapipe_baseline
+from blazeport.postprocess import Detection
+from blazeport.verify import match_detections
 
 
 def folder_configs(targets: list[Target], threads: list[int], batches: list[int], workers: int,
@@ -44,8 +46,6 @@ def _fast_decode_effects(rows: list[dict[str, Any]]) -> None:
     """Each fast-decode row against the exact-decode row of the same model, backend, threads and batch:
     its images/s ratio, and its detections matched to the exact ones (same count per image, score and
     coordinate differences: :func:`blazeport.verify.match_detections`). Drops the detection lists."""
-    from blazeport.postprocess import Detection
-    from blazeport.verify import match_detections
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         return r["model"], r["backend"], r["path"], r["threads"], r["batch"]

@@ -115,7 +115,7 @@ def untrained_student(architecture: str, teacher: ModelSpec, cache: Path) -> Pat
     weights do not matter). Its spec is :func:`~blazeport.specs.student_spec` of the teacher."""
     import torch
 
-    from blazeport.models import architecture_name, build_student
+    from blazeport.models import architecture_name, build_student  # torch: the bench runs without it
 
     short = architecture_name(architecture)
     tag = "" if short == architecture else "_" + hashlib.sha1(architecture.encode()).hexdigest()[:8]  # options differ
@@ -133,7 +133,7 @@ def untrained_student(architecture: str, teacher: ModelSpec, cache: Path) -> Pat
 def _is_student(arg: str, has_torch: bool) -> bool:
     if not has_torch or arg in SPECS:
         return False
-    from blazeport.models import REGISTERED
+    from blazeport.models import REGISTERED  # torch: the bench runs without it
 
     head = arg.split(",")[0]
     return head in REGISTERED or ":" in head  # timm:NAME or package.module:factory

@@ -37,7 +37,7 @@ def _ratio(text: str) -> float:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from blazeport.pruning.workflow import prune_file
+    from blazeport.pruning.workflow import prune_file  # torch: needed to prune, not for `--help`
 
     if args.ratio is None and args.macs is None:
         raise BlazeportError("give --ratio R (share of channels to remove) or --macs M (a budget, e.g. 12M)")

@@ -66,7 +66,7 @@ def extract(model: TFLiteModel) -> Mapping:
 
 def _walk_blocks(w: Walker, params: _Params, x: int) -> tuple[list, dict[int, int]]:
     """Each BlazeBlock from tensor ``x`` on; returns their configs and block output tensor -> index."""
-    from blazeport.models.blazeface import BlockConfig
+    from blazeport.models.blazeface import BlockConfig  # torch: the loader imports this walk on the torch-free path
 
     model = w.m
     blocks: list[BlockConfig] = []

@@ -250,7 +250,7 @@ def _export_int8(f: ExportFormat, module: Any, spec: ModelSpec, source: Path, ou
 
     Verification photos: those the calibration held out, or ``images`` (then excluded from calibration);
     with ``--dynamic`` (no calibration) ``images`` or the bundled samples."""
-    from blazeport.models import fold_batchnorm
+    from blazeport.models import fold_batchnorm  # torch: the torch-free bench imports blazeport.export
 
     verify_images = calib.verify_images if calib else images if images is not None else sample_images()
     weights = "int8-dynamic" if dynamic else "int8"

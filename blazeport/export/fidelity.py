@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from blazeport.anchors import anchors_for
+from blazeport.backends import _onnx_input_quantization, quantize_input
 from blazeport.evaluate import coco_ap
 from blazeport.postprocess import postprocess
 from blazeport.specs import ModelSpec
+from blazeport.tflite import read_tflite
 from blazeport.verify import compare_outputs, match_detections, verification_inputs
 
 AP50_TARGET = 0.97  # the target for short and full range
@@ -84,7 +86,6 @@ def onnx_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -> 
     def run(s: Any, x: np.ndarray) -> dict[str, np.ndarray]:
         feed = s.get_inputs()[0]
         if "int8" in feed.type:  # --int8-io: feed the int8 graph its quantized input
-            from blazeport.backends import _onnx_input_quantization, quantize_input
 
             meta = dict(s.get_modelmeta().custom_metadata_map)
             x = quantize_input(x, *_onnx_input_quantization(meta, feed.type, int8_path))
@@ -118,7 +119,6 @@ def tflite_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -
         inp = it.get_input_details()[0]
         feed = x[None].astype(np.float32)
         if inp["dtype"] != np.float32:  # --int8-io
-            from blazeport.backends import quantize_input
 
             feed = quantize_input(feed, *inp["quantization"], inp["dtype"])
         it.set_tensor(inp["index"], feed)
@@ -131,7 +131,6 @@ def tflite_layer_errors(float_path: Path, int8_path: Path, inputs: np.ndarray) -
                 continue
         return out
 
-    from blazeport.tflite import read_tflite
 
     graph = read_tflite(int8_path)
     op_of = {graph.tensor(t).name: op.type for op in graph.ops for t in op.outputs}

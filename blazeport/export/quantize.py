@@ -47,6 +47,7 @@ from blazeport.export.calibration import Calibration
 from blazeport.export.common import quiet
 from blazeport.export.to_tflite import _tflite_with_metadata, inline_buffers
 from blazeport.files import write_atomic
+from blazeport.tflite import parse_tflite
 
 INPUT_QUANTIZATION_KEY = "blazeport.input_quantization"
 ONNX_PERCENTILE = 99.999
@@ -191,7 +192,6 @@ def quantize_onnx(float_path: Path, out: Path, calibration: Calibration | None, 
 
 def tflite_head_tensors(data: bytes) -> list[str]:
     """Output tensor names of the ops from the graph outputs back to the last CONV_2D on each path."""
-    from blazeport.tflite import parse_tflite
 
     model = parse_tflite(data)
     producer = model.producers()

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from blazeport.backends import ExecuTorchBackend
 from blazeport.errors import BlazeportError
 from blazeport.export.calibration import Calibration
 from blazeport.export.common import nhwc, quiet, sample_input
@@ -135,7 +136,6 @@ def executorch_op_counts(path: Path) -> dict[str, int]:
                 calls[f"delegate:{plan.delegates[args.delegate_index].id}"] += 1
             elif kind == "KernelCall":
                 calls[f"portable:{plan.operators[args.op_index].name}"] += 1
-    from blazeport.backends import ExecuTorchBackend
 
     delegation = json.loads(ExecuTorchBackend(path).metadata.get(DELEGATION_KEY, "{}"))
     counts = {**{f"xnnpack:{k}": int(v) for k, v in delegation.get("xnnpack", {}).items()}, **calls}
@@ -160,7 +160,7 @@ def _pt2e(module: Any, images: np.ndarray) -> tuple[Any, Any]:
     from torchao.quantization.pt2e import MovingAverageMinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from blazeport.models import fold_batchnorm
+    from blazeport.models import fold_batchnorm  # torch, as the torchao imports above
 
     if len(images) == 0:
         raise BlazeportError("int8 calibration needs at least one example image")

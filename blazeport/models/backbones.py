@@ -34,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from blazeport.errors import BlazeportError
+from blazeport.models.mobilenet import MOBILENETS, MobileNetBackbone, MobileNetConfig
 from blazeport.models.resnet import RESNET_BACKBONES, ResNetBackbone, ResNetBackboneConfig
 from blazeport.options import TRUST_FLAG
 
@@ -46,15 +47,10 @@ _TIMM_WEIGHT_OPTIONS = {"checkpoint", "checkpoint_path", "pretrained", "pretrain
                         "cache_dir"}
 
 
-def _mobilenet() -> tuple[Any, Any, dict[str, Any]]:
-    from blazeport.models.mobilenet import MOBILENETS, MobileNetBackbone, MobileNetConfig
-
-    return MobileNetConfig, MobileNetBackbone, MOBILENETS
-
-
 def backbone_families() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
     """family -> (config class, backbone class, named configs)."""
-    return {"resnet": (ResNetBackboneConfig, ResNetBackbone, RESNET_BACKBONES), "mobilenet": _mobilenet()}
+    return {"resnet": (ResNetBackboneConfig, ResNetBackbone, RESNET_BACKBONES),
+            "mobilenet": (MobileNetConfig, MobileNetBackbone, MOBILENETS)}
 
 
 # registered student name -> (backbone family, neck width)
