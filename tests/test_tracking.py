@@ -1,5 +1,6 @@
-"""MediaPipe's video mode (``blazeport.tracking``) without MediaPipe and without models: a scripted
-detector and a stand-in face mesh on synthetic frames, so each rule of the loop shows in a few frames.
+"""MediaPipe's video mode (``blazeport.tracking``) without MediaPipe and, but for the last test, without
+models: a scripted detector and a stand-in face mesh on synthetic frames, so each rule of the loop
+shows in a few frames.
 
 The frames are black with white squares ("faces"). The detector finds the squares (counting its
 calls); the stand-in model returns the same 468 landmarks for any crop, spread over the middle two
@@ -201,3 +202,22 @@ def test_crop_corners_match_opencv_and_overlap_is_measured_unrotated() -> None:
     mapped = cv2.perspectiveTransform(corners[None].astype(np.float64), m)[0]
     np.testing.assert_allclose(mapped, [[0, 192], [0, 0], [192, 0], [192, 192]], atol=1e-3)
     assert rect_iou(rect, Rect(0.4, 0.6, 0.3, 0.25, -1.0)) == pytest.approx(1.0)
+
+
+def test_real_models_track_a_photo_with_iris_per_tracked_face() -> None:
+    """On the bundled models (LiteRT): a still photo seen three times is detected once, then tracked, and the
+    iris model runs on every face kept, as on photos; the tracked landmarks stay on the face."""
+    import skimage.data
+
+    from blazeport.landmarks import load_landmarks
+
+    landmarker = load_landmarks(backend="tflite", iris=True)
+    photo = skimage.data.astronaut()
+    trk = FaceMeshTracker(landmarker)
+    frames = list(trk.track([photo] * 3))
+    assert [len(f) for f in frames] == [1, 1, 1] and trk.stats.detector_runs == 1
+    assert frames[0][0].detection is not None and frames[2][0].detection is None
+    assert all(set(f[0].iris) == {"left", "right"} for f in frames)
+    (static,) = landmarker.process(photo)
+    assert np.abs(frames[2][0].landmarks - static.landmarks)[:, :2].max() < 0.01
+    assert frames[2][0].to_dict()["detection"] is None
