@@ -71,8 +71,8 @@ class FaceMeshTracker:
     """
 
     landmarker: FaceLandmarker
-    stats: TrackerStats = field(default_factory=TrackerStats)
-    _rois: list[Rect] = field(default_factory=list, repr=False)
+    stats: TrackerStats = field(default_factory=TrackerStats, init=False)
+    _rois: list[Rect] = field(default_factory=list, init=False, repr=False)
 
     @property
     def tracked(self) -> list[Rect]:
@@ -92,7 +92,8 @@ class FaceMeshTracker:
 
     def rois(self, image: np.ndarray) -> list[tuple[Detection | None, Rect]]:
         """The frame's ROIs, each with its detection (``None`` for a tracked face), after
-        ``AssociationNormRectCalculator``: detections' ROIs first, then the tracked ones."""
+        ``AssociationNormRectCalculator``: detections' ROIs first, then the tracked ones. Runs the
+        detector when :meth:`needs_detection` (counted in :attr:`stats`)."""
         h, w = image.shape[:2]
         tracked: list[tuple[Detection | None, Rect]] = [(None, r) for r in self._rois]
         if not self.needs_detection():
