@@ -27,6 +27,7 @@ back. Nothing here imports torch: every runtime of :mod:`blazeport.backends` run
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,19 @@ class FaceLandmarks:
     """One face: 468 landmarks ``(468, 3)`` normalized to the image (x / width, y / height; z in
     the units of x, negative towards the camera, as MediaPipe's ``NormalizedLandmark``), the face
     presence score (the sigmoid of the model's face flag), the detection and the ROI the model
-    saw; ``iris`` holds the eyes when iris landmarks were asked for."""
+    saw; ``iris`` holds the eyes when iris landmarks were asked for. ``detection`` is ``None`` for a
+    face tracked in video mode whose ROI came from the previous frame's landmarks
+    (:mod:`blazeport.tracking`)."""
 
     score: float
     landmarks: np.ndarray
-    detection: Detection
+    detection: Detection | None
     roi: Rect
     iris: dict[str, Iris] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"score": self.score, "landmarks": self.landmarks.tolist(), "roi": self.roi.to_dict(),
-               "detection": self.detection.to_dict()}
+               "detection": None if self.detection is None else self.detection.to_dict()}
         if self.iris:
             out["iris"] = {k: v.to_dict() for k, v in self.iris.items()}
         return out
@@ -239,7 +242,11 @@ class FaceLandmarker:
         """Landmarks of every face kept in one RGB uint8 image (or an image file path)."""
         image = read_image(image) if isinstance(image, (str, Path)) else as_rgb(image)
         h, w = image.shape[:2]
-        pairs = self.rois(self.detector.detect(image), w, h)
+        return self.faces_in(image, self.rois(self.detector.detect(image), w, h))
+
+    def faces_in(self, image: np.ndarray, pairs: Sequence[tuple[Detection | None, Rect]]) -> list[FaceLandmarks]:
+        """``FaceLandmarkCpu`` on each ROI of an RGB uint8 image (with the detection it came from, or
+        ``None``), in order; a face whose presence is not above ``min_presence`` is dropped."""
         if not pairs:
             return []
         batch = np.stack([warp_rect(image, roi, self.spec.input_size, self.spec.normalization) for _, roi in pairs])
