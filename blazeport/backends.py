@@ -218,11 +218,12 @@ class OnnxBackend(_ChunkedBackend):
         self.input_size = size
         self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
         outputs = self.session.get_outputs()
-        # a detector's (B, N, 16) and (B, N, 1), or a landmark model's two (B, ..., K) (blazeport.landmarks)
-        if len(outputs) != 2 or not (all(len(o.shape) == 3 for o in outputs) or all(len(o.shape) in (2, 4)
-                                                                                   for o in outputs)):
-            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's two, "
-                                 f"got {[o.shape for o in outputs]}")
+        # a detector's (B, N, 16) and (B, N, 1), or a landmark model's (B, ..., K) (blazeport.landmarks; the
+        # attention mesh has seven)
+        detector = len(outputs) == 2 and all(len(o.shape) == 3 for o in outputs)
+        if not detector and not (outputs and all(len(o.shape) in (2, 4) for o in outputs)):
+            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's "
+                                 f"(B, ..., K), got {[o.shape for o in outputs]}")
 
     def _run(self, batch: np.ndarray) -> Any:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)

@@ -146,3 +146,79 @@ def test_refine_refusals_are_one_line(capsys) -> None:
     assert main(["landmarks", photo, "--refine", "--model", "face_landmark", "--backend", "tflite", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without attention" in err[0] and "face_landmark_with_attention" in err[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and bench
+
+
+@pytest.fixture(scope="module")
+def attention_onnx(tmp_path_factory) -> tuple[dict, object]:
+    pytest.importorskip("torch")
+    from blazeport.export import export
+
+    out = tmp_path_factory.mktemp("onnx") / "face_landmark_with_attention.onnx"
+    return export("face_landmark_with_attention", "onnx", out), out
+
+
+def test_onnx_export_has_no_custom_op_and_runs_the_pipeline(attention_onnx, faces) -> None:
+    """The custom ops export as ONNX builtins; the file passes the landmark gate against PyTorch, and the
+    pipeline on onnxruntime finds the 478 landmarks torch does."""
+    import skimage.data
+
+    report, path = attention_onnx
+    assert report["ok"] and report["written"]
+    assert set(report["max_abs_diff"]) == {name for name, _ in SPEC.outputs}
+    ops = report["op_counts"]
+    assert {"Atan", "Cos", "Sin", "Floor", "GatherElements"} <= set(ops)  # the three ops, in builtins
+    assert not any(op.startswith("CUSTOM") or "Transform" in op for op in ops)
+    lm = blazeport.load_landmarks(path, refine=True)  # the .onnx on onnxruntime, the detector on torch
+    (face,) = lm.process(skimage.data.astronaut())
+    assert face.landmarks.shape == (478, 3)
+    assert np.abs(face.landmarks - faces[0][0].landmarks).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_tflite_export_lowers_the_custom_ops_to_builtins(tmp_path) -> None:
+    """litert-torch (the export extra) writes the attention mesh with builtin ops only, which LiteRT runs:
+    verified against PyTorch, and the pipeline on it gives 478 landmarks."""
+    pytest.importorskip("litert_torch", reason="TFLite export needs the export extra")
+    from blazeport.export import export
+    from blazeport.tflite import read_tflite
+
+    out = tmp_path / "attention.tflite"
+    report = export("face_landmark_with_attention", "tflite", out)
+    assert report["ok"] and not read_tflite(out).custom_ops()
+    assert {"ATAN2", "COS", "SIN", "FLOOR", "GATHER_ND"} <= set(report["op_counts"])
+    (face,) = blazeport.load_landmarks(out, backend="tflite", refine=True).process(
+        blazeport.preprocess.read_image(sample_image_path("astronaut")))
+    assert face.landmarks.shape == (478, 3)
+
+
+def test_bench_times_the_attention_mesh_model_only(tmp_path) -> None:
+    """bench takes landmark models: model-only rows, and no original row for a file LiteRT cannot run."""
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "face_landmark_with_attention", "--backend", "torch", "--runs", "3", "--warmup", "0",
+                 "--e2e", "--json", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["model"], r["backend"], r["mode"]) for r in rows] == [("face_landmark_with_attention", "torch", "model")]
+    assert rows[0]["stats"]["p50"] > 0 and rows[0]["params"] == 1_189_277
+    assert any("LiteRT cannot run" in n for n in report["notes"]) and any("model only" in n for n in report["notes"])
+
+
+def test_iris_compare_pairs_the_two_models_irises(monkeypatch) -> None:
+    """tools/iris_compare.py on the astronaut: both eyes compared, the two models' iris points a few
+    hundredths of the eye width apart; the right eye's iris-model points taken in their own order (not
+    un-mirrored) land a radius away, which is why the tool reorders them."""
+    pytest.importorskip("torch")
+    from tools import iris_compare
+
+    photo = sample_image_path("astronaut")
+    r = iris_compare.run([photo], max_faces=1)
+    assert r["eyes"] == 2 and r["mean"]["max"] < 0.08 and r["centre"]["max"] < 0.08
+    assert 0.1 < r["radius_refined"]["median"] < 0.3 and 0.1 < r["radius_iris_model"]["median"] < 0.3
+    monkeypatch.setitem(iris_compare.EYES, "right", (473, (362, 263), (0, 1, 2, 3, 4)))
+    unordered = iris_compare.run([photo], max_faces=1)
+    assert unordered["max"]["max"] > 2 * r["max"]["max"]

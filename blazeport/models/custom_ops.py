@@ -104,7 +104,7 @@ def transform_tensor_bilinear(x: torch.Tensor, matrix: torch.Tensor, output_heig
     def read(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         """``ReadValue(h, w)``: the feature at (row, col) in every channel, 0 past the edge."""
         valid = inside & (row >= 0) & (col >= 0) & (row <= h - 1) & (col <= w - 1)  # (B, P)
-        index = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).long()  # (B, P)
+        index = torch.where(valid, row * w + col, torch.zeros_like(row)).long()  # (B, P): any in-range index if not valid
         values = flat.gather(2, index[:, None, :].expand(b, c, index.shape[1]))  # (B, C, P)
         return torch.where(valid[:, None, :], values, torch.zeros_like(values))
 
