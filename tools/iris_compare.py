@@ -80,6 +80,7 @@ def summarize(rows: list[dict[str, float]], wide: bool = True) -> dict[str, Any]
                     "max": float(v.max())}
     out["eye_width_px"] = {"median": float(np.median([r["eye_width_px"] for r in rows])),
                            "min": float(min(r["eye_width_px"] for r in rows))}
+    out["worst"] = max(rows, key=lambda r: r["mean"])
     return out
 
 
@@ -103,7 +104,7 @@ def run(paths: list[Path], backend: str | None = None, max_faces: int | None = 1
             for r in compare_eyes(a[i].landmarks, b[j].iris, w, h):
                 rows.append({**r, "image": str(path)})
     return {"images": len(paths) - skipped, "skipped": skipped, "faces_refined": faces[0], "faces_iris": faces[1],
-            **summarize(rows), "worst": max(rows, key=lambda r: r["mean"]) if rows else None}
+            **summarize(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
