@@ -232,3 +232,20 @@ def test_mediapipe_reference_runs_a_plain_model_as_litert_does() -> None:
         assert np.abs(a - b.reshape(len(b), -1)).max() < 1e-3
     with pytest.raises(BlazeportError, match="takes images"):
         MediaPipeModel(WEIGHTS_DIR / "face_landmark.tflite").raw(batch + np.float32(0.001))
+
+
+def test_damaged_custom_options_are_one_message(tmp_path: Path) -> None:
+    """The flexbuffer reader does not verify: a damaged options buffer is refused by the reader, naming the op."""
+    import tflite
+
+    from blazeport.tflite import TFLiteError
+
+    buf = bytearray(ATTENTION.read_bytes())
+    graph = tflite.Model.GetRootAsModel(bytes(buf), 0).Subgraphs(0)
+    op = next(graph.Operators(i) for i in range(graph.OperatorsLength()) if graph.Operators(i).CustomOptionsLength() == 40)
+    end = op._tab.Vector(op._tab.Offset(14)) + 40  # CustomOptions (field 7): the flexbuffer's root is at its end
+    buf[end - 2:end] = b"\xff\x7f"  # root type and byte width
+    path = tmp_path / "bad_options.tflite"
+    path.write_bytes(bytes(buf))
+    with pytest.raises(TFLiteError, match=r"op 195 \(CUSTOM:TransformTensorBilinear\) has unreadable custom options"):
+        read_tflite(path)
