@@ -20,7 +20,7 @@ import numpy as np
 from blazeport.errors import BlazeportError
 from blazeport.extras import installed
 from blazeport.metadata import METADATA_METHOD
-from blazeport.tflite import read_tflite
+from blazeport.tflite import MEDIAPIPE_CUSTOM_OPS, read_tflite
 
 
 def _split_outputs(outputs: list[np.ndarray], source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +96,7 @@ class TFLiteBackend(_ChunkedBackend):
             raise BlazeportError("the tflite backend needs LiteRT: pip install ai-edge-litert") from None
         self.threads, self.xnnpack = threads, xnnpack
         self._content = checked.content
+        self._custom_ops = checked.custom_ops()
         self._local = threading.local()
         interpreter = self._interpreter()
         inputs = interpreter.get_input_details()
@@ -129,7 +130,10 @@ class TFLiteBackend(_ChunkedBackend):
                                           experimental_op_resolver_type=resolver)
                 interpreter.allocate_tensors()
             except (RuntimeError, ValueError) as exc:
-                raise BlazeportError(f"{self.path}: LiteRT cannot load this model ({exc}).") from None
+                if "unresolved custom op" in str(exc):
+                    raise BlazeportError(_custom_op_refusal(self.path, self._custom_ops)) from None
+                reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                raise BlazeportError(f"{self.path}: LiteRT cannot load this model ({reason}).") from None
             self._local.interpreter = interpreter
         return interpreter
 
@@ -142,6 +146,17 @@ class TFLiteBackend(_ChunkedBackend):
             interpreter.set_tensor(self.input["index"], x)
             interpreter.invoke()
             yield [_dequantized(interpreter.get_tensor(o["index"]), o) for o in self.outputs]
+
+
+def _custom_op_refusal(path: Path, ops: dict[str, int]) -> str:
+    """One line for a file whose custom ops LiteRT has no kernel for: which, and what runs them."""
+    named = ", ".join(f"{name} (v{version})" for name, version in ops.items())
+    if ops and set(ops) <= set(MEDIAPIPE_CUSTOM_OPS):
+        return (f"{path}: LiteRT has no kernel for MediaPipe's custom op(s) {named} (MediaPipe links its own); run "
+                "this model on the torch backend (--backend torch, converted on load) or export it first "
+                "(blazeport export MODEL --format onnx) and run the file on onnx")
+    return (f"{path}: LiteRT has no kernel for the custom op(s) {named}, and blazeport knows none of them "
+            f"(it translates MediaPipe's {', '.join(MEDIAPIPE_CUSTOM_OPS)}); the file needs the runtime it was made for")
 
 
 def _dequantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -203,11 +218,12 @@ class OnnxBackend(_ChunkedBackend):
         self.input_size = size
         self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
         outputs = self.session.get_outputs()
-        # a detector's (B, N, 16) and (B, N, 1), or a landmark model's two (B, ..., K) (blazeport.landmarks)
-        if len(outputs) != 2 or not (all(len(o.shape) == 3 for o in outputs) or all(len(o.shape) in (2, 4)
-                                                                                   for o in outputs)):
-            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's two, "
-                                 f"got {[o.shape for o in outputs]}")
+        # a detector's (B, N, 16) and (B, N, 1), or a landmark model's (B, ..., K) (blazeport.landmarks; the
+        # attention mesh has seven)
+        detector = len(outputs) == 2 and all(len(o.shape) == 3 for o in outputs)
+        if not detector and not (outputs and all(len(o.shape) in (2, 4) for o in outputs)):
+            raise BlazeportError(f"{self.path}: expected outputs (B, N, 16) and (B, N, 1), or a landmark model's "
+                                 f"(B, ..., K), got {[o.shape for o in outputs]}")
 
     def _run(self, batch: np.ndarray) -> Any:
         x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if self.nchw else batch, dtype=np.float32)
@@ -361,8 +377,13 @@ class TorchBackend:
         return r.cpu().numpy(), c.cpu().numpy()
 
     def raw(self, batch: np.ndarray) -> list[np.ndarray]:
-        """The module's outputs as arrays (a landmark model's two, in its file's order)."""
-        return list(self(batch))
+        """The module's outputs as arrays (a landmark model's, in its file's order)."""
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)  # (B, 3, S, S)
+            if self.device.type != "cpu":
+                x = x.to(self.device, non_blocking=True)
+            return [o.cpu().numpy() for o in self.runner(x)]
 
 
 @dataclass(frozen=True)

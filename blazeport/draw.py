@@ -45,8 +45,9 @@ def draw_detections(image: np.ndarray, detections: list[Detection]) -> np.ndarra
 def draw_landmarks(image: np.ndarray, faces: list[Any], mesh: bool = True) -> np.ndarray:
     """RGB uint8 image -> RGB copy with each face's mesh drawn (:class:`blazeport.landmarks.FaceLandmarks`):
     the tessellation in thin grey (``mesh``), the contours (lips, eyes, brows, oval) in white, the
-    468 points, the ROI the model saw in green with the presence score, and the iris landmarks and
-    eye contours when present."""
+    468 points, the ROI the model saw in green with the presence score, the iris landmarks and
+    eye contours of the iris model when present, and the attention mesh's refined irises (landmarks
+    468-472 and 473-477, centre first) in magenta."""
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
     thick = max(1, round(max(h, w) / 600))
@@ -73,6 +74,11 @@ def draw_landmarks(image: np.ndarray, faces: list[Any], mesh: bool = True) -> np
             iris = eye.iris[:, :2] * (w, h)
             radius = float(np.linalg.norm(iris[1:] - iris[0], axis=1).mean())
             cv2.circle(out, (round(iris[0][0]), round(iris[0][1])), max(1, round(radius)), (0, 200, 255), thick,
+                       cv2.LINE_AA)
+        for centre in (468, 473)[: max(0, (len(face.landmarks) - 468) // 5)]:  # refined irises (478 landmarks)
+            iris = face.landmarks[centre:centre + 5, :2] * (w, h)
+            radius = float(np.linalg.norm(iris[1:] - iris[0], axis=1).mean())
+            cv2.circle(out, (round(iris[0][0]), round(iris[0][1])), max(1, round(radius)), (255, 0, 255), thick,
                        cv2.LINE_AA)
     return out
 

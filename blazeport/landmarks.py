@@ -13,6 +13,11 @@ The pipeline is MediaPipe 0.10.14's ``face_landmark_front_cpu`` graph as
    (``ThresholdingCalculator``: ``score > threshold``, ``min_tracking_confidence``), the 468
    landmarks divided by 192 (x, y and z) and projected back onto the image.
 
+With ``refine=True`` the face mesh is ``face_landmark_with_attention`` (``FaceMesh(refine_landmarks=True)``:
+the same crop, a model whose attention sub-networks refine the lips, eyes and irises), read as MediaPipe's
+``TensorsToFaceLandmarksWithAttention`` does into 478 landmarks (:mod:`blazeport.refine`), then projected
+like the 468.
+
 Iris (``iris_landmark``, MediaPipe's ``iris_landmark_left_and_right_cpu`` / ``iris_landmark_cpu``
 graphs; MediaPipe's Python package has no solution that runs them, so there is no oracle to
 compare with): an eye ROI from the two eye-corner landmarks (33 and 133, MediaPipe's "left" eye;
@@ -41,11 +46,12 @@ from blazeport.errors import BlazeportError
 from blazeport.loader import open_backend
 from blazeport.postprocess import Detection
 from blazeport.preprocess import as_rgb, fit_for_remap, read_image
+from blazeport.refine import NUM_REFINED_LANDMARKS, REFINEMENTS, refine_landmarks
 from blazeport.roi import Rect, associate, detection_to_rect, project_landmarks, roi_from_detection, transform_rect, warp_rect
 from blazeport.specs import LandmarkSpec
 from blazeport.verify import landmark_outputs
 
-__all__ = ["EYES", "FaceLandmarker", "FaceLandmarks", "Iris", "IrisLandmarker", "crop_eye", "eye_roi",
+__all__ = ["EYES", "FaceLandmarker", "FaceLandmarks", "Iris", "IrisLandmarker", "crop_eye", "eye_roi", "is_refined",
            "load_landmarks"]
 
 NUM_FACE_LANDMARKS = 468
@@ -74,9 +80,15 @@ class Iris:
         return {"contour": self.contour.tolist(), "iris": self.iris.tolist(), "roi": self.roi.to_dict()}
 
 
+def is_refined(spec: LandmarkSpec) -> bool:
+    """Whether the face mesh model has the attention mesh's outputs (478 refined landmarks)."""
+    return {r.output for r in REFINEMENTS} <= {name for name, _ in spec.outputs}
+
+
 @dataclass
 class FaceLandmarks:
-    """One face: 468 landmarks ``(468, 3)`` normalized to the image (x / width, y / height; z in
+    """One face: 468 landmarks ``(468, 3)`` (478 from the attention mesh: 468-472 and 473-477 the
+    two irises, centre first) normalized to the image (x / width, y / height; z in
     the units of x, negative towards the camera, as MediaPipe's ``NormalizedLandmark``), the face
     presence score (the sigmoid of the model's face flag), the detection and the ROI the model
     saw; ``iris`` holds the eyes when iris landmarks were asked for. ``detection`` is ``None`` for a
@@ -250,13 +262,17 @@ class FaceLandmarker:
         if not pairs:
             return []
         batch = np.stack([warp_rect(image, roi, self.spec.input_size, self.spec.normalization) for _, roi in pairs])
-        raw, flags = landmark_outputs(self.backend.raw(batch), self.spec, self.spec.name)
+        names = [name for name, _ in self.spec.outputs]
+        outputs = dict(zip(names, landmark_outputs(self.backend.raw(batch), self.spec, self.spec.name), strict=True))
+        refined, scale = is_refined(self.spec), self.spec.coordinate_scale
         faces = []
-        for (det, roi), r, f in zip(pairs, raw, flags, strict=True):
-            score = _sigmoid(float(f[0]))
+        for k, (det, roi) in enumerate(pairs):
+            score = _sigmoid(float(outputs["face_flag"][k][0]))
             if not score > self.min_presence:
                 continue
-            pts = project_landmarks(_landmarks(r, NUM_FACE_LANDMARKS, self.spec.coordinate_scale), roi)
+            crop = (refine_landmarks({n: o[k] for n, o in outputs.items()}, scale) if refined
+                    else _landmarks(outputs["landmarks"][k], NUM_FACE_LANDMARKS, scale))
+            pts = project_landmarks(crop, roi)
             face = FaceLandmarks(score, pts, det, roi)
             if self.iris is not None:
                 face.iris = self.iris.process(image, pts)
@@ -286,16 +302,20 @@ def _check_iris(model: str | Path, spec: LandmarkSpec) -> None:
                              "iris_landmark or a file converted or exported from it")
 
 
-def load_landmarks(model: str | Path = "face_landmark", backend: str | None = None, detector: str | Path = "short_range",
+def load_landmarks(model: str | Path | None = None, backend: str | None = None, detector: str | Path = "short_range",
                    iris: bool | str | Path = False, threads: int | None = None, max_faces: int | None = 1,
                    min_detection_confidence: float = 0.5, min_presence: float = 0.5, device: str = "cpu",
-                   trust_code: bool = False) -> FaceLandmarker:
-    """A ready :class:`FaceLandmarker`: ``model`` (spec name or file of the face landmark model) and
-    ``detector`` on ``backend`` (``torch``, ``tflite`` or ``onnx``, as :func:`blazeport.load`);
+                   trust_code: bool = False, refine: bool = False) -> FaceLandmarker:
+    """A ready :class:`FaceLandmarker`: ``model`` (spec name or file of the face landmark model; default
+    ``face_landmark``, or ``face_landmark_with_attention`` with ``refine``) and ``detector`` on ``backend``
+    (``torch``, ``tflite`` or ``onnx``, as :func:`blazeport.load`); ``refine=True`` runs the attention
+    mesh, 478 landmarks with refined lips, eyes and irises (``FaceMesh(refine_landmarks=True)``; Google's
+    file holds MediaPipe's custom ops, so it runs on torch, or exported on onnx);
     ``iris=True`` (or an iris model name or file) adds iris landmarks. Defaults are FaceMesh's:
     one face, detection and presence thresholds 0.5. ``device`` as :func:`blazeport.load` (``cuda[:N]`` on torch
     and onnx) for all the models; ``trust_code`` as :func:`blazeport.load`, for a student detector whose
     backbone is the user's own module."""
+    model = model if model is not None else "face_landmark_with_attention" if refine else "face_landmark"
     for name, value in (("min_detection_confidence", min_detection_confidence), ("min_presence", min_presence)):
         if not 0.0 <= value <= 1.0:
             raise BlazeportError(f"{name} must be in [0, 1], got {value!r}")
@@ -304,6 +324,10 @@ def load_landmarks(model: str | Path = "face_landmark", backend: str | None = No
     spec, runner = _landmark_backend(model, backend, threads, "face landmark", device)
     if spec.output_size(spec.outputs[0][0]) != NUM_FACE_LANDMARKS * 3:
         raise BlazeportError(f"{model}: {spec.name} is not a face mesh model (468 landmarks)")
+    if refine and not is_refined(spec):
+        raise BlazeportError(f"{model}: {spec.name} is a face mesh without attention ({NUM_FACE_LANDMARKS} landmarks); "
+                             f"refined landmarks ({NUM_REFINED_LANDMARKS}) need face_landmark_with_attention or a file "
+                             "converted or exported from it")
     iris_landmarker = None
     if iris:
         iris_model = "iris_landmark" if iris is True else iris

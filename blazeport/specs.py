@@ -392,8 +392,9 @@ class LandmarkSpec:
     ``outputs`` are ``(name, floats per image)`` in the order the pipeline reads them; backends
     return them flattened to ``(B, floats)`` and matched by size, whatever order or shape the file
     gives them (``face_landmark.tflite`` writes ``(1, 1, 1, 1404)``, ``iris_landmark.tflite``
-    ``(1, 213)``). ``scale`` is the pixel size landmark coordinates are given in (MediaPipe's
-    ``TensorsToLandmarksCalculatorOptions.input_image_width``).
+    ``(1, 213)``); outputs of equal size (the attention mesh's two eyes, two irises) are matched in
+    the file's order, which is the spec's. ``scale`` is the pixel size landmark coordinates are given
+    in (MediaPipe's ``TensorsToLandmarksCalculatorOptions.input_image_width``).
     """
 
     name: str
@@ -418,8 +419,8 @@ class LandmarkSpec:
         ok = isinstance(self.outputs, tuple) and self.outputs and all(
             isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) and isinstance(o[1], int) and o[1] > 0
             for o in self.outputs)
-        if not ok or len({n for _, n in self.outputs}) != len(self.outputs):
-            problems.append(f"outputs must be (name, size) pairs with distinct positive sizes, got {self.outputs!r}")
+        if not ok or len({name for name, _ in self.outputs}) != len(self.outputs):
+            problems.append(f"outputs must be (name, size) pairs with distinct names and positive sizes, got {self.outputs!r}")
         if not (isinstance(self.normalization, tuple) and len(self.normalization) == 2
                 and all(map(_number, self.normalization)) and self.normalization[0] < self.normalization[1]):
             problems.append(f"normalization must be [low, high] numbers with low < high, got {self.normalization!r}")
@@ -486,8 +487,24 @@ IRIS_LANDMARK = LandmarkSpec(
     sha256="d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
 )
 
+# MediaPipe's face mesh with attention, what FaceMesh(refine_landmarks=True) runs (face_landmark_cpu.pbtxt with
+# with_attention: the same 192x192 crop in [0, 1]; tensors_to_face_landmarks_with_attention.pbtxt reads the seven
+# outputs in the file's order: the 468-landmark mesh (x, y, z), then x, y of the 80 lip, 71 + 71 eye and 5 + 5 iris
+# landmarks, all in 192-pixel units, and the face flag). Its custom ops: blazeport.models.custom_ops.
+FACE_LANDMARK_ATTENTION = LandmarkSpec(
+    name="face_landmark_with_attention",
+    description="MediaPipe face mesh with attention: 468 3-D landmarks refined on the lips, eyes and irises "
+    "(478 with the irises) and a face presence score, from a 192x192 face crop",
+    input_size=192,
+    outputs=(("landmarks", 468 * 3), ("lips", 80 * 2), ("left_eye", 71 * 2), ("right_eye", 71 * 2),
+             ("left_iris", 5 * 2), ("right_iris", 5 * 2), ("face_flag", 1)),
+    tflite="face_landmark_with_attention.tflite",
+    sha256="e06a804e0144f9929eda782122916b35d60c697c3c9344013ca2bbe76a6ce2b4",
+    aliases=("attention",),
+)
+
 # Landmark models: not detectors (no anchors), so kept apart from SPECS, which every detector tool iterates.
-LANDMARK_SPECS: dict[str, LandmarkSpec] = {s.name: s for s in (FACE_LANDMARK, IRIS_LANDMARK)}
+LANDMARK_SPECS: dict[str, LandmarkSpec] = {s.name: s for s in (FACE_LANDMARK, IRIS_LANDMARK, FACE_LANDMARK_ATTENTION)}
 
 
 def original_spec_for_file(path: str | Path) -> ModelSpec | LandmarkSpec | None:

@@ -37,9 +37,14 @@ from blazeport.tflite_check import (
 )
 from blazeport.tflite_sparse import densify
 
-__all__ = ["Op", "TFLiteError", "TFLiteModel", "Tensor", "parse_tflite", "read_tflite"]
+__all__ = ["MEDIAPIPE_CUSTOM_OPS", "Op", "TFLiteError", "TFLiteModel", "Tensor", "custom_ops", "parse_tflite",
+           "read_tflite"]
 
 _FILE_IDENTIFIER = b"TFL3"
+
+# MediaPipe's custom ops that blazeport translates (blazeport.convert.custom; maths in
+# blazeport.models.custom_ops): LiteRT has no kernel for them, MediaPipe links its own.
+MEDIAPIPE_CUSTOM_OPS = ("Landmarks2TransformMatrix", "TransformTensorBilinear", "TransformLandmarks")
 
 _ACTIVATIONS = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit", 6: "sigmoid"}
 _PADDINGS = {0: "SAME", 1: "VALID"}
@@ -108,11 +113,21 @@ class TFLiteModel:
                     out.setdefault(i, []).append(op)
         return out
 
+    def custom_ops(self) -> dict[str, int]:
+        """The custom ops the graph uses: name -> version (``CUSTOM:Name`` ops)."""
+        return custom_ops(self)
+
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = dict(self.folded)
         for op in self.ops:
             counts[op.type] = counts.get(op.type, 0) + 1
         return dict(sorted(counts.items()))
+
+
+def custom_ops(model: TFLiteModel) -> dict[str, int]:
+    """``{name: version}`` of the custom ops in ``model`` (sorted by name)."""
+    found = {op.type.partition(":")[2]: int(op.options.get("version", 1)) for op in model.ops if op.type.startswith("CUSTOM:")}
+    return dict(sorted(found.items()))
 
 
 def _builtin_code(code: Any) -> int:
@@ -193,7 +208,32 @@ def _parse_options(index: int, op_type: str, raw_op: Any) -> dict[str, Any]:
     if op_type == "RESHAPE":
         o = load(tflite.ReshapeOptions)
         return {"new_shape": tuple(int(x) for x in o.NewShapeAsNumpy())} if o.NewShapeLength() else {}
+    if op_type == "STRIDED_SLICE":
+        o = load(tflite.StridedSliceOptions)
+        return {"begin_mask": o.BeginMask(), "end_mask": o.EndMask(), "ellipsis_mask": o.EllipsisMask(),
+                "new_axis_mask": o.NewAxisMask(), "shrink_axis_mask": o.ShrinkAxisMask(), "offset": bool(o.Offset())}
     return {}
+
+
+def _custom_options(index: int, op_type: str, raw_op: Any, version: int) -> dict[str, Any]:
+    """A custom op's options: ``version`` (its ``OperatorCode``'s, which picks the kernel: MediaPipe's
+    ``TransformTensorBilinear`` v1 and v2 sample differently) and ``custom``, the ``custom_options``
+    flexbuffer map as a dict (MediaPipe's ops read theirs with ``flexbuffers::GetRoot(...).AsMap()``,
+    ``tflite/delegates/gpu/common/mediapipe/*.cc``), or ``{}`` when the op has none."""
+    raw = raw_op.CustomOptionsAsNumpy().tobytes() if raw_op.CustomOptionsLength() else b""
+    if not raw:
+        return {"version": version, "custom": {}}
+    if raw_op.CustomOptionsFormat() != 0:  # CustomOptionsFormat.FLEXBUFFERS is the only one TFLite defines
+        raise DamagedModel(f"op {index} ({op_type}) has custom options in format {raw_op.CustomOptionsFormat()}")
+    from flatbuffers import flexbuffers
+
+    try:
+        custom = flexbuffers.Loads(raw)
+    except Exception as exc:  # the reader does not verify: a damaged buffer raises anything from struct to Index
+        raise DamagedModel(f"op {index} ({op_type}) has unreadable custom options ({type(exc).__name__})") from None
+    if not isinstance(custom, dict):
+        raise DamagedModel(f"op {index} ({op_type}) has custom options that are not a map ({type(custom).__name__})")
+    return {"version": version, "custom": custom}
 
 
 def _dequantize(t: Tensor, data: np.ndarray) -> np.ndarray:
@@ -318,10 +358,12 @@ def _parse(path: Path, buf: bytes) -> TFLiteModel:
         code = model.OperatorCodes(raw.OpcodeIndex())
         builtin = _builtin_code(code)
         op_type = names.get(builtin, f"BUILTIN_{builtin}")
-        if op_type == "CUSTOM":
-            op_type = f"CUSTOM:{(code.CustomCode() or b'').decode(errors='replace')}"
         ins = [int(x) for x in raw.InputsAsNumpy()] if raw.InputsLength() else []
         outs = [int(x) for x in raw.OutputsAsNumpy()] if raw.OutputsLength() else []
+        if op_type == "CUSTOM":
+            op_type = f"CUSTOM:{(code.CustomCode() or b'').decode(errors='replace')}"
+            graph.append(Op(i, op_type, ins, outs, _custom_options(i, op_type, raw, int(code.Version()))))
+            continue
         graph.append(Op(i, op_type, ins, outs, _parse_options(i, op_type, raw)))
     inputs = [int(x) for x in sg.InputsAsNumpy()] if sg.InputsLength() else []
     outputs = [int(x) for x in sg.OutputsAsNumpy()] if sg.OutputsLength() else []

@@ -59,6 +59,7 @@ ARITY: dict[str, tuple[int, int, frozenset[int], int]] = {
     "RESIZE_NEAREST_NEIGHBOR": (2, 2, frozenset(), 1),
     "DEPTH_TO_SPACE": (1, 1, frozenset(), 1),
     "TRANSPOSE": (2, 2, frozenset(), 1),
+    "STRIDED_SLICE": (4, 4, frozenset(), 1),
     "DEQUANTIZE": (1, 1, frozenset(), 1),
     "DENSIFY": (1, 1, frozenset(), 1),
 }
@@ -70,13 +71,15 @@ for _op in UNARY:
 # ops whose output has its (first) input's type
 SAME_TYPE = (UNARY - {"QUANTIZE", "DEQUANTIZE", "CAST"}) | {
     "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD", "SUB", "MUL", "PAD", "PADV2",
-    "RESHAPE", "CONCATENATION", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "TRANSPOSE"}
+    "RESHAPE", "CONCATENATION", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "TRANSPOSE",
+    "STRIDED_SLICE"}
 # op -> the BuiltinOptions union member its kernel reads (schema.fbs); True: it needs them (a
 # missing table means stride 0, filter 0, block size 0), False: TFLite's defaults are valid
 OPTIONS: dict[str, tuple[int, bool]] = {
     "CONV_2D": (1, True), "DEPTHWISE_CONV_2D": (2, True), "MAX_POOL_2D": (5, True), "AVERAGE_POOL_2D": (5, True),
     "CONCATENATION": (10, False), "ADD": (11, False), "RESIZE_BILINEAR": (15, False), "RESHAPE": (17, False),
-    "MUL": (21, False), "SUB": (28, False), "RESIZE_NEAREST_NEIGHBOR": (74, False), "DEPTH_TO_SPACE": (94, True),
+    "MUL": (21, False), "SUB": (28, False), "STRIDED_SLICE": (32, False), "RESIZE_NEAREST_NEIGHBOR": (74, False),
+    "DEPTH_TO_SPACE": (94, True),
 }
 
 

@@ -42,13 +42,20 @@ __all__ = ["ABS_TOL", "REL_TOL", "compare_outputs", "iou", "landmark_outputs", "
            "passes", "raw_tolerance", "verification_inputs", "verify", "verify_landmarks"]
 
 
-def verification_inputs(spec: ModelSpec | LandmarkSpec, images: list[np.ndarray],
-                        seed: int = 0) -> tuple[np.ndarray, list[Letterbox]]:
+def verification_inputs(spec: ModelSpec | LandmarkSpec, images: list[np.ndarray], seed: int = 0,
+                        image_grid: bool = False) -> tuple[np.ndarray, list[Letterbox]]:
     """Real photos letterboxed as the pipeline does, plus one random input in the model's range
-    (NHWC float32); and the photos' letterbox padding, to map detections back."""
+    (NHWC float32); and the photos' letterbox padding, to map detections back. ``image_grid``: the
+    random input is a random uint8 image mapped onto the range, as a reference that takes images
+    needs (:class:`blazeport.mediapipe_model.MediaPipeModel`); the photos always are."""
     done = [letterbox(img, spec.input_size, spec.normalization) for img in images]
     lo, hi = spec.normalization
-    noise = np.random.default_rng(seed).uniform(lo, hi, (spec.input_size, spec.input_size, 3)).astype(np.float32)
+    shape = (spec.input_size, spec.input_size, 3)
+    if image_grid:
+        pixels = np.random.default_rng(seed).integers(0, 256, shape).astype(np.float32)
+        noise = np.multiply(pixels, np.float32((hi - lo) / 255.0), dtype=np.float32) + np.float32(lo)
+    else:
+        noise = np.random.default_rng(seed).uniform(lo, hi, shape).astype(np.float32)
     return np.stack([t for t, _ in done] + [noise]), [p for _, p in done]
 
 
@@ -163,16 +170,21 @@ def landmark_outputs(outputs: Sequence[np.ndarray], spec: LandmarkSpec, source: 
     the same values in the same order in all of them, so flattening is exact.
     """
     flat = [np.asarray(o, dtype=np.float32).reshape(len(o), -1) for o in outputs]
-    by_size = {f.shape[1]: f for f in flat}
     wanted = [n for _, n in spec.outputs]
-    if len(flat) != len(wanted) or sorted(by_size) != sorted(wanted):
+    if len(flat) != len(wanted) or sorted(f.shape[1] for f in flat) != sorted(wanted):
         raise BlazeportError(f"{source}: outputs of {[f.shape[1] for f in flat]} floats per image, but spec {spec.name} "
                              f"reads {', '.join(f'{name} ({n})' for name, n in spec.outputs)}")
-    return [by_size[n] for n in wanted]
+    unused = list(range(len(flat)))  # equal sizes (the attention mesh's eyes, irises): in the file's order
+    picked = []
+    for n in wanted:
+        i = next(i for i in unused if flat[i].shape[1] == n)
+        unused.remove(i)
+        picked.append(flat[i])
+    return picked
 
 
 def verify_landmarks(candidate: Any, reference: Any, spec: LandmarkSpec, images: list[np.ndarray],
-                     crops: list[np.ndarray] | None = None) -> dict[str, Any]:
+                     crops: list[np.ndarray] | None = None, image_grid: bool = False) -> dict[str, Any]:
     """:func:`verify` for a landmark model: ``candidate`` and ``reference`` map an NHWC batch to the
     model's raw outputs (a backend's ``raw``), run on the photos scaled to the input (letterboxed
     as the detectors are), on ``crops`` (inputs the landmark pipeline made, e.g. face crops) and on
@@ -181,9 +193,9 @@ def verify_landmarks(candidate: Any, reference: Any, spec: LandmarkSpec, images:
     The gate is the detectors': every raw output within ``ABS_TOL + REL_TOL * |ref|`` (landmarks
     are in input pixels, up to ~200), and what a user reads within ``ABS_TOL``: landmark
     coordinates divided by the spec's coordinate scale (normalized to the crop) and, for a
-    one-float output (the face flag), its sigmoid.
+    one-float output (the face flag), its sigmoid. ``image_grid`` as :func:`verification_inputs`.
     """
-    inputs, _ = verification_inputs(spec, images)
+    inputs, _ = verification_inputs(spec, images, image_grid=image_grid)
     if crops:
         inputs = np.concatenate([np.stack(crops).astype(np.float32), inputs])
     ours = landmark_outputs(candidate(inputs), spec, "candidate")

@@ -1,6 +1,8 @@
 """End to end against MediaPipe itself: ``blazeport.load_landmarks`` vs
 ``mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=False)`` on real photos,
-on the torch and the tflite backends: the same faces, and every landmark within 2e-3 (normalized).
+on the torch and the tflite backends: the same faces, and every landmark within 2e-3 (normalized);
+and ``load_landmarks(refine=True)`` vs ``refine_landmarks=True`` (the attention mesh, 478 landmarks) on
+torch and on its ONNX export (slow).
 In practice they agree to ~5e-5 (``tools/facemesh_parity.py``, README "Parity with MediaPipe").
 
 MediaPipe's Python package runs no graph with the iris model (``iris_landmark.tflite``), so iris
@@ -68,3 +70,34 @@ def test_iris_centres_near_facemesh_attention_model(photos) -> None:
     r = iris_vs_attention_mesh([img for _, img in photos], MAX_FACES)
     assert r["eyes"] >= 10
     assert r["median_centre_diff"] < 3e-3, r
+
+
+@pytest.fixture(scope="module")
+def theirs_refined(photos) -> list[list[np.ndarray]]:
+    return mediapipe_landmarks([img for _, img in photos], MAX_FACES, refine=True)
+
+
+def _check_refined(photos, theirs_refined, landmarker) -> None:
+    ours = [[f.landmarks.astype(np.float64) for f in landmarker.process(img)] for _, img in photos]
+    report = compare(ours, theirs_refined, [name for name, _ in photos])
+    assert report["mediapipe_faces"] >= 5 and report["landmarks_per_face"] == [478]
+    assert report["same_faces"], report["count_mismatches"]
+    assert report["max_xy_diff"] <= LANDMARK_TOL and report["max_z_diff"] <= LANDMARK_TOL, report
+
+
+def test_refined_landmarks_as_facemesh_with_refine_landmarks(photos, theirs_refined) -> None:
+    """FaceMesh(refine_landmarks=True): the attention mesh, 478 landmarks, on the converted model (torch)."""
+    pytest.importorskip("torch")
+    _check_refined(photos, theirs_refined, load_landmarks(backend="torch", max_faces=MAX_FACES, refine=True))
+
+
+@pytest.mark.slow
+def test_refined_landmarks_on_onnx_as_facemesh(photos, theirs_refined, tmp_path) -> None:
+    """The same on onnxruntime, from `blazeport export face_landmark_with_attention --format onnx`."""
+    pytest.importorskip("torch")
+    from blazeport.export import export
+
+    mesh = tmp_path / "attention.onnx"
+    assert export("face_landmark_with_attention", "onnx", mesh)["ok"]
+    # the .onnx mesh runs on onnxruntime, the detector on its default runtime
+    _check_refined(photos, theirs_refined, load_landmarks(mesh, max_faces=MAX_FACES, refine=True))

@@ -13,6 +13,7 @@ Usage::
     python tools/facemesh_parity.py                       # astronaut + faces-boxed + 3 photos of each unlabeled folder
     python tools/facemesh_parity.py DIR_OR_IMAGES... --max-faces 5 --backends torch tflite onnx --json out.json
     python tools/facemesh_parity.py --iris   # also iris centres vs FaceMesh(refine_landmarks=True) (not parity)
+    python tools/facemesh_parity.py --refine --backends torch onnx   # the attention mesh, 478 landmarks
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def default_images(data: Path = DATA, per_folder: int = 3) -> list[Path]:
     return images
 
 
-def mediapipe_landmarks(images: list[np.ndarray], max_faces: int) -> list[list[np.ndarray]]:
-    """FaceMesh's (468, 3) landmarks per face per image (static mode: every image on its own)."""
+def mediapipe_landmarks(images: list[np.ndarray], max_faces: int, refine: bool = False) -> list[list[np.ndarray]]:
+    """FaceMesh's (468, 3) landmarks per face per image (static mode: every image on its own); with
+    ``refine``, ``refine_landmarks=True``'s (478, 3)."""
     import mediapipe as mp
 
     out = []
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=False, max_num_faces=max_faces,
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=refine, max_num_faces=max_faces,
                                          min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
         for img in images:
             res = mesh.process(img)
@@ -85,17 +87,24 @@ def compare(ours: list[list[np.ndarray]], theirs: list[list[np.ndarray]], names:
     xy = z = 0.0
     mismatched = []
     worst = ""
+    diffs = []  # per face pair: the worst x/y difference
+    shapes = set()
     for name, a, b in zip(names, ours, theirs, strict=True):
         if len(a) != len(b):
             mismatched.append(f"{name}: {len(a)} vs {len(b)}")
         for i, j in pair(a, b):
+            shapes.add((a[i].shape, b[j].shape))
             d = np.abs(a[i] - b[j])
+            diffs.append(float(d[:, :2].max()))
             if d[:, :2].max() > xy:
                 xy, worst = float(d[:, :2].max()), name
             z = max(z, float(d[:, 2].max()))
+    same_shape = all(sa == sb for sa, sb in shapes)
     return {"images": len(names), "faces": sum(map(len, ours)), "mediapipe_faces": sum(map(len, theirs)),
+            "landmarks_per_face": sorted({sa[0] for sa, _ in shapes}), "same_landmark_count": same_shape,
             "same_faces": not mismatched, "count_mismatches": mismatched, "max_xy_diff": xy, "max_z_diff": z,
-            "worst_image": worst, "within_tolerance": not mismatched and xy <= LANDMARK_TOL}
+            "median_face_xy_diff": float(np.median(diffs)) if diffs else 0.0,
+            "worst_image": worst, "within_tolerance": not mismatched and same_shape and max(xy, z) <= LANDMARK_TOL}
 
 
 def iris_vs_attention_mesh(images: list[np.ndarray], max_faces: int, backend: str = "tflite") -> dict[str, Any]:
@@ -127,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("images", nargs="*", help="images or folders (default: astronaut + the default selection)")
     ap.add_argument("--max-faces", type=int, default=5, help="max_num_faces for both (default: 5)")
     ap.add_argument("--backends", nargs="+", default=["torch", "tflite"], choices=["torch", "tflite", "onnx"],
-                    help="onnx: short_range and face_landmark exported to a temporary folder first")
+                    help="onnx: short_range and face_landmark exported to a temporary folder first; tflite with "
+                    "--refine: the attention mesh re-exported to builtin ops first (LiteRT cannot run Google's file)")
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--iris", action="store_true", help="also: our iris centres against FaceMesh(refine_landmarks=True)'s "
                     "(another model; not a parity check)")
+    ap.add_argument("--refine", action="store_true", help="the attention mesh: load_landmarks(refine=True) against "
+                    "FaceMesh(refine_landmarks=True), 478 landmarks")
     args = ap.parse_args(argv)
     import skimage.data
 
@@ -142,27 +154,36 @@ def main(argv: list[str] | None = None) -> int:
         names = ["skimage astronaut", *(str(p.relative_to(DATA)) for p in paths)]
         images = [skimage.data.astronaut(), *(read_image(p) for p in paths)]
     t0 = time.perf_counter()
-    theirs = mediapipe_landmarks(images, args.max_faces)
-    report: dict[str, Any] = {"max_faces": args.max_faces, "mediapipe_seconds": round(time.perf_counter() - t0, 2)}
+    theirs = mediapipe_landmarks(images, args.max_faces, args.refine)
+    report: dict[str, Any] = {"max_faces": args.max_faces, "refine": args.refine,
+                              "mediapipe_seconds": round(time.perf_counter() - t0, 2)}
+    mesh_name = "face_landmark_with_attention" if args.refine else "face_landmark"
     tmp = tempfile.TemporaryDirectory(prefix="blazeport-parity-")
     for backend in args.backends:
-        if backend == "onnx":  # exported (and verified) here: the onnx backend runs files
+        if backend == "tflite" and args.refine:  # LiteRT cannot run Google's attention mesh: its verified re-export
             from blazeport.export import export
 
-            files = {name: Path(tmp.name) / f"{name}.onnx" for name in ("short_range", "face_landmark")}
+            path = Path(tmp.name) / f"{mesh_name}.tflite"
+            export(mesh_name, "tflite", path)
+            lm = load_landmarks(path, backend="tflite", max_faces=args.max_faces, refine=True)
+        elif backend == "onnx":  # exported (and verified) here: the onnx backend runs files
+            from blazeport.export import export
+
+            files = {name: Path(tmp.name) / f"{name}.onnx" for name in ("short_range", mesh_name)}
             for name, path in files.items():
                 export(name, "onnx", path)
-            lm = load_landmarks(files["face_landmark"], backend="onnx", detector=files["short_range"],
-                                max_faces=args.max_faces)
+            lm = load_landmarks(files[mesh_name], backend="onnx", detector=files["short_range"],
+                                max_faces=args.max_faces, refine=args.refine)
         else:
-            lm = load_landmarks(backend=backend, max_faces=args.max_faces)
+            lm = load_landmarks(backend=backend, max_faces=args.max_faces, refine=args.refine)
         t0 = time.perf_counter()
         ours = [[f.landmarks.astype(np.float64) for f in lm.process(img)] for img in images]
         report[backend] = {**compare(ours, theirs, names), "seconds": round(time.perf_counter() - t0, 2)}
         r = report[backend]
         print(f"{backend:<7} {r['images']} images, faces {r['faces']} / MediaPipe {r['mediapipe_faces']}"
               f"{'' if r['same_faces'] else ' COUNT DIFFERS ' + '; '.join(r['count_mismatches'])}; "
-              f"worst x/y {r['max_xy_diff']:.2e} ({r['worst_image']}), z {r['max_z_diff']:.2e}")
+              f"{'/'.join(map(str, r['landmarks_per_face']))} landmarks; worst x/y {r['max_xy_diff']:.2e} "
+              f"({r['worst_image']}), median face {r['median_face_xy_diff']:.2e}, z {r['max_z_diff']:.2e}")
     if args.iris:
         r = report["iris_vs_attention_mesh"] = iris_vs_attention_mesh(images, args.max_faces)
         print(f"iris    {r['eyes']} eyes: centre vs FaceMesh(refine_landmarks=True) median {r['median_centre_diff']:.2e}, "
@@ -170,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     ok = all(report[b]["within_tolerance"] for b in args.backends)
-    print(f"{'OK' if ok else 'FAILED'}: same faces and every landmark within {LANDMARK_TOL:g}")
+    print(f"{'OK' if ok else 'FAILED'}: same faces and every landmark (x, y and z) within {LANDMARK_TOL:g}")
     return 0 if ok else 1
 
 

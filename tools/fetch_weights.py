@@ -58,6 +58,10 @@ EXPECTED: dict[str, tuple[int, str]] = {
     "palm_detection_full.tflite": (2_339_846, "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54"),
     "face_landmark.tflite": (1_242_398, "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814"),
     "iris_landmark.tflite": (2_640_568, "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f"),
+    "face_landmark_with_attention.tflite": (
+        2_495_106,
+        "e06a804e0144f9929eda782122916b35d60c697c3c9344013ca2bbe76a6ce2b4",
+    ),
 }
 # file name -> (package, version, path inside its wheel)
 SOURCES: dict[str, tuple[str, str, str]] = {
@@ -67,6 +71,8 @@ SOURCES: dict[str, tuple[str, str, str]] = {
     "palm_detection_full.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/palm_detection/palm_detection_full.tflite"),
     "face_landmark.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/face_landmark/face_landmark.tflite"),
     "iris_landmark.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION, "mediapipe/modules/iris_landmark/iris_landmark.tflite"),
+    "face_landmark_with_attention.tflite": (MEDIAPIPE, MEDIAPIPE_VERSION,
+                                            "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite"),
 }
 
 

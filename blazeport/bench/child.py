@@ -25,8 +25,8 @@ from blazeport.bench.timing import measure, ms, process_facts
 from blazeport.detector import Detector
 from blazeport.loader import open_backend
 from blazeport.postprocess import compiled_available, postprocess
-from blazeport.preprocess import read_image
-from blazeport.specs import ModelSpec
+from blazeport.preprocess import letterbox, read_image
+from blazeport.specs import LandmarkSpec, spec_from_dict
 
 STAGES = ("read", "preprocess", "infer", "postprocess")
 # what each runtime of blazeport.backends.RUNTIMES imports: timed apart from opening the file
@@ -34,21 +34,36 @@ RUNTIME_LIBRARIES = {"torch": "torch", "onnx": "onnxruntime", "tflite": "ai_edge
                      "executorch": "executorch.runtime"}
 
 
-def open_timed(cfg: dict[str, Any]) -> tuple[Detector, float, float]:
-    """(detector, import ms, init ms): the runtime's library imported, then the file opened on it."""
+class LandmarkModel:
+    """A landmark model in the bench (model only): ``preprocess`` letterboxes the photo to its input (the
+    content does not change the work), ``backend`` is the runtime's call that returns every output."""
+
+    def __init__(self, spec: LandmarkSpec, backend: Any):
+        self.spec, self.backend = spec, backend.raw
+
+    def preprocess(self, images: list[Any]) -> tuple[Any, None]:
+        import numpy as np
+
+        return np.stack([letterbox(img, self.spec.input_size, self.spec.normalization)[0] for img in images]), None
+
+
+def open_timed(cfg: dict[str, Any]) -> tuple[Detector | LandmarkModel, float, float]:
+    """(detector or landmark model, import ms, init ms): the runtime's library imported, then the file opened on it."""
     runtime, threads = cfg["runtime"], int(cfg["threads"])
     t0 = time.perf_counter_ns()
     library = importlib.import_module(RUNTIME_LIBRARIES[runtime])
     t1 = time.perf_counter_ns()
     if runtime == "torch":
         library.set_num_interop_threads(1)
-    spec, backend, _ = open_backend(cfg["path"], runtime, ModelSpec.from_dict(cfg["spec"]), threads,
+    spec, backend, _ = open_backend(cfg["path"], runtime, spec_from_dict(cfg["spec"]), threads,
                                     cfg.get("device", "cpu"), bool(cfg.get("trust_code", False)))
     t2 = time.perf_counter_ns()
+    if isinstance(spec, LandmarkSpec):
+        return LandmarkModel(spec, backend), ms(t1 - t0), ms(t2 - t1)
     return Detector(spec, backend, post=cfg.get("postprocess", "auto")), ms(t1 - t0), ms(t2 - t1)
 
 
-def measure_model(detector: Detector, image: str, runs: int, warmup: int) -> dict[str, Any]:
+def measure_model(detector: Detector | LandmarkModel, image: str, runs: int, warmup: int) -> dict[str, Any]:
     """Model only: the backend call on a ready letterboxed input."""
     batch, _ = detector.preprocess([read_image(image)])
     return measure(lambda: detector.backend(batch), runs, warmup)

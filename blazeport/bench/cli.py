@@ -31,7 +31,7 @@ from blazeport.options import add_overwrite, add_trust_code
 from blazeport.photos import sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
-from blazeport.specs import SPECS
+from blazeport.specs import SPECS, LandmarkSpec
 
 DEFAULT_CACHE = Path("runs") / "bench-cache"
 
@@ -68,8 +68,9 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
         "  blazeport bench short_range --backend tflite --threads 1,4 --android   # benchmark_model command lines\n"
         "  blazeport bench --android-results runs/android/*.log                   # ... and their logs read back")
     b.add_argument("models", nargs="*", metavar="MODEL",
-                   help=f"spec name ({', '.join(SPECS)}), a student architecture to time untrained (resnet, ...), "
-                   "a .safetensors, .onnx or .tflite file")
+                   help=f"spec name ({', '.join(SPECS)}; or a landmark model: face_landmark, "
+                   "face_landmark_with_attention, iris_landmark, timed model only), a student architecture to time "
+                   "untrained (resnet, ...), a .safetensors, .onnx or .tflite file")
     b.add_argument("--backend", type=_backend_list, default=list(RUNTIMES),
                    help=f"comma-separated: {', '.join(BACKENDS)} (default: {','.join(RUNTIMES)})")
     b.add_argument("--threads", type=_int_list, default=[1], help="comma-separated thread counts (default: 1)")
@@ -209,6 +210,10 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
     notes: list[str] = []
     targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log,
                               args.trust_code)
+    landmark = sorted({t.model for t in targets if isinstance(t.spec, LandmarkSpec)})
+    if landmark:
+        raise BlazeportError(f"--folder times the detection pipeline; {', '.join(landmark)} is a landmark model "
+                             "(bench it without --folder: model-only rows)")
     _place(targets, args)
     mp_python = None
     if not args.no_baselines:
@@ -251,6 +256,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.android:
         print(android_commands(targets, args.threads, args.runs, args.warmup))
         return 0
+    if args.e2e and any(isinstance(t.spec, LandmarkSpec) for t in targets):
+        notes.append("landmark models are timed model only (their end to end is the landmark pipeline after "
+                     "detection, which --e2e does not time)")
     mp_python = None
     if args.e2e and not args.no_baselines:
         mp_python, why = find_mediapipe_python(args.mediapipe_python)

@@ -15,13 +15,16 @@ from blazeport.bench.mediapipe import MEDIAPIPE
 from blazeport.bench.report import stats
 from blazeport.bench.spawn import spawn
 from blazeport.bench.targets import Target
+from blazeport.specs import LandmarkSpec
 
 Config = tuple[Target, int, str]  # target, threads, mode
 
 
 def configurations(targets: list[Target], threads: list[int], modes: list[str]) -> list[Config]:
-    """Every target at every thread count in every mode (MediaPipe: end to end only)."""
-    return [(t, n, mode) for mode in modes for n in threads for t in targets if t.backend != MEDIAPIPE or mode == "e2e"]
+    """Every target at every thread count in every mode (MediaPipe: end to end only; a landmark model:
+    model only, its end to end being the landmark pipeline's, which the bench does not time)."""
+    return [(t, n, mode) for mode in modes for n in threads for t in targets
+            if (t.backend != MEDIAPIPE or mode == "e2e") and (mode == "model" or not isinstance(t.spec, LandmarkSpec))]
 
 
 def split_runs(runs: int, rounds: int) -> list[int]:

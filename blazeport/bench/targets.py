@@ -23,9 +23,20 @@ from blazeport.bench.mediapipe import MEDIAPIPE
 from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of
-from blazeport.loader import open_module
+from blazeport.loader import open_backend, open_module
 from blazeport.metadata import tflite_metadata
-from blazeport.specs import SPECS, WEIGHTS_DIR, ModelSpec, get_spec, spec_for_file, student_spec
+from blazeport.specs import (
+    SPECS,
+    WEIGHTS_DIR,
+    LandmarkSpec,
+    ModelSpec,
+    find_spec,
+    get_spec,
+    original_spec_for_file,
+    spec_for_file,
+    student_spec,
+)
+from blazeport.tflite import read_tflite
 from blazeport.weights import save_safetensors
 
 ORIGINAL = "tflite-original"  # Google's original .tflite in LiteRT: the bench's own pseudo-backend
@@ -40,8 +51,8 @@ class Target:
     model: str  # the row's model label
     backend: str  # one of BACKENDS, or MEDIAPIPE
     path: str | None  # the file the runtime loads (None: MediaPipe's own)
-    spec: ModelSpec
-    reference: ModelSpec | None  # the original this model is compared with
+    spec: ModelSpec | LandmarkSpec  # a landmark model (face mesh, iris) is timed model only
+    reference: ModelSpec | LandmarkSpec | None  # the original this model is compared with
     baseline: bool = False  # added by the bench, not asked for
     params: int | None = None
     macs: int | None = None
@@ -63,7 +74,7 @@ class _Model:
 
     label: str
     stem: str  # names its cached exports
-    spec: ModelSpec
+    spec: ModelSpec | LandmarkSpec
     files: dict[str, Path]  # backend -> a file that backend runs as it is
     torch_model: str | Path | None  # what open_module opens (None: no PyTorch weights, e.g. an .onnx)
     spec_arg: str | None = None  # --spec, for a file
@@ -80,16 +91,24 @@ def torch_available() -> bool:
     return True
 
 
-def reference_of(spec: ModelSpec) -> ModelSpec | None:
+def reference_of(spec: ModelSpec | LandmarkSpec) -> ModelSpec | LandmarkSpec | None:
     """The original a model is compared with: the teacher its spec names (a student), else the model
-    itself when it is an original (it has a Google ``.tflite``)."""
-    if spec.teacher is not None:
-        return SPECS.get(spec.teacher)
-    return spec if spec.tflite else None
+    itself when it is an original (it has a Google ``.tflite``) that LiteRT can run: not the attention
+    mesh, whose MediaPipe custom ops LiteRT has no kernels for."""
+    teacher = getattr(spec, "teacher", None)  # landmark specs have none
+    if teacher is not None:
+        return SPECS.get(teacher)
+    return spec if spec.tflite and runs_on_litert(spec) else None
 
 
-def original_file(spec: ModelSpec) -> Path | None:
+def original_file(spec: ModelSpec | LandmarkSpec) -> Path | None:
     return WEIGHTS_DIR / spec.tflite if spec.tflite else None
+
+
+def runs_on_litert(spec: ModelSpec | LandmarkSpec) -> bool:
+    """Whether the spec's original file runs in LiteRT as it is (no custom ops it lacks kernels for)."""
+    original = original_file(spec)
+    return original is None or not original.is_file() or not read_tflite(original).custom_ops()
 
 
 def cached_export(source: Path, fmt: str, cache: Path, stem: str, log: Any, trust_code: bool = False) -> Path:
@@ -151,9 +170,12 @@ def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, not
         label = f"{arg} (untrained)"
         notes.append(f"{label}: freshly initialised weights (seed 0): latency only, it detects nothing")
         return _Model(label, arg, spec, {}, weights, module=module, source=source)
-    spec = get_spec(arg)
+    spec = find_spec(arg)  # a detector, or a landmark model (model-only rows)
     original = original_file(spec)
-    files = {ORIGINAL: original} if original is not None and original.is_file() else {}
+    files = {ORIGINAL: original} if original is not None and original.is_file() and runs_on_litert(spec) else {}
+    if original is not None and not runs_on_litert(spec):
+        notes.append(f"{arg}: no {ORIGINAL} row: LiteRT cannot run {spec.tflite} (MediaPipe's custom ops); its rows are "
+                     "the converted model and its exports")
     return _Model(arg, arg, spec, files, arg)
 
 
@@ -166,6 +188,15 @@ def _describe_file(path: Path, spec_name: str | None, has_torch: bool, trust_cod
         module, spec, source = open_module(path, spec_name, trust_code)
         return _Model(path.stem, path.stem, spec, {}, path, spec_name, module, source)
     runtime = native_runtime(path)
+    original_spec = original_spec_for_file(path)
+    if isinstance(original_spec, LandmarkSpec):  # Google's landmark file: the original, converted on load for torch
+        if not runs_on_litert(original_spec):
+            raise BlazeportError(f"{path}: LiteRT cannot run this file (MediaPipe's custom ops); bench "
+                                 f"{original_spec.name} (its converted model and exports) instead")
+        return _Model(original_spec.name, original_spec.name, original_spec, {ORIGINAL: path}, path, spec_name)
+    known = find_spec(spec_name) if spec_name else original_spec or open_backend(path, runtime)[0]  # metadata
+    if isinstance(known, LandmarkSpec):  # an exported landmark model: model-only rows on its runtime
+        return _Model(path.stem, path.stem, known, {runtime: path}, None)
     detector = load(path, backend=runtime, spec=spec_name)  # the loader, and the file's outputs checked against the spec
     spec = detector.spec
     original = spec_for_file(path) if runtime == "tflite" else None
@@ -251,7 +282,7 @@ def add_baselines(targets: list[Target], e2e: bool, mediapipe_python: str | None
         elif (ORIGINAL, str(original.resolve())) not in have:
             params, macs = tflite_counts(original)
             out.append(Target(ref.name, ORIGINAL, str(original), ref, ref, baseline=True, params=params, macs=macs))
-        if e2e:
+        if e2e and isinstance(ref, ModelSpec):  # a landmark model is timed model only
             out += mediapipe_baseline(ref, mediapipe_python, notes)
     return out
 

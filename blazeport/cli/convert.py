@@ -41,7 +41,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         arrow = "->" if report["written"] else "-> (not written)"
         print(f"converted {report['source']} {arrow} {report['output']}  ({report['spec']}, {report['params']:,} params)")
         crops = f" + {report['crops']} face crops" if report.get("crops") else ""
-        print(f"verified against LiteRT on {report['images']} real photos{crops} + {report['random_inputs']} random input:")
+        print(f"verified against {report['reference']} on {report['images']} real photos{crops} + "
+              f"{report['random_inputs']} random input:")
         print_check(report)
         print(f"{gate_line(report)}  ({report['seconds']:.1f} s)")
     return 0 if report["ok"] else 1

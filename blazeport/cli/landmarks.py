@@ -39,7 +39,7 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
                                 iris=args.iris_model if args.iris else False,
                                 threads=args.threads, max_faces=args.max_faces,
                                 min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence,
-                                device=args.device, trust_code=args.trust_code)
+                                device=args.device, trust_code=args.trust_code, refine=args.refine)
     verbose = not args.json and not args.quiet
     bar = tqdm(total=len(paths), desc="landmarks", unit="img", disable=verbose or args.quiet or len(paths) < 2,
                file=sys.stderr)
@@ -64,7 +64,10 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
                 x, y = f.landmarks[:, 0] * w, f.landmarks[:, 1] * h
                 eyes = "".join(f"  {eye} iris ({e.iris[0][0] * w:.0f}, {e.iris[0][1] * h:.0f}) px"
                                for eye, e in f.iris.items())
-                tqdm.write(f"  presence {f.score:.3f}  468 landmarks in x={x.min():.0f}-{x.max():.0f} "
+                if len(f.landmarks) > 468:  # the attention mesh's irises: centres 468 (left) and 473 (right)
+                    eyes += "".join(f"  refined {eye} iris ({f.landmarks[i][0] * w:.0f}, {f.landmarks[i][1] * h:.0f}) px"
+                                    for eye, i in (("left", 468), ("right", 473)))
+                tqdm.write(f"  presence {f.score:.3f}  {len(f.landmarks)} landmarks in x={x.min():.0f}-{x.max():.0f} "
                            f"y={y.min():.0f}-{y.max():.0f} px  detection score {f.detection.score:.3f}{eyes}",
                            file=sys.stdout)
     bar.close()
@@ -74,7 +77,7 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
     if not args.quiet:
         where = f", drawings in {out_dir}" if out_dir else ""
         print(f"{len(results)} image(s), {sum(len(r['faces']) for r in results)} face(s), {skipped} skipped, "
-              f"{elapsed:.2f} s ({args.model}, {landmarker.runtime}){where}", file=sys.stderr)
+              f"{elapsed:.2f} s ({args.model or landmarker.spec.name}, {landmarker.runtime}){where}", file=sys.stderr)
     return 1 if skipped else 0
 
 
@@ -91,7 +94,10 @@ def add_parser(sub: Any, fmt: Any) -> None:
         "does. With --iris, also the iris model on both eyes. With no IMAGE, uses a real photo bundled with "
         "scikit-image. Coordinates are normalized to the image (z in the units of x).", formatter_class=fmt)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--model", default="face_landmark", help="face landmark model: spec name or file (default: face_landmark)")
+    p.add_argument("--model", help="face landmark model: spec name or file (default: face_landmark, or "
+                   "face_landmark_with_attention with --refine)")
+    p.add_argument("--refine", action="store_true", help="478 landmarks: the face mesh with attention, refined lips, "
+                   "eyes and irises, as FaceMesh(refine_landmarks=True) (runs on torch, or an exported .onnx)")
     p.add_argument("--detector", default="short_range", help="face detector: spec name or file (default: short_range, "
                    "as FaceMesh)")
     p.add_argument("--backend", choices=tuple(RUNTIMES), help=f"runtime for both models ({AUTO_BACKEND}; a .onnx "
@@ -111,7 +117,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
     p.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N for the torch and onnx backends")
     p.add_argument("--json", action="store_true", help="print the landmarks as JSON: per image, per face: score, "
-                   "landmarks [[x, y, z] x 468], roi, detection, iris")
+                   "landmarks [[x, y, z] x 468, or 478 with --refine], roi, detection, iris")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)
     add_trust_code(p)

@@ -140,11 +140,12 @@ def convert(
         # it), and only then replace the previous output
         save_safetensors(module, spec, stage.path, src)
         written, _ = load_safetensors(stage.path)
+        reference = _reference(src, model, spec)
         if isinstance(spec, LandmarkSpec):
-            check = verify_landmarks(TorchBackend(written, optimize=False).raw, TFLiteBackend(src).raw, spec, images,
-                                     crops)
+            check = verify_landmarks(TorchBackend(written, optimize=False).raw, reference.raw, spec, images, crops,
+                                     image_grid=reference.name == "mediapipe")
         else:
-            check = verify(TorchBackend(written), TFLiteBackend(src), spec, images)
+            check = verify(TorchBackend(written), reference, spec, images)
         ok = check["passes_gate"]
         if ok:
             stage.commit()
@@ -156,11 +157,34 @@ def convert(
         "written": ok,
         "params": int(sum(p.numel() for p in module.parameters())),
         "tflite_ops": model.op_counts(),
+        "reference": REFERENCES[reference.name],
         **check,
         "ok": ok,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return report
+
+
+# what verified a conversion, by the reference's name (the CLI says "verified against ...")
+REFERENCES = {"tflite": "LiteRT", "mediapipe": "MediaPipe 0.10.14's InferenceCalculator (its custom ops, XNNPACK)"}
+
+
+def _reference(src: Path, model: TFLiteModel, spec: ModelSpec | LandmarkSpec) -> Any:
+    """What the converted module is compared with: the file in LiteRT (XNNPACK, as MediaPipe runs
+    it), or, for a file with MediaPipe's custom ops, which LiteRT has no kernels for, the file in
+    MediaPipe's own inference (:class:`blazeport.mediapipe_model.MediaPipeModel`, the ``parity`` extra)."""
+    if not model.custom_ops():
+        return TFLiteBackend(src)
+    from blazeport import mediapipe_model
+
+    names = ", ".join(model.custom_ops())
+    if not isinstance(spec, LandmarkSpec):
+        raise ConversionError(f"{src}: a detector with custom ops ({names}) has no reference to verify against")
+    if not mediapipe_model.available():
+        raise ConversionError(f"{src}: LiteRT cannot run MediaPipe's custom ops ({names}), so the reference for this "
+                              "file is MediaPipe itself, which is not installed: pip install -e '.[parity]' "
+                              f"(the converted {spec.name}.safetensors ships with blazeport)")
+    return mediapipe_model.MediaPipeModel(src, spec.normalization)
 
 
 def default_output(spec: ModelSpec | LandmarkSpec) -> Path:

@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from blazeport.convert.custom import CUSTOM_ACTIVATION_INPUTS, CUSTOM_TRANSLATORS, Translated, const
 from blazeport.convert.walker import ConversionError, Mapping, Walker, check_ops
 from blazeport.tflite import Op, TFLiteModel
 
-__all__ = ["GRAPH_OPS", "TRANSLATORS", "extract_graph"]
-
-
-@dataclass
-class Translated:
-    """One TFLite op as a GraphNet node: its kind, attributes and (for convs, PRELU) parameters."""
-
-    kind: str
-    attrs: dict[str, Any] = field(default_factory=dict)
-    # parameter suffix ("weight", "bias") -> (array in torch layout, the TFLite tensor it came from)
-    params: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
-
-
-def _const(w: Walker, i: int) -> np.ndarray:
-    data = w.m.tensor(i).data
-    if data is None:
-        raise w.fail(f"tensor {w.m.tensor(i).name!r} was expected to be a constant")
-    return data
+__all__ = ["GRAPH_OPS", "TRANSLATORS", "Translated", "extract_graph"]
 
 
 def _conv(w: Walker, op: Op) -> Translated:
@@ -46,7 +28,7 @@ def _conv(w: Walker, op: Op) -> Translated:
 
 
 def _pad(w: Walker, op: Op) -> Translated:
-    pads = _const(w, op.inputs[1]).astype(int).tolist()
+    pads = const(w, op.inputs[1]).astype(int).tolist()
     if len(pads) != 4 or pads[0] != [0, 0]:
         raise w.fail(f"op {op.index}: PAD of a rank-{len(pads)} tensor or on the batch axis")
     return Translated("pad", {"hwc": pads[1:]})  # NHWC widths, as TFLite states them
@@ -68,7 +50,7 @@ def _add(w: Walker, op: Op) -> Translated:
 def _resize_bilinear(w: Walker, op: Op) -> Translated:
     if not op.options["half_pixel_centers"] and not op.options["align_corners"]:
         raise w.fail(f"op {op.index}: legacy RESIZE_BILINEAR sampling (no half-pixel centres)")
-    return Translated("resize_bilinear", {"size": _const(w, op.inputs[1]).astype(int).tolist(),
+    return Translated("resize_bilinear", {"size": const(w, op.inputs[1]).astype(int).tolist(),
                                           "align_corners": op.options["align_corners"]})
 
 
@@ -76,7 +58,7 @@ def _prelu(w: Walker, op: Op) -> Translated:
     """PRELU ``x >= 0 ? x : alpha * x`` with a constant per-channel ``alpha`` (TFLite stores it as
     ``(1, 1, C)``, broadcast over NHWC); a slope that varies over rows or columns is refused."""
     channels = w.m.tensor(op.inputs[0]).shape[-1]
-    alpha = _const(w, op.inputs[1]).astype(np.float32)
+    alpha = const(w, op.inputs[1]).astype(np.float32)
     if alpha.size == 1:
         alpha = np.full(channels, alpha.reshape(-1)[0], np.float32)
     if alpha.size != channels or alpha.shape[-1] != channels:
@@ -93,6 +75,53 @@ def _flatten(w: Walker, op: Op) -> Translated:
     if len(shape) == 2:  # a landmark model's head: (1, 1, 1, N) -> (1, N)
         return Translated("flatten", {"last_dim": int(shape[-1]), "rank": 2})
     return Translated("flatten", {"last_dim": int(shape[-1])})
+
+
+def _reshape(w: Walker, op: Op) -> Translated:
+    """RESHAPE: from a feature map (rank 4, NCHW in GraphNet) the head flattenings of :func:`_flatten`;
+    otherwise any reshape that keeps the batch axis, e.g. the attention mesh's ``(1, 80, 2) -> (1, 1, 1,
+    160)``. ``shape`` is TFLite's without the batch; a rank-4 result is a feature map again."""
+    src, shape = w.m.tensor(op.inputs[0]).shape, w.m.tensor(op.outputs[0]).shape
+    if len(src) == 4:
+        return _flatten(w, op)
+    if not shape or shape[0] != 1 or not src or src[0] != 1 or len(shape) > 4:
+        raise w.fail(f"op {op.index}: RESHAPE {src} -> {shape}; only reshapes that keep a batch of 1 are supported")
+    return Translated("reshape", {"shape": [int(d) for d in shape[1:]]})
+
+
+def _mul(w: Walker, op: Op) -> Translated:
+    """MUL of an activation by a constant (the attention mesh's ``* 0.25`` and its matrix mask), the
+    constant kept in the node's attributes. On a feature map (NCHW here, NHWC in TFLite) only a scalar
+    or a per-channel constant is supported; any other tensor takes TFLite's broadcasting as it is."""
+    if op.options.get("activation") is not None:
+        raise w.fail(f"op {op.index}: MUL with fused {op.options['activation']}")
+    value = const(w, op.inputs[1]).astype(np.float32)
+    rank = len(w.m.tensor(op.inputs[0]).shape)
+    if rank == 4 and value.size != 1 and value.shape[:-1] != (1,) * (value.ndim - 1):
+        raise w.fail(f"op {op.index}: MUL of a feature map by a constant of shape {value.shape} (only scalars and "
+                     "per-channel constants are supported)")
+    return Translated("mul", {"value": value.tolist(), "shape": list(value.shape), "feature_map": rank == 4})
+
+
+def _strided_slice(w: Walker, op: Op) -> Translated:
+    """STRIDED_SLICE with constant begin / end / strides and no ellipsis, new-axis, shrink or offset
+    (begin and end masks are honoured). The batch axis is kept whole: the file's batch is 1, GraphNet's
+    any. Indices are TFLite's (NHWC on a feature map)."""
+    o = op.options
+    if o["ellipsis_mask"] or o["new_axis_mask"] or o["shrink_axis_mask"] or o["offset"]:
+        raise w.fail(f"op {op.index}: STRIDED_SLICE with ellipsis, new-axis, shrink-axis masks or offset ({o})")
+    shape = w.m.tensor(op.inputs[0]).shape
+    begin, end, strides = (const(w, i).astype(int).tolist() for i in op.inputs[1:4])
+    if not len(begin) == len(end) == len(strides) == len(shape) or min(strides) < 1:
+        raise w.fail(f"op {op.index}: STRIDED_SLICE of shape {shape} by {begin}:{end}:{strides}")
+    spans = []
+    for axis, (b, e, s, size) in enumerate(zip(begin, end, strides, shape, strict=True)):
+        b = 0 if o["begin_mask"] >> axis & 1 else (b + size if b < 0 else b)
+        e = size if o["end_mask"] >> axis & 1 else (e + size if e < 0 else e)
+        spans.append([max(0, min(b, size)), max(0, min(e, size)), s])
+    if spans[0][:2] != [0, 1] or spans[0][2] != 1:
+        raise w.fail(f"op {op.index}: STRIDED_SLICE across the batch axis ({spans[0]})")
+    return Translated("slice", {"spans": spans[1:], "feature_map": len(shape) == 4})
 
 
 def _concat(w: Walker, op: Op) -> Translated:
@@ -114,10 +143,15 @@ TRANSLATORS: dict[str, Callable[[Walker, Op], Translated]] = {
     "PRELU": _prelu,
     "RESIZE_BILINEAR": _resize_bilinear,
     "DEPTH_TO_SPACE": lambda w, op: Translated("depth_to_space", {"block_size": op.options["block_size"]}),
-    "RESHAPE": _flatten,
+    "RESHAPE": _reshape,
     "CONCATENATION": _concat,
+    "MUL": _mul,
+    "STRIDED_SLICE": _strided_slice,
+    **CUSTOM_TRANSLATORS,  # MediaPipe's custom ops (blazeport.convert.custom)
 }
 GRAPH_OPS = frozenset(TRANSLATORS)
+# activations an op reads first (the rest are constants); every op not listed reads one
+ACTIVATION_INPUTS: dict[str, int] = {"ADD": 2, **CUSTOM_ACTIVATION_INPUTS}
 
 
 def extract_graph(model: TFLiteModel) -> Mapping:
@@ -139,7 +173,8 @@ def extract_graph(model: TFLiteModel) -> Mapping:
     nodes: list[Node] = []
     mapping = Mapping(None)
     for op in model.ops:
-        act = [names[i] for i in w.data_inputs(op, {"ADD": 2, "CONCATENATION": len(op.inputs)}.get(op.type, 1))]
+        n_act = len(op.inputs) if op.type == "CONCATENATION" else ACTIVATION_INPUTS.get(op.type, 1)
+        act = [names[i] for i in w.data_inputs(op, n_act)]
         t = TRANSLATORS[op.type](w, op)
         counts[t.kind] = counts.get(t.kind, 0) + 1
         node = Node(t.kind, tuple(act), f"{t.kind}{counts[t.kind] - 1}", t.attrs)
@@ -150,20 +185,21 @@ def extract_graph(model: TFLiteModel) -> Mapping:
             mapping.params[name], mapping.sources[name] = array, source
     if any(o not in names for o in outputs):
         raise w.fail("an output is not computed from the input")
-    mapping.config = GraphConfig(size, "input", (names[outputs[0]], names[outputs[1]]), tuple(nodes))
+    mapping.config = GraphConfig(size, "input", tuple(names[o] for o in outputs), tuple(nodes))
     return mapping
 
 
-def _graph_outputs(w: Walker) -> tuple[int, int]:
-    """The two output tensors GraphNet returns: a detector's (regressors, classificators), or a
-    landmark model's two outputs in the file's order (``face_landmark``: landmarks, face flag;
-    ``iris_landmark``: eye contour, iris), each of one image's floats (1, ..., N)."""
+def _graph_outputs(w: Walker) -> tuple[int, ...]:
+    """The output tensors GraphNet returns: a detector's (regressors, classificators), or a landmark
+    model's outputs in the file's order (``face_landmark``: landmarks, face flag; ``iris_landmark``: eye
+    contour, iris; the attention mesh: mesh, lips, left eye, right eye, left iris, right iris, face
+    flag), each of one image's floats (1, ..., N)."""
     try:
         kinds = w.outputs()
         return kinds["reg"], kinds["cls"]
     except ConversionError:
         shapes = [w.m.tensor(o).shape for o in w.m.outputs]
-        if len(shapes) == 2 and all(len(s) in (2, 4) and s[0] == 1 and all(d == 1 for d in s[1:-1]) for s in shapes):
-            return w.m.outputs[0], w.m.outputs[1]
-        raise w.fail(f"expected outputs (1, N, 1) and (1, N, k) (a detector), or two (1, ..., K) outputs (a landmark "
+        if shapes and all(len(s) in (2, 4) and s[0] == 1 and all(d == 1 for d in s[1:-1]) for s in shapes):
+            return tuple(w.m.outputs)
+        raise w.fail(f"expected outputs (1, N, 1) and (1, N, k) (a detector), or (1, ..., K) outputs (a landmark "
                      f"model), found {shapes}") from None

@@ -115,8 +115,17 @@ class Walker:
 
 
 def check_ops(model: TFLiteModel, supported: set[str] | frozenset[str]) -> None:
-    """Refuse a graph with an op the extractor does not translate, naming it and what is known."""
+    """Refuse a graph with an op the extractor does not translate, naming it and what is known (a
+    custom op, ``CUSTOM:Name`` in :mod:`blazeport.tflite`, by its own name and version)."""
     unknown = sorted({op.type for op in model.ops} - set(supported))
+    customs = {name: v for name, v in model.custom_ops().items() if f"CUSTOM:{name}" in unknown}
+    if customs:
+        known = [s.partition(":")[2] for s in sorted(supported) if s.startswith("CUSTOM:")]
+        named = ", ".join(f"{name} (v{version})" for name, version in customs.items())
+        raise ConversionError(
+            f"{model.path}: unsupported custom op(s) {named}: not TFLite builtins, and not among the custom ops "
+            f"blazeport translates ({', '.join(known) or 'none here'}); this file needs the runtime it was made for."
+        )
     if unknown:
         raise ConversionError(
             f"{model.path}: unsupported TFLite op(s) {', '.join(unknown)}. blazeport converts "

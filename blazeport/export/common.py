@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Any
 
-from blazeport.specs import ModelSpec
+from blazeport.specs import LandmarkSpec, ModelSpec
 
 
 @contextlib.contextmanager
@@ -30,8 +30,9 @@ def quiet() -> Any:
             lg.setLevel(level)
 
 
-def nhwc(module: Any, named_outputs: bool) -> Any:
-    """Wrap an NCHW module so the exported graph takes NHWC input (see the module docstring)."""
+def nhwc(module: Any, named_outputs: bool, names: tuple[str, ...] = ("regressors", "classificators")) -> Any:
+    """Wrap an NCHW module so the exported graph takes NHWC input (see the module docstring); its
+    outputs as a tuple, or a dict by ``names`` (a detector's two; a landmark model's, :func:`output_names`)."""
     from torch import nn
 
     class NHWC(nn.Module):
@@ -40,10 +41,25 @@ def nhwc(module: Any, named_outputs: bool) -> Any:
             self.inner = inner
 
         def forward(self, input):  # the graph input's name
-            r, c = self.inner(input.permute(0, 3, 1, 2))
-            return {"regressors": r, "classificators": c} if named_outputs else (r, c)
+            out = tuple(self.inner(input.permute(0, 3, 1, 2)))
+            return dict(zip(names, out, strict=True)) if named_outputs else out
 
     return NHWC(module).eval()
+
+
+def output_names(sizes: list[int], spec: LandmarkSpec) -> list[str]:
+    """A landmark model's outputs (floats per image, in the module's order) named by its spec: matched
+    by size, equal sizes in order (as :func:`blazeport.verify.landmark_outputs` reads them back)."""
+    unused = list(spec.outputs)
+    names = []
+    for i, n in enumerate(sizes):
+        match = next(((name, k) for name, k in unused if k == n), None)
+        if match is None:
+            names.append(f"output{i}")
+            continue
+        unused.remove(match)
+        names.append(match[0])
+    return names
 
 
 def sample_input(spec: ModelSpec, batch: int) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 
 from blazeport.errors import BlazeportError
 from blazeport.export.common import nhwc, quiet, sample_input
+from blazeport.export.common import output_names as landmark_output_names
 from blazeport.files import write_atomic
 from blazeport.specs import LandmarkSpec, ModelSpec
 
@@ -60,9 +61,8 @@ def export_onnx(module: Any, spec: ModelSpec | LandmarkSpec, out: Path, *, fp16:
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     if isinstance(spec, LandmarkSpec):  # a landmark model's outputs, named by the spec (matched by size)
         with torch.inference_mode():
-            sizes = [o[0].numel() for o in wrapper(sample)]
-        names = {n: name for name, n in spec.outputs}
-        output_names = [names.get(n, f"output{i}") for i, n in enumerate(sizes)]
+            names = landmark_output_names([o[0].numel() for o in wrapper(sample)], spec)
+        output_names = names
     else:
         output_names = ["regressors", "classificators"]
     with quiet():

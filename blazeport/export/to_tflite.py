@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
-from blazeport.export.common import nhwc, quiet, sample_input
+from blazeport.export.common import nhwc, output_names, quiet, sample_input
 from blazeport.files import write_atomic
-from blazeport.specs import ModelSpec
+from blazeport.specs import LandmarkSpec, ModelSpec
 from blazeport.tflite import read_tflite
 
 EXPORT_EXTRA = 'pip install -e ".[export]"'
@@ -163,8 +163,13 @@ def _litert_convert(module: Any, spec: ModelSpec) -> bytes:
 
     _register_nhwc_pad()
     sample = sample_input(spec, 1)
+    names: tuple[str, ...] = ("regressors", "classificators")
+    if isinstance(spec, LandmarkSpec):  # a landmark model's outputs by the spec's names (the attention mesh has 7)
+        with torch.inference_mode():
+            names = tuple(output_names([o[0].numel() for o in nhwc(module, named_outputs=False)(sample)], spec))
     with quiet():
-        gm = torch.export.export(nhwc(module, named_outputs=True), (), {"input": sample}, strict=False).module()
+        gm = torch.export.export(nhwc(module, named_outputs=True, names=names), (), {"input": sample},
+                                 strict=False).module()
         _pad_before_pool(gm)
         for sub in gm.modules():  # exported modules refuse .eval(); litert-torch checks .training
             sub.training = False

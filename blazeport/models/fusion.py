@@ -32,7 +32,7 @@ class Graph:
     """Nodes in execution order, the input and output names, and each conv node's layer."""
 
     input: str
-    outputs: tuple[str, str]
+    outputs: tuple[str, ...]
     nodes: list[Node]
     layers: dict[str, nn.Conv2d]
     input_size: int
@@ -104,12 +104,27 @@ def _out_size(size: int, kernel: int, stride: int, padding: str) -> int:
 
 
 def infer_shapes(graph: Graph, size: tuple[int, int], channels: int = 3) -> dict[str, Shape | None]:
-    """Feature-map shape of every tensor (None for the flattened head outputs)."""
+    """Feature-map shape of every tensor (None for the flattened head outputs, and the attention
+    mesh's landmarks and matrices)."""
     shapes: dict[str, Shape | None] = {graph.input: (channels, *size)}
     for n in graph.nodes:
         a, s = n.attrs, shapes[n.inputs[0]]
-        if n.op in ("flatten", "concat"):
+        if n.op in ("flatten", "concat", "landmarks_to_matrix", "transform_landmarks"):
             shapes[n.output] = None
+            continue
+        if n.op == "reshape":  # to a feature map only when the target is (H, W, C)
+            shapes[n.output] = (a["shape"][2], a["shape"][0], a["shape"][1]) if len(a["shape"]) == 3 else None
+            continue
+        if n.op == "transform_tensor":
+            assert s is not None
+            shapes[n.output] = (s[0], a["output_height"], a["output_width"])
+            continue
+        if n.op == "slice":
+            h, w, c = (len(range(*span)) for span in a["spans"]) if s is not None else (0, 0, 0)  # NHWC spans
+            shapes[n.output] = (c, h, w) if s is not None else None
+            continue
+        if n.op == "mul":
+            shapes[n.output] = s
             continue
         assert s is not None
         c, h, w = s

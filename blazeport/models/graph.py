@@ -24,9 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from blazeport.models.blocks import same_padding
+from blazeport.models.custom_ops import landmarks_to_transform_matrix, transform_landmarks, transform_tensor_bilinear
+
+# MediaPipe's custom ops (blazeport.models.custom_ops), as nodes
+CUSTOM_NODES = ("landmarks_to_matrix", "transform_tensor", "transform_landmarks")
 
 OPS = ("conv", "dwconv", "pad", "maxpool", "add", "relu", "prelu", "resize_bilinear", "depth_to_space", "flatten",
-       "concat")
+       "concat", "reshape", "mul", "slice", *CUSTOM_NODES)
 # ops with parameters: each node of these owns ``layers[param_name(node)]``
 PARAM_OPS = ("conv", "dwconv", "prelu")
 
@@ -43,7 +47,7 @@ class Node:
 class GraphConfig:
     input_size: int
     input: str
-    outputs: tuple[str, str]  # (regressors, classificators), or a landmark model's two outputs in file order
+    outputs: tuple[str, ...]  # (regressors, classificators), or a landmark model's outputs in file order
     nodes: tuple[Node, ...]
 
     def to_json(self) -> str:
@@ -89,12 +93,12 @@ class GraphNet(nn.Module):
             elif node.op == "prelu":  # the per-channel slopes (weight, shape (C,))
                 self.layers[param_name(node)] = nn.PReLU(node.attrs["channels"])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env: dict[str, torch.Tensor] = {self.config.input: x}
         for node in self.config.nodes:
             layer = self.layers[param_name(node)] if node.op in PARAM_OPS else None
             env[node.output] = run_node(node, [env[i] for i in node.inputs], layer)
-        return env[self.config.outputs[0]], env[self.config.outputs[1]]
+        return tuple(env[name] for name in self.config.outputs)
 
 
 def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None) -> torch.Tensor:
@@ -152,4 +156,30 @@ def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None
         return ins[0].permute(0, 2, 3, 1).reshape(ins[0].shape[0], -1, a["last_dim"])
     if node.op == "concat":  # along the anchor axis of (B, N, k) tensors
         return torch.cat(ins, dim=a["axis"])
+    return _run_other(node, ins)
+
+
+def _run_other(node: Node, ins: list[torch.Tensor]) -> torch.Tensor:
+    """The ops of tensors that are not only feature maps (the attention mesh's landmarks and
+    matrices, kept in TFLite's layout; a rank-4 tensor is a feature map, NCHW here, NHWC in TFLite)."""
+    a, x = node.attrs, ins[0]
+    if node.op == "reshape":  # TFLite RESHAPE of a non-feature-map tensor, batch kept: shape excludes it
+        y = x.reshape(x.shape[0], *a["shape"])
+        return y.permute(0, 3, 1, 2) if len(a["shape"]) == 3 else y  # (B, H, W, C) -> a feature map
+    if node.op == "mul":  # TFLite MUL by a constant, broadcast as TFLite does (per channel on a feature map)
+        value = torch.tensor(a["value"], dtype=x.dtype, device=x.device).reshape(a["shape"])
+        if a["feature_map"]:
+            value = value.reshape(-1, 1, 1) if value.numel() > 1 else value.reshape(())
+        return x * value
+    if node.op == "slice":  # TFLite STRIDED_SLICE, spans (begin, end, stride) of the axes after the batch
+        y = x.permute(0, 2, 3, 1) if a["feature_map"] else x
+        y = y[(slice(None), *(slice(b, e, s) for b, e, s in a["spans"]))]
+        return y.permute(0, 3, 1, 2) if a["feature_map"] else y
+    if node.op == "landmarks_to_matrix":
+        return landmarks_to_transform_matrix(x, a["subset"], a["left"], a["right"], a["target_rotation"],
+                                             a["output_height"], a["output_width"], a["scale_x"], a["scale_y"])
+    if node.op == "transform_tensor":
+        return transform_tensor_bilinear(x, ins[1], a["output_height"], a["output_width"])
+    if node.op == "transform_landmarks":
+        return transform_landmarks(x, ins[1])
     raise ValueError(f"op {node.op!r} is not supported by GraphNet")

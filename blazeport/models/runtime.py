@@ -102,14 +102,14 @@ class Plan:
                 step = _node_step(op, slot, shapes, graph.params.get(op.node.output))
             self.steps.append(_freeing(step, free) if free else step)
         self.n_slots = len(slot)
-        self.outputs = (slot[graph.outputs[0]], slot[graph.outputs[1]])
+        self.outputs = tuple(slot[name] for name in graph.outputs)
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env: list[Any] = [None] * self.n_slots
         env[0] = x
         for step in self.steps:
             step(env)
-        return env[self.outputs[0]], env[self.outputs[1]]
+        return tuple(env[i] for i in self.outputs)
 
 
 def _defines(op: Op) -> list[str]:
@@ -329,7 +329,7 @@ class FastModule:
             self.plans[size] = _checked_plan(self.module, self.graph, size)
         return self.plans[size]
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         plan = None
         if x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 3:
             plan = self.plan_for((x.shape[2], x.shape[3]))
