@@ -57,10 +57,15 @@ def spec_weights(spec: Spec) -> Path:
 
 
 def runtime_file(spec: Spec, suffix: str) -> Path | None:
-    """The bundled file a runtime runs for a spec name: Google's original ``.tflite``, or for a student
-    the verified export shipped beside its ``.safetensors`` (``NAME.tflite``), so a core install
-    without torch runs every bundled model by name; checked against the bundle's sha256 list."""
-    names = [spec.tflite] if suffix == ".tflite" and spec.tflite else [f"{spec.name}{suffix}"]
+    """The bundled file a runtime runs for a spec name, so a core install without torch runs every
+    bundled model by name; checked against the bundle's sha256 list. For ``.tflite``: the verified
+    builtin-ops re-export ``NAME_builtin.tflite`` where Google's file holds custom ops LiteRT has no
+    kernel for (the face mesh with attention), else Google's original, else for a student the verified
+    export shipped beside its ``.safetensors`` (``NAME.tflite``)."""
+    if suffix == ".tflite":
+        names = [f"{spec.name}_builtin.tflite", spec.tflite or f"{spec.name}.tflite"]
+    else:
+        names = [f"{spec.name}{suffix}"]
     for name in names:
         if (WEIGHTS_DIR / name).is_file():
             return check_bundled(WEIGHTS_DIR / name)

@@ -187,3 +187,16 @@ def test_convert_takes_a_model_name_for_its_bundled_original(tmp_path: Path, mon
     assert out.read_bytes() == (WEIGHTS_DIR / "short_range.safetensors").read_bytes()
     assert main(["convert", "short_range_resnet"]) == 2
     assert "distilled, not converted" in capsys.readouterr().err
+
+
+def test_without_torch_the_refined_mesh_runs_its_bundled_builtin_export(monkeypatch, astronaut) -> None:
+    """Google's attention mesh holds custom ops LiteRT has no kernel for; the core install runs the
+    verified re-export bundled as face_landmark_with_attention_builtin.tflite, with the torch mesh's
+    478 landmarks within 1e-4 (normalized)."""
+    want = blazeport.load_landmarks(refine=True, backend="torch").process(astronaut)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    mesh = blazeport.load_landmarks(refine=True)
+    got = mesh.process(astronaut)
+    assert mesh.runtime == "tflite" and len(got) == len(want) == 1
+    assert got[0].landmarks.shape == (478, 3)
+    assert np.abs(got[0].landmarks[:, :2] - want[0].landmarks[:, :2]).max() < 1e-4
