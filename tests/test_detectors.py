@@ -1,6 +1,6 @@
 """MediaPipe's palm and pose detectors: specs, not code (issue 12).
 
-Each is a spec (blazeport/specs.py) over the generic graph converter: the conversion gate against
+Each is a spec (blazeport/specs/) over the generic graph converter: the conversion gate against
 LiteRT on real photos of people with hands and bodies; the committed weights equal a fresh
 conversion; ``detect`` draws every keypoint; ONNX export verifies; and parity with MediaPipe's own
 pipeline (the palm detections ``mp.solutions.hands`` computes inside its graph, the pose detection of

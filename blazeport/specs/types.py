@@ -1,39 +1,20 @@
-"""Model specs: everything the shared pipeline needs to run one detector, as data.
-
-A spec says how to feed a model (input size, normalization), how to read its outputs (anchor
-options, decode scales, keypoints), how to filter them (score threshold, NMS) and where its
-original file and architecture come from. Code never branches on a model name; it reads a spec.
-
-The constants mirror MediaPipe's detection graphs (``mediapipe/modules/face_detection/
-face_detection.pbtxt`` and the short/full-range wrappers, ``pose_detection/pose_detection_cpu.pbtxt``,
-``palm_detection/palm_detection_cpu.pbtxt``: ``ImageToTensorCalculatorOptions``,
-``SsdAnchorsCalculatorOptions``, ``TensorsToDetectionsCalculatorOptions``,
-``NonMaxSuppressionCalculatorOptions``), each spec below holding one graph's values. The palm and
-pose values were read from the graphs compiled into mediapipe 0.10.14 itself (its
-``_framework_bindings`` module): today's GitHub ``pose_detection_cpu.pbtxt`` says
-``min_score_thresh: 0.2``, the 0.10.14 graph that the parity oracle runs says 0.5. Every one of
-these graphs sets ``reverse_output_order: true`` (raw boxes are x, y, w, h), ``sigmoid_score``
-with ``score_clipping_thresh: 100``, x/y/w/h scales equal to the input size, no
-``flip_vertically`` and no ``apply_exponential_on_box_size``: what :mod:`blazeport.postprocess` decodes.
+"""The spec types: what one detector (:class:`ModelSpec`, with its :class:`AnchorOptions` and
+:class:`NMSOptions`) or one landmark model (:class:`LandmarkSpec`) needs, checked on construction
+(specs also arrive as JSON inside user files), and how a distilled student's spec derives from its
+teacher's (:func:`student_spec`). The tables of Google's models are :mod:`blazeport.specs.detectors`
+and :mod:`blazeport.specs.landmarks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from blazeport.errors import BlazeportError
-from blazeport.files import sha256_of
 
-# the original .tflite files (``ModelSpec.tflite``) and converted or distilled .safetensors, shipped
-# inside the package (a clone's ``weights/`` is a link to it): read-only data, checked by sha256
-WEIGHTS_DIR = Path(__file__).resolve().parent / "bundled" / "weights"
-
-__all__ = ["KEYPOINT_NAMES", "LANDMARK_SPECS", "PALM_KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "AnchorOptions",
-           "LandmarkSpec", "ModelSpec", "NMSOptions", "find_spec", "get_spec", "original_spec_for_file", "spec_for_file",
-           "student_spec"]
+__all__ = ["KEYPOINT_NAMES", "PALM_KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "AnchorOptions", "LandmarkSpec", "ModelSpec",
+           "NMSOptions", "spec_from_dict", "student_spec"]
 
 # The subject's right and left (keypoint 0 has the smaller x in a frontal photo).
 KEYPOINT_NAMES = (
@@ -239,115 +220,6 @@ def _spec_problems(s: ModelSpec) -> list[str]:
     return p
 
 
-SHORT_RANGE = ModelSpec(
-    name="short_range",
-    description="BlazeFace short range (front camera, faces within ~2 m), 128x128",
-    input_size=128,
-    anchors=AnchorOptions(input_size=128, num_layers=4, strides=(8, 16, 16, 16), min_scale=0.1484375, max_scale=0.75),
-    num_anchors=896,
-    architecture="blazeface_short_range",
-    tflite="face_detection_short_range.tflite",
-    sha256="3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
-    score_threshold=0.5,
-    aliases=("front",),
-    mediapipe_model_selection=0,
-)
-
-BACK = ModelSpec(
-    name="back",
-    description="BlazeFace back camera (faces further away), 256x256",
-    input_size=256,
-    anchors=AnchorOptions(input_size=256, num_layers=4, strides=(16, 32, 32, 32), min_scale=0.15625, max_scale=0.75),
-    num_anchors=896,
-    architecture="blazeface_back",
-    tflite="face_detection_back.tflite",
-    sha256="e376cf6b168d5ece8a3cedb94acc4eb168a136aede125ccc3d903ef38f5beda8",
-    score_threshold=0.65,
-)
-
-_FULL_RANGE_ANCHORS = AnchorOptions(
-    input_size=192, num_layers=1, strides=(4,), min_scale=0.1484375, max_scale=0.75, interpolated_scale_aspect_ratio=0.0
-)
-
-FULL_RANGE = ModelSpec(
-    name="full_range",
-    description="BlazeFace full range, dense weights (faces within ~5 m), 192x192",
-    input_size=192,
-    anchors=_FULL_RANGE_ANCHORS,
-    num_anchors=2304,
-    architecture="graph",
-    family="graph",
-    tflite="face_detection_full_range.tflite",
-    sha256="99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
-    score_threshold=0.6,
-)
-
-# What MediaPipe itself runs for model_selection=1: another network, block-sparse fp16 weights,
-# with the dense file's input, anchors, decoding and thresholds.
-FULL_RANGE_SPARSE = dataclasses.replace(
-    FULL_RANGE,
-    name="full_range_sparse",
-    description="BlazeFace full range as MediaPipe runs it (sparse weights, other network), 192x192",
-    tflite="face_detection_full_range_sparse.tflite",
-    sha256="671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
-    mediapipe_model_selection=1,
-)
-
-
-# MediaPipe's pose detector (BlazePose's first stage): a box around the face plus 4 body keypoints from
-# which the pose landmark model's region is built. pose_detection_cpu.pbtxt as compiled into mediapipe 0.10.14.
-POSE_DETECTION = ModelSpec(
-    name="pose_detection",
-    description="MediaPipe pose detector (face box + hip/shoulder centres and body scale points), 224x224",
-    input_size=224,
-    anchors=AnchorOptions(input_size=224, num_layers=5, strides=(8, 16, 32, 32, 32), min_scale=0.1484375,
-                          max_scale=0.75),
-    num_anchors=2254,
-    architecture="graph",
-    family="graph",
-    tflite="pose_detection.tflite",
-    sha256="9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
-    num_coords=12,
-    num_keypoints=4,
-    keypoint_names=POSE_KEYPOINT_NAMES,
-    subject="pose",
-    score_threshold=0.5,
-    normalization=(-1.0, 1.0),
-    mediapipe_solution="pose",
-)
-
-# MediaPipe's palm detectors (BlazePalm; PRELU activations), palm_detection_cpu.pbtxt as compiled into
-# mediapipe 0.10.14: input in [0, 1] (letterbox border 0), 7 keypoints. Hands picks the file by
-# model_complexity (PalmDetectionModelLoader: 0 lite, 1 full).
-PALM_DETECTION_LITE = ModelSpec(
-    name="palm_detection_lite",
-    description="MediaPipe palm detector, lite (hands model_complexity=0), 192x192",
-    input_size=192,
-    anchors=AnchorOptions(input_size=192, num_layers=4, strides=(8, 16, 16, 16), min_scale=0.1484375, max_scale=0.75),
-    num_anchors=2016,
-    architecture="graph",
-    family="graph",
-    tflite="palm_detection_lite.tflite",
-    sha256="e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18",
-    num_coords=18,
-    num_keypoints=7,
-    keypoint_names=PALM_KEYPOINT_NAMES,
-    subject="palm",
-    score_threshold=0.5,
-    normalization=(0.0, 1.0),
-    mediapipe_solution="hands",
-    mediapipe_model_complexity=0,
-)
-
-PALM_DETECTION_FULL = dataclasses.replace(
-    PALM_DETECTION_LITE,
-    name="palm_detection_full",
-    description="MediaPipe palm detector, full (hands model_complexity=1), 192x192",
-    tflite="palm_detection_full.tflite",
-    sha256="1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
-    mediapipe_model_complexity=1,
-)
-
 
 def student_spec(teacher: ModelSpec, architecture: str, family: str, name: str | None = None,
                  description: str | None = None) -> ModelSpec:
@@ -359,28 +231,6 @@ def student_spec(teacher: ModelSpec, architecture: str, family: str, name: str |
         sha256=None, aliases=(), teacher=teacher.name, mediapipe_model_selection=None, mediapipe_solution=None,
         mediapipe_model_complexity=None,
         description=description or f"{architecture} student distilled from {teacher.name}")
-
-
-# The residual student distilled from short range (blazeport distill; weights/short_range_resnet.safetensors).
-SHORT_RANGE_RESNET = student_spec(
-    SHORT_RANGE, "resnet", "resnet", name="short_range_resnet",
-    description="ResNet-style student distilled from short range on unlabeled photos, 128x128")
-
-# A wider, deeper student from the same recipe (weights/short_range_resnet_large.safetensors).
-SHORT_RANGE_RESNET_LARGE = student_spec(
-    SHORT_RANGE, "resnet_large", "resnet", name="short_range_resnet_large",
-    description="ResNet-style student, 2.6x the teacher's params, distilled from short range, 128x128")
-
-# A MobileNet student of the full-range model (weights/full_range_sparse_mobilenet.safetensors): inverted
-# residuals to stride 32, a top-down neck to the teacher's single stride-4 head.
-FULL_RANGE_SPARSE_MOBILENET = student_spec(
-    FULL_RANGE_SPARSE, "mobilenet", "student", name="full_range_sparse_mobilenet",
-    description="MobileNet-style student (inverted residuals + top-down neck) distilled from full range, 192x192")
-
-SPECS: dict[str, ModelSpec] = {
-    s.name: s for s in (SHORT_RANGE, BACK, FULL_RANGE, FULL_RANGE_SPARSE, SHORT_RANGE_RESNET, SHORT_RANGE_RESNET_LARGE,
-                        FULL_RANGE_SPARSE_MOBILENET, POSE_DETECTION, PALM_DETECTION_LITE, PALM_DETECTION_FULL)
-}
 
 
 @dataclass(frozen=True)
@@ -461,79 +311,3 @@ def spec_from_dict(d: Any) -> ModelSpec | LandmarkSpec:
     if isinstance(d, dict) and d.get("kind") == "landmarks":
         return LandmarkSpec.from_dict(d)
     return ModelSpec.from_dict(d)
-
-
-# MediaPipe's face mesh model (mediapipe/modules/face_landmark/face_landmark_cpu.pbtxt: ImageToTensorCalculator
-# 192x192, float range [0, 1]; TensorsToLandmarksCalculator 468 landmarks, input_image_width/height 192;
-# the face flag through TensorsToFloatsCalculator's SIGMOID).
-FACE_LANDMARK = LandmarkSpec(
-    name="face_landmark",
-    description="MediaPipe face mesh: 468 3-D landmarks and a face presence score from a 192x192 face crop",
-    input_size=192,
-    outputs=(("landmarks", 468 * 3), ("face_flag", 1)),
-    tflite="face_landmark.tflite",
-    sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
-)
-
-# MediaPipe's iris model (mediapipe/modules/iris_landmark/iris_landmark_cpu.pbtxt: a 64x64 eye crop, float range
-# [0, 1] (TfLiteConverterCalculator zero_center: false); 71 eye contour and brow landmarks, then 5 iris
-# landmarks, in 64-pixel units).
-IRIS_LANDMARK = LandmarkSpec(
-    name="iris_landmark",
-    description="MediaPipe iris: 71 eye contour/brow and 5 iris 3-D landmarks from a 64x64 eye crop",
-    input_size=64,
-    outputs=(("eye_contour", 71 * 3), ("iris", 5 * 3)),
-    tflite="iris_landmark.tflite",
-    sha256="d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
-)
-
-# MediaPipe's face mesh with attention, what FaceMesh(refine_landmarks=True) runs (face_landmark_cpu.pbtxt with
-# with_attention: the same 192x192 crop in [0, 1]; tensors_to_face_landmarks_with_attention.pbtxt reads the seven
-# outputs in the file's order: the 468-landmark mesh (x, y, z), then x, y of the 80 lip, 71 + 71 eye and 5 + 5 iris
-# landmarks, all in 192-pixel units, and the face flag). Its custom ops: blazeport.models.custom_ops.
-FACE_LANDMARK_ATTENTION = LandmarkSpec(
-    name="face_landmark_with_attention",
-    description="MediaPipe face mesh with attention: 468 3-D landmarks refined on the lips, eyes and irises "
-    "(478 with the irises) and a face presence score, from a 192x192 face crop",
-    input_size=192,
-    outputs=(("landmarks", 468 * 3), ("lips", 80 * 2), ("left_eye", 71 * 2), ("right_eye", 71 * 2),
-             ("left_iris", 5 * 2), ("right_iris", 5 * 2), ("face_flag", 1)),
-    tflite="face_landmark_with_attention.tflite",
-    sha256="e06a804e0144f9929eda782122916b35d60c697c3c9344013ca2bbe76a6ce2b4",
-    aliases=("attention",),
-)
-
-# Landmark models: not detectors (no anchors), so kept apart from SPECS, which every detector tool iterates.
-LANDMARK_SPECS: dict[str, LandmarkSpec] = {s.name: s for s in (FACE_LANDMARK, IRIS_LANDMARK, FACE_LANDMARK_ATTENTION)}
-
-
-def original_spec_for_file(path: str | Path) -> ModelSpec | LandmarkSpec | None:
-    """The detector or landmark spec whose original file has this file's sha256, if any."""
-    digest = sha256_of(path)
-    return next((s for s in (*SPECS.values(), *LANDMARK_SPECS.values()) if s.sha256 == digest), None)
-
-
-def find_spec(name: str) -> ModelSpec | LandmarkSpec:
-    """A detector spec (:func:`get_spec`) or a landmark spec by name; the error lists both."""
-    for spec in LANDMARK_SPECS.values():
-        if name == spec.name or name in spec.aliases:
-            return spec
-    try:
-        return get_spec(name)
-    except BlazeportError as exc:
-        raise BlazeportError(f"{exc}; landmark models: {', '.join(LANDMARK_SPECS)}") from None
-
-
-def spec_for_file(path: str | Path) -> ModelSpec | None:
-    """The spec whose original file has this file's sha256 (Google's bytes, wherever they lie), if any."""
-    digest = sha256_of(path)
-    return next((spec for spec in SPECS.values() if spec.sha256 == digest), None)
-
-
-def get_spec(name: str) -> ModelSpec:
-    """Look a spec up by name or alias; the error lists what is known."""
-    for spec in SPECS.values():
-        if name == spec.name or name in spec.aliases:
-            return spec
-    known = ", ".join(sorted(SPECS) + [a for s in SPECS.values() for a in s.aliases])
-    raise BlazeportError(f"unknown model spec {name!r}; known specs: {known}")
