@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from blazeport.anchors import anchors_for
-from blazeport.backends import default_runtime
 from blazeport.errors import BlazeportError
 from blazeport.loader import open_backend
 from blazeport.postprocess import Detection, check_postprocess, postprocess
 from blazeport.preprocess import as_rgb, letterbox, read_image
+from blazeport.runtimes import default_runtime
 from blazeport.specs import ModelSpec
 
 Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]

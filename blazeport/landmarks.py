@@ -40,7 +40,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from blazeport.backends import default_runtime
 from blazeport.detector import Detector, load
 from blazeport.errors import BlazeportError
 from blazeport.loader import open_backend
@@ -48,6 +47,7 @@ from blazeport.postprocess import Detection
 from blazeport.preprocess import as_rgb, fit_for_remap, read_image
 from blazeport.refine import NUM_REFINED_LANDMARKS, REFINEMENTS, refine_landmarks
 from blazeport.roi import Rect, associate, detection_to_rect, project_landmarks, roi_from_detection, transform_rect, warp_rect
+from blazeport.runtimes import default_runtime
 from blazeport.specs import LandmarkSpec
 from blazeport.verify import landmark_outputs
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from blazeport.backends import MODEL_SUFFIXES, check_device, get_runtime, native_runtime
 from blazeport.bundle import check_bundled
 from blazeport.convert import load_tflite
 from blazeport.errors import BlazeportError
 from blazeport.extras import require
 from blazeport.metadata import spec_from_metadata, tflite_metadata
+from blazeport.runtimes import MODEL_SUFFIXES, check_device, get_runtime, native_runtime
 from blazeport.specs import WEIGHTS_DIR, LandmarkSpec, ModelSpec, find_spec, original_spec_for_file
 from blazeport.weights import load_safetensors
 

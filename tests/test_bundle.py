@@ -17,10 +17,10 @@ import pytest
 
 import blazeport
 from blazeport import bundle
-from blazeport.backends import default_runtime
 from blazeport.bundle import BUNDLE_DIR, bundled_files, check_bundled, read_manifest
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
+from blazeport.runtimes import default_runtime
 from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

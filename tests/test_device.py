@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import blazeport
-from blazeport.backends import RUNTIMES, check_device
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
+from blazeport.runtimes import RUNTIMES, check_device
 
 
 def _has_cuda() -> bool:

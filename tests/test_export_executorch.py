@@ -127,7 +127,7 @@ def test_missing_executorch_gives_the_install_hint(sr_pte, tmp_path, monkeypatch
 
     monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "executorch.exir", None)
-    with pytest.raises(BlazeportError, match=r"executorch backend needs ExecuTorch: pip install -e \"\.\[export\]\""):
+    with pytest.raises(BlazeportError, match=r"executorch backend needs ExecuTorch: pip install 'blazeport\[export\]'"):
         blazeport.load(sr_pte[0])
     with pytest.raises(BlazeportError, match=r"ExecuTorch export needs executorch: pip install"):
         export("short_range", "executorch", tmp_path / "x.pte")

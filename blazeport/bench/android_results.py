@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from blazeport.backends import RUNTIMES
 from blazeport.bench.android import remote_name
 from blazeport.bench.counts import tflite_counts
 from blazeport.bench.report import check_targets, print_tables
@@ -48,6 +47,7 @@ from blazeport.bench.targets import ORIGINAL, original_file, reference_of
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
 from blazeport.metadata import spec_from_metadata, tflite_metadata
+from blazeport.runtimes import RUNTIMES
 from blazeport.specs import SPECS, ModelSpec, get_spec, spec_for_file
 
 ANDROID = "tflite-android"  # a .tflite of the user's (an export) under benchmark_model on the phone

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blazeport.backends import RUNTIMES, check_device
 from blazeport.bench.android import android_commands
 from blazeport.bench.android_results import cmd_android_results
 from blazeport.bench.folder import print_folder_report, run_folder_bench
@@ -31,6 +30,7 @@ from blazeport.options import add_overwrite, add_trust_code
 from blazeport.photos import sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
+from blazeport.runtimes import RUNTIMES, check_device
 from blazeport.specs import SPECS, LandmarkSpec
 
 DEFAULT_CACHE = Path("runs") / "bench-cache"

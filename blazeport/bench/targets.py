@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import blazeport.export
-from blazeport.backends import MODEL_SUFFIXES, RUNTIMES, native_runtime
 from blazeport.bench.counts import Counts, graph_counts, module_counts, tflite_counts
 from blazeport.bench.mediapipe import MEDIAPIPE
 from blazeport.detector import load
@@ -25,6 +24,7 @@ from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of
 from blazeport.loader import open_backend, open_module
 from blazeport.metadata import tflite_metadata
+from blazeport.runtimes import MODEL_SUFFIXES, RUNTIMES, native_runtime
 from blazeport.specs import (
     SPECS,
     WEIGHTS_DIR,

@@ -10,7 +10,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from blazeport.backends import RUNTIMES
 from blazeport.cli.common import add_max_pixels, non_negative_int, positive_int, print_json
 from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
@@ -20,6 +19,7 @@ from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
+from blazeport.runtimes import RUNTIMES
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blazeport.backends import RUNTIMES
 from blazeport.cli.common import add_max_pixels, positive_int, print_json
 from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
 from blazeport.options import AUTO_BACKEND, add_trust_code
+from blazeport.runtimes import RUNTIMES
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from blazeport.backends import RUNTIMES
 from blazeport.cli.common import add_max_pixels, positive_int, print_json
 from blazeport.draw import draw_landmarks, save_rgb
 from blazeport.errors import BlazeportError
@@ -19,6 +18,7 @@ from blazeport.landmarks import load_landmarks
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.runtimes import RUNTIMES
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:

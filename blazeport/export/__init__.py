@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.backends import RUNTIMES, TorchBackend
+from blazeport.backends import TorchBackend
 from blazeport.errors import BlazeportError
 from blazeport.export.calibration import DEFAULT_COUNT, MIN_CALIBRATION, MIN_VERIFY, Calibration, load_calibration
 from blazeport.export.fidelity import onnx_layer_errors, tflite_layer_errors, verify_int8
@@ -69,6 +69,7 @@ from blazeport.files import check_output, same_file, staged
 from blazeport.loader import open_module
 from blazeport.metadata import LAYOUT, file_metadata
 from blazeport.photos import sample_images
+from blazeport.runtimes import RUNTIMES
 from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec
 from blazeport.verify import verification_inputs, verify, verify_landmarks
 
