@@ -333,11 +333,11 @@ class TorchBackend:
     """A PyTorch module (converted original or student), NCHW inside, NHWC at the boundary.
 
     ``optimize=True`` (the default) runs a converted original through a plan of fused oneDNN and
-    GEMM calls built once here (:func:`blazeport.models.runtime.prepare`: same weights, outputs
+    GEMM calls built once here (:func:`blazeport.models.fused.prepare`: same weights, outputs
     checked against the module when built); ``module`` stays the plain module that export traces
     and the trainer trains. The plan runs on one intra-op thread whatever ``threads`` says
     (measured: a second OpenMP thread saves little on tensors this small and stalls whenever the
-    other core is busy; see :class:`blazeport.models.runtime.FastModule`). A family without a plan
+    other core is busy; see :class:`blazeport.models.fused.FastModule`). A family without a plan
     (the students) or a torch without oneDNN runs the module, on ``threads`` threads.
     ``optimize=False`` always runs the module. ``device="cuda[:N]"`` runs the module on that GPU
     (inputs copied in, outputs copied back to numpy).
@@ -348,7 +348,7 @@ class TorchBackend:
     def __init__(self, module: Any, threads: int | None = None, optimize: bool = True, device: str = "cpu"):
         import torch
 
-        from blazeport.models.runtime import prepare  # torch-only: imported with torch, here
+        from blazeport.models.fused import prepare  # torch-only: imported with torch, here
 
         self.torch = torch
         if threads:

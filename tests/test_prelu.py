@@ -83,7 +83,7 @@ def test_prelu_translation_matches_litert_on_the_real_palm_file() -> None:
 
 def test_fast_runtime_runs_prelu_graphs() -> None:
     """The fused plan keeps prelu nodes as reference nodes with their slopes, and agrees with the module."""
-    from blazeport.models import runtime
+    from blazeport.models import fused as runtime
 
     if not runtime.available():
         pytest.skip("this torch has no oneDNN: no plan to test")

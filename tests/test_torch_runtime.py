@@ -1,4 +1,4 @@
-"""The torch backend's fast runtime (:mod:`blazeport.models.runtime`): same answers as the module.
+"""The torch backend's fast runtime (:mod:`blazeport.models.fused`): same answers as the module.
 
 TorchBackend runs the converted originals through a plan of fused oneDNN / GEMM calls built from
 the module's weights. These tests hold it to the conversion gate, against the plain module and
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import blazeport
-import blazeport.models.runtime as runtime
+import blazeport.models.fused as runtime
 from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.loader import open_module
 from blazeport.photos import sample_images

@@ -1,11 +1,11 @@
 """Planning a converted network's fast run: the network as nodes, their shapes, and which nodes
-become one call (:mod:`blazeport.models.runtime` turns the fused ops into steps and runs them).
+become one call (:mod:`blazeport.models.fused` turns the fused ops into steps and runs them).
 
 :func:`graph_of` reads a :class:`~blazeport.models.graph.GraphNet`'s own nodes, or writes a
 :class:`~blazeport.models.blazeface.BlazeFace`'s forward out as the same ops; :func:`infer_shapes`
 gives every map's (C, H, W) (TF "SAME" pads depend on them); :func:`fuse` folds pads, ReLUs,
 residual adds and zero-widened shortcuts into the convs and groups a head's 1x1 convs into one GEMM.
-Why each fusion pays is in :mod:`blazeport.models.runtime`'s docstring.
+Why each fusion pays is in :mod:`blazeport.models.fused`'s docstring.
 """
 
 from __future__ import annotations

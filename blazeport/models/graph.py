@@ -106,7 +106,7 @@ def run_node(node: Node, ins: list[torch.Tensor], layer: nn.Module | None = None
     ``nn.PReLU`` for prelu).
 
     The reference semantics of every op in :data:`OPS`: :class:`GraphNet` runs this, and the
-    runtime plans of :mod:`blazeport.models.runtime` fall back to it for ops they do not fuse.
+    runtime plans of :mod:`blazeport.models.fused` fall back to it for ops they do not fuse.
     """
     a = node.attrs
     if node.op in ("conv", "dwconv"):
