@@ -1,7 +1,7 @@
 """Damaged model files end in one clear BlazeportError: no traceback, no crash, no hang (issue 9).
 
 A slice of ``tools/fuzz_models.py`` runs here; its seed range holds mutants that segfaulted LiteRT
-or raised inside the walker before the checks in :mod:`blazeport.tflite_check`. Each crash cause
+or raised inside the walker before the checks in :mod:`blazeport.tflite.check`. Each crash cause
 the fuzzer found is also pinned by its exact mutant, built from the bundled file.
 """
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from blazeport.errors import BlazeportError
-from blazeport.tflite_check import (
+from blazeport.tflite.check import (
     DTYPES,
     ITEMSIZE,
     DamagedModel,
@@ -35,7 +35,7 @@ from blazeport.tflite_check import (
     check_quantization,
     check_tensor,
 )
-from blazeport.tflite_sparse import densify
+from blazeport.tflite.sparse import densify
 
 __all__ = ["MEDIAPIPE_CUSTOM_OPS", "Op", "TFLiteError", "TFLiteModel", "Tensor", "custom_ops", "parse_tflite",
            "read_tflite"]
@@ -154,7 +154,7 @@ def _parse_options(index: int, op_type: str, raw_op: Any) -> dict[str, Any]:
     """Parse the builtin options the converter needs; other ops keep an empty dict.
 
     An unknown padding or activation code reads as ``None`` / ``"unknown"`` for
-    :func:`blazeport.tflite_check.check_graph` to refuse. Ops whose options TFLite may omit
+    :func:`blazeport.tflite.check.check_graph` to refuse. Ops whose options TFLite may omit
     (ADD, CONCATENATION, RESIZE_BILINEAR...) get TFLite's defaults.
     """
     import tflite
@@ -257,7 +257,7 @@ _FIX = "Re-download it; `python tools/fetch_weights.py` restores the bundled one
 def read_tflite(path: str | Path) -> TFLiteModel:
     """Parse and check ``path`` into a :class:`TFLiteModel`, folding constant DEQUANTIZE/DENSIFY ops.
 
-    Every structural problem (see :mod:`blazeport.tflite_check`) raises :class:`TFLiteError` with
+    Every structural problem (see :mod:`blazeport.tflite.check`) raises :class:`TFLiteError` with
     one message naming the file, so LiteRT never sees a file the checks refused.
     """
     path = Path(path)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.tflite_check import DamagedModel, sparse_levels
+from blazeport.tflite.check import DamagedModel, sparse_levels
 
 
 def _sparse_index_vector(dim: Any, which: str) -> np.ndarray:
@@ -34,7 +34,7 @@ def densify(values: np.ndarray, dense_shape: tuple[int, ...], sparsity: Any) -> 
     ``kernels/internal/utils/sparsity_format_converter.cc``, but vectorised: each level expands
     the list of visited positions (a DENSE level multiplies it, a CSR level follows the segment
     array), and the leaves come out in the order the values are stored. The metadata is checked
-    against the dense shape first (:func:`blazeport.tflite_check.sparse_levels`).
+    against the dense shape first (:func:`blazeport.tflite.check.sparse_levels`).
     """
     import tflite
 
