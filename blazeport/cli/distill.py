@@ -21,6 +21,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         limit=args.limit, resume=args.resume, device=args.device,
         amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom, augment=args.augment,
         sparsity=args.sparsity, workers=args.workers, cache_dir=args.cache_dir, memory_cache_mb=args.memory_cache_mb,
+        checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
     )
     summary = train(cfg)
     if not summary:  # a non-zero DDP rank
@@ -100,7 +101,15 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="test share (by the same hash of each photo's bytes; never chooses anything, measured once at "
                    "the end; default 0.1)")
     p.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from last.pt, exactly (from inside an epoch too, if last.pt was "
+                   "written there)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also write last.pt after every N-th optimizer step, inside epochs (default: at epoch ends "
+                   "only); --resume then continues from that step exactly")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help="also write last.pt inside an epoch once M minutes have passed since the last checkpoint "
+                   "(with --checkpoint-every: whichever comes first)")
     p.add_argument("--init", metavar="STUDENT.safetensors",
                    help="start from this student's weights (same --student and --teacher): fine-tune a shipped or pruned one")
     p.add_argument("--zoom", type=_zoom, default=(0.6, 1.5), metavar="MIN,MAX",

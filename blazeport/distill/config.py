@@ -56,7 +56,11 @@ class TrainConfig:
     # how photos are split (blazeport.distill.split): new runs hash each photo's bytes; a resumed run keeps the
     # rule its checkpoint records (file-name when it records none), so its photos stay in their splits
     split_rule: str = CONTENT_RULE
+    # mid-epoch checkpoints (blazeport.distill.midepoch): last.pt after every N-th step and/or M minutes after the last
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float | None = None
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
+    kill_at_step: int | None = None  # testing hook: SIGKILL this process right after a mid-epoch checkpoint at this step
 
     def __post_init__(self) -> None:
         """The Python API may pass the student as an ``nn.Module`` instance (a backbone, or a whole
@@ -103,6 +107,10 @@ class TrainConfig:
         if self.threads is not None:
             _whole("--threads", self.threads, 1)
         _whole("--workers", self.workers, 0)
+        if self.checkpoint_every is not None:
+            _whole("--checkpoint-every", self.checkpoint_every, 1, " (optimizer steps)")
+        if self.checkpoint_minutes is not None:
+            _real("--checkpoint-minutes", self.checkpoint_minutes, 0.0, math.inf, True, True)
         _real("--memory-cache-mb", self.memory_cache_mb, 0.0, math.inf, False, True)
         if self.limit is not None and any(str(s).endswith(".tar") for s in self.images):
             raise BlazeportError("--limit applies to folders of photos, not to tar shards: give fewer shards instead")

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from blazeport import files
 from blazeport.distill.dataset import AugmentConfig, load_photo, make_input_uint8, sample_rng, split_paths, to_unit
+from blazeport.distill.midepoch import loader_generator
 from blazeport.distill.split import CONTENT_RULE
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
@@ -244,11 +245,14 @@ def _init_worker(memory_share: int | None, _: int) -> None:
 def worker_loader(dataset: Dataset, batch_sampler: Any, workers: int, persistent: bool = True) -> DataLoader:
     """A DataLoader that decodes in ``workers`` processes (0: in this one), uint8 batches back.
 
-    Each worker's copy of a :class:`StreamDataset` gets ``memory_budget / workers`` of memory cache."""
+    Each worker's copy of a :class:`StreamDataset` gets ``memory_budget / workers`` of memory cache.
+    Worker seeds come from a generator of the loader's own (:func:`~blazeport.distill.midepoch.loader_generator`),
+    so making a loader draws nothing from torch's global RNG (what a mid-epoch resume relies on)."""
     share = dataset.memory_budget // workers if workers > 0 and isinstance(dataset, StreamDataset) else None
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
                       persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=functools.partial(_init_worker, share) if workers > 0 else None)
+                      worker_init_fn=functools.partial(_init_worker, share) if workers > 0 else None,
+                      generator=loader_generator(0))
 
 
 class FolderTrain:
@@ -264,10 +268,13 @@ class FolderTrain:
     def steps(self, rank: int, world: int, batch: int) -> int:
         return max(1, len(self.dataset.order(rank, world)) // batch)
 
-    def epoch(self, epoch: int, rank: int, world: int, batch: int) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+    def epoch(self, epoch: int, rank: int, world: int, batch: int,
+              start: int = 0) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+        """This epoch's batches from step ``start`` on (a mid-epoch resume: the batches before it are never read)."""
         self.dataset.set_epoch(epoch)
         order = self.dataset.order(rank, world)
-        self.sampler.set(epoch, [order[i : i + batch] for i in range(0, self.steps(rank, world, batch) * batch, batch)])
+        self.sampler.set(epoch, [order[i : i + batch]
+                                 for i in range(start * batch, self.steps(rank, world, batch) * batch, batch)])
         return iter(self.loader)
 
     def first(self, n: int, device: torch.device) -> torch.Tensor:
