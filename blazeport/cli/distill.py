@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from blazeport.cli.common import positive_int, print_json
-from blazeport.distill.augment import AUGMENT_TERMS, DEFAULT_AUGMENT
+from blazeport.distill.augment import DEFAULT_AUGMENT, augment_help
 from blazeport.distill.loss_terms import TERMS as LOSS_TERMS  # the --loss help lists them; imports no torch
 
 
@@ -115,8 +115,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--zoom", type=_zoom, default=(0.6, 1.5), metavar="MIN,MAX",
                    help="augmentation zoom range (default 0.6,1.5; below 1 shrinks faces: 0.4,1.5 practises small faces)")
     p.add_argument("--augment", default=DEFAULT_AUGMENT, metavar="NAME=P,...",
-                   help="probabilities of the failure-mode augmentations, each labelled by the teacher on the augmented "
-                   f"photo: {'; '.join(f'{k}: {v}' for k, v in AUGMENT_TERMS.items())}. 'none' turns them off "
+                   help=f"probabilities of the augmentations, NAME=P joined by commas. {augment_help()}. 'none' turns "
+                   f"them all off; zoom, shift, flip, colour and blur (always on) are labelled after the change "
                    f"(default: {DEFAULT_AUGMENT})")
     p.add_argument("--sparsity", type=float, default=0.0, metavar="SR",
                    help="network slimming: L1 on BatchNorm scale factors (about 1e-4; default 0, off), so that "

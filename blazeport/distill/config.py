@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from blazeport.distill.augment import DEFAULT_AUGMENT, AugmentConfig
+from blazeport.distill.augment import DEFAULT_AUGMENT, AugmentConfig, noisy_terms
+from blazeport.distill.changes import GEOMETRIC
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.split import CONTENT_RULE, SPLIT_RULES
 from blazeport.errors import BlazeportError
@@ -121,7 +122,11 @@ class TrainConfig:
             raise BlazeportError(f"--zoom must be MIN,MAX with 0.1 <= MIN <= MAX <= 10 (got {self.zoom!r})")
         if not isinstance(self.augment, str):
             raise BlazeportError(f"--augment must be text such as {DEFAULT_AUGMENT} (got {self.augment!r})")
-        AugmentConfig.parse(self.augment, zoom)
+        aug = AugmentConfig.parse(self.augment, zoom)
+        geometric = sorted(f"ns_{n}" for n in noisy_terms(aug) if n in GEOMETRIC)
+        if geometric and LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature).needs_features:
+            raise BlazeportError(f"--augment {','.join(geometric)} moves faces, and the teacher's feature maps cannot be "
+                                 f"carried through that change for the mgd term of --loss {self.loss}: drop one of them")
 
     def _check_models(self) -> None:
         """The teacher is a converted original; the student builds, meets its head and gives finite

@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from blazeport import files
 from blazeport.counting import count_macs, count_params
+from blazeport.distill.augment import noisy_terms
 from blazeport.distill.checkpoint import (
     checkpoint_state,
     checkpoint_to_resume,
@@ -78,6 +79,7 @@ from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.distill.midepoch import CheckpointCadence, Position
 from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
+from blazeport.distill.noisy import NoisyStudent
 from blazeport.distill.shards import ShardTrain
 from blazeport.distill.split import recorded_split_rule
 from blazeport.distill.stream import to_batch
@@ -179,6 +181,8 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(
             cfg.epochs * self.steps_per_epoch, max(1, int(cfg.warmup_epochs * self.steps_per_epoch))))
         self.amp = cfg.amp and device.type == "cuda"
+        self.noisy = NoisyStudent(self.aug, teacher.anchors, teacher.spec.anchors, teacher.spec.input_size,
+                                  teacher.spec.score_clip) if noisy_terms(self.aug) else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
     @torch.no_grad()
@@ -272,12 +276,15 @@ class Run:
             os.kill(os.getpid(), signal.SIGKILL)  # testing hook: a real SIGKILL right after this checkpoint
 
     def _step(self, x: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        """One optimizer step on the batch ``x`` (B, 3, S, S), labelled by the teacher on the very same tensor."""
+        """One optimizer step on the batch ``x`` (B, 3, S, S), labelled by the teacher on the very same tensor,
+        or, with Noisy Student terms, on the clean tensor before :mod:`blazeport.distill.noisy` changes it."""
         teacher, needs_feats, device_type = self.teacher.module, self.loss_cfg.needs_features, self.device.type
         x = mosaic_batch(x, self.aug.mosaic, mosaic_generator(self.cfg.seed, self.global_step, self.rank))
         with torch.autocast(device_type, enabled=self.amp), torch.no_grad():
             t_feats = teacher.features(x) if needs_feats else None
             t_out = teacher.head(t_feats) if needs_feats else teacher(x)
+        if self.noisy is not None:  # labelled before the change: the student sees the changed batch
+            x, t_out, _ = self.noisy.student_batch(x, t_out, self.cfg.seed, self.global_step, self.rank)
         with torch.autocast(device_type, enabled=self.amp):
             losses = self.model(x, t_out, t_feats)
         total = losses["total"]
