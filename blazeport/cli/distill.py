@@ -22,6 +22,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom, augment=args.augment,
         sparsity=args.sparsity, workers=args.workers, cache_dir=args.cache_dir, memory_cache_mb=args.memory_cache_mb,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
+        boxes=args.boxes, boxes_alpha=args.boxes_alpha,
     )
     summary = train(cfg)
     if not summary:  # a non-zero DDP rank
@@ -112,6 +113,13 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    "(with --checkpoint-every: whichever comes first)")
     p.add_argument("--init", metavar="STUDENT.safetensors",
                    help="start from this student's weights (same --student and --teacher): fine-tune a shipped or pruned one")
+    p.add_argument("--boxes", metavar="FILE",
+                   help="hand-drawn faces for some of the photos (blazeport's boxes.json, matched by file name, or COCO "
+                   "annotations; keypoints optional): a photo with an entry also learns from its boxes (an SSD loss, "
+                   "weighted --boxes-alpha; the teacher's terms 1 - alpha), a photo without one from the teacher alone")
+    p.add_argument("--boxes-alpha", type=float, default=0.5, metavar="A",
+                   help="a labelled photo's weight on its boxes against the teacher's outputs, as in Hinton's KD "
+                   "(default 0.5)")
     p.add_argument("--zoom", type=_zoom, default=(0.6, 1.5), metavar="MIN,MAX",
                    help="augmentation zoom range (default 0.6,1.5; below 1 shrinks faces: 0.4,1.5 practises small faces)")
     p.add_argument("--augment", default=DEFAULT_AUGMENT, metavar="NAME=P,...",

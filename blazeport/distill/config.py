@@ -17,6 +17,7 @@ import torch
 
 from blazeport.distill.augment import DEFAULT_AUGMENT, AugmentConfig, noisy_terms
 from blazeport.distill.changes import GEOMETRIC
+from blazeport.distill.labels import read_labels
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.split import CONTENT_RULE, SPLIT_RULES
 from blazeport.errors import BlazeportError
@@ -60,6 +61,8 @@ class TrainConfig:
     # mid-epoch checkpoints (blazeport.distill.midepoch): last.pt after every N-th step and/or M minutes after the last
     checkpoint_every: int | None = None
     checkpoint_minutes: float | None = None
+    boxes: str | None = None  # hand-drawn faces (blazeport boxes.json or COCO) beside the teacher: blazeport.distill.labels
+    boxes_alpha: float = 0.5  # a labelled sample's weight on its boxes; 1 - alpha on the teacher (Hinton's KD)
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
     kill_at_step: int | None = None  # testing hook: SIGKILL this process right after a mid-epoch checkpoint at this step
 
@@ -115,6 +118,12 @@ class TrainConfig:
         _real("--memory-cache-mb", self.memory_cache_mb, 0.0, math.inf, False, True)
         if self.limit is not None and any(str(s).endswith(".tar") for s in self.images):
             raise BlazeportError("--limit applies to folders of photos, not to tar shards: give fewer shards instead")
+        _real("--boxes-alpha", self.boxes_alpha, 0.0, 1.0, False, False)
+        if self.boxes is not None:
+            if any(str(s).endswith(".tar") for s in self.images):
+                raise BlazeportError("--boxes applies to folders of photos, not to tar shards: a shard sample that cannot "
+                                     "be read is replaced by another photo, whose boxes the stream does not know")
+            read_labels(self.boxes)  # a bad file: one message, before anything loads
         _real("--sparsity", self.sparsity, 0.0, 1.0, False, True)
         zoom = tuple(self.zoom) if isinstance(self.zoom, (list, tuple)) else ()
         if len(zoom) != 2 or not all(isinstance(z, (int, float)) and math.isfinite(z) for z in zoom) or \

@@ -9,6 +9,7 @@ WebDataset shards), their split, and the hand-drawn boxes of ``--boxes`` where a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,11 @@ import blazeport
 from blazeport.anchors import anchors_for
 from blazeport.distill.config import TrainConfig
 from blazeport.distill.dataset import AugmentConfig
+from blazeport.distill.labels import Labels, labels_for, read_labels
 from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, is_shard_spec
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset
 from blazeport.distill.validation import check_teacher
+from blazeport.preprocess import ImageReadError, read_image_sized
 from blazeport.specs import ModelSpec
 
 __all__ = ["VAL_BATCH", "Data", "Teacher"]
@@ -74,8 +77,9 @@ class Data:
         n = len(index)
 
         def part(indices: list[int], augment: bool) -> StreamDataset:  # the memory cache, shared out by split size
+            labels = photo_labels(cfg.boxes, index, indices) if augment and cfg.boxes else None
             return StreamDataset(index, indices, size, cfg.seed, augment, aug if augment else None, cfg.cache_dir,
-                                 cfg.memory_cache_mb * len(indices) / n)
+                                 cfg.memory_cache_mb * len(indices) / n, labels)
 
         return cls(FolderTrain(part(train_idx, True), cfg.workers),
                    HeldOut(part(val_idx, False), VAL_BATCH, device, cfg.workers),
@@ -83,3 +87,24 @@ class Data:
 
     def skipped(self) -> set[str]:
         return self.val_batches.skipped | self.test_batches.skipped
+
+
+def photo_labels(path: str, index: ImageIndex, indices: list[int]) -> dict[int, Labels]:
+    """``--boxes``' faces of the training photos that have an entry (matched by file name, as ``blazeport eval
+    --boxes`` matches), by photo index. A photo whose entry gives no size is read once for its own; a box
+    outside its image is one error naming the entry."""
+    table = read_labels(path)
+    out: dict[int, Labels] = {}
+    for i in indices:
+        photo = index.paths[i]
+        entry = table.get(Path(photo).name)
+        if entry is None:
+            continue
+        width, height = entry.get("width"), entry.get("height")
+        if not (width and height):
+            try:
+                width, height = read_image_sized(photo)[1]
+            except ImageReadError:
+                continue  # unreadable: skipped and counted where the sample is made
+        out[i] = labels_for(entry, int(width), int(height), f"--boxes {path}: entry {Path(photo).name!r}")
+    return out

@@ -39,15 +39,25 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from blazeport import files
-from blazeport.distill.dataset import AugmentConfig, load_photo, make_input_uint8, sample_rng, split_paths, to_unit
+from blazeport.distill.dataset import (
+    AugmentConfig,
+    load_photo,
+    make_input_matrix,
+    make_input_uint8,
+    sample_rng,
+    split_paths,
+    to_unit,
+)
+from blazeport.distill.labels import Labels, transport
 from blazeport.distill.midepoch import loader_generator
 from blazeport.distill.split import CONTENT_RULE
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
 from blazeport.preprocess import ImageReadError
 
-# A sample as a loader returns it: uint8 (S, S, 3) and the files that could not be read for it
-Sample = tuple[np.ndarray, tuple[str, ...]]
+# A sample as a loader returns it: uint8 (S, S, 3) and the files that could not be read for it; with --boxes a
+# third item, the photo's hand-drawn faces in the sample's pixels ((M, 16), blazeport.distill.labels) or None
+Sample = tuple[np.ndarray, tuple[str, ...]] | tuple[np.ndarray, tuple[str, ...], np.ndarray | None]
 
 
 class PathTable:
@@ -139,8 +149,10 @@ class StreamDataset(Dataset):
     """
 
     def __init__(self, index: ImageIndex, indices: Sequence[int], size: int, seed: int, augment: bool,
-                 aug: AugmentConfig | None = None, cache_dir: str | Path | None = None, memory_mb: float = 0.0):
+                 aug: AugmentConfig | None = None, cache_dir: str | Path | None = None, memory_mb: float = 0.0,
+                 labels: dict[int, Labels] | None = None):
         self.paths, self.size, self.seed, self.augment = index.paths, size, seed, augment
+        self.labels = labels  # --boxes: photo index -> its hand-drawn faces (None: no --boxes)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.aug = aug or AugmentConfig()
         self.input_size = size
@@ -180,12 +192,17 @@ class StreamDataset(Dataset):
         rng = sample_rng(self.seed, epoch, idx) if self.augment else None
         skipped: list[str] = []
         for k in range(len(self.indices)):  # an unreadable photo: the next readable one of the split stands in
+            used = int(self.indices[(i + k) % len(self.indices)])
             try:
-                img = self.photo(int(self.indices[(i + k) % len(self.indices)]))
+                img = self.photo(used)
             except ImageReadError as exc:
                 skipped.append(str(exc))
                 continue
-            return make_input_uint8(img, self.size, rng, self.aug), tuple(skipped)
+            if self.labels is None:
+                return make_input_uint8(img, self.size, rng, self.aug), tuple(skipped)
+            out, matrix = make_input_matrix(img, self.size, rng, self.aug)
+            faces = self.labels.get(used)  # the boxes of the photo actually used (a stand-in's own)
+            return out, tuple(skipped), (transport(faces, img.shape[1], img.shape[0], matrix) if faces is not None else None)
         raise BlazeportError(f"none of the {len(self.indices)} photos of this split is readable (first: {skipped[0]})")
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
@@ -207,9 +224,13 @@ class StreamDataset(Dataset):
         return []
 
 
-def collate(samples: list[Sample]) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """uint8 samples -> one ``(B, S, S, 3)`` uint8 tensor (what crosses from a worker), and the skipped files."""
-    return torch.from_numpy(np.stack([s for s, _ in samples])), tuple(f for _, sk in samples for f in sk)
+def collate(samples: list[Sample]) -> tuple[Any, ...]:
+    """uint8 samples -> one ``(B, S, S, 3)`` uint8 tensor (what crosses from a worker), and the skipped files;
+    with ``--boxes`` also each sample's hand-drawn faces (a tuple of ``(M, 16)`` arrays or None)."""
+    batch = torch.from_numpy(np.stack([s[0] for s in samples])), tuple(f for s in samples for f in s[1])
+    if samples and len(samples[0]) > 2:
+        return (*batch, tuple(s[2] for s in samples))  # type: ignore[misc]
+    return batch
 
 
 def to_batch(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

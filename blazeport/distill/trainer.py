@@ -73,12 +73,13 @@ from blazeport.distill.checkpoint import (
 from blazeport.distill.config import TrainConfig, init_weights
 from blazeport.distill.dataset import AugmentConfig
 from blazeport.distill.inputs import Data, Teacher
+from blazeport.distill.labels import batch_labels
 from blazeport.distill.lock import run_folder_lock
 from blazeport.distill.logs import RunLogs, json_bytes
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.distill.midepoch import CheckpointCadence, Position
-from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
+from blazeport.distill.mosaic import mosaic_generator, mosaic_with_plan
 from blazeport.distill.noisy import NoisyStudent
 from blazeport.distill.shards import ShardTrain
 from blazeport.distill.split import recorded_split_rule
@@ -104,12 +105,12 @@ class _Joint(nn.Module):
         super().__init__()
         self.student, self.loss, self.memory_format = student, loss, memory_format
 
-    def forward(self, x: torch.Tensor, t_out: tuple[torch.Tensor, torch.Tensor],
-                t_feats: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, t_out: tuple[torch.Tensor, torch.Tensor], t_feats: list[torch.Tensor] | None,
+                labels: list[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
         x = x.contiguous(memory_format=self.memory_format)  # the batch arrives as an NCHW view of NHWC samples
         feats = self.student.features(x) if t_feats is not None else None
         out = self.student.head(feats) if feats is not None else self.student(x)
-        return self.loss(out, t_out, feats, t_feats)
+        return self.loss(out, t_out, feats, t_feats, labels)
 
 
 def _no_strided_pointwise(module: nn.Module) -> bool:
@@ -166,7 +167,8 @@ class Run:
             init_weights(student, cfg.init, teacher.spec)
         self.loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
         t_channels = getattr(teacher.module, "feature_channels", None) if self.loss_cfg.needs_features else None
-        loss_fn = DistillLoss(self.loss_cfg, teacher.anchors, teacher.spec, student.feature_channels, t_channels)
+        loss_fn = DistillLoss(self.loss_cfg, teacher.anchors, teacher.spec, student.feature_channels, t_channels,
+                              labels_alpha=cfg.boxes_alpha if cfg.boxes else None)
         # Channels-last is oneDNN's fast layout (mobilenet at 192 px, batch 32, 1 thread: a step 1.36 s NCHW, 0.88 s
         # NHWC). But on CPU, torch 2.13's oneDNN backward of a channels-last 1x1 stride-2 conv with few channels
         # (resnet_slim's 12 -> 16 shortcut) corrupts the heap and aborts the process on AVX-512 hosts, so a student
@@ -249,9 +251,9 @@ class Run:
                    unit="batch", disable=not (self.cfg.progress and self.main), dynamic_ncols=True)
         t_session, steps = time.perf_counter(), start
         t_epoch = t_session - (pos.seconds if pos is not None else 0.0)
-        for batch, skipped in bar:
+        for batch, skipped, *labels in bar:  # with --boxes a third item: each sample's hand-drawn faces
             self.skipped.update(skipped)
-            losses = self._step(to_batch(batch, self.device), epoch)
+            losses = self._step(to_batch(batch, self.device), epoch, labels[0] if labels else None)
             steps += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
@@ -275,18 +277,22 @@ class Run:
         if self.cfg.kill_at_step is not None and self.global_step == self.cfg.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)  # testing hook: a real SIGKILL right after this checkpoint
 
-    def _step(self, x: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    def _step(self, x: torch.Tensor, epoch: int, faces: tuple[np.ndarray | None, ...] | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step on the batch ``x`` (B, 3, S, S), labelled by the teacher on the very same tensor,
-        or, with Noisy Student terms, on the clean tensor before :mod:`blazeport.distill.noisy` changes it."""
+        or, with Noisy Student terms, on the clean tensor before :mod:`blazeport.distill.noisy` changes it;
+        ``faces``: each sample's hand-drawn faces (``--boxes``, :mod:`blazeport.distill.labels`)."""
         teacher, needs_feats, device_type = self.teacher.module, self.loss_cfg.needs_features, self.device.type
-        x = mosaic_batch(x, self.aug.mosaic, mosaic_generator(self.cfg.seed, self.global_step, self.rank))
+        x, plan = mosaic_with_plan(x, self.aug.mosaic, mosaic_generator(self.cfg.seed, self.global_step, self.rank))
+        labels = batch_labels(faces, plan, x.shape[-1], x.device) if faces is not None else None
         with torch.autocast(device_type, enabled=self.amp), torch.no_grad():
             t_feats = teacher.features(x) if needs_feats else None
             t_out = teacher.head(t_feats) if needs_feats else teacher(x)
         if self.noisy is not None:  # labelled before the change: the student sees the changed batch
-            x, t_out, _ = self.noisy.student_batch(x, t_out, self.cfg.seed, self.global_step, self.rank)
+            x, t_out, changes = self.noisy.student_batch(x, t_out, self.cfg.seed, self.global_step, self.rank)
+            if labels is not None:
+                labels = [c.carry_boxes(f, x.shape[-1]) if f is not None else None for c, f in zip(changes, labels, strict=True)]
         with torch.autocast(device_type, enabled=self.amp):
-            losses = self.model(x, t_out, t_feats)
+            losses = self.model(x, t_out, t_feats, labels)
         total = losses["total"]
         if self.cfg.fail_at_step is not None and self.global_step == self.cfg.fail_at_step:
             total = total * float("nan")
