@@ -42,6 +42,7 @@ import torch
 
 from blazeport.boxes import _clean_box, validate_boxes
 from blazeport.distill.changes import MIRROR_KEYPOINTS
+from blazeport.distill.mosaic import tile_boxes
 from blazeport.errors import BlazeportError
 
 __all__ = ["Labels", "batch_labels", "read_labels", "transport"]
@@ -173,7 +174,5 @@ def batch_labels(faces: tuple[np.ndarray | None, ...], plan: dict[int, list[int]
     """The batch's per-sample faces as tensors on ``device``, after ``mosaic`` (``plan``: slot -> its four
     tiles, :func:`~blazeport.distill.mosaic.mosaic_with_plan`): a mosaic slot gets its tiles' faces at half
     size when every tile is labelled, else None."""
-    from blazeport.distill.mosaic import tile_boxes
-
     per = [torch.from_numpy(f).to(device) if f is not None else None for f in faces]
     return [tile_boxes(per, plan[i], size) if i in plan else per[i] for i in range(len(per))]

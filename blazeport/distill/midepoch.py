@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ import torch
 
 from blazeport.errors import BlazeportError
 
-__all__ = ["CheckpointCadence", "Position", "loader_generator", "round_robin_order"]
+__all__ = ["CheckpointCadence", "Position", "in_order", "loader_generator", "round_robin_order"]
 
 
 @dataclass
@@ -149,3 +150,22 @@ def round_robin_order(quota: list[int]) -> list[int]:
                 order.append(w)
                 left[w] -= 1
     return order
+
+
+def in_order(loader: Iterable[tuple[Any, int]], order: list[int], workers: int) -> Iterator[Any]:
+    """The workers' samples in ``order`` (worker ids, :func:`~blazeport.distill.midepoch.round_robin_order`).
+
+    The loader's own order is that round robin too, but it starts at worker 0 whenever it is created: after
+    a mid-epoch resume the stream must go on where the uninterrupted one was (worker 2, say), so each
+    worker's samples wait here (at most one round) until their turn. A worker that ends early (no readable
+    photo in its shards) ends the epoch where its turn comes."""
+    queues: list[deque[Any]] = [deque() for _ in range(workers)]
+    it = iter(loader)
+    for w in order:
+        while not queues[w]:
+            try:
+                sample, made_by = next(it)
+            except StopIteration:
+                return
+            queues[made_by].append(sample)
+        yield queues[w].popleft()

@@ -31,7 +31,7 @@ who reads what, so that a run stays reproducible:
   unreadable sample's stand-in is the previous readable photo, so the photos must be decoded to
   know which one that is) but not augmenting it, and yields from there. Which worker's sample comes
   n-th is fixed here, not left to the DataLoader (:func:`~blazeport.distill.midepoch.round_robin_order`,
-  :func:`_in_order`), so the resumed stream goes on in the uninterrupted one's order.
+  :func:`~blazeport.distill.midepoch.in_order`), so the resumed stream goes on in the uninterrupted one's order.
 - **Held-out samples**: rank 0 copies the validation and test samples' encoded bytes once, at
   start, into a temporary spool file (a few percent of the pool on disk, never in memory) and
   decodes them from there each epoch.
@@ -47,7 +47,6 @@ import io
 import os
 import tarfile
 import tempfile
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, name_hash, sample_rng
-from blazeport.distill.midepoch import loader_generator, round_robin_order
+from blazeport.distill.midepoch import in_order, loader_generator, round_robin_order
 from blazeport.distill.split import CONTENT_RULE, HashCache, hex_place, split_places
 from blazeport.distill.stream import Sample, _init_worker, collate, to_batch
 from blazeport.errors import BlazeportError
@@ -290,25 +289,6 @@ def _one(sample: tuple[Sample, int]) -> tuple[Sample, int]:
     return sample
 
 
-def _in_order(loader: DataLoader, order: list[int], workers: int) -> Iterator[Sample]:
-    """The workers' samples in ``order`` (worker ids, :func:`~blazeport.distill.midepoch.round_robin_order`).
-
-    The loader's own order is that round robin too, but it starts at worker 0 whenever it is created: after
-    a mid-epoch resume the stream must go on where the uninterrupted one was (worker 2, say), so each
-    worker's samples wait here (at most one round) until their turn. A worker that ends early (no readable
-    photo in its shards) ends the epoch where its turn comes."""
-    queues: list[deque[Sample]] = [deque() for _ in range(workers)]
-    it = iter(loader)
-    for w in order:
-        while not queues[w]:
-            try:
-                sample, made_by = next(it)
-            except StopIteration:
-                return
-            queues[made_by].append(sample)
-        yield queues[w].popleft()
-
-
 def _some(sample: Sample | None, worker: int) -> Iterator[tuple[Sample, int]]:
     """A sample with the worker that made it (``ShardTrain`` puts the workers' samples in a fixed order)."""
     if sample is not None:
@@ -351,7 +331,7 @@ class ShardTrain:
                                   [order[: start * batch].count(w) for w in range(max(1, workers))])
         # a fresh loader per epoch: its workers fork with this epoch's configuration
         group: list[Sample] = []
-        for s in _in_order(shard_loader(self.stream, workers), order[start * batch:], max(1, workers)):
+        for s in in_order(shard_loader(self.stream, workers), order[start * batch:], max(1, workers)):
             group.append(s)
             if len(group) == batch:
                 yield collate(group)
