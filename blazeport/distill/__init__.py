@@ -10,6 +10,10 @@ The package, one job per module:
 - :mod:`~blazeport.distill.stream`: photos streamed from an index of paths, decoded in DataLoader
   workers, with bounded memory and optional disk caches; :mod:`~blazeport.distill.shards`: the
   same from WebDataset tar shards, each DDP rank reading its own.
+- :mod:`~blazeport.distill.changes`: what a camera does to a photo, with explicit parameters;
+  :mod:`~blazeport.distill.noisy`: Noisy Student (``--augment ns_*``), the student's input changed and
+  the teacher's clean-photo outputs carried through the change; :mod:`~blazeport.distill.labels`:
+  hand-drawn boxes (``--boxes``) beside the teacher.
 - :mod:`~blazeport.distill.loss_terms`: the table of ``--loss`` terms and :class:`LossConfig`
   (no torch: the CLI's help reads it); :mod:`~blazeport.distill.losses` implements each term.
 - :mod:`~blazeport.distill.checkpoint`: ``last.pt`` / ``best.pt``: written atomically, read only
