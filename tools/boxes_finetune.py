@@ -12,7 +12,8 @@ unlabeled photos of ``--unlabeled``. Two runs of ``blazeport distill`` start fro
 (``--init``) with the same seed, schedule and photos: one with the teacher alone, one with ``--boxes``.
 Then ``blazeport eval --boxes``'s measure (:func:`blazeport.evaluate.evaluate_on_boxes`, COCO AP at each
 model's own threshold) on the ``testing`` photos, for the teacher, the shipped student and both
-fine-tuned ones. Writes ``OUT/boxes_finetune.json`` and ``OUT/boxes_finetune.md`` (write_atomic).
+fine-tuned ones. Writes ``OUT/boxes_finetune.json`` and ``OUT/boxes_finetune.md``; ``--out`` must be a new
+or empty folder (the tool fills it: photos, runs, report), and every file goes through write_atomic.
 
 This is a short run on a handful of photos: a check that the boxes move the student in the right
 direction, not a recipe's figure.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,23 +40,19 @@ def prepare(boxed: Path, unlabeled: Path, out: Path, copies: int) -> dict[str, A
     """OUT/images (training photos x copies + unlabeled), OUT/train_boxes.json, OUT/test_images, OUT/test_boxes.json."""
     table = json.loads((boxed / "boxes.json").read_text())
     images, tests = out / "images", out / "test_images"
-    for folder in (images, tests):
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
     train_boxes, test_boxes = {}, {}
     for name, entry in table.items():
         src = boxed / "images" / name
         if entry.get("split") == "testing":
-            shutil.copy(src, tests / name)
+            files.write_atomic(tests / name, src.read_bytes())
             test_boxes[name] = entry
             continue
         for k in range(copies):
             copy = f"{Path(name).stem}_c{k}{Path(name).suffix}"
-            shutil.copy(src, images / copy)
+            files.write_atomic(images / copy, src.read_bytes())
             train_boxes[copy] = entry
     for p in list_images([unlabeled]):
-        shutil.copy(p, images / f"u_{p.name}")
+        files.write_atomic(images / f"u_{p.name}", p.read_bytes())
     files.write_atomic(out / "train_boxes.json", json.dumps(train_boxes).encode())
     files.write_atomic(out / "test_boxes.json", json.dumps(test_boxes).encode())
     return {"train_photos": len(train_boxes) // copies, "train_faces": sum(len(e["boxes_xywh"]) for e in train_boxes.values())
@@ -76,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from blazeport.distill.trainer import TrainConfig, train
 
+    if args.out.exists() and any(args.out.iterdir()):
+        ap.error(f"--out {args.out} is not empty: this tool fills a folder of its own (photos, runs, report)")
     facts = prepare(args.boxed, args.unlabeled, args.out, args.copies)
     shipped = ROOT / "weights" / "short_range_resnet.safetensors"
     base = dict(teacher="short_range", student="resnet", images=[str(args.out / "images")], epochs=args.epochs,
@@ -84,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"teacher only": args.out / "teacher_only", "with --boxes": args.out / "with_boxes"}
     summaries = {}
     for label, folder in runs.items():
-        if folder.exists():
-            shutil.rmtree(folder)
         extra = {"boxes": str(args.out / "train_boxes.json"), "boxes_alpha": args.alpha} if "boxes" in label else {}
         summaries[label] = train(TrainConfig(out=str(folder), **base, **extra))
     models = {"short_range (teacher)": "short_range", "short_range_resnet (shipped)": str(shipped),

@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="another strength for a change, e.g. motion.length=4 (input pixels), dark.gain=0.5")
     ap.add_argument("--trust-code", action="store_true", help="for a student whose backbone is your own module")
     ap.add_argument("--out", type=Path, required=True, help="folder for changed_photos.json and changed_photos.md")
+    ap.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     args = ap.parse_args(argv)
     params: dict[str, dict[str, float]] = {}
     for item in args.param:
@@ -190,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--param {item}: expected NAME.KEY=VALUE with one of "
                      f"{', '.join(f'{n}.{k}' for n, d in CHANGES.items() for k in d)}")
         params.setdefault(name, {})[field] = float(value)
+    held = [f for f in ("changed_photos.json", "changed_photos.md") if (args.out / f).exists()]
+    if held and not args.overwrite:
+        ap.error(f"{args.out / held[0]} exists; pass --overwrite to replace it")
     report = measure(args.images, args.teacher, args.students, args.changes, args.seed, args.trust_code, params)
     table = markdown(report)
     files.write_atomic(args.out / "changed_photos.json", json.dumps(report, indent=2).encode())
