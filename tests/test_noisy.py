@@ -181,3 +181,21 @@ def test_a_noisy_student_run_stopped_inside_an_epoch_resumes_with_the_same_chang
     for ra, rb in zip(a, b, strict=True):
         for key in ("train_total", "val_AP50", "val_mae_scores"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
+
+
+def test_the_help_and_the_docs_say_for_every_term_whether_it_is_labelled_before_or_after(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from blazeport.cli import main as cli_main
+    from blazeport.distill.augment import AUGMENT_TERMS, NOISY_TERMS
+
+    with pytest.raises(SystemExit):
+        cli_main(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    after, before = text.index("Labelled AFTER"), text.index("Labelled BEFORE")
+    assert all(after < text.index(f"{k}:") < before for k in AUGMENT_TERMS)
+    assert all(text.index(f"{k}:") > before for k in NOISY_TERMS)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "commands" / "distill.md").read_text()
+    for k in AUGMENT_TERMS:
+        assert f"| `{k}` | after |" in doc, k
+    for k in NOISY_TERMS:
+        assert f"| `{k}` | **before** |" in doc, k
