@@ -288,3 +288,44 @@ def test_torchrun_ddp_on_two_cpu_processes(tiny_images: Path, tmp_path: Path) ->
     assert summary["world_size"] == 2
     assert summary["images_seen_this_session"] > 0
     assert (out / "student.safetensors").exists()
+
+
+_KILLED_RUN = """
+import sys
+from blazeport.distill.trainer import TrainConfig, train
+train(TrainConfig(images=[sys.argv[1]], out=sys.argv[2], student="resnet_slim", epochs=2, batch_size=4, lr=2e-3,
+                  val_fraction=0.25, progress=False, threads=1, seed=1, checkpoint_every=1,
+                  resume=sys.argv[3] == "resume", kill_at_step=int(sys.argv[4]) if len(sys.argv) > 4 else None))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_mid_epoch_checkpoint_then_resume_ends_like_an_uninterrupted_run(tiny_images: Path,
+                                                                                          tmp_path: Path) -> None:
+    """--checkpoint-every: a run killed (a real SIGKILL, right after the checkpoint of step 1 of epoch 2) and resumed
+    from inside that epoch ends with the metrics of a run that was never interrupted nor checkpointed inside epochs."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_cfg(tiny_images, full, batch_size=4))  # no mid-epoch checkpoints at all
+    steps = torch.load(full / "last.pt", weights_only=True)["scheduler"]["last_epoch"] // 2
+    assert steps >= 3  # the kill lands inside epoch 2, not at its end
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _KILLED_RUN, str(tiny_images), str(cut), *args], env=_env(),
+                              capture_output=True, text=True, timeout=300)
+
+    killed = run("new", str(steps + 1))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    ckpt = torch.load(cut / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["position"]["step"], len(ckpt["history"])) == (1, 1, 1)  # epoch 2 (0-based 1), step 1
+    assert ckpt["version"] == 3 and not (cut / "summary.json").exists()
+    resumed = run("resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed {cut} at epoch 2, step 1 of {steps}" in resumed.stderr
+
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_total", "train_kl", "val_AP50", "val_mae_scores", "val_mae_regressors"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
+    assert torch.load(cut / "last.pt", weights_only=True)["position"] is None  # the run ended on an epoch-end checkpoint

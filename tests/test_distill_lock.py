@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import blazeport
-from blazeport.distill import trainer
+from blazeport.distill import inputs, trainer
 from blazeport.distill.lock import LOCK_NAME, RunLock, run_folder_lock
 from blazeport.distill.trainer import NonFiniteLoss, train
 from blazeport.errors import BlazeportError
@@ -76,7 +76,7 @@ def nothing_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(trainer, "checkpoint_to_resume", fail("checkpoint read"))
     monkeypatch.setattr(blazeport, "load", fail("teacher loaded"))
-    monkeypatch.setattr(trainer, "ImageIndex", fail("images listed"))
+    monkeypatch.setattr(inputs, "ImageIndex", fail("images listed"))  # Data.load lists them (distill/inputs.py)
     monkeypatch.setattr(trainer, "build_student", fail("student built for training"))
 
 

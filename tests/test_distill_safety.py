@@ -275,6 +275,11 @@ def test_checkpoint_that_does_not_fit_the_loss_is_refused(real_run: dict[str, An
     ("loss", "kl=-1", "the weight must be a finite number"),
     ("loss", "kl=0", "no loss term with a weight above 0"),
     ("device", "gpu9", "is not a device"),
+    ("checkpoint_every", 0, "--checkpoint-every must be a whole number of at least 1"),
+    ("checkpoint_minutes", -1.0, "--checkpoint-minutes must be"),
+    ("boxes_alpha", 1.5, "--boxes-alpha must be"),
+    ("boxes", "/nonexistent/boxes.json", "--boxes /nonexistent/boxes.json: cannot read the file"),
+    ("augment", "ns_turn=2", "--augment ns_turn='2': a probability"),
 ])
 def test_bad_argument_is_one_line_before_anything_runs(field: str, value: Any, message: str, photos: Path,
                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

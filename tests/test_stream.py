@@ -204,6 +204,33 @@ def test_shard_run_resumed_at_an_epoch_boundary_ends_like_an_uninterrupted_one(s
     assert full["images"]["train"] + full["images"]["val"] + full["images"]["test"] == 17
 
 
+@pytest.mark.slow
+def test_shard_run_resumed_inside_an_epoch_ends_like_an_uninterrupted_one(shards: Path, tmp_path: Path) -> None:
+    """--checkpoint-every on shards read by 2 workers: a run stopped inside epoch 2 (a NaN injected one step after a
+    mid-epoch checkpoint; the checkpoint is kept) and resumed from it ends with the uninterrupted run's metrics."""
+    from blazeport.distill.trainer import NonFiniteLoss
+
+    base = dict(images=[str(shards / "{000..003}.tar")], student="resnet_slim", batch_size=2, lr=2e-3,
+                val_fraction=0.25, progress=False, threads=1, seed=1, workers=2, epochs=2)
+    train(TrainConfig(out=str(tmp_path / "full"), **base))
+    steps = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["scheduler"]["last_epoch"] // 2
+    assert steps >= 3
+    with pytest.raises(NonFiniteLoss):
+        train(TrainConfig(out=str(tmp_path / "cut"), checkpoint_every=1, fail_at_step=steps + 2, **base))
+    position = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["position"]
+    assert (position["epoch"], position["step"], position["workers"]) == (1, 2, 2)
+    shutil.copytree(tmp_path / "cut", tmp_path / "other")
+    with pytest.raises(BlazeportError, match=r"middle of epoch 2 .*--workers 2 then, 1 now"):
+        train(TrainConfig(out=str(tmp_path / "other"), resume=True, **{**base, "workers": 1}))
+    train(TrainConfig(out=str(tmp_path / "cut"), resume=True, **base))
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_total", "val_AP50", "val_mae_scores", "val_mae_regressors"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from blazeport.cli.common import positive_int, print_json
-from blazeport.distill.augment import AUGMENT_TERMS, DEFAULT_AUGMENT
+from blazeport.distill.augment import DEFAULT_AUGMENT, augment_help
 from blazeport.distill.loss_terms import TERMS as LOSS_TERMS  # the --loss help lists them; imports no torch
 
 
@@ -21,6 +21,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         limit=args.limit, resume=args.resume, device=args.device,
         amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom, augment=args.augment,
         sparsity=args.sparsity, workers=args.workers, cache_dir=args.cache_dir, memory_cache_mb=args.memory_cache_mb,
+        checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
+        boxes=args.boxes, boxes_alpha=args.boxes_alpha,
     )
     summary = train(cfg)
     if not summary:  # a non-zero DDP rank
@@ -100,14 +102,29 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="test share (by the same hash of each photo's bytes; never chooses anything, measured once at "
                    "the end; default 0.1)")
     p.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from last.pt, exactly (from inside an epoch too, if last.pt was "
+                   "written there)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also write last.pt after every N-th optimizer step, inside epochs (default: at epoch ends "
+                   "only); --resume then continues from that step exactly")
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                   help="also write last.pt inside an epoch once M minutes have passed since the last checkpoint "
+                   "(with --checkpoint-every: whichever comes first)")
     p.add_argument("--init", metavar="STUDENT.safetensors",
                    help="start from this student's weights (same --student and --teacher): fine-tune a shipped or pruned one")
+    p.add_argument("--boxes", metavar="FILE",
+                   help="hand-drawn faces for some of the photos (blazeport's boxes.json, matched by file name, or COCO "
+                   "annotations; keypoints optional): a photo with an entry also learns from its boxes (an SSD loss, "
+                   "weighted --boxes-alpha; the teacher's terms 1 - alpha), a photo without one from the teacher alone")
+    p.add_argument("--boxes-alpha", type=float, default=0.5, metavar="A",
+                   help="a labelled photo's weight on its boxes against the teacher's outputs, as in Hinton's KD "
+                   "(default 0.5)")
     p.add_argument("--zoom", type=_zoom, default=(0.6, 1.5), metavar="MIN,MAX",
                    help="augmentation zoom range (default 0.6,1.5; below 1 shrinks faces: 0.4,1.5 practises small faces)")
     p.add_argument("--augment", default=DEFAULT_AUGMENT, metavar="NAME=P,...",
-                   help="probabilities of the failure-mode augmentations, each labelled by the teacher on the augmented "
-                   f"photo: {'; '.join(f'{k}: {v}' for k, v in AUGMENT_TERMS.items())}. 'none' turns them off "
+                   help=f"probabilities of the augmentations, NAME=P joined by commas. {augment_help()}. 'none' turns "
+                   f"them all off; zoom, shift, flip, colour and blur (always on) are labelled after the change "
                    f"(default: {DEFAULT_AUGMENT})")
     p.add_argument("--sparsity", type=float, default=0.0, metavar="SR",
                    help="network slimming: L1 on BatchNorm scale factors (about 1e-4; default 0, off), so that "

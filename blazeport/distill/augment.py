@@ -4,9 +4,16 @@ occlusion) on the uint8 result.
 
 Numpy and OpenCV only: the CLI's ``--help`` reads :data:`AUGMENT_TERMS` without importing torch.
 ``mosaic`` works on whole batches and lives in :mod:`blazeport.distill.mosaic`.
-The teacher labels the augmented tensor itself, so none of these can put a label where the teacher
-would not; a term with probability 0 draws nothing from the sample's generator, so a run with
-``--augment none`` sees the samples that runs made before these terms existed.
+These are **labelled after the change**: the teacher labels the augmented tensor itself, so none of
+them can put a label where the teacher would not (nor teach the student anything the teacher does not
+already see on the changed photo); a term with probability 0 draws nothing from the sample's
+generator, so a run with ``--augment none`` sees the samples that runs made before these terms existed.
+
+The ``ns_*`` terms (:data:`NOISY_TERMS`) are **labelled before the change** (Noisy Student, Xie et al.,
+CVPR 2020): the teacher labels the clean sample and the student learns from a changed copy under those
+labels, carried through the change where it moves faces. They are applied to the batch, after the
+teacher has seen it, by :mod:`blazeport.distill.noisy`, with draws of their own (seeded by the step),
+so they draw nothing from a sample's generator either.
 """
 
 from __future__ import annotations
@@ -26,6 +33,21 @@ AUGMENT_TERMS: dict[str, str] = {
     "occlude": "one or two flat rectangles of 10-35 percent of the side (hands, masks, microphones)",
     "mosaic": "a 2x2 mosaic of four samples of the batch at half size (small faces, crowds)",
 }
+# Labelled BEFORE the change (Noisy Student): blazeport.distill.changes has the parameters, blazeport.distill.noisy
+# applies them to the student's input and carries the teacher's clean-photo outputs through the geometric ones.
+NOISY_TERMS: dict[str, str] = {
+    "ns_dark": "low light: gain 0.2-0.6, gamma 1.5-2.5, read noise (labels kept)",
+    "ns_noise": "sensor noise, sigma 4-16 of 255 (labels kept)",
+    "ns_motion": "motion blur along a line of 5-13 input pixels at any angle (labels kept)",
+    "ns_focus": "focus blur, a disk of radius 1-3 input pixels (labels kept)",
+    "ns_jpeg": "JPEG at quality 10-40 (labels kept)",
+    "ns_cast": "colour cast: red and blue gains 0.7-1.3, green 0.85-1.15 (labels kept)",
+    "ns_flip": "horizontal flip (labels mirrored; keypoints swap to the subject's order: eyes 0<->1, ears 4<->5)",
+    "ns_turn": "a quarter turn either way, of the square letterboxed input (labels turned, exact)",
+    "ns_half": "a half turn, upside down (labels turned, exact)",
+    "ns_crop": "zoom 1.15-1.6x into a window anywhere in the picture (labels moved and scaled)",
+    "ns_tilt": "a small perspective change, each corner moved by up to 8 percent of the side (labels mapped)",
+}
 DEFAULT_AUGMENT = "closeup=0.2,grey=0.1,dark=0.15,occlude=0.2,mosaic=0.3"
 
 
@@ -43,25 +65,42 @@ class AugmentConfig:
     dark: float = 0.0
     occlude: float = 0.0
     mosaic: float = 0.0  # applied to the batch, by blazeport.distill.mosaic (the others: to each sample, here)
+    noisy: tuple[tuple[str, float], ...] = ()  # NOISY_TERMS above 0, (name, p) in table order: blazeport.distill.noisy
 
     @classmethod
     def parse(cls, text: str, zoom: tuple[float, float] = (0.6, 1.5)) -> AugmentConfig:
         """``--augment``: ``closeup=0.2,grey=0.1,...`` (probabilities of :data:`AUGMENT_TERMS`), or ``none``."""
         probs: dict[str, float] = {}
+        noisy: dict[str, float] = {}
         for item in [] if text.strip() in ("", "none") else text.split(","):
             name, _, value = item.partition("=")
             name = name.strip()
-            if name not in AUGMENT_TERMS:
+            if name not in AUGMENT_TERMS and name not in NOISY_TERMS:
                 raise BlazeportError(f"--augment: unknown term {name!r}; use NAME=P with NAME one of "
-                                     f"{', '.join(AUGMENT_TERMS)}, or none")
+                                     f"{', '.join([*AUGMENT_TERMS, *NOISY_TERMS])}, or none")
             try:
                 p = float(value)
             except ValueError:
                 p = math.nan
             if not 0.0 <= p <= 1.0:
                 raise BlazeportError(f"--augment {name}={value!r}: a probability in [0, 1] is needed")
-            probs[name] = p
-        return cls(zoom=(float(zoom[0]), float(zoom[1])), **probs)
+            (noisy if name in NOISY_TERMS else probs)[name] = p
+        ordered = tuple((k[3:], noisy[k]) for k in NOISY_TERMS if noisy.get(k, 0.0) > 0)
+        return cls(zoom=(float(zoom[0]), float(zoom[1])), noisy=ordered, **probs)
+
+
+def noisy_terms(aug: AugmentConfig) -> dict[str, float]:
+    """The Noisy Student changes above probability 0, by change name (``dark``, ``turn``...), in table order."""
+    return dict(aug.noisy)
+
+
+def augment_help() -> str:
+    """``--augment``'s help: every term, and whether the teacher labels the photo before or after the change."""
+    after = "; ".join(f"{k}: {v}" for k, v in AUGMENT_TERMS.items())
+    before = "; ".join(f"{k}: {v}" for k, v in NOISY_TERMS.items())
+    return (f"Labelled AFTER the change (the teacher labels the changed photo; the student can only inherit its "
+            f"failures there): {after}. Labelled BEFORE the change (Noisy Student: the teacher labels the clean "
+            f"photo, the student learns from the changed one under those labels): {before}")
 
 
 def random_affine(rng: np.random.Generator, aug: AugmentConfig, size: int) -> np.ndarray:

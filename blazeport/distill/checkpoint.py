@@ -1,11 +1,12 @@
 """The distillation checkpoint: what ``last.pt`` / ``best.pt`` hold, how they are written, read and refused.
 
 A checkpoint holds the student + loss-module weights (``model``), optimizer, scheduler, AMP
-scaler and RNG states, the epoch just finished, the per-epoch history, the best held-out AP50
-and the run's :class:`~blazeport.distill.config.TrainConfig` (:func:`checkpoint_state` builds it,
-:func:`restore` puts it back). :func:`save_checkpoint` serializes it in memory and writes it with
-:func:`blazeport.files.write_atomic` (temp file + rename), so a kill mid-write leaves the previous
-file whole.
+scaler and RNG states, the epoch just finished (or, for a checkpoint written inside an epoch, the
+epoch in progress and a ``position`` in it: :mod:`blazeport.distill.midepoch`), the per-epoch
+history, the best held-out AP50 and the run's :class:`~blazeport.distill.config.TrainConfig`
+(:func:`checkpoint_state` builds it, :func:`restore` puts it back). :func:`save_checkpoint`
+serializes it in memory and writes it with :func:`blazeport.files.write_atomic` (temp file +
+rename), so a kill mid-write leaves the previous file whole.
 
 **Format: ``torch.save``, read only with ``torch.load(weights_only=True)``.** A checkpoint is a
 file a user hands us (``--resume`` reads whatever ``last.pt`` is in ``--out``), and a full
@@ -44,11 +45,13 @@ from torch import nn
 
 from blazeport import files
 from blazeport.distill.config import TrainConfig
+from blazeport.distill.midepoch import Position
 from blazeport.errors import BlazeportError
 from blazeport.specs import get_spec
 
 CHECKPOINT_MARK = "blazeport distill checkpoint"  # the "format" key of every checkpoint we write
-CHECKPOINT_VERSION = 2  # 1: RNG states as tuples / numpy arrays, readable only by a full unpickle
+CHECKPOINT_VERSION = 3  # 3 adds "position" (mid-epoch checkpoints); 2 is read as an epoch-end one
+READABLE_VERSIONS = (2, 3)  # 1: RNG states as tuples / numpy arrays, readable only by a full unpickle
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "history", "best", "config")
 
 
@@ -74,11 +77,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_state(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
-                     history: list[dict[str, Any]], best: float, cfg: TrainConfig) -> dict[str, Any]:
-    """Everything a checkpoint holds (but its format mark), at the end of ``epoch`` (0-based)."""
+                     history: list[dict[str, Any]], best: float, cfg: TrainConfig,
+                     position: Position | None = None) -> dict[str, Any]:
+    """Everything a checkpoint holds (but its format mark), at the end of ``epoch`` (0-based), or, with
+    ``position``, inside it (``epoch`` is then the epoch in progress)."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history, "best": best,
-            "config": asdict(cfg)}
+            "config": asdict(cfg), "position": position.to_dict() if position is not None else None}
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -164,9 +169,9 @@ def read_checkpoint(path: Path, cfg: TrainConfig, map_location: str | torch.devi
             f"{path} is not a readable checkpoint (truncated or not a torch file: {type(exc).__name__}); {fix}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_MARK:
         raise BlazeportError(f"{path} is not a checkpoint written by `blazeport distill`; {fix}")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
+    if ckpt.get("version") not in READABLE_VERSIONS:
         raise BlazeportError(f"{path} is a checkpoint of format version {ckpt.get('version')!r}; this blazeport reads "
-                             f"version {CHECKPOINT_VERSION} only; {fix}")
+                             f"versions {', '.join(map(str, READABLE_VERSIONS))} only; {fix}")
     problem = _checkpoint_problem(ckpt)
     if problem:
         raise BlazeportError(f"{path} is a damaged checkpoint ({problem}); {fix}")
@@ -198,4 +203,4 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
         return "RNG state incomplete"
     if ckpt["epoch"] < 0 or not all(isinstance(h, dict) for h in ckpt["history"]):
         return "epoch or history malformed"
-    return None
+    return Position.problem(ckpt.get("position"))

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from blazeport.distill.augment import DEFAULT_AUGMENT, AugmentConfig
+from blazeport.distill.augment import DEFAULT_AUGMENT, AugmentConfig, noisy_terms
+from blazeport.distill.changes import GEOMETRIC
+from blazeport.distill.labels import read_labels
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.split import CONTENT_RULE, SPLIT_RULES
 from blazeport.errors import BlazeportError
@@ -56,7 +58,13 @@ class TrainConfig:
     # how photos are split (blazeport.distill.split): new runs hash each photo's bytes; a resumed run keeps the
     # rule its checkpoint records (file-name when it records none), so its photos stay in their splits
     split_rule: str = CONTENT_RULE
+    # mid-epoch checkpoints (blazeport.distill.midepoch): last.pt after every N-th step and/or M minutes after the last
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float | None = None
+    boxes: str | None = None  # hand-drawn faces (blazeport boxes.json or COCO) beside the teacher: blazeport.distill.labels
+    boxes_alpha: float = 0.5  # a labelled sample's weight on its boxes; 1 - alpha on the teacher (Hinton's KD)
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
+    kill_at_step: int | None = None  # testing hook: SIGKILL this process right after a mid-epoch checkpoint at this step
 
     def __post_init__(self) -> None:
         """The Python API may pass the student as an ``nn.Module`` instance (a backbone, or a whole
@@ -103,9 +111,19 @@ class TrainConfig:
         if self.threads is not None:
             _whole("--threads", self.threads, 1)
         _whole("--workers", self.workers, 0)
+        if self.checkpoint_every is not None:
+            _whole("--checkpoint-every", self.checkpoint_every, 1, " (optimizer steps)")
+        if self.checkpoint_minutes is not None:
+            _real("--checkpoint-minutes", self.checkpoint_minutes, 0.0, math.inf, True, True)
         _real("--memory-cache-mb", self.memory_cache_mb, 0.0, math.inf, False, True)
         if self.limit is not None and any(str(s).endswith(".tar") for s in self.images):
             raise BlazeportError("--limit applies to folders of photos, not to tar shards: give fewer shards instead")
+        _real("--boxes-alpha", self.boxes_alpha, 0.0, 1.0, False, False)
+        if self.boxes is not None:
+            if any(str(s).endswith(".tar") for s in self.images):
+                raise BlazeportError("--boxes applies to folders of photos, not to tar shards: a shard sample that cannot "
+                                     "be read is replaced by another photo, whose boxes the stream does not know")
+            read_labels(self.boxes)  # a bad file: one message, before anything loads
         _real("--sparsity", self.sparsity, 0.0, 1.0, False, True)
         zoom = tuple(self.zoom) if isinstance(self.zoom, (list, tuple)) else ()
         if len(zoom) != 2 or not all(isinstance(z, (int, float)) and math.isfinite(z) for z in zoom) or \
@@ -113,7 +131,11 @@ class TrainConfig:
             raise BlazeportError(f"--zoom must be MIN,MAX with 0.1 <= MIN <= MAX <= 10 (got {self.zoom!r})")
         if not isinstance(self.augment, str):
             raise BlazeportError(f"--augment must be text such as {DEFAULT_AUGMENT} (got {self.augment!r})")
-        AugmentConfig.parse(self.augment, zoom)
+        aug = AugmentConfig.parse(self.augment, zoom)
+        geometric = sorted(f"ns_{n}" for n in noisy_terms(aug) if n in GEOMETRIC)
+        if geometric and LossConfig.parse(self.loss, alpha=self.alpha, temperature=self.temperature).needs_features:
+            raise BlazeportError(f"--augment {','.join(geometric)} moves faces, and the teacher's feature maps cannot be "
+                                 f"carried through that change for the mgd term of --loss {self.loss}: drop one of them")
 
     def _check_models(self) -> None:
         """The teacher is a converted original; the student builds, meets its head and gives finite

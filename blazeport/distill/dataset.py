@@ -131,6 +131,13 @@ def to_unit(sample: np.ndarray) -> np.ndarray:
 def make_input_uint8(image: np.ndarray, size: int, rng: np.random.Generator | None = None,
                      aug: AugmentConfig | None = None) -> np.ndarray:
     """:func:`make_input` before the conversion to [-1, 1]: ``(size, size, 3)`` uint8."""
+    return make_input_matrix(image, size, rng, aug)[0]
+
+
+def make_input_matrix(image: np.ndarray, size: int, rng: np.random.Generator | None = None,
+                      aug: AugmentConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`make_input_uint8` and the 3x3 matrix that took the photo's pixels to the sample's (what
+    hand-drawn boxes follow: :func:`blazeport.distill.labels.transport`)."""
     h, w = image.shape[:2]
     matrix, _ = roi_transform(w, h, size)  # MediaPipe's letterbox, a pure scale + shift
     if rng is not None:
@@ -138,7 +145,7 @@ def make_input_uint8(image: np.ndarray, size: int, rng: np.random.Generator | No
     out = cv2.warpAffine(image, matrix[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     if rng is not None:
         out = photometric(out, rng, aug or AugmentConfig())
-    return out
+    return out, np.asarray(matrix, dtype=np.float64)
 
 
 class DistillDataset:

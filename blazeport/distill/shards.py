@@ -24,9 +24,14 @@ who reads what, so that a run stays reproducible:
   smallest shards) // batch steps, and a rank stops there: with shards of equal size and as many
   shards as processes times a whole number, that is every sample; otherwise the rest of a larger
   share waits for another epoch's shard order.
-- **Resume**: at an epoch boundary, like a folder run (checkpoints are written at the end of each
-  epoch). An epoch's stream is a pure function of (seed, epoch, world size, ``--workers``), so a
-  run resumed with the same world size and workers continues exactly.
+- **Resume**: at an epoch boundary, or inside an epoch (``--checkpoint-every`` /
+  ``--checkpoint-minutes``). An epoch's stream is a pure function of (seed, epoch, world size,
+  ``--workers``), so a run resumed with the same world size and workers continues exactly: inside an
+  epoch each worker re-reads its part of the stream before the checkpointed step, decoding it (an
+  unreadable sample's stand-in is the previous readable photo, so the photos must be decoded to
+  know which one that is) but not augmenting it, and yields from there. Which worker's sample comes
+  n-th is fixed here, not left to the DataLoader (:func:`~blazeport.distill.midepoch.round_robin_order`,
+  :func:`~blazeport.distill.midepoch.in_order`), so the resumed stream goes on in the uninterrupted one's order.
 - **Held-out samples**: rank 0 copies the validation and test samples' encoded bytes once, at
   start, into a temporary spool file (a few percent of the pool on disk, never in memory) and
   decodes them from there each epoch.
@@ -52,6 +57,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from blazeport.distill.dataset import AugmentConfig, downscale, make_input_uint8, name_hash, sample_rng
+from blazeport.distill.midepoch import in_order, loader_generator, round_robin_order
 from blazeport.distill.split import CONTENT_RULE, HashCache, hex_place, split_places
 from blazeport.distill.stream import Sample, _init_worker, collate, to_batch
 from blazeport.errors import BlazeportError
@@ -209,9 +215,15 @@ class ShardStream(IterableDataset):
     def __init__(self, index: ShardIndex, size: int, seed: int, aug: AugmentConfig | None = None):
         self.index, self.size, self.seed, self.aug = index, size, seed, aug or AugmentConfig()
         self.epoch, self.rank, self.world, self.count = 0, 0, 1, 0
+        self.skips: list[int] | None = None  # per worker: samples before a mid-epoch resume's step, read but not yielded
 
-    def configure(self, epoch: int, rank: int, world: int, count: int) -> None:
-        self.epoch, self.rank, self.world, self.count = epoch, rank, world, count
+    def configure(self, epoch: int, rank: int, world: int, count: int, skips: list[int] | None = None) -> None:
+        self.epoch, self.rank, self.world, self.count, self.skips = epoch, rank, world, count, skips
+
+    def worker_quotas(self, workers: int) -> list[int]:
+        """How many samples each of ``workers`` loader processes yields this epoch (see :func:`quotas`)."""
+        mine, k = self.index.shards_of(self.epoch, self.seed, self.rank, self.world), max(1, workers)
+        return quotas(self.count, [int(self.index.train_counts[mine[w::k]].sum()) for w in range(k)])
 
     def _encoded(self, shards: list[int]) -> Iterator[tuple[str, str, bytes]]:
         from webdataset.tariterators import tarfile_samples
@@ -223,23 +235,26 @@ class ShardStream(IterableDataset):
                 if ext is not None:
                     yield sample["__key__"], sample["__url__"], sample[ext]
 
-    def __iter__(self) -> Iterator[Sample]:
+    def __iter__(self) -> Iterator[tuple[Sample, int]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         mine = self.index.shards_of(self.epoch, self.seed, self.rank, self.world)
         shards = mine[worker::workers]
-        quota = quotas(self.count, [int(self.index.train_counts[mine[w::workers]].sum()) for w in range(workers)])[worker]
+        quota = self.worker_quotas(workers)[worker]
+        skip = self.skips[worker] if self.skips else 0
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 15485863])
         buffer: list[tuple[str, str, bytes]] = []
         last: np.ndarray | None = None
         pending: list[tuple[str, tuple[str, ...]]] = []  # unreadable before any readable photo: (key, skipped)
         made = 0
 
-        def emit(key: str, img: np.ndarray, skipped: tuple[str, ...]) -> Sample:
+        def emit(key: str, img: np.ndarray, skipped: tuple[str, ...]) -> Sample | None:
+            if made <= skip:  # before a mid-epoch resume's step: counted, not augmented, not yielded
+                return None
             r = sample_rng(self.seed, self.epoch, int(name_hash(key) * 0xFFFFFFFF))
             return make_input_uint8(img, self.size, r, self.aug), skipped
 
-        def drain(final: bool) -> Iterator[Sample]:
+        def drain(final: bool) -> Iterator[tuple[Sample, int]]:
             nonlocal last, made
             while buffer and (final or len(buffer) >= SHUFFLE_BUFFER) and made < quota:
                 key, url, data = buffer.pop(int(rng.integers(len(buffer))))
@@ -250,17 +265,17 @@ class ShardStream(IterableDataset):
                         pending.append((key, (str(exc),)))
                         continue
                     made += 1
-                    yield emit(key, last, (str(exc),))
+                    yield from _some(emit(key, last, (str(exc),)), worker)
                     continue
                 last = img
                 for k, sk in pending:
                     if made < quota:
                         made += 1
-                        yield emit(k, img, sk)
+                        yield from _some(emit(k, img, sk), worker)
                 pending.clear()
                 if made < quota:
                     made += 1
-                    yield emit(key, img, ())
+                    yield from _some(emit(key, img, ()), worker)
 
         for item in self._encoded(shards):
             buffer.append(item)
@@ -270,8 +285,14 @@ class ShardStream(IterableDataset):
         yield from drain(True)
 
 
-def _one(sample: Sample) -> Sample:
+def _one(sample: tuple[Sample, int]) -> tuple[Sample, int]:
     return sample
+
+
+def _some(sample: Sample | None, worker: int) -> Iterator[tuple[Sample, int]]:
+    """A sample with the worker that made it (``ShardTrain`` puts the workers' samples in a fixed order)."""
+    if sample is not None:
+        yield sample, worker
 
 
 def shard_loader(stream: ShardStream, workers: int) -> DataLoader:
@@ -279,7 +300,8 @@ def shard_loader(stream: ShardStream, workers: int) -> DataLoader:
     groups them into batches, so the number of samples, and of steps, does not depend on ``workers``."""
     return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_one,
                       prefetch_factor=16 if workers > 0 else None,
-                      worker_init_fn=functools.partial(_init_worker, None) if workers > 0 else None)
+                      worker_init_fn=functools.partial(_init_worker, None) if workers > 0 else None,
+                      generator=loader_generator(0))  # draws nothing from torch's global RNG (midepoch)
 
 
 class ShardTrain:
@@ -296,14 +318,20 @@ class ShardTrain:
     def steps(self, rank: int, world: int, batch: int) -> int:
         return self.index.steps(world, batch)
 
-    def epoch(self, epoch: int, rank: int, world: int, batch: int) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+    def epoch(self, epoch: int, rank: int, world: int, batch: int,
+              start: int = 0) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+        """This epoch's batches from step ``start`` on (a mid-epoch resume; see the module docstring)."""
         steps = self.steps(rank, world, batch)
-        self.stream.configure(epoch, rank, world, steps * batch)
         # no more workers than this rank's fewest shards: a worker without a shard could not fill its quota
         workers = min(self.workers, len(self.index.urls) // world)
+        self.stream.configure(epoch, rank, world, steps * batch)
+        order = round_robin_order(self.stream.worker_quotas(workers))
+        if start:  # each worker reads, but does not yield, its samples before the step
+            self.stream.configure(epoch, rank, world, steps * batch,
+                                  [order[: start * batch].count(w) for w in range(max(1, workers))])
         # a fresh loader per epoch: its workers fork with this epoch's configuration
         group: list[Sample] = []
-        for s in shard_loader(self.stream, workers):
+        for s in in_order(shard_loader(self.stream, workers), order[start * batch:], max(1, workers)):
             group.append(s)
             if len(group) == batch:
                 yield collate(group)
@@ -315,8 +343,8 @@ class ShardTrain:
         return [self.index.urls[s] for s in self.index.shards_of(epoch, self.seed, rank, world)]
 
     def first(self, n: int, device: torch.device) -> torch.Tensor:
-        self.stream.configure(0, 0, 1, n)
-        return to_batch(collate(list(self.stream))[0], device)
+        self.stream.configure(0, 0, 1, n)  # no skips
+        return to_batch(collate([s for s, _ in self.stream])[0], device)
 
 
 class Spool:

@@ -39,14 +39,25 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from blazeport import files
-from blazeport.distill.dataset import AugmentConfig, load_photo, make_input_uint8, sample_rng, split_paths, to_unit
+from blazeport.distill.dataset import (
+    AugmentConfig,
+    load_photo,
+    make_input_matrix,
+    make_input_uint8,
+    sample_rng,
+    split_paths,
+    to_unit,
+)
+from blazeport.distill.labels import Labels, transport
+from blazeport.distill.midepoch import loader_generator
 from blazeport.distill.split import CONTENT_RULE
 from blazeport.errors import BlazeportError
 from blazeport.photos import list_images
 from blazeport.preprocess import ImageReadError
 
-# A sample as a loader returns it: uint8 (S, S, 3) and the files that could not be read for it
-Sample = tuple[np.ndarray, tuple[str, ...]]
+# A sample as a loader returns it: uint8 (S, S, 3) and the files that could not be read for it; with --boxes a
+# third item, the photo's hand-drawn faces in the sample's pixels ((M, 16), blazeport.distill.labels) or None
+Sample = tuple[np.ndarray, tuple[str, ...]] | tuple[np.ndarray, tuple[str, ...], np.ndarray | None]
 
 
 class PathTable:
@@ -138,8 +149,10 @@ class StreamDataset(Dataset):
     """
 
     def __init__(self, index: ImageIndex, indices: Sequence[int], size: int, seed: int, augment: bool,
-                 aug: AugmentConfig | None = None, cache_dir: str | Path | None = None, memory_mb: float = 0.0):
+                 aug: AugmentConfig | None = None, cache_dir: str | Path | None = None, memory_mb: float = 0.0,
+                 labels: dict[int, Labels] | None = None):
         self.paths, self.size, self.seed, self.augment = index.paths, size, seed, augment
+        self.labels = labels  # --boxes: photo index -> its hand-drawn faces (None: no --boxes)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.aug = aug or AugmentConfig()
         self.input_size = size
@@ -179,12 +192,17 @@ class StreamDataset(Dataset):
         rng = sample_rng(self.seed, epoch, idx) if self.augment else None
         skipped: list[str] = []
         for k in range(len(self.indices)):  # an unreadable photo: the next readable one of the split stands in
+            used = int(self.indices[(i + k) % len(self.indices)])
             try:
-                img = self.photo(int(self.indices[(i + k) % len(self.indices)]))
+                img = self.photo(used)
             except ImageReadError as exc:
                 skipped.append(str(exc))
                 continue
-            return make_input_uint8(img, self.size, rng, self.aug), tuple(skipped)
+            if self.labels is None:
+                return make_input_uint8(img, self.size, rng, self.aug), tuple(skipped)
+            out, matrix = make_input_matrix(img, self.size, rng, self.aug)
+            faces = self.labels.get(used)  # the boxes of the photo actually used (a stand-in's own)
+            return out, tuple(skipped), (transport(faces, img.shape[1], img.shape[0], matrix) if faces is not None else None)
         raise BlazeportError(f"none of the {len(self.indices)} photos of this split is readable (first: {skipped[0]})")
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
@@ -206,9 +224,13 @@ class StreamDataset(Dataset):
         return []
 
 
-def collate(samples: list[Sample]) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """uint8 samples -> one ``(B, S, S, 3)`` uint8 tensor (what crosses from a worker), and the skipped files."""
-    return torch.from_numpy(np.stack([s for s, _ in samples])), tuple(f for _, sk in samples for f in sk)
+def collate(samples: list[Sample]) -> tuple[Any, ...]:
+    """uint8 samples -> one ``(B, S, S, 3)`` uint8 tensor (what crosses from a worker), and the skipped files;
+    with ``--boxes`` also each sample's hand-drawn faces (a tuple of ``(M, 16)`` arrays or None)."""
+    batch = torch.from_numpy(np.stack([s[0] for s in samples])), tuple(f for s in samples for f in s[1])
+    if samples and len(samples[0]) > 2:
+        return (*batch, tuple(s[2] for s in samples))  # type: ignore[misc]
+    return batch
 
 
 def to_batch(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -244,11 +266,14 @@ def _init_worker(memory_share: int | None, _: int) -> None:
 def worker_loader(dataset: Dataset, batch_sampler: Any, workers: int, persistent: bool = True) -> DataLoader:
     """A DataLoader that decodes in ``workers`` processes (0: in this one), uint8 batches back.
 
-    Each worker's copy of a :class:`StreamDataset` gets ``memory_budget / workers`` of memory cache."""
+    Each worker's copy of a :class:`StreamDataset` gets ``memory_budget / workers`` of memory cache.
+    Worker seeds come from a generator of the loader's own (:func:`~blazeport.distill.midepoch.loader_generator`),
+    so making a loader draws nothing from torch's global RNG (what a mid-epoch resume relies on)."""
     share = dataset.memory_budget // workers if workers > 0 and isinstance(dataset, StreamDataset) else None
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
                       persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=functools.partial(_init_worker, share) if workers > 0 else None)
+                      worker_init_fn=functools.partial(_init_worker, share) if workers > 0 else None,
+                      generator=loader_generator(0))
 
 
 class FolderTrain:
@@ -264,10 +289,13 @@ class FolderTrain:
     def steps(self, rank: int, world: int, batch: int) -> int:
         return max(1, len(self.dataset.order(rank, world)) // batch)
 
-    def epoch(self, epoch: int, rank: int, world: int, batch: int) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+    def epoch(self, epoch: int, rank: int, world: int, batch: int,
+              start: int = 0) -> Iterator[tuple[torch.Tensor, tuple[str, ...]]]:
+        """This epoch's batches from step ``start`` on (a mid-epoch resume: the batches before it are never read)."""
         self.dataset.set_epoch(epoch)
         order = self.dataset.order(rank, world)
-        self.sampler.set(epoch, [order[i : i + batch] for i in range(0, self.steps(rank, world, batch) * batch, batch)])
+        self.sampler.set(epoch, [order[i : i + batch]
+                                 for i in range(start * batch, self.steps(rank, world, batch) * batch, batch)])
         return iter(self.loader)
 
     def first(self, n: int, device: torch.device) -> torch.Tensor:

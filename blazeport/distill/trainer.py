@@ -24,9 +24,10 @@ What makes a run trustworthy, in order:
    epoch, :func:`~blazeport.distill.validation.validate` measures the student against the teacher
    on the held-out images; the best AP50 chooses ``best.pt``.
 3. Checkpoints (:mod:`blazeport.distill.checkpoint`: ``torch.save`` files, read back only with
-   ``torch.load(weights_only=True)``, written atomically) are ``last.pt`` every epoch and
-   ``best.pt`` on the best validation AP50. ``--resume`` continues exactly: sampling is seeded per
-   (seed, epoch, index) and RNG states are restored, so a killed and resumed run ends with the
+   ``torch.load(weights_only=True)``, written atomically) are ``last.pt`` every epoch (and inside
+   epochs with ``--checkpoint-every`` / ``--checkpoint-minutes``: :mod:`blazeport.distill.midepoch`)
+   and ``best.pt`` on the best validation AP50. ``--resume`` continues exactly: sampling is seeded
+   per (seed, epoch, index) and RNG states are restored, so a killed and resumed run ends with the
    same metrics as an uninterrupted one.
 4. A NaN or infinite loss stops the run with :class:`NonFiniteLoss`, naming the step; the last
    checkpoint is left as it was.
@@ -46,9 +47,10 @@ import math
 import os
 import platform
 import random
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-import blazeport
 from blazeport import files
-from blazeport.anchors import anchors_for
 from blazeport.counting import count_macs, count_params
+from blazeport.distill.augment import noisy_terms
 from blazeport.distill.checkpoint import (
     checkpoint_state,
     checkpoint_to_resume,
@@ -71,24 +72,26 @@ from blazeport.distill.checkpoint import (
 )
 from blazeport.distill.config import TrainConfig, init_weights
 from blazeport.distill.dataset import AugmentConfig
+from blazeport.distill.inputs import Data, Teacher
+from blazeport.distill.labels import batch_labels
 from blazeport.distill.lock import run_folder_lock
 from blazeport.distill.logs import RunLogs, json_bytes
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
-from blazeport.distill.mosaic import mosaic_batch, mosaic_generator
-from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, is_shard_spec
+from blazeport.distill.midepoch import CheckpointCadence, Position
+from blazeport.distill.mosaic import mosaic_generator, mosaic_with_plan
+from blazeport.distill.noisy import NoisyStudent
+from blazeport.distill.shards import ShardTrain
 from blazeport.distill.split import recorded_split_rule
-from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset, to_batch
+from blazeport.distill.stream import to_batch
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
 from blazeport.models import architecture_name, build_student
 from blazeport.pruning.slimming import sparsity_step
-from blazeport.specs import ModelSpec, student_spec
+from blazeport.specs import student_spec
 from blazeport.weights import save_safetensors
 
 __all__ = ["NonFiniteLoss", "Run", "TrainConfig", "check_teacher", "train", "validate"]
-
-VAL_BATCH = 64  # held-out images per validation batch
 
 
 class NonFiniteLoss(BlazeportError):
@@ -102,12 +105,12 @@ class _Joint(nn.Module):
         super().__init__()
         self.student, self.loss, self.memory_format = student, loss, memory_format
 
-    def forward(self, x: torch.Tensor, t_out: tuple[torch.Tensor, torch.Tensor],
-                t_feats: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, t_out: tuple[torch.Tensor, torch.Tensor], t_feats: list[torch.Tensor] | None,
+                labels: list[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
         x = x.contiguous(memory_format=self.memory_format)  # the batch arrives as an NCHW view of NHWC samples
         feats = self.student.features(x) if t_feats is not None else None
         out = self.student.head(feats) if feats is not None else self.student(x)
-        return self.loss(out, t_out, feats, t_feats)
+        return self.loss(out, t_out, feats, t_feats, labels)
 
 
 def _no_strided_pointwise(module: nn.Module) -> bool:
@@ -127,62 +130,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-@dataclass
-class Teacher:
-    """The converted original, checked against its ``.tflite``, frozen on the run's device."""
-
-    spec: ModelSpec
-    module: nn.Module
-    check: dict[str, Any]  # check_teacher's report
-    anchors: np.ndarray
-
-    @classmethod
-    def load(cls, name: str, device: torch.device) -> Teacher:
-        detector = blazeport.load(name, backend="torch")
-        spec, module = detector.spec, detector.backend.module
-        check = check_teacher(spec, module)
-        # channels-last: oneDNN's NHWC depthwise kernels make the teacher ~3x faster on CPU
-        module = module.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
-        return cls(spec, module, check, anchors_for(spec))
-
-
-@dataclass
-class Data:
-    """The photos, streamed (:mod:`blazeport.distill.stream` for folders, :mod:`blazeport.distill.shards`
-    for WebDataset tars), split by ``cfg.split_rule`` (:mod:`blazeport.distill.split`: a hash of each
-    photo's bytes for new runs); held-out batches are decoded each time they are validated, so memory
-    does not grow with the number of photos."""
-
-    train_set: FolderTrain | ShardTrain  # augmented, seeded per (seed, epoch, sample)
-    val_batches: HeldOut
-    test_batches: HeldOut  # never chooses anything; measured once, on the chosen student
-
-    @classmethod
-    def load(cls, cfg: TrainConfig, size: int, device: torch.device, rank: int = 0) -> Data:
-        aug = AugmentConfig.parse(cfg.augment, cfg.zoom)
-        if is_shard_spec(cfg.images):
-            index = ShardIndex(cfg.images, cfg.val_fraction, cfg.test_fraction, cfg.split_rule, cfg.cache_dir)
-            train_set = ShardTrain(index, size, cfg.seed, aug, cfg.workers)
-            # only rank 0 validates: the others need no held-out copy
-            held = [Spool(index, which, size, cfg.cache_dir) if rank == 0 else [] for which in ("val", "test")]
-            return cls(train_set, HeldOut(held[0], VAL_BATCH, device), HeldOut(held[1], VAL_BATCH, device))
-        index = ImageIndex(cfg.images, cfg.limit)
-        index.check_readable(range(len(index)))  # stops at the first readable photo
-        train_idx, val_idx, test_idx = index.split(cfg.val_fraction, cfg.test_fraction, cfg.split_rule, cfg.cache_dir)
-        n = len(index)
-
-        def part(indices: list[int], augment: bool) -> StreamDataset:  # the memory cache, shared out by split size
-            return StreamDataset(index, indices, size, cfg.seed, augment, aug if augment else None, cfg.cache_dir,
-                                 cfg.memory_cache_mb * len(indices) / n)
-
-        return cls(FolderTrain(part(train_idx, True), cfg.workers),
-                   HeldOut(part(val_idx, False), VAL_BATCH, device, cfg.workers),
-                   HeldOut(part(test_idx, False), VAL_BATCH, device, cfg.workers))
-
-    def skipped(self) -> set[str]:
-        return self.val_batches.skipped | self.test_batches.skipped
-
-
 class Run:
     """One distillation job: its state, and one method per phase (see the module docstring)."""
 
@@ -193,6 +140,8 @@ class Run:
         self.out = Path(cfg.out)
         self.teacher, self.data = teacher, data
         self.start_epoch, self.history, self.best = 0, [], -1.0
+        self.position: Position | None = None  # where a mid-epoch checkpoint left the epoch it resumes
+        self.cadence = CheckpointCadence(cfg.checkpoint_every, cfg.checkpoint_minutes)
         self.global_step, self.images_seen, self.t_start = 0, 0, time.perf_counter()
         self.skipped: set[str] = set()  # unreadable files this process met (train batches; held-out in Data)
         self.logs: RunLogs | None = None
@@ -218,7 +167,8 @@ class Run:
             init_weights(student, cfg.init, teacher.spec)
         self.loss_cfg = LossConfig.parse(cfg.loss, alpha=cfg.alpha, temperature=cfg.temperature)
         t_channels = getattr(teacher.module, "feature_channels", None) if self.loss_cfg.needs_features else None
-        loss_fn = DistillLoss(self.loss_cfg, teacher.anchors, teacher.spec, student.feature_channels, t_channels)
+        loss_fn = DistillLoss(self.loss_cfg, teacher.anchors, teacher.spec, student.feature_channels, t_channels,
+                              labels_alpha=cfg.boxes_alpha if cfg.boxes else None)
         # Channels-last is oneDNN's fast layout (mobilenet at 192 px, batch 32, 1 thread: a step 1.36 s NCHW, 0.88 s
         # NHWC). But on CPU, torch 2.13's oneDNN backward of a channels-last 1x1 stride-2 conv with few channels
         # (resnet_slim's 12 -> 16 shortcut) corrupts the heap and aborts the process on AVX-512 hosts, so a student
@@ -233,6 +183,8 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(
             cfg.epochs * self.steps_per_epoch, max(1, int(cfg.warmup_epochs * self.steps_per_epoch))))
         self.amp = cfg.amp and device.type == "cuda"
+        self.noisy = NoisyStudent(self.aug, teacher.anchors, teacher.spec.anchors, teacher.spec.input_size,
+                                  teacher.spec.score_clip) if noisy_terms(self.aug) else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
     @torch.no_grad()
@@ -251,10 +203,24 @@ class Run:
     def resume(self, ckpt: dict[str, Any]) -> None:
         """Continue from a checkpoint read by :func:`checkpoint_to_resume`: weights, optimizer, RNGs, history."""
         restore(ckpt, self.out / "last.pt", self.cfg, self.joint, self.optimizer, self.scheduler, self.scaler)
-        self.start_epoch, self.history, self.best = ckpt["epoch"] + 1, ckpt["history"], float(ckpt["best"])
-        self.global_step = self.start_epoch * self.steps_per_epoch
+        self.history, self.best = ckpt["history"], float(ckpt["best"])
+        self.position = Position.from_dict(ckpt.get("position"))  # None: written at an epoch's end
+        if self.position is None:
+            self.start_epoch = ckpt["epoch"] + 1
+            self.global_step = self.start_epoch * self.steps_per_epoch
+            where = f"epoch {self.start_epoch + 1}"
+        else:  # inside an epoch (blazeport.distill.midepoch): that epoch's order again, from its step
+            self.position.check_fits(self.out / "last.pt", self.steps_per_epoch, self.world, self.batch,
+                                     self._shard_workers())
+            self.start_epoch = self.position.epoch
+            self.global_step = self.start_epoch * self.steps_per_epoch + self.position.step
+            where = f"epoch {self.start_epoch + 1}, step {self.position.step} of {self.steps_per_epoch}"
         if self.main:
-            print(f"resumed {self.out} at epoch {self.start_epoch} of {self.cfg.epochs}", file=sys.stderr, flush=True)
+            print(f"resumed {self.out} at {where} ({self.cfg.epochs} epochs)", file=sys.stderr, flush=True)
+
+    def _shard_workers(self) -> int | None:
+        """``--workers`` where the epoch's stream depends on it (shards), None for folders."""
+        return self.cfg.workers if isinstance(self.data.train_set, ShardTrain) else None
 
     def open_out(self) -> None:
         """Write ``config.json`` (only now, with teacher, images and checkpoint loaded and checked; the
@@ -269,38 +235,64 @@ class Run:
         self.t_start = time.perf_counter()
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], int, float]:
-        """One epoch on this rank's share: the sums of each loss term, the number of steps, seconds."""
+        """One epoch on this rank's share (from a mid-epoch checkpoint's step when resuming one): the sums of
+        each loss term, the number of steps, seconds."""
         self.model.train()
-        batches = self.data.train_set.epoch(epoch, self.rank, self.world, self.batch)  # decoded by --workers processes
+        pos, self.position = (self.position if self.position is not None and self.position.epoch == epoch else None), None
+        start = pos.step if pos is not None else 0
+        # decoded by --workers processes; a resumed epoch starts at its step
+        batches = self.data.train_set.epoch(epoch, self.rank, self.world, self.batch, start)
         if self.world > 1 and isinstance(self.data.train_set, ShardTrain):
             names = self.data.train_set.shard_names(epoch, self.rank, self.world)
             print(f"rank {self.rank} of {self.world}, epoch {epoch + 1}: {len(names)} shard(s) {' '.join(names[:8])}"
                   f"{' ...' if len(names) > 8 else ''}", file=sys.stderr, flush=True)
-        sums: dict[str, float] = {}
-        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
-                   disable=not (self.cfg.progress and self.main), dynamic_ncols=True)
-        t_epoch, steps = time.perf_counter(), 0
-        for batch, skipped in bar:
+        sums: dict[str, float] = dict(pos.sums) if pos is not None else {}
+        bar = tqdm(batches, total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   unit="batch", disable=not (self.cfg.progress and self.main), dynamic_ncols=True)
+        t_session, steps = time.perf_counter(), start
+        t_epoch = t_session - (pos.seconds if pos is not None else 0.0)
+        for batch, skipped, *labels in bar:  # with --boxes a third item: each sample's hand-drawn faces
             self.skipped.update(skipped)
-            losses = self._step(to_batch(batch, self.device), epoch)
+            losses = self._step(to_batch(batch, self.device), epoch, labels[0] if labels else None)
             steps += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
-            ips = len(batch) * self.world * (bar.n + 1) / (time.perf_counter() - t_epoch)
+            ips = len(batch) * self.world * (steps - start) / (time.perf_counter() - t_session)
             bar.set_postfix(loss=f"{losses['total'].item():.4f}", img_s=f"{ips:.0f}")
             if self.logs:
                 self.logs.step(losses, self.scheduler.get_last_lr()[0], self.global_step)
+            if self.main and self.cadence.due(self.global_step, steps, self.steps_per_epoch):
+                self._checkpoint_inside(epoch, steps, sums, time.perf_counter() - t_epoch)
         return sums, steps, time.perf_counter() - t_epoch
 
-    def _step(self, x: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        """One optimizer step on the batch ``x`` (B, 3, S, S), labelled by the teacher on the very same tensor."""
+    def _checkpoint_inside(self, epoch: int, steps: int, sums: dict[str, float], seconds: float) -> None:
+        """(Main process.) ``last.pt`` after step ``steps`` of ``epoch``: everything to continue exactly
+        from here (:mod:`blazeport.distill.midepoch`); ``best.pt`` is only chosen at an epoch's end."""
+        position = Position(epoch=epoch, step=steps, sums=dict(sums), seconds=seconds,
+                            steps_per_epoch=self.steps_per_epoch, world=self.world, batch=self.batch,
+                            workers=self._shard_workers())
+        save_checkpoint(checkpoint_state(self.joint, self.optimizer, self.scheduler, self.scaler, epoch, self.history,
+                                         self.best, self.cfg, position), self.out / "last.pt")
+        self.cadence.written()
+        if self.cfg.kill_at_step is not None and self.global_step == self.cfg.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)  # testing hook: a real SIGKILL right after this checkpoint
+
+    def _step(self, x: torch.Tensor, epoch: int, faces: tuple[np.ndarray | None, ...] | None = None) -> dict[str, torch.Tensor]:
+        """One optimizer step on the batch ``x`` (B, 3, S, S), labelled by the teacher on the very same tensor,
+        or, with Noisy Student terms, on the clean tensor before :mod:`blazeport.distill.noisy` changes it;
+        ``faces``: each sample's hand-drawn faces (``--boxes``, :mod:`blazeport.distill.labels`)."""
         teacher, needs_feats, device_type = self.teacher.module, self.loss_cfg.needs_features, self.device.type
-        x = mosaic_batch(x, self.aug.mosaic, mosaic_generator(self.cfg.seed, self.global_step, self.rank))
+        x, plan = mosaic_with_plan(x, self.aug.mosaic, mosaic_generator(self.cfg.seed, self.global_step, self.rank))
+        labels = batch_labels(faces, plan, x.shape[-1], x.device) if faces is not None else None
         with torch.autocast(device_type, enabled=self.amp), torch.no_grad():
             t_feats = teacher.features(x) if needs_feats else None
             t_out = teacher.head(t_feats) if needs_feats else teacher(x)
+        if self.noisy is not None:  # labelled before the change: the student sees the changed batch
+            x, t_out, changes = self.noisy.student_batch(x, t_out, self.cfg.seed, self.global_step, self.rank)
+            if labels is not None:
+                labels = [c.carry_boxes(f, x.shape[-1]) if f is not None else None for c, f in zip(changes, labels, strict=True)]
         with torch.autocast(device_type, enabled=self.amp):
-            losses = self.model(x, t_out, t_feats)
+            losses = self.model(x, t_out, t_feats, labels)
         total = losses["total"]
         if self.cfg.fail_at_step is not None and self.global_step == self.cfg.fail_at_step:
             total = total * float("nan")
@@ -338,6 +330,7 @@ class Run:
         save_checkpoint(state, self.out / "last.pt")
         if improved:
             save_checkpoint(state, self.out / "best.pt")
+        self.cadence.written()
         self.logs.epoch(self.history, improved, self.joint.student)
 
     def finish(self) -> dict[str, Any]:
