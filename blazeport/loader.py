@@ -23,7 +23,7 @@ from blazeport.errors import BlazeportError
 from blazeport.extras import require
 from blazeport.metadata import spec_from_metadata, tflite_metadata
 from blazeport.runtimes import MODEL_SUFFIXES, check_device, get_runtime, native_runtime
-from blazeport.specs import WEIGHTS_DIR, LandmarkSpec, ModelSpec, find_spec, original_spec_for_file
+from blazeport.specs import WEIGHTS_DIR, LandmarkSpec, ModelSpec, spec_named, spec_of_original
 from blazeport.weights import load_safetensors
 
 __all__ = ["open_backend", "open_module", "runtime_file", "spec_weights"]
@@ -33,7 +33,7 @@ Spec = ModelSpec | LandmarkSpec  # a detector or a landmark model (face mesh, ir
 
 
 def _as_spec(spec: str | Spec | None) -> Spec | None:
-    return find_spec(spec) if isinstance(spec, str) else spec
+    return spec_named(spec) if isinstance(spec, str) else spec
 
 
 def _model_file(model: str | Path) -> Path | None:
@@ -81,7 +81,7 @@ def open_module(model: str | Path, spec: str | Spec | None = None, trust_code: b
     wanted = _as_spec(spec)
     path = _model_file(model)
     if path is None:
-        path = spec_weights(find_spec(str(model)))
+        path = spec_weights(spec_named(str(model)))
     if path.suffix not in get_runtime("torch").suffixes:  # .onnx, .pte: exported graphs, no PyTorch weights
         native = native_runtime(path)
         raise BlazeportError(f"{path}: a {path.suffix} file holds no PyTorch weights; it runs on the {native} backend. "
@@ -89,7 +89,7 @@ def open_module(model: str | Path, spec: str | Spec | None = None, trust_code: b
     if path.suffix == ".safetensors":
         module, stored = load_safetensors(path, trust_code)
         return module, wanted or stored, path
-    known = original_spec_for_file(path)
+    known = spec_of_original(path)
     resolved = wanted or known
     if resolved is None:
         resolved = spec_from_metadata(tflite_metadata(path), path)
@@ -120,14 +120,14 @@ def open_backend(model: str | Path, runtime: str = "torch", spec: str | Spec | N
         module, resolved, source = open_module(model, wanted, trust_code)
         return resolved, rt.backend(module, threads, **on_device), source
     if path is None:  # a spec name on a runtime: Google's original file, or the export a student ships with
-        resolved = find_spec(str(model))
+        resolved = spec_named(str(model))
         path = runtime_file(resolved, rt.suffixes[0])
         if path is None:
             raise BlazeportError(f"{resolved.name} has no original .tflite and no bundled {rt.suffixes[0]} export; use "
                                  f"--backend torch, or `blazeport export {resolved.name} --format {runtime}`")
         return resolved, rt.backend(path, threads), path
     backend = rt.backend(path, threads, **on_device)  # reads and checks the file: clear errors for damaged ones
-    resolved = wanted or original_spec_for_file(path) or _stored_spec(path, backend)
+    resolved = wanted or spec_of_original(path) or _stored_spec(path, backend)
     if resolved is None:
         raise BlazeportError(f"{path}: no blazeport.spec metadata and not a known original file; "
                              "pass --spec NAME (e.g. short_range) to say how to feed and decode it")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from blazeport.anchors import ANCHORS_DIR, anchors_for, generate_anchors
-from blazeport.specs import SPECS, AnchorOptions, get_spec
+from blazeport.specs import SPECS, AnchorOptions, spec_named
 
 SHORT = AnchorOptions(input_size=128, num_layers=4, strides=(8, 16, 16, 16), min_scale=0.1484375, max_scale=0.75)
 # MediaPipe face_detection_full_range.pbtxt
@@ -93,7 +93,7 @@ def test_committed_tables_equal_the_generator(name: str) -> None:
 
 
 def test_short_range_spec_anchors_match_mediapipe_options() -> None:
-    spec = get_spec("front")
+    spec = spec_named("front")
     assert spec.name == "short_range"
     np.testing.assert_array_equal(anchors_for(spec), generate_anchors(SHORT))
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import blazeport
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 from tests.conftest import WEIGHTS
 
 SR = WEIGHTS / "short_range.safetensors"
@@ -96,7 +96,7 @@ def test_unreadable_safetensors_says_so(tmp_path, monkeypatch) -> None:
 def test_model_whose_rows_do_not_match_the_spec_anchors_is_refused() -> None:
     """Like ``palm_detection_lite.tflite --spec full_range``: the back model's 896 rows against a
     256 px spec with full range's anchor layout (4096 anchors)."""
-    full = get_spec("full_range")
+    full = spec_named("full_range")
     wrong = dataclasses.replace(full, name="full_range_256", input_size=256, num_anchors=4096,
                                 anchors=dataclasses.replace(full.anchors, input_size=256))
     with pytest.raises(BlazeportError, match=r"regressors \(1, 896, 16\).*4096 anchors"):

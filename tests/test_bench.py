@@ -21,7 +21,7 @@ from blazeport.bench import report as bench_report
 from blazeport.bench import spawn as spawn_mod
 from blazeport.cli import build_parser, main
 from blazeport.errors import BlazeportError
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 from tests.conftest import ROOT, SHORT_RANGE_TFLITE
 
 STAT_KEYS = {"min", "p50", "p90", "p99", "mean", "std", "max"}
@@ -201,7 +201,7 @@ def test_mediapipe_baseline_child(photo: Path) -> None:
     pytest.importorskip("mediapipe")
 
     cfg = {"runtime": "mediapipe", "path": None, "threads": 1, "mode": "e2e", "runs": 3, "warmup": 1, "image": str(photo),
-           "spec": get_spec("short_range").to_dict(), "cwd": str(ROOT), "model_selection": 0}
+           "spec": spec_named("short_range").to_dict(), "cwd": str(ROOT), "model_selection": 0}
     res = spawn_mod.spawn(cfg, sys.executable)
     assert "error" not in res, res
     assert len(res["runs_ms"]) == 3 and set(res["stages_ms"]) == set(mediapipe.MP_STAGES)
@@ -228,7 +228,7 @@ def test_child_entry_point_runs_without_torch(tmp_path, photo: Path) -> None:
     (fake / "__init__.py").write_text("from pathlib import Path\nPath(__file__).with_name('tried').touch()\n"
                                       "raise ImportError('torch is unimportable in this test')\n")
     cfg = {"runtime": "tflite", "path": str(SHORT_RANGE_TFLITE), "threads": 1, "mode": "e2e", "runs": 2, "warmup": 1,
-           "image": str(photo), "spec": get_spec("short_range").to_dict(), "cwd": str(tmp_path)}
+           "image": str(photo), "spec": spec_named("short_range").to_dict(), "cwd": str(tmp_path)}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), str(ROOT)]))
     proc = subprocess.run([sys.executable, "-m", "blazeport.bench.child"], input=json.dumps(cfg), capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=300)
@@ -246,7 +246,7 @@ def test_spec_name_without_converted_weights_is_the_loaders_error(tmp_path, monk
 
     monkeypatch.setattr(blazeport.loader, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(BlazeportError) as want:
-        blazeport.loader.spec_weights(get_spec("short_range"))
+        blazeport.loader.spec_weights(spec_named("short_range"))
     assert main(["bench", "short_range", "--backend", "torch", "--runs", "1", "--cache", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"blazeport bench: error: {want.value}"]
@@ -255,9 +255,9 @@ def test_spec_name_without_converted_weights_is_the_loaders_error(tmp_path, monk
 def test_baselines_and_references_come_from_the_spec() -> None:
     """A student is compared with its spec's teacher; MediaPipe runs only the originals whose spec names
     its pipeline (short_range: 0, full_range_sparse: 1); the dense full_range gets none, and a note says so."""
-    assert targets.reference_of(get_spec("short_range_resnet")) == get_spec("short_range")
-    assert targets.reference_of(get_spec("full_range")) == get_spec("full_range")
-    asked = [targets.Target(name, "torch", None, get_spec(name), targets.reference_of(get_spec(name)))
+    assert targets.reference_of(spec_named("short_range_resnet")) == spec_named("short_range")
+    assert targets.reference_of(spec_named("full_range")) == spec_named("full_range")
+    asked = [targets.Target(name, "torch", None, spec_named(name), targets.reference_of(spec_named(name)))
              for name in ("short_range_resnet", "full_range", "full_range_sparse")]
     notes: list[str] = []
     out = targets.add_baselines(asked, True, "python-with-mediapipe", notes)
@@ -274,7 +274,7 @@ def test_untrained_student_gets_its_teachers_spec(tmp_path) -> None:
     (t,) = targets.resolve_targets(["resnet"], {"torch"}, tmp_path, None, notes, lambda _: None)
     assert t.model == "resnet (untrained)" and Path(t.path).parent == tmp_path
     assert (t.spec.teacher, t.spec.architecture, t.spec.family, t.spec.input_size) == ("short_range", "resnet", "resnet", 128)
-    assert t.reference == get_spec("short_range") and t.params and t.macs
+    assert t.reference == spec_named("short_range") and t.params and t.macs
     assert any("freshly initialised" in n for n in notes)
     # the same name for another teacher: that teacher's input and head (192 px, 2304 anchors at stride 4)
     (t,) = targets.resolve_targets(["mobilenet"], {"torch"}, tmp_path, "full_range", [], lambda _: None)
@@ -350,11 +350,11 @@ def test_fast_postprocess_is_identical_to_the_reference(how: str) -> None:
     from blazeport.anchors import anchors_for
     from blazeport.postprocess import postprocess
     from blazeport.preprocess import Letterbox
-    from blazeport.specs import NMSOptions, get_spec
+    from blazeport.specs import NMSOptions, spec_named
 
     rng = np.random.default_rng(0)
     for name in ("short_range", "full_range"):
-        spec = get_spec(name)
+        spec = spec_named(name)
         anchors = anchors_for(spec)
         n = spec.num_anchors
         for trial in range(16):

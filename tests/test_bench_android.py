@@ -20,7 +20,7 @@ from blazeport.bench.report import table_rows
 from blazeport.bench.targets import ORIGINAL, Target
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 from tests.conftest import SHORT_RANGE_TFLITE
 from tests.tiny_tflite import write_single_op_model
 
@@ -239,7 +239,7 @@ def test_round_trip_script_logs_read_back(tmp_path, monkeypatch, capsys) -> None
     from blazeport.export.to_tflite import _tflite_with_metadata
     from blazeport.metadata import file_metadata
 
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     export = tmp_path / "short_range export.tflite"  # a re-packed original with blazeport's metadata: an export
     export.write_bytes(_tflite_with_metadata(SHORT_RANGE_TFLITE.read_bytes(), file_metadata(spec, "x", False, False)))
     script = android_commands([Target("short_range", ORIGINAL, str(SHORT_RANGE_TFLITE), spec, spec),
@@ -266,7 +266,7 @@ def test_round_trip_script_logs_read_back(tmp_path, monkeypatch, capsys) -> None
 
 
 def test_android_script_refuses_two_files_of_one_name(tmp_path) -> None:
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     a, b = tmp_path / "a" / "m.tflite", tmp_path / "b" / "m.tflite"
     with pytest.raises(BlazeportError, match=re.escape("share the file name m.tflite")):
         android_commands([Target("a", "tflite", str(a), spec, spec), Target("b", "tflite", str(b), spec, spec)],

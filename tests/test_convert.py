@@ -67,10 +67,10 @@ ALL_SPECS = ["short_range", "back", "full_range", "full_range_sparse"]
 @pytest.mark.parametrize("name", ALL_SPECS[1:])
 def test_every_other_google_model_converts_and_verifies(name: str, tmp_path) -> None:
     from blazeport.photos import sample_images
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
     out = tmp_path / f"{name}.safetensors"
-    report = convert(WEIGHTS / get_spec(name).tflite, out, images=sample_images()[:3])
+    report = convert(WEIGHTS / spec_named(name).tflite, out, images=sample_images()[:3])
     assert report["ok"], report
     assert report["spec"] == name
     assert out.read_bytes() == (WEIGHTS / f"{name}.safetensors").read_bytes()
@@ -88,9 +88,9 @@ def test_sparse_file_is_densified_and_lowered_ops_are_kept() -> None:
 
 @pytest.mark.parametrize("name", ["short_range", "back"])
 def test_graphnet_equals_blazeface_module(name: str) -> None:
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
-    path = WEIGHTS / get_spec(name).tflite
+    path = WEIGHTS / spec_named(name).tflite
     a, _ = load_tflite(path, "blazeface")
     b, _ = load_tflite(path, "graph")
     x = torch.rand(1, 3, a.config.input_size, a.config.input_size) * 2 - 1
@@ -113,11 +113,11 @@ def test_depth_to_space_uses_tensorflow_channel_order() -> None:
 
 @pytest.mark.parametrize("name", ALL_SPECS)
 def test_committed_safetensors_equal_a_fresh_conversion(name: str) -> None:
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
     module, spec = load_safetensors(WEIGHTS / f"{name}.safetensors")
-    fresh, _ = load_tflite(WEIGHTS / get_spec(name).tflite)
-    assert spec == get_spec(name)
+    fresh, _ = load_tflite(WEIGHTS / spec_named(name).tflite)
+    assert spec == spec_named(name)
     for (k, a), (k2, b) in zip(module.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert k == k2
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -127,9 +127,9 @@ def test_gate_rejects_a_wrong_weight() -> None:
     """A single perturbed bias must fail verification: the gate is not too loose."""
     from blazeport.backends import TFLiteBackend, TorchBackend
     from blazeport.photos import sample_images
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     module, _ = load_tflite(SHORT_RANGE_TFLITE)
     with torch.no_grad():
         module.blocks[3].pw.bias[0] += 0.05

@@ -20,7 +20,7 @@ from blazeport.convert import convert
 from blazeport.draw import KEYPOINT_COLOURS, draw_detections
 from blazeport.errors import BlazeportError
 from blazeport.preprocess import read_image
-from blazeport.specs import ModelSpec, get_spec
+from blazeport.specs import ModelSpec, spec_named
 from tests.conftest import WEIGHTS
 
 MODELS = ["pose_detection", "palm_detection_lite", "palm_detection_full"]
@@ -40,7 +40,7 @@ def photos(shared_data: Path) -> list[tuple[str, np.ndarray]]:
 @pytest.mark.parametrize("name", MODELS)
 def test_converts_and_verifies_on_photos_of_people(name: str, photos, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.safetensors"
-    report = convert(WEIGHTS / get_spec(name).tflite, out, images=[rgb for _, rgb in photos])
+    report = convert(WEIGHTS / spec_named(name).tflite, out, images=[rgb for _, rgb in photos])
     assert report["ok"], report
     assert report["spec"] == name
     assert report["detections"]["faces"] >= 4, "the photos should give the gate detections to compare"
@@ -49,7 +49,7 @@ def test_converts_and_verifies_on_photos_of_people(name: str, photos, tmp_path: 
 
 
 def test_specs_carry_mediapipe_graph_values() -> None:
-    pose, lite, full = (get_spec(n) for n in MODELS)
+    pose, lite, full = (spec_named(n) for n in MODELS)
     assert (pose.input_size, pose.num_anchors, pose.num_keypoints, pose.normalization) == (224, 2254, 4, (-1.0, 1.0))
     assert (lite.input_size, lite.num_anchors, lite.num_keypoints, lite.normalization) == (192, 2016, 7, (0.0, 1.0))
     assert full.anchors == lite.anchors and full.tflite != lite.tflite
@@ -62,13 +62,13 @@ def test_specs_carry_mediapipe_graph_values() -> None:
 
 
 def test_spec_keypoint_names_are_checked() -> None:
-    palm = get_spec("palm_detection_lite")
+    palm = spec_named("palm_detection_lite")
     with pytest.raises(BlazeportError, match="keypoint_names has 6 names for num_keypoints 7"):
         dataclasses.replace(palm, keypoint_names=palm.keypoint_names[:6])
     assert ModelSpec.from_dict(palm.to_dict()) == palm  # as stored in files: lists become tuples again
-    face = get_spec("short_range").to_dict()  # face files keep their bytes and open in older blazeports
+    face = spec_named("short_range").to_dict()  # face files keep their bytes and open in older blazeports
     assert not {"keypoint_names", "subject", "mediapipe_solution", "mediapipe_model_complexity"} & set(face)
-    assert ModelSpec.from_dict(face) == get_spec("short_range")
+    assert ModelSpec.from_dict(face) == spec_named("short_range")
     with pytest.raises(BlazeportError, match="mediapipe_model_complexity"):
         dataclasses.replace(palm, mediapipe_model_complexity=-1)
 

@@ -27,9 +27,9 @@ from blazeport.distill.trainer import NonFiniteLoss, TrainConfig, train
 from blazeport.errors import BlazeportError
 from blazeport.models import REGISTERED, build_student
 from blazeport.models.resnet import fold_batchnorm
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 
-SPEC = get_spec("short_range")
+SPEC = spec_named("short_range")
 ROOT = Path(__file__).resolve().parent.parent  # the checkout these tests belong to
 
 

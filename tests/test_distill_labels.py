@@ -17,9 +17,9 @@ from blazeport.distill.labels import Labels, batch_labels, labels_for, read_labe
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.errors import BlazeportError
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 
-SPEC = get_spec("short_range")
+SPEC = spec_named("short_range")
 
 
 def _write(tmp_path: Path, data: object, name: str = "boxes.json") -> Path:

@@ -239,9 +239,9 @@ def test_load_boxes_rejects_a_non_utf8_file(tmp_path: Path) -> None:
 
 def _never_detects() -> blazeport.Detector:
     """A short-range Detector whose backend reports no face anywhere (no model, no torch)."""
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
-    detector = blazeport.Detector(get_spec("short_range"), lambda batch: (None, None))
+    detector = blazeport.Detector(spec_named("short_range"), lambda batch: (None, None))
     n = len(detector.anchors)
     detector.backend = lambda batch: (np.zeros((len(batch), n, 16), np.float32), np.full((len(batch), n, 1), -100, np.float32))
     return detector

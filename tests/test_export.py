@@ -18,7 +18,7 @@ from blazeport.backends import OnnxBackend, TorchBackend
 from blazeport.cli import build_parser, main
 from blazeport.errors import BlazeportError
 from blazeport.metadata import SPEC_KEY, spec_from_metadata, tflite_metadata
-from blazeport.specs import WEIGHTS_DIR, get_spec
+from blazeport.specs import WEIGHTS_DIR, spec_named
 from tests.conftest import SHARED_DATA
 
 ATOL = 1e-4
@@ -97,7 +97,7 @@ def test_onnx_graph_is_clean(sr_onnx, sparse_onnx) -> None:
 
 def test_onnx_metadata_round_trip(sr_onnx) -> None:
     backend = OnnxBackend(sr_onnx[0])
-    assert spec_from_metadata(backend.metadata, sr_onnx[0]) == get_spec("short_range")
+    assert spec_from_metadata(backend.metadata, sr_onnx[0]) == spec_named("short_range")
     assert backend.metadata["blazeport.layout"] == "NHWC" and not backend.nchw
 
 
@@ -118,7 +118,7 @@ def test_onnx_dynamic_batch_of_three(sr_onnx) -> None:
 
 def test_onnx_detections_match_torch(sr_onnx) -> None:
     onnx_det = blazeport.load(sr_onnx[0], backend="onnx")  # spec from the file's metadata
-    assert onnx_det.spec == get_spec("short_range")
+    assert onnx_det.spec == spec_named("short_range")
     assert _assert_same_detections(onnx_det, blazeport.load("short_range")) >= 1
 
 
@@ -254,10 +254,10 @@ def test_tflite_fp32_round_trip(sr_tflite) -> None:
     for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MAX_POOL_2D", "PAD", "RESHAPE", "CONCATENATION"):
         assert ops[op] == orig[op], op
     # pools run before the shortcut's channel PAD, as in Google's file (the PAD then writes 1/4 the pixels)
-    assert _pools_then_pads(path) == _pools_then_pads(WEIGHTS_DIR / get_spec("short_range").tflite) == 3
+    assert _pools_then_pads(path) == _pools_then_pads(WEIGHTS_DIR / spec_named("short_range").tflite) == 3
     det = blazeport.load(path, backend="tflite")  # spec from the file's metadata
-    assert det.spec == get_spec("short_range")
-    assert tflite_metadata(path)[SPEC_KEY] == json.dumps(get_spec("short_range").to_dict())
+    assert det.spec == spec_named("short_range")
+    assert tflite_metadata(path)[SPEC_KEY] == json.dumps(spec_named("short_range").to_dict())
     assert det.backend.input["shape"].tolist() == [1, 128, 128, 3]  # NHWC like Google's file
     _assert_same_detections(det, blazeport.load("short_range"))
 

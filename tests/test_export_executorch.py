@@ -22,7 +22,7 @@ import blazeport
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
 from blazeport.metadata import SPEC_KEY, spec_from_metadata
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 from tests.conftest import SHORT_RANGE_TFLITE, WEIGHTS
 from tests.test_export import _assert_same_detections, _photo_paths
 
@@ -53,8 +53,8 @@ def test_short_range_pte_is_verified_and_fully_delegated(sr_pte) -> None:
 def test_pte_reloads_with_its_spec_and_detects_like_torch(sr_pte, capsys) -> None:
     path = sr_pte[0]
     det = blazeport.load(path)  # no backend named: a .pte runs on executorch, spec from the file
-    assert det.backend.name == "executorch" and det.spec == get_spec("short_range")
-    assert spec_from_metadata(det.backend.metadata, path) == get_spec("short_range")
+    assert det.backend.name == "executorch" and det.spec == spec_named("short_range")
+    assert spec_from_metadata(det.backend.metadata, path) == spec_named("short_range")
     assert json.loads(det.backend.metadata[SPEC_KEY])["name"] == "short_range"
     assert _assert_same_detections(det, blazeport.load("short_range")) >= 1
     photo = str(_photo_paths()[0])
@@ -174,7 +174,7 @@ def test_short_range_int8_pte_meets_the_target_and_reloads(small_calibration, tm
     # int8 weights in every conv but the 4 of the SSD heads, which stay float (see quantize_for_executorch)
     assert ops["xnnpack:quantized_decomposed_dequantize_per_channel"] == 33 and len(q["float_nodes"]) > 4
     det = blazeport.load(out)
-    assert det.backend.name == "executorch" and det.spec == get_spec("short_range")
+    assert det.backend.name == "executorch" and det.spec == spec_named("short_range")
     assert det.backend.metadata["blazeport.weights"] == "int8"
     photo = str(_photo_paths()[0])
     assert main(["detect", "--model", str(out), "--backend", "executorch", "--threads", "1", photo]) == 0

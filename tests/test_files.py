@@ -67,13 +67,13 @@ def test_convert_refuses_to_write_over_its_input(tmp_path, capsys, how: str) -> 
 def test_export_default_name_never_lands_on_the_original(tmp_path, monkeypatch) -> None:
     """``cd weights && blazeport export face_detection_short_range.tflite --format tflite``."""
     from blazeport.export import default_output, get_format
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
     shutil.copy(SHORT_RANGE_TFLITE, tmp_path / SHORT_RANGE_TFLITE.name)
     monkeypatch.chdir(tmp_path)
-    out = default_output(SHORT_RANGE_TFLITE.name, get_spec("short_range"), get_format("tflite"), fp16=False)
+    out = default_output(SHORT_RANGE_TFLITE.name, spec_named("short_range"), get_format("tflite"), fp16=False)
     assert out.name == "face_detection_short_range_export.tflite"
-    assert default_output("short_range", get_spec("short_range"), get_format("onnx"), False) == Path("short_range.onnx")
+    assert default_output("short_range", spec_named("short_range"), get_format("onnx"), False) == Path("short_range.onnx")
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])

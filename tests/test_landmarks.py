@@ -27,7 +27,7 @@ from blazeport.roi import (
     transform_rect,
     warp_rect,
 )
-from blazeport.specs import LANDMARK_SPECS, WEIGHTS_DIR, find_spec
+from blazeport.specs import LANDMARK_SPECS, WEIGHTS_DIR, spec_named
 from blazeport.verify import verify_landmarks
 
 
@@ -188,7 +188,7 @@ def test_detector_commands_refuse_a_landmark_model_clearly() -> None:
         blazeport.load("face_landmark", backend="tflite")
     with pytest.raises(blazeport.BlazeportError, match="is a face detector, not a face landmark model"):
         load_landmarks("short_range", backend="tflite")
-    assert find_spec("iris_landmark").input_size == 64
+    assert spec_named("iris_landmark").input_size == 64
 
 
 def test_a_face_mesh_given_as_the_iris_model_is_refused_in_one_line(capsys) -> None:

@@ -22,9 +22,9 @@ from blazeport.distill.noisy import Change, NoisyStudent, noisy_generator
 from blazeport.errors import BlazeportError
 from blazeport.postprocess import postprocess
 from blazeport.preprocess import Letterbox
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 
-SPEC = get_spec("short_range")
+SPEC = spec_named("short_range")
 ANCHORS = anchors_for(SPEC)
 S = SPEC.input_size
 

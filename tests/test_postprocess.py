@@ -18,7 +18,7 @@ from blazeport.postprocess import (
     remove_letterbox,
 )
 from blazeport.preprocess import Letterbox
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 
 # --------------------------------------------------------------------------- decode
 
@@ -240,7 +240,7 @@ def test_detection_to_dict_and_pixels() -> None:
 
 
 def test_postprocess_thresholds_before_nms_and_unletterboxes() -> None:
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     anchors = np.zeros((spec.num_anchors, 4), np.float32)
     anchors[:, :2] = 0.5
     anchors[:, 2:] = 1.0
@@ -305,12 +305,12 @@ def test_postprocess_choice_is_checked(monkeypatch) -> None:
     raw_boxes, raw_scores = np.zeros((1, 896, 16), np.float32), np.zeros((1, 896, 1), np.float32)
     anchors = np.zeros((896, 4), np.float32)
     with pytest.raises(BlazeportError, match="one of auto, numpy, numba"):
-        pp.postprocess(raw_boxes, raw_scores, anchors, get_spec("short_range"), [Letterbox(0, 0, 0, 0)], how="cuda")
+        pp.postprocess(raw_boxes, raw_scores, anchors, spec_named("short_range"), [Letterbox(0, 0, 0, 0)], how="cuda")
     monkeypatch.setattr(pp, "compiled_available", lambda: False)
     with pytest.raises(BlazeportError, match=r"pip install 'blazeport\[fast\]'"):
         pp.check_postprocess("numba")
     # auto without numba falls back to the numpy code
-    assert pp.postprocess(raw_boxes, raw_scores - 1, anchors, get_spec("short_range"), [Letterbox(0, 0, 0, 0)]) == [[]]
+    assert pp.postprocess(raw_boxes, raw_scores - 1, anchors, spec_named("short_range"), [Letterbox(0, 0, 0, 0)]) == [[]]
 
 
 def test_compiled_sigmoid_gives_numpys_bits() -> None:

@@ -446,12 +446,12 @@ def test_empty_images_are_refused(shape: tuple[int, ...]) -> None:
 
 def test_detector_refuses_an_empty_image_before_running_the_model() -> None:
     from blazeport.detector import Detector
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
     def backend(_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise AssertionError("the model ran on an empty image")
 
-    detector = Detector(get_spec("short_range"), backend)
+    detector = Detector(spec_named("short_range"), backend)
     for shape in [(0, 0, 3), (0, 10, 3)]:
         with pytest.raises(BlazeportError, match="empty image"):
             detector.detect(np.zeros(shape, np.uint8))

@@ -21,10 +21,10 @@ from blazeport.models import build_student
 from blazeport.pruning.prune import conv_widths, prune
 from blazeport.pruning.slimming import batchnorms, gamma_summary, sparsity_step
 from blazeport.pruning.workflow import prune_file
-from blazeport.specs import get_spec, student_spec
+from blazeport.specs import spec_named, student_spec
 from blazeport.weights import load_safetensors, save_safetensors
 
-SPEC = get_spec("short_range")
+SPEC = spec_named("short_range")
 SIZE = SPEC.input_size
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "short_range_resnet.safetensors"  # a trained student
 

@@ -12,7 +12,7 @@ from blazeport.anchors import head_layout
 from blazeport.errors import BlazeportError
 from blazeport.models import REGISTERED, Student, build_student
 from blazeport.models.backbones import parse_student
-from blazeport.specs import get_spec, student_spec
+from blazeport.specs import spec_named, student_spec
 from blazeport.weights import load_safetensors, save_safetensors
 
 TEACHERS = ("short_range", "back", "full_range_sparse")
@@ -119,7 +119,7 @@ def test_parse_student_reads_names_and_options() -> None:
 @pytest.mark.parametrize("teacher", TEACHERS)
 @pytest.mark.parametrize("name", sorted(REGISTERED))
 def test_registered_students_fit_every_teacher(name: str, teacher: str) -> None:
-    spec = get_spec(teacher)
+    spec = spec_named(teacher)
     student = build_student(name, spec).eval()
     x = torch.rand(2, 3, spec.input_size, spec.input_size) * 2 - 1
     reg, cls = student(x)
@@ -130,7 +130,7 @@ def test_registered_students_fit_every_teacher(name: str, teacher: str) -> None:
 
 
 def test_a_user_backbone_gets_the_teachers_head_and_reloads_from_its_file(user_code: Path) -> None:
-    spec = get_spec("full_range_sparse")  # one head level at stride 4: the neck brings 8, 16, 32 down to it
+    spec = spec_named("full_range_sparse")  # one head level at stride 4: the neck brings 8, 16, 32 down to it
     student = build_student("userbackbones:tiny,width=8", spec).eval()
     assert isinstance(student, Student) and student.config.tap_strides == (4, 8, 16, 32)
     x = torch.rand(1, 3, 192, 192) * 2 - 1
@@ -154,7 +154,7 @@ def test_a_user_backbone_gets_the_teachers_head_and_reloads_from_its_file(user_c
 
 
 def test_a_module_meeting_the_head_contract_is_used_as_is(user_code: Path) -> None:
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     student = build_student("userbackbones:Detector", spec)
     assert student.config.as_is and student(torch.zeros(1, 3, 128, 128))[0].shape == (1, 896, 16)
     with pytest.raises(BlazeportError, match="teacher short_range has 896 anchors"):
@@ -176,12 +176,12 @@ def test_a_module_meeting_the_head_contract_is_used_as_is(user_code: Path) -> No
 ])
 def test_a_bad_backbone_is_one_message(user_code: Path, arg: str, message: str) -> None:
     with pytest.raises(BlazeportError, match=message):
-        build_student(arg, get_spec("short_range"))
+        build_student(arg, spec_named("short_range"))
 
 
 def test_an_unannotated_factory_named_on_the_command_line_builds(user_code: Path) -> None:
     """The user typed the name, so it is trusted: the check is on what the factory returns."""
-    student = build_student("userbackbones:untyped,width=8", get_spec("short_range"))
+    student = build_student("userbackbones:untyped,width=8", spec_named("short_range"))
     assert isinstance(student, Student) and student(torch.zeros(1, 3, 128, 128))[0].shape == (1, 896, 16)
 
 
@@ -190,9 +190,9 @@ def test_timm_gives_one_message_where_it_cannot_import() -> None:
         import timm  # noqa: F401
     except Exception as exc:
         with pytest.raises(BlazeportError, match="timm cannot be imported here"):
-            build_student("timm:mobilenetv3_small_100", get_spec("short_range"))
+            build_student("timm:mobilenetv3_small_100", spec_named("short_range"))
         pytest.skip(f"timm does not import with this torch ({type(exc).__name__}): the timm student cannot be built here")
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     student = build_student("timm:mobilenetv3_small_100", spec)
     assert student(torch.zeros(1, 3, 128, 128))[0].shape == (1, 896, 16)
     with pytest.raises(BlazeportError, match="timm has no model of that name"):
@@ -207,7 +207,7 @@ def test_the_python_api_takes_a_module_instance(user_code: Path) -> None:
     net = TinyNet()
     cfg = TrainConfig(student=net, images=["x"])
     assert cfg.student == "userbackbones:TinyNet" and cfg._backbone is net
-    student = build_student(cfg.student, get_spec("short_range"), cfg._backbone)
+    student = build_student(cfg.student, spec_named("short_range"), cfg._backbone)
     assert student.backbone is net  # trains from the instance's own weights
     with pytest.raises(BlazeportError, match=r"userbackbones:TinyNet\(\): builds other tensors"):
         TrainConfig(student=TinyNet(width=8))

@@ -97,10 +97,10 @@ def test_the_back_teacher_distills_like_short_range(photos: Path, tmp_path: Path
 def test_init_loads_a_students_weights_or_says_why_not(tmp_path: Path) -> None:
     from blazeport.distill.config import init_weights
     from blazeport.models import build_student
-    from blazeport.specs import get_spec
+    from blazeport.specs import spec_named
 
     shipped = Path(blazeport.__file__).resolve().parent.parent / "weights" / "short_range_resnet.safetensors"
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     student = build_student("resnet", spec)
     init_weights(student, str(shipped), spec)
     shipped_module = blazeport.load(shipped).backend.module
@@ -109,7 +109,7 @@ def test_init_loads_a_students_weights_or_says_why_not(tmp_path: Path) -> None:
     with pytest.raises(BlazeportError, match=r"tensors do not fit --student .* pass the --student it was trained as \(resnet\)"):
         init_weights(build_student("resnet_slim", spec), str(shipped), spec)
     with pytest.raises(BlazeportError, match="a student of short_range, not of --teacher back"):
-        init_weights(build_student("resnet", get_spec("back")), str(shipped), get_spec("back"))
+        init_weights(build_student("resnet", spec_named("back")), str(shipped), spec_named("back"))
     with pytest.raises(BlazeportError, match="no such weights file"):
         init_weights(student, str(tmp_path / "none.safetensors"), spec)
 

@@ -22,7 +22,7 @@ from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.loader import open_module
 from blazeport.photos import sample_images
 from blazeport.preprocess import read_image
-from blazeport.specs import WEIGHTS_DIR, get_spec
+from blazeport.specs import WEIGHTS_DIR, spec_named
 from blazeport.verify import verification_inputs, verify
 
 CONVERTED = ["short_range", "back", "full_range", "full_range_sparse"]
@@ -55,7 +55,7 @@ def _fast(name: str, threads: int | None = None) -> tuple[TorchBackend, TorchBac
 def test_fast_runtime_is_within_the_gate_of_the_module_and_of_litert(name: str, threads: int, photos,
                                                                      keep_threads) -> None:
     fast, plain = _fast(name, threads)
-    spec = get_spec(name)
+    spec = spec_named(name)
     against_module = verify(fast, plain, spec, photos)
     assert against_module["passes_gate"], against_module
     assert against_module["detections"]["max_score_diff"] < 1e-5
@@ -91,7 +91,7 @@ def test_two_threads_give_the_same_outputs_and_keep_the_callers_setting(keep_thr
 
 def test_batches_and_other_input_sizes(photos) -> None:
     fast, plain = _fast("short_range")
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     batch, _ = verification_inputs(spec, photos)  # 5 photos + 1 random input
     whole = fast(batch)
     one_by_one = [fast(batch[i:i + 1]) for i in range(len(batch))]
@@ -150,7 +150,7 @@ def test_a_plan_that_disagrees_with_the_module_is_not_used(monkeypatch, astronau
     with pytest.warns(RuntimeWarning, match="fast PyTorch runtime is not used"):
         backend = TorchBackend(open_module("short_range")[0])
     assert backend.runner.plans[(128, 128)] is None  # the module runs instead
-    detector = blazeport.Detector(get_spec("short_range"), backend)
+    detector = blazeport.Detector(spec_named("short_range"), backend)
     assert len(detector.detect(astronaut)) == 1
 
 
@@ -162,6 +162,6 @@ def test_relu6_convs_run_on_the_fused_plan(photos, keep_threads) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the "not used ... fused activation 'relu6'" fallback would raise
         fast, plain = _fast("pose_detection", 1)
-    spec = get_spec("pose_detection")
+    spec = spec_named("pose_detection")
     assert verify(fast, plain, spec, photos)["passes_gate"]
     assert verify(fast, TFLiteBackend(WEIGHTS_DIR / spec.tflite, 1), spec, photos)["passes_gate"]

@@ -21,7 +21,7 @@ import blazeport
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
 from blazeport.models import build_student
-from blazeport.specs import get_spec, student_spec
+from blazeport.specs import spec_named, student_spec
 from blazeport.weights import load_safetensors, save_safetensors
 
 TINYNET = '''
@@ -75,7 +75,7 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _student_file(folder: Path) -> Path:
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     torch.manual_seed(0)
     student = build_student("tinynet:build", spec)  # a user's factory with no return annotation
     out = folder / "student.safetensors"
@@ -197,7 +197,7 @@ def test_init_reads_a_files_tensors_without_importing_its_module(folder: Path) -
 
     good = _student_file(folder)
     bad = _naming(good, "evil:Backbone", folder / "crafted.safetensors")
-    spec = get_spec("short_range")
+    spec = spec_named("short_range")
     student = build_student("tinynet:build", spec)
     init_weights(student, str(bad), spec)
     assert not (folder / "MARKER").exists()

@@ -25,7 +25,7 @@ import torch
 
 import blazeport.export
 from blazeport.files import staged, write_atomic
-from blazeport.specs import WEIGHTS_DIR, get_spec
+from blazeport.specs import WEIGHTS_DIR, spec_named
 from blazeport.weights import load_safetensors, save_safetensors
 
 
@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--command", help="the command line that made the run, kept in NAME.json")
     args = ap.parse_args()
 
-    spec = get_spec(args.name)
+    spec = spec_named(args.name, detectors_only=True)
     module, run_spec = load_safetensors(args.run / "student.safetensors")
     summary = json.loads((args.run / "summary.json").read_text())
     if (run_spec.teacher, run_spec.architecture, run_spec.family) != (spec.teacher, spec.architecture, spec.family):

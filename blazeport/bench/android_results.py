@@ -48,7 +48,7 @@ from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
 from blazeport.metadata import spec_from_metadata, tflite_metadata
 from blazeport.runtimes import RUNTIMES
-from blazeport.specs import SPECS, ModelSpec, get_spec, spec_for_file
+from blazeport.specs import SPECS, ModelSpec, spec_named, spec_of_original
 
 ANDROID = "tflite-android"  # a .tflite of the user's (an export) under benchmark_model on the phone
 ANDROID_ORIGINAL = f"{ORIGINAL}-android"  # Google's original under benchmark_model on the phone
@@ -240,12 +240,12 @@ def known_models(models: list[str], spec_name: str | None) -> dict[str, _Known]:
                 raise BlazeportError(f"{given[name]} and {path}: two MODEL files named {name} (on the phone); a log "
                                      "names only the file name")
             given[name] = path
-        original = spec_for_file(path)
+        original = spec_of_original(path, detectors_only=True)
         if original is not None:
             entry = _Known(original.name, original, original, True, path)
         else:
             meta = tflite_metadata(path)
-            spec = spec_from_metadata(meta, path) or (get_spec(spec_name) if spec_name else None)
+            spec = spec_from_metadata(meta, path) or (spec_named(spec_name, detectors_only=True) if spec_name else None)
             if not isinstance(spec, ModelSpec):
                 raise BlazeportError(f"{path}: " + ("carries no spec; pass --spec NAME" if spec is None
                                                    else "a landmark model; the bench times detectors"))

@@ -30,10 +30,8 @@ from blazeport.specs import (
     WEIGHTS_DIR,
     LandmarkSpec,
     ModelSpec,
-    find_spec,
-    get_spec,
-    original_spec_for_file,
-    spec_for_file,
+    spec_named,
+    spec_of_original,
     student_spec,
 )
 from blazeport.tflite import read_tflite
@@ -165,12 +163,12 @@ def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, not
     if path.suffix in MODEL_SUFFIXES:
         return _describe_file(path, spec_name, has_torch, trust_code)
     if _is_student(arg, has_torch):
-        weights = untrained_student(arg, get_spec(spec_name or DEFAULT_TEACHER), cache)
+        weights = untrained_student(arg, spec_named(spec_name or DEFAULT_TEACHER, detectors_only=True), cache)
         module, spec, source = open_module(weights)
         label = f"{arg} (untrained)"
         notes.append(f"{label}: freshly initialised weights (seed 0): latency only, it detects nothing")
         return _Model(label, arg, spec, {}, weights, module=module, source=source)
-    spec = find_spec(arg)  # a detector, or a landmark model (model-only rows)
+    spec = spec_named(arg)  # a detector, or a landmark model (model-only rows)
     original = original_file(spec)
     files = {ORIGINAL: original} if original is not None and original.is_file() and runs_on_litert(spec) else {}
     if original is not None and not runs_on_litert(spec):
@@ -188,18 +186,18 @@ def _describe_file(path: Path, spec_name: str | None, has_torch: bool, trust_cod
         module, spec, source = open_module(path, spec_name, trust_code)
         return _Model(path.stem, path.stem, spec, {}, path, spec_name, module, source)
     runtime = native_runtime(path)
-    original_spec = original_spec_for_file(path)
+    original_spec = spec_of_original(path)
     if isinstance(original_spec, LandmarkSpec):  # Google's landmark file: the original, converted on load for torch
         if not runs_on_litert(original_spec):
             raise BlazeportError(f"{path}: LiteRT cannot run this file (MediaPipe's custom ops); bench "
                                  f"{original_spec.name} (its converted model and exports) instead")
         return _Model(original_spec.name, original_spec.name, original_spec, {ORIGINAL: path}, path, spec_name)
-    known = find_spec(spec_name) if spec_name else original_spec or open_backend(path, runtime)[0]  # metadata
+    known = spec_named(spec_name) if spec_name else original_spec or open_backend(path, runtime)[0]  # metadata
     if isinstance(known, LandmarkSpec):  # an exported landmark model: model-only rows on its runtime
         return _Model(path.stem, path.stem, known, {runtime: path}, None)
     detector = load(path, backend=runtime, spec=spec_name)  # the loader, and the file's outputs checked against the spec
     spec = detector.spec
-    original = spec_for_file(path) if runtime == "tflite" else None
+    original = spec_of_original(path, detectors_only=True) if runtime == "tflite" else None
     if original is not None:  # one of Google's files: it runs as the original, and torch converts it on load
         return _Model(original.name, original.name, spec, {ORIGINAL: path}, path, spec_name)
     meta = getattr(detector.backend, "metadata", None) or (tflite_metadata(path) if runtime == "tflite" else {})

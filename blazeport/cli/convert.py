@@ -11,7 +11,7 @@ from blazeport.cli.common import add_max_pixels, gate_line, print_check, print_j
 from blazeport.convert import convert
 from blazeport.errors import BlazeportError
 from blazeport.options import add_overwrite
-from blazeport.specs import WEIGHTS_DIR, find_spec
+from blazeport.specs import WEIGHTS_DIR, spec_named
 
 
 def _source(src: str) -> Path:
@@ -21,7 +21,7 @@ def _source(src: str) -> Path:
     if path.suffix == ".tflite" or path.exists():
         return path
     try:
-        spec = find_spec(src)
+        spec = spec_named(src)
     except BlazeportError:
         return path  # the reader's "no such file" names it
     if spec.tflite is None:
@@ -31,7 +31,7 @@ def _source(src: str) -> Path:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     images = read_images(args.images, args.max_pixels) if args.images else None
-    spec = find_spec(args.spec) if args.spec else None
+    spec = spec_named(args.spec) if args.spec else None
     report = convert(_source(args.src), args.output, spec, images, overwrite=args.overwrite)
     if not report["written"]:
         print(f"nothing written: {report['output']} was left as it was", file=sys.stderr)

@@ -16,7 +16,7 @@ from blazeport.cli.common import print_json
 from blazeport.counting import count_macs, count_params
 from blazeport.extras import installed, missing_extra
 from blazeport.loader import open_module, runtime_file
-from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, get_spec
+from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, spec_named
 
 
 def _counts(spec: ModelSpec | LandmarkSpec, torch: bool) -> tuple[int | None, int | None]:
@@ -28,7 +28,7 @@ def _counts(spec: ModelSpec | LandmarkSpec, torch: bool) -> tuple[int | None, in
         else:
             from blazeport.models import build_student  # torch: only with the extra
 
-            module = build_student(spec.architecture, get_spec(spec.teacher))
+            module = build_student(spec.architecture, spec_named(spec.teacher, detectors_only=True))
         return count_params(module), count_macs(module, spec.input_size)
     path = runtime_file(spec, ".tflite")
     return tflite_counts(path) if path is not None else (None, None)
@@ -55,7 +55,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             "macs": macs, "family": spec.family, "source": spec.tflite,
             "sha256": spec.sha256, "converted": weights.is_file(), "description": spec.description,
         })
-    teacher = get_spec(args.teacher)
+    teacher = spec_named(args.teacher, detectors_only=True)
     for name, (family, _) in _registered(torch).items():
         from blazeport.models import build_student  # torch: only with the extra
 

@@ -25,7 +25,7 @@ from blazeport.convert.graph import extract_graph
 from blazeport.convert.walker import ConversionError, Mapping, check_ops
 from blazeport.files import check_output, in_source_checkout, sha256_of, staged
 from blazeport.photos import sample_images
-from blazeport.specs import SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, original_spec_for_file
+from blazeport.specs import SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, spec_of_original
 from blazeport.tflite import TFLiteModel, read_tflite
 from blazeport.verify import verify, verify_landmarks
 from blazeport.weights import load_safetensors, save_safetensors
@@ -65,7 +65,7 @@ def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mappi
 
     model = read_tflite(path)
     if family is None:
-        spec = original_spec_for_file(path)
+        spec = spec_of_original(path)
         family = spec.family if spec is not None else None
     if family is None:
         mapping, family = _first_walk(model)
@@ -120,7 +120,7 @@ def convert(
             raise ConversionError(f"{out}: converted weights are a .safetensors file; choose an -o name ending in .safetensors")
         check_output(out, [src], "converted weights", overwrite=True)  # names and places; existing files below
     model = read_tflite(src)
-    spec = spec or original_spec_for_file(src)
+    spec = spec or spec_of_original(src)
     module, mapping = load_tflite(src)
     if spec is None:
         spec = next((s for s in SPECS.values() if s.input_size == mapping.config.input_size), None)

@@ -47,7 +47,7 @@ from blazeport import files
 from blazeport.distill.config import TrainConfig
 from blazeport.distill.midepoch import Position
 from blazeport.errors import BlazeportError
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 
 CHECKPOINT_MARK = "blazeport distill checkpoint"  # the "format" key of every checkpoint we write
 CHECKPOINT_VERSION = 3  # 3 adds "position" (mid-epoch checkpoints); 2 is read as an epoch-end one
@@ -138,7 +138,7 @@ def restore(ckpt: dict[str, Any], path: Path, cfg: TrainConfig, model: nn.Module
 def _spec_name(teacher: Any) -> str:
     """A teacher's canonical spec name (aliases resolved), or the text itself if unknown."""
     try:
-        return get_spec(str(teacher)).name
+        return spec_named(str(teacher), detectors_only=True).name
     except BlazeportError:
         return str(teacher)
 

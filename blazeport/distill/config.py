@@ -22,7 +22,7 @@ from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.split import CONTENT_RULE, SPLIT_RULES
 from blazeport.errors import BlazeportError
 from blazeport.files import same_file
-from blazeport.specs import get_spec
+from blazeport.specs import spec_named
 
 
 @dataclass
@@ -143,7 +143,7 @@ class TrainConfig:
         factory is imported and called here, before the teacher or any image is loaded."""
         from blazeport.models import build_student
 
-        spec = get_spec(self.teacher)  # an unknown name lists the known ones
+        spec = spec_named(self.teacher, detectors_only=True)  # an unknown name lists the known ones
         if spec.tflite is None:
             raise BlazeportError(f"teacher {spec.name} has no original .tflite to check it against; use a converted "
                                  "original (e.g. --teacher short_range)")

@@ -46,37 +46,25 @@ from blazeport.specs.types import (
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "bundled" / "weights"
 
 __all__ = ["KEYPOINT_NAMES", "LANDMARK_SPECS", "PALM_KEYPOINT_NAMES", "POSE_KEYPOINT_NAMES", "SPECS", "WEIGHTS_DIR",
-           "AnchorOptions", "LandmarkSpec", "ModelSpec", "NMSOptions", "find_spec", "get_spec", "original_spec_for_file",
-           "spec_for_file", "spec_from_dict", "student_spec"]
+           "AnchorOptions", "LandmarkSpec", "ModelSpec", "NMSOptions", "spec_from_dict", "spec_named", "spec_of_original",
+           "student_spec"]
 
 
-def original_spec_for_file(path: str | Path) -> ModelSpec | LandmarkSpec | None:
-    """The detector or landmark spec whose original file has this file's sha256, if any."""
-    digest = sha256_of(path)
-    return next((s for s in (*SPECS.values(), *LANDMARK_SPECS.values()) if s.sha256 == digest), None)
-
-
-def find_spec(name: str) -> ModelSpec | LandmarkSpec:
-    """A detector spec (:func:`get_spec`) or a landmark spec by name; the error lists both."""
-    for spec in LANDMARK_SPECS.values():
-        if name == spec.name or name in spec.aliases:
-            return spec
-    try:
-        return get_spec(name)
-    except BlazeportError as exc:
-        raise BlazeportError(f"{exc}; landmark models: {', '.join(LANDMARK_SPECS)}") from None
-
-
-def spec_for_file(path: str | Path) -> ModelSpec | None:
-    """The spec whose original file has this file's sha256 (Google's bytes, wherever they lie), if any."""
-    digest = sha256_of(path)
-    return next((spec for spec in SPECS.values() if spec.sha256 == digest), None)
-
-
-def get_spec(name: str) -> ModelSpec:
-    """Look a spec up by name or alias; the error lists what is known."""
-    for spec in SPECS.values():
+def spec_named(name: str, detectors_only: bool = False) -> ModelSpec | LandmarkSpec:
+    """The spec called ``name`` (or one of its aliases): a detector or a landmark model, or with
+    ``detectors_only`` a detector alone (a distillation teacher, a bench reference). The error lists
+    the names it would have taken."""
+    for spec in (*SPECS.values(), *(() if detectors_only else LANDMARK_SPECS.values())):
         if name == spec.name or name in spec.aliases:
             return spec
     known = ", ".join(sorted(SPECS) + [a for s in SPECS.values() for a in s.aliases])
-    raise BlazeportError(f"unknown model spec {name!r}; known specs: {known}")
+    landmarks = "" if detectors_only else f"; landmark models: {', '.join(LANDMARK_SPECS)}"
+    raise BlazeportError(f"unknown model spec {name!r}; known specs: {known}{landmarks}")
+
+
+def spec_of_original(path: str | Path, detectors_only: bool = False) -> ModelSpec | LandmarkSpec | None:
+    """The spec whose Google original has this file's sha256 (its bytes, wherever they lie and whatever
+    they are called), if any; with ``detectors_only``, detectors alone."""
+    digest = sha256_of(path)
+    specs = (*SPECS.values(), *(() if detectors_only else LANDMARK_SPECS.values()))
+    return next((s for s in specs if s.sha256 == digest), None)
