@@ -20,6 +20,7 @@ from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
+from blazeport.progress import progress_bar
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -41,8 +42,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
     verbose = not args.json and not args.quiet
-    bar = tqdm(total=len(paths), desc="detect", unit="img", disable=verbose or args.quiet or len(paths) < 2,
-               file=sys.stderr)
+    bar = progress_bar(total=len(paths), desc="detect", unit="img", enabled=not verbose and not args.quiet
+                       and len(paths) > 1)
     t0 = time.perf_counter()
     # decoding runs ahead in reader threads; results come back in input order (blazeport.folder)
     # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own

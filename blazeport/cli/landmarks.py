@@ -19,6 +19,7 @@ from blazeport.landmarks import load_landmarks
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
 from blazeport.photos import list_images, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.progress import progress_bar
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
@@ -41,8 +42,8 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
                                 min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence,
                                 device=args.device, trust_code=args.trust_code)
     verbose = not args.json and not args.quiet
-    bar = tqdm(total=len(paths), desc="landmarks", unit="img", disable=verbose or args.quiet or len(paths) < 2,
-               file=sys.stderr)
+    bar = progress_bar(total=len(paths), desc="landmarks", unit="img", enabled=not verbose and not args.quiet
+                       and len(paths) > 1)
     results: list[dict[str, Any]] = []
     skipped = 0
     t0 = time.perf_counter()

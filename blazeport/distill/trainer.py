@@ -50,7 +50,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 import blazeport
 from blazeport.anchors import anchors_for
@@ -73,6 +72,7 @@ from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDat
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
 from blazeport.models import architecture_name, build_student
+from blazeport.progress import progress_bar
 from blazeport.pruning.slimming import sparsity_step
 from blazeport.specs import ModelSpec, student_spec
 from blazeport.weights import save_safetensors
@@ -267,8 +267,8 @@ class Run:
             print(f"rank {self.rank} of {self.world}, epoch {epoch + 1}: {len(names)} shard(s) {' '.join(names[:8])}"
                   f"{' ...' if len(names) > 8 else ''}", file=sys.stderr, flush=True)
         sums: dict[str, float] = {}
-        bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
-                   disable=not (self.cfg.progress and self.main), dynamic_ncols=True)
+        bar = progress_bar(batches, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+                           enabled=self.cfg.progress and self.main, dynamic_ncols=True)
         t_epoch, steps = time.perf_counter(), 0
         for batch, skipped in bar:
             self.skipped.update(skipped)
