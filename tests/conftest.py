@@ -32,3 +32,19 @@ def astronaut() -> np.ndarray:
     import skimage.data
 
     return skimage.data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def clip_bgr(shared_data: Path) -> list[np.ndarray]:
+    """40 frames of 320x240 made from real photos under camera motion: one face, none, three (tests/videos.py)."""
+    from tests.videos import clip_frames
+
+    return clip_frames(shared_data)
+
+
+@pytest.fixture(scope="session")
+def clip_mkv(tmp_path_factory, clip_bgr: list[np.ndarray]) -> Path:
+    """``clip_bgr`` as a lossless FFV1 ``.mkv`` at 30 fps (frames read back are the frames written)."""
+    from tests.videos import write_video
+
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mkv", clip_bgr)

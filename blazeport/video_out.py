@@ -1,0 +1,104 @@
+"""Drawn videos: an ``.mp4`` at the input's size and frame rate, written the way every output is.
+
+OpenCV's FFmpeg in the wheels (opencv-python-headless 4.x and 5.x) encodes MPEG-4 Part 2 (fourcc
+``mp4v``) but no H.264 (``avc1`` fails to open: no libx264 or openh264), so drawings are ``mp4v``
+in ``.mp4``, which every player and browser-less tool opens.
+
+Safety is :mod:`blazeport.files`': frames go to a temporary file beside the target
+(``.clip.partial-PID.mp4``), renamed over the target only when the run ends, never over a file the run
+did not make unless ``replace`` (``--overwrite``), never over an input (the caller picks the name
+with :func:`blazeport.files.drawing_paths`). Decided here:
+
+- **the input ends early** (a truncated or damaged file, a camera unplugged, Ctrl-C on a live source):
+  the frames so far are a good video; :meth:`VideoOutput.commit` finalizes it under its name;
+- **our own failure** (an exception while drawing or writing, Ctrl-C on a file): no commit; the
+  temporary file is deleted and nothing appears under the target's name.
+
+A variable-frame-rate input is written at its average rate (``CAP_PROP_FPS``): every frame, in
+order, evenly spaced. A frame whose size differs from the first (a stream that changes resolution,
+an image sequence of mixed sizes) is resized to the first's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+from blazeport.errors import BlazeportError
+from blazeport.files import staged
+
+FOURCC = "mp4v"
+SUFFIX = ".mp4"
+
+
+class VideoOutput:
+    """``write(rgb)`` frames, then ``commit()`` (or ``discard()``); as a context manager an exception
+    discards and a clean exit commits."""
+
+    def __init__(self, target: str | Path, fps: float, replace: bool = False) -> None:
+        self.target = Path(target)
+        self.fps = float(fps) if 1.0 <= fps <= 240.0 else 30.0  # FFmpeg's mpeg4 takes a rational rate
+        self._cm = staged(self.target, replace)
+        self._stage = self._cm.__enter__()
+        self._writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+        self._done = False
+
+    @property
+    def temporary(self) -> Path:
+        """Where the frames go until :meth:`commit`."""
+        return self._stage.path
+
+    def write(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        if self._writer is None:
+            self.size = (w, h)
+            self._writer = cv2.VideoWriter(str(self._stage.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FOURCC),
+                                           self.fps, self.size)
+            if not self._writer.isOpened():
+                raise BlazeportError(f"{self.target}: OpenCV's FFmpeg cannot write {FOURCC} video here ({w}x{h}, "
+                                     f"{self.fps:g} fps)")
+        if (w, h) != self.size:
+            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def commit(self) -> Path | None:
+        """Finish the file and put it in place; None (nothing written) when no frame was written."""
+        if self._done:
+            return self.target if self.frames else None
+        self._done = True
+        try:
+            if self._writer is not None:
+                self._writer.release()
+            if not self.frames:
+                return None
+            if not self._stage.path.is_file() or self._stage.path.stat().st_size == 0:
+                raise BlazeportError(f"{self.target}: OpenCV's FFmpeg wrote no video (a full disk?)")
+            return self._stage.commit()
+        finally:
+            self._cm.__exit__(None, None, None)  # deletes the temporary file if it was not committed
+
+    def discard(self) -> None:
+        """Drop what was written: the temporary file is deleted, the target untouched."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(Exception):
+            if self._writer is not None:
+                self._writer.release()
+        self._cm.__exit__(None, None, None)
+
+    def __enter__(self) -> VideoOutput:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
