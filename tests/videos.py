@@ -1,6 +1,8 @@
 """Short test videos made here from real photos with OpenCV's VideoWriter: camera motion (a crop that
 pans and zooms over each photo), a face-free stretch, and the containers the tests need.
 
+The motion is ``tools/make_video.py``'s (the benchmark's videos are made by it too).
+
 - FFV1 in ``.mkv``: lossless, so the frames read back are the frames written (tests that compare
   pixels or detections with MediaPipe's on the same frames use it);
 - ``mp4v`` in ``.mp4``: what a phone-like file looks like;
@@ -21,29 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tools.make_video import camera_motion
+
 SIZE = (320, 240)  # width, height
 # (photo under ../shared/data, frames): a real video frame with one face, a real frame with none, 3 faces
 CLIP = (("unlabeled/pyfeat_video_frames/WolfgangLanger_Pexels_0000.jpg", 15),
         ("unlabeled/pyfeat_video_frames/face_noface_0088.jpg", 10),
         ("faces-boxed/images/2008_001322.jpg", 15))
-
-
-def camera_motion(photo: np.ndarray, count: int, size: tuple[int, int] = SIZE, zoom: tuple[float, float] = (1.0, 1.35),
-                  pan: tuple[float, float] = (0.12, 0.06)) -> list[np.ndarray]:
-    """``count`` frames of ``size`` looking at ``photo`` through a window that zooms in and pans."""
-    h, w = photo.shape[:2]
-    out = []
-    for i in range(count):
-        t = i / max(1, count - 1)
-        z = zoom[0] + (zoom[1] - zoom[0]) * t
-        crop_h = min(h, w * size[1] / size[0]) / z  # the largest window of the frame's shape, zoomed
-        crop_w = crop_h * size[0] / size[1]
-        cx = w / 2 + (t - 0.5) * pan[0] * w
-        cy = h / 2 + (t - 0.5) * pan[1] * h
-        s = size[0] / crop_w
-        m = np.float32([[s, 0, size[0] / 2 - s * cx], [0, s, size[1] / 2 - s * cy]])
-        out.append(cv2.warpAffine(photo, m, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT))
-    return out
 
 
 def clip_frames(shared_data: Path, size: tuple[int, int] = SIZE) -> list[np.ndarray]:
