@@ -110,7 +110,7 @@ class FrameSource:
     # -- timing ---------------------------------------------------------------------------------
     def _time_ms(self, index: int, pos: float | None) -> float:
         step = 1000.0 / (self.info.fps or DEFAULT_FPS)
-        if self.info.live and isinstance(self.capture, OpenCVCapture) and self.info.name.startswith("camera "):
+        if self.info.camera:
             now = time.perf_counter()
             self._clock0 = now if self._clock0 is None else self._clock0
             t = (now - self._clock0) * 1000.0
@@ -219,7 +219,7 @@ class FrameSource:
                                  "OpenCV build lacks)")
         if self.error is not None:
             return
-        if info.live and info.name.startswith("camera "):
+        if info.camera:
             self.error = f"{info.name}: stopped delivering frames after {self.frames}"
         elif info.frame_count and self._last_ms is not None:
             step = 1000.0 / info.fps

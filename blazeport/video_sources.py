@@ -54,7 +54,8 @@ class VideoReadError(BlazeportError):
 class VideoInfo:
     """What a source says about itself at open. ``frame_count`` is None when unknown (cameras, streams);
     for a file it is the container's count or estimate. ``rotation`` is the display rotation applied
-    (degrees clockwise); ``live``: a camera or network stream, read as fast as it comes."""
+    (degrees clockwise); ``live``: a camera or network stream, read as fast as it comes; ``camera``: a
+    local camera, whose frames are timed by the clock."""
 
     name: str
     width: int
@@ -63,6 +64,7 @@ class VideoInfo:
     frame_count: int | None
     live: bool
     rotation: int = 0
+    camera: bool = False
 
 
 def is_url(source: object) -> bool:
@@ -99,7 +101,7 @@ def _usable_fps(fps: float) -> float | None:
 class OpenCVCapture:
     """A ``cv2.VideoCapture`` (file, URL or camera) read as RGB frames with their timestamps."""
 
-    def __init__(self, cap: Any, name: str, live: bool, max_pixels: int | None = None) -> None:
+    def __init__(self, cap: Any, name: str, live: bool, max_pixels: int | None = None, camera: bool = False) -> None:
         self.cap = cap
         self.rotate: int | None = None
         rotation = 0
@@ -119,7 +121,7 @@ class OpenCVCapture:
             raise VideoReadError(f"{name}: {width}x{height} frames are over the limit of {limit:,} pixels; raise it "
                                  "with --max-pixels (max_pixels= in Python) if the file is trusted.")
         self.info = VideoInfo(name, width, height, _usable_fps(cap.get(cv2.CAP_PROP_FPS)) or DEFAULT_FPS,
-                              count if count > 0 and not live else None, live, rotation)
+                              count if count > 0 and not live else None, live, rotation, camera)
 
     def read(self) -> tuple[np.ndarray, float | None] | None:
         ok, frame = self.cap.read()
@@ -149,7 +151,7 @@ def open_capture(source: str | Path | int, decode_threads: int | None = None,
         if not cap.isOpened():
             raise VideoReadError(f"camera {source} cannot be opened (no such device, no permission, or in use by "
                                  "another program); on Linux the cameras are /dev/video*")
-        return OpenCVCapture(cap, f"camera {source}", live=True, max_pixels=max_pixels)
+        return OpenCVCapture(cap, f"camera {source}", live=True, max_pixels=max_pixels, camera=True)
     if is_sequence_pattern(source):
         return SequenceCapture(Path(source), fps or DEFAULT_FPS, max_pixels)
     name = str(source)

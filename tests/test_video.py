@@ -163,7 +163,7 @@ class _LiveCapture:
     """A camera that delivers 30 frames as fast as it can, each numbered in its pixels."""
 
     def __init__(self) -> None:
-        self.info = VideoInfo("camera 9", 8, 8, 30.0, None, live=True)
+        self.info = VideoInfo("camera 9", 8, 8, 30.0, None, live=True, camera=True)
         self.sent = 0
 
     def read(self) -> tuple[np.ndarray, float | None] | None:
