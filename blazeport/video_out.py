@@ -14,7 +14,8 @@ with :func:`blazeport.files.drawing_paths`). Decided here:
 - **our own failure** (an exception while drawing or writing, Ctrl-C on a file): no commit; the
   temporary file is deleted and nothing appears under the target's name.
 
-A variable-frame-rate input is written at its average rate (``CAP_PROP_FPS``): every frame, in
+Encoding (RGB -> BGR and FFmpeg's ``mpeg4``: ~1 ms a 640x480 frame here) runs in a thread of its own,
+overlapping the detector. A variable-frame-rate input is written at its average rate (``CAP_PROP_FPS``): every frame, in
 order, evenly spaced. A frame whose size differs from the first (a stream that changes resolution,
 an image sequence of mixed sizes) is resized to the first's.
 """
@@ -22,6 +23,9 @@ an image sequence of mixed sizes) is resized to the first's.
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -37,36 +41,76 @@ SUFFIX = ".mp4"
 
 class VideoOutput:
     """``write(rgb)`` frames, then ``commit()`` (or ``discard()``); as a context manager an exception
-    discards and a clean exit commits."""
+    discards and a clean exit commits.
 
-    def __init__(self, target: str | Path, fps: float, replace: bool = False) -> None:
+    Encoding runs in its own thread behind a queue of at most ``queue`` frames (OpenCV releases the
+    GIL while FFmpeg encodes), so it overlaps the next frame's detection; ``write`` returns once the
+    frame is queued. An encoder error is raised by the next ``write`` or by ``commit``."""
+
+    def __init__(self, target: str | Path, fps: float, replace: bool = False, queue_frames: int = 4) -> None:
         self.target = Path(target)
         self.fps = float(fps) if 1.0 <= fps <= 240.0 else 30.0  # FFmpeg's mpeg4 takes a rational rate
         self._cm = staged(self.target, replace)
         self._stage = self._cm.__enter__()
         self._writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
-        self.frames = 0
+        self.frames = 0  # queued
+        self.encode_s = 0.0  # the encoder thread's time: RGB -> BGR and FFmpeg
         self._done = False
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(1, queue_frames))
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     @property
     def temporary(self) -> Path:
         """Where the frames go until :meth:`commit`."""
         return self._stage.path
 
+    def _open(self, w: int, h: int) -> None:
+        self.size = (w, h)
+        self._writer = cv2.VideoWriter(str(self._stage.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FOURCC),
+                                       self.fps, self.size)
+        if not self._writer.isOpened():
+            raise BlazeportError(f"{self.target}: OpenCV's FFmpeg cannot write {FOURCC} video here ({w}x{h}, "
+                                 f"{self.fps:g} fps)")
+        self._thread = threading.Thread(target=self._encode, name="blazeport-encode", daemon=True)
+        self._thread.start()
+
+    def _encode(self) -> None:
+        assert self._writer is not None and self.size is not None
+        while True:
+            rgb = self._queue.get()
+            if rgb is None:
+                return
+            if self._failure is not None:
+                continue  # drain, so the producer never blocks on a dead encoder
+            try:
+                t0 = time.perf_counter()
+                if rgb.shape[1::-1] != self.size:
+                    rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+                self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                self.encode_s += time.perf_counter() - t0
+            except BaseException as exc:  # raised in the caller's thread at its next write or commit
+                self._failure = exc
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise BlazeportError(f"{self.target}: writing the video failed ({self._failure})") from None
+
     def write(self, rgb: np.ndarray) -> None:
-        h, w = rgb.shape[:2]
+        """Queue one RGB frame (the array is the encoder's until written: pass a frame you do not change)."""
         if self._writer is None:
-            self.size = (w, h)
-            self._writer = cv2.VideoWriter(str(self._stage.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FOURCC),
-                                           self.fps, self.size)
-            if not self._writer.isOpened():
-                raise BlazeportError(f"{self.target}: OpenCV's FFmpeg cannot write {FOURCC} video here ({w}x{h}, "
-                                     f"{self.fps:g} fps)")
-        if (w, h) != self.size:
-            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            self._open(rgb.shape[1], rgb.shape[0])
+        self._raise_failure()
+        self._queue.put(rgb)
         self.frames += 1
+
+    def _finish(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        if self._writer is not None:
+            self._writer.release()
 
     def commit(self) -> Path | None:
         """Finish the file and put it in place; None (nothing written) when no frame was written."""
@@ -74,8 +118,8 @@ class VideoOutput:
             return self.target if self.frames else None
         self._done = True
         try:
-            if self._writer is not None:
-                self._writer.release()
+            self._finish()
+            self._raise_failure()
             if not self.frames:
                 return None
             if not self._stage.path.is_file() or self._stage.path.stat().st_size == 0:
@@ -89,9 +133,9 @@ class VideoOutput:
         if self._done:
             return
         self._done = True
+        self._failure = self._failure or RuntimeError("discarded")  # the encoder skips what is still queued
         with contextlib.suppress(Exception):
-            if self._writer is not None:
-                self._writer.release()
+            self._finish()
         self._cm.__exit__(None, None, None)
 
     def __enter__(self) -> VideoOutput:

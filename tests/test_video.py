@@ -231,3 +231,15 @@ def test_a_drawn_video_is_written_beside_and_put_in_place_at_the_end(tmp_path: P
     dropped.write(rgb(clip_bgr[0]))
     dropped.discard()
     assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]
+
+
+def test_an_encoder_failure_is_one_error_and_leaves_nothing(tmp_path: Path, clip_bgr: list[np.ndarray]) -> None:
+    out = VideoOutput(tmp_path / "bad.mp4", 30.0)
+    out.write(rgb(clip_bgr[0]))
+    out.write(np.zeros((240, 320, 3), np.float64))  # fails in the encoder thread
+    with pytest.raises(BlazeportError, match=r"bad\.mp4: writing the video failed"):
+        for _ in range(50):  # raised by a later write at the latest, else by commit
+            out.write(rgb(clip_bgr[1]))
+        out.commit()
+    out.discard()
+    assert list(tmp_path.iterdir()) == []

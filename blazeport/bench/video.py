@@ -12,10 +12,12 @@ Each configuration runs in its own child process (``python -m blazeport.bench.ch
   (``reader``), so the ratio to it compares detectors, not decoders.
 
 Stages, per frame: ``decode`` (the reader's read + RGB conversion; in ``plain`` it is in the loop),
-``wait`` (what the detector waited for a decoded frame: decoding not hidden), ``detect`` and ``draw``
-(drawing and encoding). Frames per second are frames over the wall time of the whole pass, from
+``wait`` (what the detector waited for a decoded frame: decoding not hidden), ``detect``, ``draw``
+(drawing, and handing the frame to the encoder thread) and ``encode`` (that thread's BGR conversion and
+FFmpeg, overlapping the next frames). Frames per second are frames over the wall time of the whole pass, from
 opening the file to the last frame (the model's loading is ``init``, apart).
-``decode_threads`` is FFmpeg's (``CAP_PROP_N_THREADS``; 0 leaves OpenCV's default, one per core).
+``decode_threads`` is FFmpeg's (``CAP_PROP_N_THREADS``, the same in every loop; 0 is OpenCV's default,
+one per core; ``detect`` uses every core but one, :func:`blazeport.video_sources.default_decode_threads`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from blazeport.video import open_frames
 WARMUP_FRAMES = 10
 
 
-def _decode_threads(cfg: dict[str, Any]) -> int | None:
-    return int(cfg["decode_threads"]) or None
+def _decode_threads(cfg: dict[str, Any]) -> int:
+    return int(cfg["decode_threads"])  # 0: OpenCV's default (one per core)
 
 
 def _summary(frames: int, wall_s: float, decode_s: float, wait_s: float, detect: list[float], draw: list[float],
@@ -81,7 +83,9 @@ def measure_video(detector: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         if out is not None:
             out.commit()  # the encoder's last frames are flushed here: part of the pass
         wall = time.perf_counter() - t_start
-    return {**_summary(source.frames, wall, source.decode_s, source.wait_s, detect, draw, faces), **process_facts()}
+    encode = {"encode_ms": 1000 * out.encode_s / max(1, out.frames)} if out is not None else {}
+    return {**_summary(source.frames, wall, source.decode_s, source.wait_s, detect, draw, faces), **encode,
+            **process_facts()}
 
 
 def measure_mediapipe_video(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +112,7 @@ def measure_mediapipe_video(cfg: dict[str, Any]) -> dict[str, Any]:
                 detect.append(time.perf_counter() - a)
         frames, decode_s, wait_s = source.frames, source.decode_s, source.wait_s
     else:  # as MediaPipe's examples: read, convert, process
-        cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads] if threads else [])
+        cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
         while True:
             a = time.perf_counter()
             ok, bgr = cap.read()
@@ -203,7 +207,7 @@ def print_video_report(rows: list[dict[str, Any]]) -> None:
         return "-" if x is None else format(x, spec)
 
     print(f"{'model':<13}{'backend':<17}{'thr':>4}{'dec':>4}  {'loop':<12}{'frames/s':>9}{'decode':>8}{'wait':>7}"
-          f"{'detect':>8}{'draw':>7}{'x MP':>7}{'x MP rdr':>9}")
+          f"{'detect':>8}{'draw':>7}{'encode':>8}{'x MP':>7}{'x MP rdr':>9}")
     for r in rows:
         loop = ("reader" if r["reader"] else "plain") + (" + draw" if r["draw"] else "")
         head = f"{r['model']:<13}{r['backend']:<17}{r['threads']:>4}{r['decode_threads'] or 'cv':>4}  {loop:<12}"
@@ -211,12 +215,14 @@ def print_video_report(rows: list[dict[str, Any]]) -> None:
             print(f"{head}FAILED: {r['error']}")
             continue
         print(f"{head}{fmt(r['frames_per_s'], '.1f'):>9}{fmt(r['decode_ms'], '.2f'):>8}{fmt(r['wait_ms'], '.2f'):>7}"
-              f"{fmt(r['detect_ms'], '.2f'):>8}{fmt(r['draw_ms'], '.2f'):>7}{fmt(r.get('vs_mediapipe'), '.2f'):>7}"
+              f"{fmt(r['detect_ms'], '.2f'):>8}{fmt(r['draw_ms'], '.2f'):>7}{fmt(r.get('encode_ms'), '.2f'):>8}"
+              f"{fmt(r.get('vs_mediapipe'), '.2f'):>7}"
               f"{fmt(r.get('vs_mediapipe_reader'), '.2f'):>9}")
     for n in sorted({r["threads"] for r in rows}):
         best = [r["vs_mediapipe"] for r in rows if r["threads"] == n and not r["draw"] and r.get("vs_mediapipe")]
         if best:
             print(f"{n} thread(s): best {max(best):.2f}x the frames/s of MediaPipe's own loop (target >= 1.5x)")
     print("ms per frame; decode: the reader's read + RGB (in the loop for MediaPipe's plain row), wait: the detector "
-          "waiting for a frame, draw: drawing + mp4v encoding; dec: FFmpeg decode threads (cv: OpenCV's default)",
+          "waiting for a frame, draw: drawing, encode: the encoder thread's BGR + mp4v (overlapped); dec: FFmpeg "
+          "decode threads (cv: OpenCV's default)",
           file=sys.stderr)
