@@ -243,3 +243,16 @@ def test_an_encoder_failure_is_one_error_and_leaves_nothing(tmp_path: Path, clip
         out.commit()
     out.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("queue_frames", [0, 4])
+def test_the_encoder_thread_and_the_inline_encoder_write_the_frames_in_order(tmp_path: Path, clip_bgr: list[np.ndarray],
+                                                                         queue_frames: int) -> None:
+    with VideoOutput(tmp_path / "v.mp4", 30.0, queue_frames=queue_frames) as out:
+        for i, b in enumerate(clip_bgr[:12]):
+            marked = rgb(b)
+            marked[:16, 20 * i: 20 * i + 16] = 255  # frame i: a white block at x = 20 i
+            out.write(marked)
+    frames = read_all(tmp_path / "v.mp4")
+    assert out.encode_s > 0 and len(frames) == 12
+    assert [int(np.argmax([f[:16, 20 * j: 20 * j + 16].mean() for j in range(12)])) for f in frames] == list(range(12))
