@@ -46,7 +46,8 @@ def camera_motion(photo: np.ndarray, count: int, size: tuple[int, int] = (320, 2
 
 
 def make_video(out: Path, size: tuple[int, int], seconds: float, fps: float = 30.0, shot: float = 2.0,
-               photos: list[Path] | None = None, fourcc: str | None = None) -> int:
+               photos: list[Path] | None = None, fourcc: str | None = None, zoom: tuple[float, float] = (1.0, 1.35),
+               pan: tuple[float, float] = (0.12, 0.06)) -> int:
     """Write the video; returns its frame count."""
     photos = photos or [SHARED_DATA / p for p in PHOTOS]
     images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in photos]
@@ -59,7 +60,7 @@ def make_video(out: Path, size: tuple[int, int], seconds: float, fps: float = 30
         raise SystemExit(f"OpenCV's FFmpeg cannot write {fourcc} into {out}")
     total, per_shot = round(seconds * fps), max(1, round(shot * fps))
     # a shot is filmed once and reused: a 10-minute video costs its encoding, not 18000 warps
-    shots = [camera_motion(im, per_shot, size) for im in images]
+    shots = [camera_motion(im, per_shot, size, zoom, pan) for im in images]
     for i in range(total):
         writer.write(shots[(i // per_shot) % len(shots)][i % per_shot])
     writer.release()
@@ -75,10 +76,13 @@ def main() -> int:
     p.add_argument("--shot", type=float, default=2.0, help="seconds on each photo (default 2)")
     p.add_argument("--fourcc", help="default: FFV1 for .mkv, mp4v otherwise")
     p.add_argument("--photos", nargs="+", type=Path, help="photos to film (default: four of ../shared/data)")
+    p.add_argument("--zoom", default="1.0,1.35", help="zoom at a shot's start and end (default 1.0,1.35)")
+    p.add_argument("--pan", default="0.12,0.06", help="pan over a shot, fractions of the photo (default 0.12,0.06)")
     args = p.parse_args()
     w, h = (int(x) for x in args.size.lower().split("x"))
     t0 = time.perf_counter()
-    n = make_video(args.out, (w, h), args.seconds, args.fps, args.shot, args.photos, args.fourcc)
+    zoom, pan = (tuple(float(x) for x in v.split(",")) for v in (args.zoom, args.pan))
+    n = make_video(args.out, (w, h), args.seconds, args.fps, args.shot, args.photos, args.fourcc, zoom, pan)  # type: ignore[arg-type]
     print(f"{args.out}: {n} frames, {w}x{h}, {args.fps:g} fps, {args.out.stat().st_size / 1e6:.1f} MB, "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
