@@ -37,19 +37,22 @@ from blazeport.files import staged
 
 FOURCC = "mp4v"
 SUFFIX = ".mp4"
+ENCODE_QUEUE_BYTES = 32 << 20  # frames waiting for the encoder: 4 of 640x480 (the cap), 1 of 4K
+MAX_ENCODE_QUEUE = 4
 
 
 class VideoOutput:
     """``write(rgb)`` frames, then ``commit()`` (or ``discard()``); as a context manager an exception
     discards and a clean exit commits.
 
-    Encoding runs in its own thread behind a queue of at most ``queue_frames`` frames (OpenCV releases
-    the GIL while FFmpeg encodes), so it overlaps the next frame's detection; ``write`` returns once the
-    frame is queued. An encoder error is raised by the next ``write`` or by ``commit``.
-    ``queue_frames=0`` encodes in the caller's thread (drawing a 640x480 video with LiteRT on 2 busy
-    cores, interleaved passes: 177-269 frames/s that way, 261-344 with the encoder thread)."""
+    Encoding runs in its own thread behind a queue of at most ``queue_frames`` frames (default: as many
+    as fit in 32 MB, 1 to 4; a 4K frame is 25 MB) while OpenCV releases the GIL in FFmpeg, so it overlaps
+    the next frame's detection; ``write`` returns once the frame is queued. An encoder error is raised
+    by the next ``write`` or by ``commit``. ``queue_frames=0`` encodes in the caller's thread (drawing a
+    640x480 video with LiteRT on 2 busy cores, interleaved passes: 177-269 frames/s that way, 261-344 with
+    the encoder thread)."""
 
-    def __init__(self, target: str | Path, fps: float, replace: bool = False, queue_frames: int = 4) -> None:
+    def __init__(self, target: str | Path, fps: float, replace: bool = False, queue_frames: int | None = None) -> None:
         self.target = Path(target)
         self.fps = float(fps) if 1.0 <= fps <= 240.0 else 30.0  # FFmpeg's mpeg4 takes a rational rate
         self._cm = staged(self.target, replace)
@@ -60,7 +63,7 @@ class VideoOutput:
         self.encode_s = 0.0  # the encoder thread's time: RGB -> BGR and FFmpeg
         self._done = False
         self.queue_frames = queue_frames
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(2, queue_frames))
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=2)  # sized at the first frame
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
 
@@ -71,6 +74,9 @@ class VideoOutput:
 
     def _open(self, w: int, h: int) -> None:
         self.size = (w, h)
+        if self.queue_frames is None:
+            self.queue_frames = max(1, min(MAX_ENCODE_QUEUE, ENCODE_QUEUE_BYTES // max(1, w * h * 3)))
+        self._queue = queue.Queue(maxsize=self.queue_frames or 2)  # inline: the frame and the end mark
         self._writer = cv2.VideoWriter(str(self._stage.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*FOURCC),
                                        self.fps, self.size)
         if not self._writer.isOpened():
