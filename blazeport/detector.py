@@ -6,7 +6,7 @@ files, so their detections are comparable. Nothing here imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ from blazeport.loader import open_backend
 from blazeport.postprocess import Detection, check_postprocess, postprocess
 from blazeport.preprocess import as_rgb, letterbox, read_image
 from blazeport.runtimes import default_runtime
+from blazeport.smoothing import DetectionSmoother
 from blazeport.specs import ModelSpec
+from blazeport.video import Frame, FrameSource, VideoReadError, frames_of
 
 Backend = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -49,6 +51,34 @@ class Detector:
     def detect(self, image: np.ndarray | str | Path) -> list[Detection]:
         """Detect faces in one RGB uint8 image (or an image file path)."""
         return self.detect_batch([image])[0]
+
+    def detect_frames(self, frames: Iterable[Frame], smooth: bool | DetectionSmoother = False
+                      ) -> Iterator[tuple[Frame, list[Detection]]]:
+        """``(frame, detections)`` for each :class:`blazeport.video.Frame`, in order: :meth:`detect` on
+        every frame, as MediaPipe's FaceDetection runs on video (no tracking; it keeps no state between
+        frames). ``smooth``: a :class:`blazeport.smoothing.DetectionSmoother` (``True``: MediaPipe's
+        one-euro parameters) filters boxes and keypoints over time."""
+        smoother = DetectionSmoother() if smooth is True else smooth or None
+        for frame in frames:
+            dets = self.detect(frame.rgb)
+            if smoother is not None:
+                dets = smoother(dets, frame.time_ms, frame.rgb.shape[1], frame.rgb.shape[0])
+            yield frame, dets
+
+    def detect_video(self, source: str | Path | int | FrameSource | Iterable[np.ndarray],
+                     smooth: bool | DetectionSmoother = False,
+                     fps: float | None = None) -> Iterator[tuple[int, float, list[Detection]]]:
+        """``(frame_index, time_ms, detections)`` for every frame of a video file, URL, camera index
+        (``int``), image sequence (``"frames/%04d.png"``) or an iterable of RGB uint8 arrays the caller
+        decoded (timed at ``fps``, default 30); see :func:`blazeport.video.open_frames`. Frames are decoded
+        ahead in a reader thread while the detector runs. A file that ends early (truncated, damaged)
+        raises :class:`blazeport.video.VideoReadError` after its last good frame was yielded."""
+        frames = frames_of(source, fps=fps)
+        with frames:
+            for frame, dets in self.detect_frames(frames, smooth):
+                yield frame.index, frame.time_ms, dets
+        if frames.error:
+            raise VideoReadError(frames.error)
 
     def check(self, source: str | Path) -> Detector:
         """Run one blank input and require one output row per anchor of the spec.

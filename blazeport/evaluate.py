@@ -42,6 +42,7 @@ from blazeport.detector import Detector
 from blazeport.photos import list_images
 from blazeport.postprocess import Detection
 from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.progress import progress_bar
 from blazeport.verify import iou
 
 __all__ = ["SCORE_BANDS", "SIZE_BANDS", "agreement_with_teacher", "breakdown", "coco_ap", "evaluate_against_teacher",
@@ -223,8 +224,6 @@ def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
     ``unreadable`` (the part of ``skipped`` that could not be decoded), ``missing`` (annotated
     files not found among ``images``, their boxes left out) and ``messages`` (why each was skipped).
     """
-    from tqdm import tqdm
-
     source = "boxes" if isinstance(boxes, dict) else str(boxes)
     table = validate_boxes(boxes, source) if isinstance(boxes, dict) else load_boxes(boxes)
     paths = list_images(list(images) if isinstance(images, list) else [images])
@@ -234,7 +233,7 @@ def evaluate_on_boxes(detector: Detector, images: str | Path | list[str | Path],
     refs: list[list[Box]] = []
     sizes: list[tuple[int, int]] = []
     seen: set[str] = set()
-    bar = tqdm(annotated, desc="eval", unit="img", disable=not progress or len(annotated) < 2)
+    bar = progress_bar(annotated, desc="eval", unit="img", enabled=progress and len(annotated) > 1)
     for path, image, (w, h) in _read_all(bar, unreadable, max_pixels):
         entry = table[path.name]
         ref_w, ref_h = int(entry.get("width", w)), int(entry.get("height", h))
@@ -260,11 +259,9 @@ def evaluate_against_teacher(student: Detector, teacher: Detector, images: str |
     """:func:`agreement_with_teacher` on image files, streamed (unreadable files and files over
     ``max_pixels``, default :data:`blazeport.preprocess.MAX_PIXELS`, skipped and counted).
     ``by_size`` adds :func:`breakdown` under ``"breakdown"``."""
-    from tqdm import tqdm
-
     paths = list_images(list(images) if isinstance(images, list) else [images])
     unreadable: list[str] = []
-    bar = tqdm(paths, desc="eval", unit="img", disable=not progress or len(paths) < 2)
+    bar = progress_bar(paths, desc="eval", unit="img", enabled=progress and len(paths) > 1)
     result: dict[str, Any] = _agreement(student, teacher, (img for _, img, _ in _read_all(bar, unreadable, max_pixels)),
                                         by_size)
     result["skipped"] = len(unreadable)

@@ -8,8 +8,12 @@ import numpy as np
 
 from blazeport.errors import BlazeportError
 from blazeport.preprocess import as_rgb
+from blazeport.video_sources import is_sequence_pattern, is_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# what a folder's videos are called: listed with its photos and run as videos (never .ts: TypeScript shares it)
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".mts", ".m2ts",
+                  ".3gp", ".ogv"}
 
 # Bundled in scikit-image's wheel: a portrait (astronaut), a person with a camera, a cat, a cup,
 # a rocket launch. Faces and non-faces alike: conversion checks compare raw outputs, not boxes.
@@ -67,6 +71,28 @@ def list_images(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+                              and (f.is_file() or _broken_link(f))))
+        else:
+            out.append(p)
+    return out
+
+
+def is_video_input(item: str | Path) -> bool:
+    """A video file (by its suffix), a URL, or an image-sequence pattern (``frames/%04d.png``)."""
+    return is_url(item) or is_sequence_pattern(item) or Path(item).suffix.lower() in VIDEO_SUFFIXES
+
+
+def list_inputs(paths: list[str | Path]) -> list[Path | str]:
+    """:func:`list_images`, with videos: a folder's video files are listed among its photos (sorted);
+    a URL and an image-sequence pattern stay strings (``Path`` would fold ``rtsp://`` to ``rtsp:/``)."""
+    out: list[Path | str] = []
+    for p in paths:
+        if is_url(p) or is_sequence_pattern(p):
+            out.append(str(p))
+            continue
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
                               and (f.is_file() or _broken_link(f))))
         else:
             out.append(p)

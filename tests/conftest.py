@@ -56,3 +56,19 @@ def small_run(folder: Path, out: Path, **kw: Any) -> Any:
                                 lr=2e-3, val_fraction=0.25, limit=8, progress=False, threads=1, seed=1)
     base.update(kw)
     return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def clip_bgr(shared_data: Path) -> list[np.ndarray]:
+    """40 frames of 320x240 made from real photos under camera motion: one face, none, three (tests/videos.py)."""
+    from tests.videos import clip_frames
+
+    return clip_frames(shared_data)
+
+
+@pytest.fixture(scope="session")
+def clip_mkv(tmp_path_factory, clip_bgr: list[np.ndarray]) -> Path:
+    """``clip_bgr`` as a lossless FFV1 ``.mkv`` at 30 fps (frames read back are the frames written)."""
+    from tests.videos import write_video
+
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mkv", clip_bgr)

@@ -244,6 +244,7 @@ def fuzz_model(name: str, count: int, seed: int = 0, jobs: int = 1, timeout: flo
 
     from blazeport.photos import sample_image_path
     from blazeport.preprocess import read_image
+    from blazeport.progress import progress_bar
 
     tqdm.monitor_interval = 0  # no monitor thread: a fork must not copy a thread holding a lock
     _preload()
@@ -261,7 +262,7 @@ def fuzz_model(name: str, count: int, seed: int = 0, jobs: int = 1, timeout: flo
     running: dict[int, _Running] = {}
     seeds = iter(range(seed, seed + count))
     t0 = time.perf_counter()
-    bar = tqdm(total=count, desc=name, unit="mutant", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=count, desc=name, unit="mutant", enabled=progress)
 
     def finish(fd: int, status: int | None, rss_mb: float) -> None:
         run = running.pop(fd)

@@ -100,6 +100,13 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
     """Measure one configuration in this process (called in a fresh child)."""
     cv2.setNumThreads(int(cfg["threads"]))
     out: dict[str, Any] = {"pid": os.getpid()}
+    if cfg["mode"] == "video":  # bench --video: frames/s over a video (blazeport.bench.video)
+        from blazeport.bench.video import measure_mediapipe_video, measure_video
+
+        if cfg["runtime"] == MEDIAPIPE:
+            return {**out, **measure_mediapipe_video(cfg)}
+        detector, import_ms, init_ms = open_timed(cfg)
+        return {**out, "import_ms": import_ms, "init_ms": init_ms, **measure_video(detector, cfg)}
     if cfg["mode"] == "folder":  # bench --folder: images/s over a folder (blazeport.bench.folder)
         if cfg["runtime"] == MEDIAPIPE:
             return {**out, **measure_mediapipe_folder(cfg)}

@@ -18,11 +18,13 @@ from typing import Any
 
 from blazeport.bench.android import android_commands
 from blazeport.bench.android_results import cmd_android_results
+from blazeport.bench.child import spawn
 from blazeport.bench.folder import print_folder_report, run_folder_bench
 from blazeport.bench.mediapipe import MEDIAPIPE, find_mediapipe_python
 from blazeport.bench.report import add_ratios, check_targets, host_info, print_report, write_plot
-from blazeport.bench.rounds import configurations, measure_rows
-from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_baselines, resolve_targets
+from blazeport.bench.rounds import child_config, configurations, measure_rows
+from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_baselines, mediapipe_baseline, resolve_targets
+from blazeport.bench.video import print_video_report, run_video_bench, video_configs
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, write_atomic
 from blazeport.folder import default_workers
@@ -32,6 +34,7 @@ from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
 from blazeport.runtimes import RUNTIMES, check_device
 from blazeport.specs import SPECS, LandmarkSpec
+from blazeport.video_sources import default_decode_threads
 
 DEFAULT_CACHE = Path("runs") / "bench-cache"
 
@@ -43,6 +46,17 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _count_list(text: str) -> list[int]:
+    """Comma-separated whole numbers >= 0 (--decode-threads: 0 is OpenCV's default)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
     return values
 
 
@@ -95,6 +109,14 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
     b.add_argument("--folder", metavar="DIR", help="instead of latency: images/s of the folder pipeline (`detect DIR "
                    "--batch N --workers K`) over DIR's images on each backend, thread count and --batch, against "
                    "MediaPipe's FaceDetection.process loop over the same files and reader (MODEL defaults to short_range)")
+    b.add_argument("--video", metavar="FILE", help="instead of latency: frames/s of `detect VIDEO`'s loop over FILE "
+                   "(a reader thread decoding ahead, detection per frame; with --draw also --out's drawing and mp4v "
+                   "encoding) on each backend and thread count, against MediaPipe's own loop (OpenCV read + "
+                   "FaceDetection.process per frame), with per-stage ms (decode, wait, detect, draw)")
+    b.add_argument("--draw", action="store_true", help="with --video: also time our loop drawing and encoding the video")
+    b.add_argument("--decode-threads", type=_count_list, default=[default_decode_threads()],
+                   help="with --video: comma-separated FFmpeg decode thread counts (CAP_PROP_N_THREADS) for every loop; "
+                   "0: OpenCV's default, one per core (default: detect's, every core but one, here %(default)s)")
     b.add_argument("--limit", type=int, help="with --folder: only the first N images (sorted)")
     b.add_argument("--batch", type=_int_list, default=[1], help="with --folder: comma-separated batch sizes (default: 1)")
     b.add_argument("--workers", type=int, default=default_workers(),
@@ -124,7 +146,10 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (canonical form of the parsed arguments)."""
     parts = ["blazeport", "bench", *args.models, "--backend", ",".join(args.backend),
              "--threads", ",".join(map(str, args.threads))]
-    if args.folder:  # --runs and --warmup mean nothing to a folder: one pass per round over its files
+    if args.video:  # one timed pass over the video per round
+        parts += ["--video", args.video, "--decode-threads", ",".join(map(str, args.decode_threads))]
+        parts += ["--draw"] if args.draw else []
+    elif args.folder:  # --runs and --warmup mean nothing to a folder: one pass per round over its files
         parts += ["--folder", args.folder, "--batch", ",".join(map(str, args.batch)), "--workers", str(args.workers)]
         parts += ["--limit", str(args.limit)] if args.limit else []
         parts += ["--fast-decode"] if args.fast_decode else []
@@ -234,9 +259,49 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
     return 1 if any(r.get("error") for r in rows) else 0
 
 
+def cmd_bench_video(args: argparse.Namespace) -> int:
+    """``bench --video FILE``: frames/s of detect's video loop against MediaPipe's (:mod:`blazeport.bench.video`)."""
+    if not Path(args.video).is_file():
+        raise BlazeportError(f"--video {args.video}: not a file")
+    ignored = [flag for flag, given in (("--e2e", args.e2e), ("--plot", args.plot), ("--android", args.android),
+                                        ("--folder", args.folder), ("--batch", args.batch != [1]),
+                                        ("--fast-decode", args.fast_decode), ("--runs", args.runs != 200),
+                                        ("--warmup", args.warmup != 20)) if given]
+    if ignored:
+        raise BlazeportError(f"{', '.join(ignored)} do(es) not apply to --video (one timed pass over the video per "
+                             "round); drop it")
+    args.models = args.models or [DEFAULT_TEACHER]
+    if args.json:
+        check_output(args.json, [Path(args.video), *(Path(m) for m in args.models if Path(m).is_file())], "JSON report",
+                     args.overwrite)
+    notes: list[str] = []
+    targets = resolve_targets(args.models, set(args.backend), Path(args.cache), args.spec, notes, _log, args.trust_code)
+    _place(targets, args)
+    if not args.no_baselines:
+        mp_python, why = find_mediapipe_python(args.mediapipe_python)
+        notes.append(why)
+        for ref in {t.reference.name: t.reference for t in targets if t.reference is not None}.values():
+            targets = [*targets, *mediapipe_baseline(ref, mp_python, notes)]
+    host = host_info()
+    rows = run_video_bench(video_configs(targets, args.threads, args.decode_threads, args.draw), Path(args.video),
+                           max(1, args.rounds), child_config, spawn, _bench_image(args.image), _log)
+    host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    for note in notes:
+        _log(f"note: {note}")
+    print_video_report(rows)
+    report = {"blazeport_bench_video": 1, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "command": command_line(args), "host": host, "notes": notes, "results": rows}
+    if args.json:
+        out = write_atomic(args.json, json.dumps(report, indent=1).encode(), args.overwrite)
+        _log(f"report: {out}")
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.android_results:
         return cmd_android_results(args, _log)
+    if args.video:
+        return cmd_bench_video(args)
     if args.folder:
         return cmd_bench_folder(args)
     if not args.models:

@@ -1,8 +1,14 @@
-"""``blazeport detect``: faces in images, drawn and printed or as JSON."""
+"""``blazeport detect``: faces in images and videos, drawn and printed or as JSON.
+
+Photos run through :func:`blazeport.folder.detect_folder`; videos (files, a folder's videos, URLs,
+image sequences, ``--camera N``) after them, frame by frame (:mod:`blazeport.cli.video`). With a video
+among the inputs, ``--json`` prints JSON Lines: one object per photo, then one per frame as it is done.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,43 +17,60 @@ from typing import Any
 from tqdm import tqdm
 
 from blazeport.cli.common import add_max_pixels, non_negative_int, positive_int, print_json
+from blazeport.cli.video import (
+    VideoTotals,
+    add_video_options,
+    check_video_args,
+    run_video,
+    split_inputs,
+    video_jobs,
+    video_summary,
+)
 from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths, inputs_outside
 from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
-from blazeport.photos import list_images, sample_image_path
+from blazeport.photos import list_inputs, sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
+from blazeport.progress import progress_bar
 from blazeport.runtimes import RUNTIMES
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    arguments = args.images or [sample_image_path("astronaut")]
-    paths = list_images(arguments)
+    check_video_args(args)
+    arguments = args.images or ([] if args.camera is not None else [sample_image_path("astronaut")])
+    inputs = list_inputs(arguments)
     out_dir = Path(args.out) if args.out else None
     if out_dir:  # the drawings of an earlier run into a folder inside an input folder are not photos
-        paths, left = inputs_outside(arguments, paths, out_dir)
+        kept, left = inputs_outside(arguments, [p for p in inputs if isinstance(p, Path)], out_dir)
+        inputs = [p for p in inputs if not isinstance(p, Path) or p in kept]
         if left and not args.quiet:
             print(f"{left} image(s) under --out {out_dir} were not taken as inputs", file=sys.stderr)
-    if not paths:
-        raise BlazeportError(f"no images found in {' '.join(args.images)}")
+    paths, videos = split_inputs(inputs)
+    if not paths and not videos and args.camera is None:
+        raise BlazeportError(f"no images or videos found in {' '.join(args.images)}")
+    if args.smooth and not (videos or args.camera is not None):
+        raise BlazeportError("--smooth filters detections over time: it applies to videos and --camera, not photos")
     # every drawing's name is decided, and checked against the inputs, before any work
-    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir else []
+    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir and paths else []
+    jobs = video_jobs(arguments, videos, args.camera, out_dir, args.overwrite)
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
+    json_lines = args.json and bool(jobs)  # a video's frames are printed as they are done: JSON Lines
     detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
                     spec=args.spec, postprocess=args.postprocess, device=args.device, trust_code=args.trust_code)
     results, skipped = [], 0
     # one line per image is the progress in text mode; --json gets a bar on stderr instead
     verbose = not args.json and not args.quiet
-    bar = tqdm(total=len(paths), desc="detect", unit="img", disable=verbose or args.quiet or len(paths) < 2,
-               file=sys.stderr)
+    bar = progress_bar(total=len(paths), desc="detect", unit="img", enabled=not verbose and not args.quiet
+                       and len(paths) > 1)
     t0 = time.perf_counter()
     # decoding runs ahead in reader threads; results come back in input order (blazeport.folder)
     # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own
     for item, dets in detect_folder(detector, paths, batch=args.batch, workers=args.workers, max_pixels=args.max_pixels,
-                                    fast_decode=args.fast_decode):
+                                    fast_decode=args.fast_decode) if paths else ():
         bar.update()
         if dets is None:
             skipped += 1
@@ -55,6 +78,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             continue
         path, image, (w, h) = item.path, item.image, item.size
         results.append({"image": str(path), "width": w, "height": h, "detections": [d.to_dict() for d in dets]})
+        if json_lines:
+            tqdm.write(json.dumps(results[-1]), file=sys.stdout)
         if out_dir:
             save_rgb(drawings[item.index], draw_detections(image, dets), replace=args.overwrite)
         if verbose:
@@ -64,26 +89,37 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 tqdm.write(f"  score {d.score:.3f}  box x={x:.0f} y={y:.0f} w={bw:.0f} h={bh:.0f} px", file=sys.stdout)
     bar.close()
     elapsed = time.perf_counter() - t0
-    if args.json:
+    if args.json and not json_lines:
         print_json(results)
-    if not args.quiet:
+    if not args.quiet and (paths or not jobs):
         where = f", drawings in {out_dir}" if out_dir else ""
         print(f"{len(results)} image(s), {sum(len(r['detections']) for r in results)} {detector.spec.subject}(s), "
               f"{skipped} skipped, {elapsed:.2f} s ({args.model}, {detector.backend.name}){where}", file=sys.stderr)
-    return 1 if skipped else 0
+    totals = VideoTotals()
+    for job in jobs:  # frame by frame, decoded ahead in a reader thread (blazeport.video)
+        run_video(job, lambda frames: detector.detect_frames(frames, smooth=args.smooth), draw_detections,
+                  lambda d: d.to_dict(), "detections", detector.spec.subject, totals, json_lines=json_lines, verbose=verbose,
+                  quiet=args.quiet, overwrite=args.overwrite, fps=args.fps, max_pixels=args.max_pixels)
+    if jobs and not args.quiet:
+        print(video_summary(totals, detector.spec.subject, f"{args.model}, {detector.backend.name}"), file=sys.stderr)
+    return 1 if skipped or totals.skipped or totals.ended_early else 0
 
 
 def add_parser(sub: Any, fmt: Any) -> None:
     """The ``detect`` subcommand's arguments."""
-    p = sub.add_parser("detect", help="detect faces in images and draw them",
-                       description="Run the detection pipeline (letterbox, model, decode, weighted NMS) on images. "
-                       "With no IMAGE, uses a real photo bundled with scikit-image.", formatter_class=fmt)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    p = sub.add_parser("detect", help="detect faces in images and videos and draw them",
+                       description="Run the detection pipeline (letterbox, model, decode, weighted NMS) on images and "
+                       "on every frame of videos, as MediaPipe's FaceDetection does. With no IMAGE, uses a real photo "
+                       "bundled with scikit-image.", formatter_class=fmt)
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image or video files, folders (their photos and videos), URLs OpenCV's FFmpeg opens (rtsp://, "
+                   "http://...) or an image sequence as a printf pattern (frames/%%04d.png)")
     p.add_argument("--model", default="short_range", help="spec name, .safetensors, .tflite or .onnx (default: short_range)")
     p.add_argument("--backend", choices=tuple(RUNTIMES),
                    help=f"runtime ({AUTO_BACKEND}); a .onnx model runs on onnx")
     p.add_argument("--spec", help="spec of a .onnx/.tflite file that does not carry one (files from `blazeport export` do)")
-    p.add_argument("--out", help="folder for copies of the images with detections drawn")
+    p.add_argument("--out", help="folder for copies of the images with detections drawn, and of videos (.mp4, mp4v, "
+                   "the input's size and frame rate)")
     p.add_argument("--threshold", type=float, help="score threshold (default: the spec's)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backend")
     p.add_argument("--batch", type=positive_int, default=1,
@@ -103,7 +139,13 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
                    help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
                    "(default: auto); the detections are identical")
-    p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates)")
+    p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates); with a video "
+                   "among the inputs, JSON Lines: one object per image, then one per frame ({\"frame\", \"time_ms\", "
+                   "\"video\", \"width\", \"height\", \"detections\"})")
+    p.add_argument("--smooth", action="store_true",
+                   help="on video: smooth boxes and keypoints over time with MediaPipe's one-euro filter (min_cutoff "
+                   "0.05, beta 80, derivate_cutoff 1: its face landmarker's); default off, as MediaPipe's FaceDetection")
+    add_video_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)
     add_trust_code(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,42 +12,58 @@ from typing import Any
 from tqdm import tqdm
 
 from blazeport.cli.common import add_max_pixels, positive_int, print_json
+from blazeport.cli.video import (
+    VideoTotals,
+    add_video_options,
+    check_video_args,
+    run_video,
+    split_inputs,
+    video_jobs,
+    video_summary,
+)
 from blazeport.draw import draw_landmarks, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths, inputs_outside
 from blazeport.landmarks import load_landmarks
+from blazeport.landmarks_video import video_landmarks
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
-from blazeport.photos import list_images, sample_image_path
+from blazeport.photos import list_inputs, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.progress import progress_bar
 from blazeport.runtimes import RUNTIMES
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
-    arguments = args.images or [sample_image_path("astronaut")]
-    paths = list_images(arguments)
+    check_video_args(args)
+    arguments = args.images or ([] if args.camera is not None else [sample_image_path("astronaut")])
+    inputs = list_inputs(arguments)
     out_dir = Path(args.out) if args.out else None
     if out_dir:  # the drawings of an earlier run into a folder inside an input folder are not photos
-        paths, left = inputs_outside(arguments, paths, out_dir)
+        kept, left = inputs_outside(arguments, [p for p in inputs if isinstance(p, Path)], out_dir)
+        inputs = [p for p in inputs if not isinstance(p, Path) or p in kept]
         if left and not args.quiet:
             print(f"{left} image(s) under --out {out_dir} were not taken as inputs", file=sys.stderr)
-    if not paths:
-        raise BlazeportError(f"no images found in {' '.join(args.images)}")
+    paths, videos = split_inputs(inputs)
+    if not paths and not videos and args.camera is None:
+        raise BlazeportError(f"no images or videos found in {' '.join(args.images)}")
     # checked against the inputs first
-    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir else []
+    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir and paths else []
+    jobs = video_jobs(arguments, videos, args.camera, out_dir, args.overwrite)
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
+    json_lines = args.json and bool(jobs)  # a video's frames are printed as they are done: JSON Lines
     landmarker = load_landmarks(args.model, backend=args.backend, detector=args.detector,
                                 iris=args.iris_model if args.iris else False,
                                 threads=args.threads, max_faces=args.max_faces,
                                 min_detection_confidence=args.min_detection_confidence, min_presence=args.min_presence,
                                 device=args.device, trust_code=args.trust_code, refine=args.refine)
     verbose = not args.json and not args.quiet
-    bar = tqdm(total=len(paths), desc="landmarks", unit="img", disable=verbose or args.quiet or len(paths) < 2,
-               file=sys.stderr)
+    bar = progress_bar(total=len(paths), desc="landmarks", unit="img", enabled=not verbose and not args.quiet
+                       and len(paths) > 1)
     results: list[dict[str, Any]] = []
     skipped = 0
     t0 = time.perf_counter()
-    for index, path in enumerate(paths):
+    for index, path in enumerate(paths):  # photos first, then videos (below)
         bar.update()
         try:
             image, (w, h) = read_image_sized(path, args.max_pixels)
@@ -56,6 +73,8 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
             continue
         faces = landmarker.process(image)
         results.append({"image": str(path), "width": w, "height": h, "faces": [f.to_dict() for f in faces]})
+        if json_lines:
+            tqdm.write(json.dumps(results[-1]), file=sys.stdout)
         if out_dir:
             save_rgb(drawings[index], draw_landmarks(image, faces, mesh=not args.no_mesh), replace=args.overwrite)
         if verbose:
@@ -72,13 +91,23 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
                            file=sys.stdout)
     bar.close()
     elapsed = time.perf_counter() - t0
-    if args.json:
+    if args.json and not json_lines:
         print_json(results)
-    if not args.quiet:
+    if not args.quiet and (paths or not jobs):
         where = f", drawings in {out_dir}" if out_dir else ""
         print(f"{len(results)} image(s), {sum(len(r['faces']) for r in results)} face(s), {skipped} skipped, "
               f"{elapsed:.2f} s ({args.model or landmarker.spec.name}, {landmarker.runtime}){where}", file=sys.stderr)
-    return 1 if skipped else 0
+    totals = VideoTotals()
+    for job in jobs:  # frame by frame, decoded ahead in a reader thread (blazeport.video)
+        run_video(job, lambda frames: video_landmarks(landmarker, frames, static=args.static),
+                  lambda rgb, faces: draw_landmarks(rgb, faces, mesh=not args.no_mesh), lambda f: f.to_dict(), "faces",
+                  "face", totals, json_lines=json_lines, verbose=verbose, quiet=args.quiet, overwrite=args.overwrite,
+                  fps=args.fps, max_pixels=args.max_pixels)
+    if jobs and not args.quiet:
+        mode = "static" if args.static else "tracking"
+        print(video_summary(totals, "face", f"{args.model or landmarker.spec.name}, {landmarker.runtime}, {mode}"),
+              file=sys.stderr)
+    return 1 if skipped or totals.skipped or totals.ended_early else 0
 
 
 def _max_faces(text: str) -> int | None:
@@ -93,11 +122,13 @@ def add_parser(sub: Any, fmt: Any) -> None:
         "model and project its 468 landmarks back onto the image, as MediaPipe's FaceMesh(static_image_mode=True) "
         "does. With --iris, also the iris model on both eyes. With no IMAGE, uses a real photo bundled with "
         "scikit-image. Coordinates are normalized to the image (z in the units of x).", formatter_class=fmt)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image or video files, folders (their photos and videos), URLs OpenCV's FFmpeg opens or an "
+                   "image sequence as a printf pattern (frames/%%04d.png)")
     p.add_argument("--model", help="face landmark model: spec name or file (default: face_landmark, or "
                    "face_landmark_with_attention with --refine)")
     p.add_argument("--refine", action="store_true", help="478 landmarks: the face mesh with attention, refined lips, "
-                   "eyes and irises, as FaceMesh(refine_landmarks=True) (runs on torch, or an exported .onnx)")
+                   "eyes and irises, as FaceMesh(refine_landmarks=True)")
     p.add_argument("--detector", default="short_range", help="face detector: spec name or file (default: short_range, "
                    "as FaceMesh)")
     p.add_argument("--backend", choices=tuple(RUNTIMES), help=f"runtime for both models ({AUTO_BACKEND}; a .onnx "
@@ -112,12 +143,18 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="detector score threshold (default: 0.5)")
     p.add_argument("--min-presence", type=float, default=0.5, metavar="S",
                    help="keep a face whose presence score is above S (default: 0.5, FaceMesh's min_tracking_confidence)")
-    p.add_argument("--out", help="folder for copies of the images with the meshes drawn")
+    p.add_argument("--out", help="folder for copies of the images with the meshes drawn, and of videos (.mp4)")
+    p.add_argument("--static", action="store_true",
+                   help="on video: every frame on its own, as FaceMesh(static_image_mode=True); default: MediaPipe's "
+                   "tracking loop (static_image_mode=False), where a frame's landmarks give the next frame's regions")
+    add_video_options(p)
     p.add_argument("--no-mesh", action="store_true", help="draw contours and points only, not the tessellation")
     p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
     p.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N for the torch and onnx backends")
     p.add_argument("--json", action="store_true", help="print the landmarks as JSON: per image, per face: score, "
-                   "landmarks [[x, y, z] x 468, or 478 with --refine], roi, detection, iris")
+                   "landmarks [[x, y, z] x 468, or 478 with --refine], roi, detection, iris; with a video among the "
+                   "inputs, JSON Lines: one object per image, then one per frame ({\"frame\", \"time_ms\", \"video\", "
+                   "\"width\", \"height\", \"faces\"})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
     add_max_pixels(p)
     add_trust_code(p)

@@ -58,7 +58,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from blazeport import files
 from blazeport.counting import count_macs, count_params
@@ -87,6 +86,7 @@ from blazeport.distill.stream import to_batch
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
 from blazeport.models import architecture_name, build_student
+from blazeport.progress import progress_bar
 from blazeport.pruning.slimming import sparsity_step
 from blazeport.specs import student_spec
 from blazeport.weights import save_safetensors
@@ -247,8 +247,8 @@ class Run:
             print(f"rank {self.rank} of {self.world}, epoch {epoch + 1}: {len(names)} shard(s) {' '.join(names[:8])}"
                   f"{' ...' if len(names) > 8 else ''}", file=sys.stderr, flush=True)
         sums: dict[str, float] = dict(pos.sums) if pos is not None else {}
-        bar = tqdm(batches, total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                   unit="batch", disable=not (self.cfg.progress and self.main), dynamic_ncols=True)
+        bar = progress_bar(batches, total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                           unit="batch", enabled=self.cfg.progress and self.main, dynamic_ncols=True)
         t_session, steps = time.perf_counter(), start
         t_epoch = t_session - (pos.seconds if pos is not None else 0.0)
         for batch, skipped, *labels in bar:  # with --boxes a third item: each sample's hand-drawn faces
