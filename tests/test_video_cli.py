@@ -154,7 +154,7 @@ def test_smooth_changes_coordinates_not_faces(clip_mkv: Path, capsys) -> None:
     assert "applies to videos" in capsys.readouterr().err
 
 
-def test_landmarks_on_video_run_every_frame_static(tmp_path: Path, clip_bgr: list[np.ndarray], capsys) -> None:
+def test_landmarks_on_video_track_by_default_and_run_every_frame_with_static(tmp_path: Path, clip_bgr: list[np.ndarray], capsys) -> None:
     clip = write_video(tmp_path / "short.mkv", clip_bgr[10:18])  # faces, then none
     code = main(["landmarks", str(clip), "--static", "--backend", "tflite", "--json", "--out", str(tmp_path / "out")])
     out, err = capsys.readouterr()
@@ -166,7 +166,12 @@ def test_landmarks_on_video_run_every_frame_static(tmp_path: Path, clip_bgr: lis
     faces = [f for r in rows for f in r["faces"]]
     assert faces and all({"score", "landmarks", "roi", "detection"} <= set(f) and len(f["landmarks"]) == 468 for f in faces)
     assert frame_count(tmp_path / "out" / "short.mp4")[0] == 8
-    assert "static mode" not in err  # asked for: no note
-    main(["landmarks", str(clip), "--backend", "tflite", "-q"])
-    main(["landmarks", str(clip), "--backend", "tflite"])
-    assert "note: each frame runs on its own (static mode" in capsys.readouterr().err
+    assert ", static)" in err  # the summary names the mode
+    # without --static: MediaPipe's tracking loop, as blazeport.tracking runs it on the same frames
+    assert main(["landmarks", str(clip), "--backend", "tflite", "--json"]) == 0
+    out, err = capsys.readouterr()
+    tracked = [r["faces"] for r in lines(out)]
+    tracker = blazeport.FaceMeshTracker(blazeport.load_landmarks(backend="tflite"))
+    want = [[f.to_dict() for f in tracker.process(cv2.cvtColor(b, cv2.COLOR_BGR2RGB))] for b in clip_bgr[10:18]]
+    assert tracked == json.loads(json.dumps(want)) and ", tracking)" in err
+    assert any(f["detection"] is None for r in tracked for f in r)  # faces carried from frame to frame

@@ -18,11 +18,11 @@ from typing import Any
 
 from blazeport.bench.android import android_commands
 from blazeport.bench.android_results import cmd_android_results
-from blazeport.bench.child import spawn
 from blazeport.bench.folder import print_folder_report, run_folder_bench
 from blazeport.bench.mediapipe import MEDIAPIPE, find_mediapipe_python
 from blazeport.bench.report import add_ratios, check_targets, host_info, print_report, write_plot
 from blazeport.bench.rounds import child_config, configurations, measure_rows
+from blazeport.bench.spawn import spawn
 from blazeport.bench.targets import BACKENDS, DEFAULT_TEACHER, ORIGINAL, add_baselines, mediapipe_baseline, resolve_targets
 from blazeport.bench.video import print_video_report, run_video_bench, video_configs
 from blazeport.errors import BlazeportError
