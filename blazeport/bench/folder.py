@@ -20,6 +20,7 @@ from typing import Any
 
 from blazeport.bench.folder_measure import folder_paths
 from blazeport.bench.mediapipe import MEDIAPIPE
+from blazeport.bench.report import median_round
 from blazeport.bench.rounds import child_config
 from blazeport.bench.spawn import spawn
 from blazeport.bench.targets import Target, mediapipe_baseline
@@ -113,13 +114,7 @@ def run_folder_bench(targets: list[Target], folder: Path, limit: int | None, thr
         row = {"model": t.model, "backend": t.backend, "path": t.path, "threads": c["threads"], "batch": c["batch"],
                "workers": c["workers"], "fast_decode": c["fast_decode"], "device": t.extra.get("device", "cpu"),
                "baseline": t.baseline, "rounds": rounds}
-        failed = [x for x in runs if "error" in x]
-        if failed:
-            rows.append({**row, "error": failed[0]["error"]})
-            continue
-        # the round with the median rate stands for the configuration, every round's rate kept beside it
-        ranked = sorted(runs, key=lambda x: x["images_per_s"])
-        rows.append({**row, **ranked[(len(ranked) - 1) // 2], "images_per_s_rounds": [x["images_per_s"] for x in runs]})
+        rows.append(median_round(row, runs, "images_per_s"))
     _ratios(rows)
     _fast_decode_effects(rows)
     return rows

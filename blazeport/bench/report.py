@@ -287,3 +287,11 @@ def write_plot(report: dict[str, Any], out: Path, replace: bool = True) -> None:
     write_atomic(out, buf.getvalue(), replace)
 
 
+def median_round(row: dict[str, Any], runs: list[dict[str, Any]], rate: str) -> dict[str, Any]:
+    """A configuration's row from its rounds: the first error if a round failed, else the round with the
+    median ``rate`` (images or frames per second), every round's rate kept beside it (``RATE_rounds``)."""
+    failed = [x for x in runs if "error" in x]
+    if failed:
+        return {**row, "error": failed[0]["error"]}
+    ranked = sorted(runs, key=lambda x: x[rate])
+    return {**row, **ranked[(len(ranked) - 1) // 2], f"{rate}_rounds": [x[rate] for x in runs]}

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from blazeport.bench.mediapipe import MEDIAPIPE, mediapipe_face_detection
+from blazeport.bench.report import median_round
 from blazeport.bench.timing import process_facts
 from blazeport.errors import BlazeportError
 from blazeport.video import open_frames
@@ -204,12 +205,7 @@ def run_video_bench(configs: list[dict[str, Any]], video: Path, rounds: int, chi
                "decode_threads": c["decode_threads"], "reader": c["reader"], "draw": c["draw"], "baseline": t.baseline,
                "rounds": rounds, "video": {"path": str(video), "frames": frames, "width": info.width,
                                            "height": info.height, "fps": info.fps}}
-        failed = [x for x in runs if "error" in x]
-        if failed:
-            rows.append({**row, "error": failed[0]["error"]})
-            continue
-        ranked = sorted(runs, key=lambda x: x["frames_per_s"])
-        rows.append({**row, **ranked[(len(ranked) - 1) // 2], "frames_per_s_rounds": [x["frames_per_s"] for x in runs]})
+        rows.append(median_round(row, runs, "frames_per_s"))
     _ratios(rows)
     return rows
 

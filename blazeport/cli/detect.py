@@ -11,28 +11,24 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from blazeport.cli.common import add_max_pixels, non_negative_int, positive_int, print_json
+from blazeport.cli.inputs import plan_inputs
 from blazeport.cli.video import (
     VideoTotals,
     add_video_options,
     check_video_args,
     run_video,
-    split_inputs,
-    video_jobs,
     video_summary,
 )
 from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
-from blazeport.files import drawing_paths, inputs_outside
 from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
-from blazeport.photos import list_inputs, sample_image_path
 from blazeport.postprocess import POSTPROCESSORS
 from blazeport.progress import progress_bar
 from blazeport.runtimes import RUNTIMES
@@ -40,25 +36,10 @@ from blazeport.runtimes import RUNTIMES
 
 def cmd_detect(args: argparse.Namespace) -> int:
     check_video_args(args)
-    arguments = args.images or ([] if args.camera is not None else [sample_image_path("astronaut")])
-    inputs = list_inputs(arguments)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:  # the drawings of an earlier run into a folder inside an input folder are not photos
-        kept, left = inputs_outside(arguments, [p for p in inputs if isinstance(p, Path)], out_dir)
-        inputs = [p for p in inputs if not isinstance(p, Path) or p in kept]
-        if left and not args.quiet:
-            print(f"{left} image(s) under --out {out_dir} were not taken as inputs", file=sys.stderr)
-    paths, videos = split_inputs(inputs)
-    if not paths and not videos and args.camera is None:
-        raise BlazeportError(f"no images or videos found in {' '.join(args.images)}")
-    if args.smooth and not (videos or args.camera is not None):
+    plan = plan_inputs(args)
+    if args.smooth and not (plan.videos or args.camera is not None):
         raise BlazeportError("--smooth filters detections over time: it applies to videos and --camera, not photos")
-    # every drawing's name is decided, and checked against the inputs, before any work
-    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir and paths else []
-    jobs = video_jobs(arguments, videos, args.camera, out_dir, args.overwrite)
-    if out_dir and out_dir.exists() and not out_dir.is_dir():
-        raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
-    json_lines = args.json and bool(jobs)  # a video's frames are printed as they are done: JSON Lines
+    paths, out_dir, drawings, jobs, json_lines = plan.paths, plan.out_dir, plan.drawings, plan.jobs, plan.json_lines
     detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
                     spec=args.spec, postprocess=args.postprocess, device=args.device, trust_code=args.trust_code)
     results, skipped = [], 0

@@ -6,28 +6,23 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from blazeport.cli.common import add_max_pixels, positive_int, print_json
+from blazeport.cli.inputs import plan_inputs
 from blazeport.cli.video import (
     VideoTotals,
     add_video_options,
     check_video_args,
     run_video,
-    split_inputs,
-    video_jobs,
     video_summary,
 )
 from blazeport.draw import draw_landmarks, save_rgb
-from blazeport.errors import BlazeportError
-from blazeport.files import drawing_paths, inputs_outside
 from blazeport.landmarks import load_landmarks
 from blazeport.landmarks_video import video_landmarks
 from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
-from blazeport.photos import list_inputs, sample_image_path
 from blazeport.preprocess import ImageReadError, read_image_sized
 from blazeport.progress import progress_bar
 from blazeport.runtimes import RUNTIMES
@@ -35,23 +30,8 @@ from blazeport.runtimes import RUNTIMES
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
     check_video_args(args)
-    arguments = args.images or ([] if args.camera is not None else [sample_image_path("astronaut")])
-    inputs = list_inputs(arguments)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:  # the drawings of an earlier run into a folder inside an input folder are not photos
-        kept, left = inputs_outside(arguments, [p for p in inputs if isinstance(p, Path)], out_dir)
-        inputs = [p for p in inputs if not isinstance(p, Path) or p in kept]
-        if left and not args.quiet:
-            print(f"{left} image(s) under --out {out_dir} were not taken as inputs", file=sys.stderr)
-    paths, videos = split_inputs(inputs)
-    if not paths and not videos and args.camera is None:
-        raise BlazeportError(f"no images or videos found in {' '.join(args.images)}")
-    # checked against the inputs first
-    drawings = drawing_paths(arguments, paths, out_dir, overwrite=args.overwrite) if out_dir and paths else []
-    jobs = video_jobs(arguments, videos, args.camera, out_dir, args.overwrite)
-    if out_dir and out_dir.exists() and not out_dir.is_dir():
-        raise BlazeportError(f"--out {out_dir}: is a file; give a folder for the drawings")
-    json_lines = args.json and bool(jobs)  # a video's frames are printed as they are done: JSON Lines
+    plan = plan_inputs(args)
+    paths, out_dir, drawings, jobs, json_lines = plan.paths, plan.out_dir, plan.drawings, plan.jobs, plan.json_lines
     landmarker = load_landmarks(args.model, backend=args.backend, detector=args.detector,
                                 iris=args.iris_model if args.iris else False,
                                 threads=args.threads, max_faces=args.max_faces,

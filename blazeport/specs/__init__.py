@@ -3,22 +3,13 @@
 A spec says how to feed a model (input size, normalization), how to read its outputs (anchor
 options, decode scales, keypoints), how to filter them (score threshold, NMS) and where its
 original file and architecture come from. Code never branches on a model name; it reads a spec.
-
-The constants mirror MediaPipe's detection graphs (``mediapipe/modules/face_detection/
-face_detection.pbtxt`` and the short/full-range wrappers, ``pose_detection/pose_detection_cpu.pbtxt``,
-``palm_detection/palm_detection_cpu.pbtxt``: ``ImageToTensorCalculatorOptions``,
-``SsdAnchorsCalculatorOptions``, ``TensorsToDetectionsCalculatorOptions``,
-``NonMaxSuppressionCalculatorOptions``), each spec below holding one graph's values. The palm and
-pose values were read from the graphs compiled into mediapipe 0.10.14 itself (its
-``_framework_bindings`` module): today's GitHub ``pose_detection_cpu.pbtxt`` says
-``min_score_thresh: 0.2``, the 0.10.14 graph that the parity oracle runs says 0.5. Every one of
-these graphs sets ``reverse_output_order: true`` (raw boxes are x, y, w, h), ``sigmoid_score``
-with ``score_clipping_thresh: 100``, x/y/w/h scales equal to the input size, no
-``flip_vertically`` and no ``apply_exponential_on_box_size``: what :mod:`blazeport.postprocess` decodes.
+Where each constant comes from (MediaPipe's graphs, as compiled into 0.10.14) is said in
+:mod:`~blazeport.specs.detectors`.
 
 The package: :mod:`~blazeport.specs.types` (the dataclasses and their checks),
 :mod:`~blazeport.specs.detectors` (Google's detectors and the shipped students),
-:mod:`~blazeport.specs.landmarks` (the face mesh and iris models), and here the lookups.
+:mod:`~blazeport.specs.landmarks` (the face mesh and iris models), and here the two lookups:
+:func:`spec_named` and :func:`spec_of_original`.
 """
 
 from __future__ import annotations
