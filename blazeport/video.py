@@ -258,9 +258,8 @@ def open_frames(source: str | Path | int, *, fps: float | None = None, read_ahea
 
     ``fps``: an image sequence's frame rate (default 30). ``read_ahead``: frames the reader thread
     may decode ahead (default: as many as fit in ~96 MB, 1 to 8; 0 reads in the caller's thread).
-    ``decode_threads``: FFmpeg's decoding threads (``CAP_PROP_N_THREADS``; default every usable
-    core but one, :func:`blazeport.video_sources.default_decode_threads`; 0: OpenCV's default, one
-    per core). ``max_pixels``: refuse frames larger than this (default
+    ``decode_threads``: FFmpeg's decoding threads (``CAP_PROP_N_THREADS``; default OpenCV's, one per
+    core). ``max_pixels``: refuse frames larger than this (default
     :data:`blazeport.preprocess.MAX_PIXELS`). Raises :class:`VideoReadError` when it cannot open.
     """
     return FrameSource(open_capture(source, decode_threads, max_pixels, fps), read_ahead)

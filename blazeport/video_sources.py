@@ -94,20 +94,6 @@ def _quiet_opencv() -> Iterator[None]:
         logging.setLogLevel(previous)
 
 
-def default_decode_threads() -> int:
-    """FFmpeg's decoding threads unless told: every usable core but one, which the detector keeps.
-
-    OpenCV's own default is one per core; on the 2-core host of the README's video benchmark, one
-    decoding thread instead of two took ``detect VIDEO`` (LiteRT, 1 thread, 640x480 mp4v) from 1.58x to
-    1.90x MediaPipe's frames/s (and MediaPipe's own loop gained nothing from the second): FFmpeg's frame
-    threads only took the detector's core. A 4K video is decode-bound either way (30 ms a frame)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
-
-
 def _usable_fps(fps: float) -> float | None:
     return fps if math.isfinite(fps) and 0.5 <= fps <= 1000 else None
 
@@ -169,7 +155,9 @@ def open_capture(source: str | Path | int, decode_threads: int | None = None,
     if is_sequence_pattern(source):
         return SequenceCapture(Path(source), fps or DEFAULT_FPS, max_pixels)
     name = str(source)
-    params = [cv2.CAP_PROP_N_THREADS, int(default_decode_threads() if decode_threads is None else decode_threads)]
+    params: list[int] = []
+    if decode_threads is not None:  # else OpenCV's default, one per core (5 benchmark runs: no better choice here)
+        params += [cv2.CAP_PROP_N_THREADS, int(decode_threads)]
     if is_url(name):
         params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                    URL_OPEN_TIMEOUT_MS]

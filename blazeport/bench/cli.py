@@ -34,7 +34,6 @@ from blazeport.postprocess import POSTPROCESSORS
 from blazeport.preprocess import read_image
 from blazeport.runtimes import RUNTIMES, check_device
 from blazeport.specs import SPECS, LandmarkSpec
-from blazeport.video_sources import default_decode_threads
 
 DEFAULT_CACHE = Path("runs") / "bench-cache"
 
@@ -114,9 +113,9 @@ def add_bench_parser(sub: Any, formatter_class: Any = argparse.RawDescriptionHel
                    "encoding) on each backend and thread count, against MediaPipe's own loop (OpenCV read + "
                    "FaceDetection.process per frame), with per-stage ms (decode, wait, detect, draw)")
     b.add_argument("--draw", action="store_true", help="with --video: also time our loop drawing and encoding the video")
-    b.add_argument("--decode-threads", type=_count_list, default=[default_decode_threads()],
+    b.add_argument("--decode-threads", type=_count_list, default=[0],
                    help="with --video: comma-separated FFmpeg decode thread counts (CAP_PROP_N_THREADS) for every loop; "
-                   "0: OpenCV's default, one per core (default: detect's, every core but one, here %(default)s)")
+                   "0: OpenCV's default, one per core, which detect uses (default: 0)")
     b.add_argument("--limit", type=int, help="with --folder: only the first N images (sorted)")
     b.add_argument("--batch", type=_int_list, default=[1], help="with --folder: comma-separated batch sizes (default: 1)")
     b.add_argument("--workers", type=int, default=default_workers(),

@@ -17,7 +17,7 @@ Stages, per frame: ``decode`` (the reader's read + RGB conversion; in ``plain`` 
 FFmpeg, overlapping the next frames). Frames per second are frames over the wall time of the whole pass, from
 opening the file to the last frame (the model's loading is ``init``, apart).
 ``decode_threads`` is FFmpeg's (``CAP_PROP_N_THREADS``, the same in every loop; 0 is OpenCV's default,
-one per core; ``detect`` uses every core but one, :func:`blazeport.video_sources.default_decode_threads`).
+one per core, which ``detect`` uses).
 """
 
 from __future__ import annotations

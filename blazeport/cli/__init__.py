@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   blazeport detect                               # the bundled sample photo
   blazeport detect photos/ --out runs/detect --json
   blazeport detect img.jpg --backend tflite      # the original file in LiteRT
+  blazeport detect clip.mp4 --json --out runs/video   # JSON Lines per frame, the drawn video in runs/video/clip.mp4
+  blazeport detect --camera 0 --out runs/cam     # until Ctrl-C, which keeps the drawing
   blazeport landmarks photos/ --out runs/landmarks --iris --max-faces all   # 468-point face mesh + iris
   blazeport export short_range --format onnx     # -> short_range.onnx, verified in onnxruntime
   blazeport export full_range_sparse --format tflite --fp16 --json
