@@ -8,8 +8,20 @@ import sys
 from typing import Any
 
 from blazeport.errors import BlazeportError
+from blazeport.options import AUTO_BACKEND
 from blazeport.photos import list_images
 from blazeport.preprocess import MAX_PIXELS, ImageReadError, read_image
+from blazeport.runtimes import RUNTIMES
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, models: str = "the model") -> None:
+    """``--backend``, ``--threads`` and ``--device``, declared once with one set of defaults for every
+    command that runs models on a photo (``bench`` takes lists of them: its own parser)."""
+    parser.add_argument("--backend", choices=tuple(RUNTIMES),
+                        help=f"runtime of {models} ({AUTO_BACKEND}); a .onnx model runs on onnx, a .pte on executorch")
+    parser.add_argument("--threads", type=positive_int, help=f"CPU threads for {models} (default: the runtime's own)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: the GPU for the torch and onnx "
+                        "backends (a CUDA build of torch, onnxruntime-gpu)")
 
 
 def positive_int(text: str, least: int = 1) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from blazeport.cli.common import add_max_pixels, non_negative_int, positive_int, print_json
+from blazeport.cli.common import add_max_pixels, add_runtime_options, non_negative_int, positive_int, print_json
 from blazeport.cli.inputs import plan_inputs
 from blazeport.cli.video import (
     VideoTotals,
@@ -28,10 +28,9 @@ from blazeport.detector import load
 from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
 from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
-from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
+from blazeport.options import add_overwrite, add_trust_code
 from blazeport.postprocess import POSTPROCESSORS
 from blazeport.progress import progress_bar
-from blazeport.runtimes import RUNTIMES
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -96,13 +95,10 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="image or video files, folders (their photos and videos), URLs OpenCV's FFmpeg opens (rtsp://, "
                    "http://...) or an image sequence as a printf pattern (frames/%%04d.png)")
     p.add_argument("--model", default="short_range", help="spec name, .safetensors, .tflite or .onnx (default: short_range)")
-    p.add_argument("--backend", choices=tuple(RUNTIMES),
-                   help=f"runtime ({AUTO_BACKEND}); a .onnx model runs on onnx")
     p.add_argument("--spec", help="spec of a .onnx/.tflite file that does not carry one (files from `blazeport export` do)")
     p.add_argument("--out", help="folder for copies of the images with detections drawn, and of videos (.mp4, mp4v, "
                    "the input's size and frame rate)")
     p.add_argument("--threshold", type=float, help="score threshold (default: the spec's)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for the backend")
     p.add_argument("--batch", type=positive_int, default=1,
                    help="images per detector call (default: 1); one forward per batch on torch and on a dynamic-batch "
                    ".onnx, image by image on the other runtimes; same detections as one at a time. Holds up to "
@@ -114,9 +110,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help=f"decode JPEGs reduced (libjpeg's 1/2, 1/4, 1/8 IDCT) to a long side of at least "
                    f"{FAST_DECODE_SIDE}x the model's input: faster reading, slightly different detections (measured "
                    "by `blazeport bench --folder DIR --fast-decode`); default: decode in full, as MediaPipe does")
-    p.add_argument("--device", default="cpu",
-                   help="cpu (default), cuda or cuda:N: the GPU for the torch and onnx backends (a CUDA build of torch, "
-                   "onnxruntime-gpu)")
+    add_runtime_options(p)
     p.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
                    help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
                    "(default: auto); the detections are identical")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blazeport.cli.common import add_max_pixels, positive_int, print_json
+from blazeport.cli.common import add_max_pixels, add_runtime_options, print_json
 from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
@@ -34,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not p.exists():
             raise BlazeportError(f"{p}: no such file or folder")
     detector = load(args.model, backend=args.backend, threads=args.threads, score_threshold=args.threshold,
-                    trust_code=args.trust_code)
+                    device=args.device, trust_code=args.trust_code)
     if args.boxes:
         result = evaluate_on_boxes(detector, images, boxes, progress=True, max_pixels=args.max_pixels)
         against = str(args.boxes)
@@ -42,7 +42,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise BlazeportError(f"none of the images in {' '.join(map(str, images))} has an entry in {args.boxes} "
                                  "(matched by file name)")
     else:
-        teacher = load(args.teacher, backend=args.teacher_backend, threads=args.threads, trust_code=args.trust_code)
+        teacher = load(args.teacher, backend=args.teacher_backend, threads=args.threads, device=args.device,
+                       trust_code=args.trust_code)
         result = evaluate_against_teacher(detector, teacher, images, progress=True, max_pixels=args.max_pixels,
                                           by_size=args.by_size)
         against = f"teacher {args.teacher} ({teacher.backend.name}, threshold {teacher.spec.score_threshold:g})"
@@ -87,7 +88,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        "down to a low threshold (e.g. --threshold 0.1), which gives a fuller precision-recall curve.",
                        formatter_class=fmt)
     p.add_argument("--model", default="short_range", help="spec name, .safetensors or .tflite (default: short_range)")
-    p.add_argument("--backend", choices=tuple(RUNTIMES), help="runtime (" + AUTO_BACKEND + ")")
+    add_runtime_options(p, "the evaluated model")
     p.add_argument("--images", nargs="+", metavar="DIR",
                    help="image folders or files (default with --boxes: the boxes file's folder + /images)")
     refs = p.add_mutually_exclusive_group(required=True)
@@ -96,7 +97,6 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--teacher-backend", choices=tuple(RUNTIMES),
                    help="runtime of the teacher, which uses its spec's threshold (" + AUTO_BACKEND + ")")
     p.add_argument("--threshold", type=float, help="score threshold of the evaluated model (default: the spec's)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
     p.add_argument("--by-size", action="store_true",
                    help="with --teacher: also AP50 / AP by the teacher face's width over the input width (under 15%%, "
                    "15-40%%, over 40%%) and faces found by the teacher's score band")

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from blazeport.cli.common import add_max_pixels, positive_int, print_json
+from blazeport.cli.common import add_max_pixels, add_runtime_options, positive_int, print_json
 from blazeport.cli.inputs import plan_inputs
 from blazeport.cli.video import (
     VideoTotals,
@@ -22,10 +22,9 @@ from blazeport.cli.video import (
 from blazeport.draw import draw_landmarks, save_rgb
 from blazeport.landmarks import load_landmarks
 from blazeport.landmarks_video import video_landmarks
-from blazeport.options import AUTO_BACKEND, add_overwrite, add_trust_code
+from blazeport.options import add_overwrite, add_trust_code
 from blazeport.preprocess import ImageReadError, read_image_sized
 from blazeport.progress import progress_bar
-from blazeport.runtimes import RUNTIMES
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
@@ -111,8 +110,6 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    "eyes and irises, as FaceMesh(refine_landmarks=True)")
     p.add_argument("--detector", default="short_range", help="face detector: spec name or file (default: short_range, "
                    "as FaceMesh)")
-    p.add_argument("--backend", choices=tuple(RUNTIMES), help=f"runtime for both models ({AUTO_BACKEND}; a .onnx "
-                   "model runs on onnx)")
     p.add_argument("--iris", action="store_true", help="also iris landmarks (71 eye contour + 5 iris per eye)")
     p.add_argument("--iris-model", default="iris_landmark", metavar="MODEL",
                    help="iris model for --iris: spec name or file (default: iris_landmark)")
@@ -129,8 +126,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    "tracking loop (static_image_mode=False), where a frame's landmarks give the next frame's regions")
     add_video_options(p)
     p.add_argument("--no-mesh", action="store_true", help="draw contours and points only, not the tessellation")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for the backends")
-    p.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N for the torch and onnx backends")
+    add_runtime_options(p, "the models")
     p.add_argument("--json", action="store_true", help="print the landmarks as JSON: per image, per face: score, "
                    "landmarks [[x, y, z] x 468, or 478 with --refine], roi, detection, iris; with a video among the "
                    "inputs, JSON Lines: one object per image, then one per frame ({\"frame\", \"time_ms\", \"video\", "
