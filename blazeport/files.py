@@ -120,6 +120,11 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), what: str =
     return out
 
 
+def _appeared(out: Path) -> BlazeportError:
+    return BlazeportError(f"{out}: a file of that name appeared while this run worked; it was left as it was. "
+                          f"Choose another path, or pass --overwrite to replace it")
+
+
 def _put(tmp: Path, out: Path, replace: bool) -> None:
     """Move the finished ``tmp`` to ``out``: a rename, or with ``replace=False`` a hard link that fails
     if ``out`` exists (atomic no-clobber: a name taken since the check is never overwritten)."""
@@ -129,12 +134,10 @@ def _put(tmp: Path, out: Path, replace: bool) -> None:
     try:
         os.link(tmp, out)
     except FileExistsError:
-        raise BlazeportError(f"{out}: a file of that name appeared while this run worked; it was left as it was. "
-                             f"{OVERWRITE_HINT[0].upper()}{OVERWRITE_HINT[1:]}") from None
+        raise _appeared(out) from None
     except OSError:  # a filesystem without hard links: check, then rename (a narrow race, as before)
         if out.exists():
-            raise BlazeportError(f"{out}: a file of that name appeared while this run worked; it was left as it "
-                                 f"was. {OVERWRITE_HINT[0].upper()}{OVERWRITE_HINT[1:]}") from None
+            raise _appeared(out) from None
         os.replace(tmp, out)
         return
     tmp.unlink()

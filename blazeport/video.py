@@ -68,7 +68,7 @@ class Frame:
 
 
 class _End:
-    pass
+    """The reader thread's last item: the source has no more frames."""
 
 
 @dataclass
