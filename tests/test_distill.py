@@ -329,3 +329,23 @@ def test_sigkill_after_a_mid_epoch_checkpoint_then_resume_ends_like_an_uninterru
         for key in ("train_total", "train_kl", "val_AP50", "val_mae_scores", "val_mae_regressors"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
     assert torch.load(cut / "last.pt", weights_only=True)["position"] is None  # the run ended on an epoch-end checkpoint
+
+
+def test_keep_every_leaves_a_loadable_student_per_kept_epoch(tiny_images: Path, tmp_path: Path) -> None:
+    """--keep-every N: the student after every N-th epoch, as a file detect/eval load; the epoch best.pt chose is
+    the same weights as student.safetensors, and a later epoch is not."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "run"
+    summary = train(_cfg(tiny_images, out, epochs=3, keep_every=1))
+    kept = sorted(p.name for p in (out / "epochs").iterdir())
+    assert kept == ["student_e0001.safetensors", "student_e0002.safetensors", "student_e0003.safetensors"]
+    final = load_file(out / "student.safetensors")
+    same = {e: all(np.array_equal(v, load_file(out / "epochs" / f"student_e{e:04d}.safetensors")[k])
+                   for k, v in final.items()) for e in (1, 2, 3)}
+    assert same == {e: e == summary["best_epoch"] for e in (1, 2, 3)}
+    detections = blazeport.load(out / "epochs" / "student_e0002.safetensors").detect(
+        str(sorted(tiny_images.glob("*.jpg"))[0]))
+    assert isinstance(detections, list)
+    with pytest.raises(BlazeportError, match="--keep-every"):
+        train(_cfg(tiny_images, tmp_path / "bad", keep_every=0))

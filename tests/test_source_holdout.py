@@ -61,3 +61,27 @@ def test_an_out_folder_inside_the_images_is_refused(tmp_path: Path, monkeypatch,
     with pytest.raises(SystemExit):
         holdout.main()
     assert "is inside --images" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def _row(label: str, kind: str, ap50: float, faces: int, small: tuple[float, int] | None = None) -> dict:
+    bands = {"under_15pct": {"AP50": small[0], "AP": 0.0, "faces": small[1]}} if small else {}
+    return {"scored_on": label, "run": "r", "kind": kind, "faces": faces, "AP50": ap50, "AP": ap50 / 2,
+            "by_face_width": bands}
+
+
+def test_selection_weights_folders_by_faces_and_counts_small_faces_apart() -> None:
+    rows = [_row("wider", "source held out", 0.4, 100, (0.2, 30)), _row("portraits", "source held out", 1.0, 300),
+            _row("voc", "external", 0.7, 100, (0.5, 10)), _row("test split (all)", "test split", 0.1, 1000)]
+    sel = holdout.selection(rows)
+    assert sel["rows"] == ["wider", "portraits", "voc"]  # the test split comes from the training sources
+    assert sel["faces"] == 500 and abs(sel["AP50_weighted"] - (40 + 300 + 70) / 500) < 1e-12
+    assert sel["small_faces"] == 40 and abs(sel["small_AP50_weighted"] - (0.2 * 30 + 0.5 * 10) / 40) < 1e-12
+
+
+def test_compare_flags_every_held_out_or_external_row_that_got_worse() -> None:
+    old = {"rows": [_row("wider", "source held out", 0.40, 100), _row("voc", "external", 0.70, 20),
+                    _row("test split (all)", "test split", 0.9, 80)]}
+    new = [_row("wider", "source held out", 0.45, 100), _row("voc", "external", 0.65, 20),
+           _row("test split (all)", "test split", 0.5, 80), _row("caltech", "source held out", 1.0, 9)]
+    got = {c["scored_on"]: c["worse"] for c in holdout.compare(new, old)}
+    assert got == {"wider": False, "voc": True}  # test splits hold other photos; caltech has nothing to compare

@@ -154,7 +154,8 @@ def test_smooth_changes_coordinates_not_faces(clip_mkv: Path, capsys) -> None:
     assert "applies to videos" in capsys.readouterr().err
 
 
-def test_landmarks_on_video_track_by_default_and_run_every_frame_with_static(tmp_path: Path, clip_bgr: list[np.ndarray], capsys) -> None:
+def test_landmarks_on_video_track_by_default_and_run_every_frame_with_static(tmp_path: Path, clip_bgr: list[np.ndarray],
+                                                                             capsys) -> None:
     clip = write_video(tmp_path / "short.mkv", clip_bgr[10:18])  # faces, then none
     code = main(["landmarks", str(clip), "--static", "--backend", "tflite", "--json", "--out", str(tmp_path / "out")])
     out, err = capsys.readouterr()

@@ -57,6 +57,10 @@ def train(name: str, folders: list[Path], out: Path, args: argparse.Namespace) -
            str(args.threads), "--workers", str(args.workers), "--seed", str(args.seed), "--json"]
     if args.augment is not None:
         cmd += ["--augment", args.augment]
+    if args.keep_every:
+        cmd += ["--keep-every", str(args.keep_every)]
+    if args.cache_dir:
+        cmd += ["--cache-dir", str(args.cache_dir)]
     if (run / "last.pt").exists():
         cmd.append("--resume")
     run.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,52 @@ def row(label: str, run: str, kind: str, result: dict[str, Any]) -> dict[str, An
             "by_teacher_score": result.get("breakdown", {}).get("by_teacher_score", {})}
 
 
+def by_epoch(run: Path, targets: dict[str, list[Path]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every student a run kept (``distill --keep-every``: ``epochs/student_eNNNN.safetensors``) scored on each of
+    ``targets`` (label -> folders): where more epochs stop helping on photos that chose nothing."""
+    curve = []
+    for snapshot in sorted((run / "epochs").glob("student_e*.safetensors")):
+        epoch = int(snapshot.stem.removeprefix("student_e"))
+        for label, folders in targets.items():
+            r = row(label, run.name, f"epoch {epoch}", score(snapshot, folders, args))
+            curve.append({"epoch": epoch, **{k: r[k] for k in ("scored_on", "faces", "AP50", "AP", "by_face_width")}})
+    return curve
+
+
+def selection(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What chooses a recipe: AP50 over the source-held-out and external rows weighted by their teacher faces,
+    and the same over faces under 15% of the input on their own (a mean of a few portraits' folders would
+    hide the crowds). The test split is left out: it comes from the training sources."""
+    chosen = [r for r in rows if r["kind"] in ("source held out", "external")]
+
+    def weighted(pairs: list[tuple[float | None, int]]) -> float | None:
+        pairs = [(a, n) for a, n in pairs if a is not None and a == a and n]
+        total = sum(n for _, n in pairs)
+        return sum(a * n for a, n in pairs) / total if total else None
+
+    small = [(r["by_face_width"].get("under_15pct", {}).get("AP50"),
+              r["by_face_width"].get("under_15pct", {}).get("faces", 0)) for r in chosen]
+    return {"rows": [r["scored_on"] for r in chosen], "faces": sum(r["faces"] for r in chosen),
+            "AP50_weighted": weighted([(r["AP50"], r["faces"]) for r in chosen]),
+            "AP_weighted": weighted([(r["AP"], r["faces"]) for r in chosen]),
+            "small_faces": sum(n for _, n in small), "small_AP50_weighted": weighted(small)}
+
+
+def compare(rows: list[dict[str, Any]], old: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each held-out and external row against the same row of an earlier report (``--compare``): the shipping
+    rule is that a new student is not worse on any of them. Test-split rows are not compared (two runs' test
+    splits hold different photos)."""
+    before = {r["scored_on"]: r for r in old["rows"] if r["kind"] in ("source held out", "external")}
+    out = []
+    for r in rows:
+        b = before.get(r["scored_on"])
+        if b is None or r["kind"] not in ("source held out", "external"):
+            continue
+        out.append({"scored_on": r["scored_on"], "faces": r["faces"], "old_AP50": b["AP50"], "new_AP50": r["AP50"],
+                    "old_AP": b["AP"], "new_AP": r["AP"], "worse": r["AP50"] < b["AP50"]})
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None or v != v else f"{v:.3f}"
@@ -136,6 +186,12 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="loader processes per run")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="runs at once")
     ap.add_argument("--threshold", type=float, help="the student's score threshold when scored (default: its spec's)")
+    ap.add_argument("--keep-every", type=int, metavar="N",
+                    help="distill --keep-every N for every run, and each kept student scored on the run's held-out "
+                    "folders (the all run: the external ones): where more epochs stop helping")
+    ap.add_argument("--cache-dir", type=Path, help="distill's --cache-dir for every run (decoded photos, shared)")
+    ap.add_argument("--compare", type=Path, metavar="OLD.json",
+                    help="an earlier holdout.json: each held-out and external row against it (the shipping rule)")
     args = ap.parse_args()
 
     if args.out.resolve() == args.images.resolve() or args.images.resolve() in args.out.resolve().parents:
@@ -167,14 +223,28 @@ def main() -> int:
             for label, folder in external.items():
                 rows.append(row(label, name, "external", score(student, [folder], args)))
     summaries = {n: json.loads((r / "summary.json").read_text()) for n, r in runs.items()}
+    curves = {name: by_epoch(run, {held: [args.images / held] for held in name.split("+")} if name != "all"
+                             else {label: [folder] for label, folder in external.items()}, args)
+              for name, run in runs.items() if (run / "epochs").is_dir()}
     report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs, "augment": args.augment,
               "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
+              "selection": selection(rows), "by_epoch": curves,
+              "compare": compare(rows, json.loads(args.compare.read_text())) if args.compare else None,
               "validation": {n: {"best_epoch": s["best_epoch"], "val_AP50": s["best"].get("val_AP50"),
                                  "val_AP": s["best"].get("val_AP"), "images": s["images"]} for n, s in summaries.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     name = "holdout.json" if args.threshold is None else f"holdout_threshold{args.threshold:g}.json"
     (args.out / name).write_text(json.dumps(report, indent=2))
     print(table(rows))
+    sel = report["selection"]
+    if sel["AP50_weighted"] is not None:
+        small = sel["small_AP50_weighted"]
+        print(f"\nselection: AP50 {sel['AP50_weighted']:.3f} over {sel['faces']} held-out and external teacher faces; "
+              f"faces under 15%: {'-' if small is None else f'{small:.3f}'} ({sel['small_faces']})")
+    for c in report["compare"] or []:
+        print(f"{c['scored_on']}: AP50 {c['old_AP50']:.3f} -> {c['new_AP50']:.3f}{'  WORSE' if c['worse'] else ''}")
+    for name, curve in curves.items():
+        print(f"\n{name} by epoch: " + "; ".join(f"e{c['epoch']} {c['scored_on']} {c['AP50']:.3f}" for c in curve))
     return 0
 
 

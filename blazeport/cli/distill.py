@@ -22,7 +22,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         amp=not args.no_amp, threads=args.threads, progress=not args.json, init=args.init, zoom=args.zoom, augment=args.augment,
         sparsity=args.sparsity, workers=args.workers, cache_dir=args.cache_dir, memory_cache_mb=args.memory_cache_mb,
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes,
-        boxes=args.boxes, boxes_alpha=args.boxes_alpha,
+        keep_every=args.keep_every, boxes=args.boxes, boxes_alpha=args.boxes_alpha,
     )
     summary = train(cfg)
     if not summary:  # a non-zero DDP rank
@@ -111,6 +111,10 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--checkpoint-minutes", type=float, metavar="M",
                    help="also write last.pt inside an epoch once M minutes have passed since the last checkpoint "
                    "(with --checkpoint-every: whichever comes first)")
+    p.add_argument("--keep-every", type=int, metavar="N",
+                   help="also keep the student of every N-th epoch as OUT/epochs/student_eNNNN.safetensors (a file "
+                   "`blazeport eval` and `detect` take), to measure on your own held-out photos where more epochs stop "
+                   "helping; best.pt still chooses student.safetensors")
     p.add_argument("--init", metavar="STUDENT.safetensors",
                    help="start from this student's weights (same --student and --teacher): fine-tune a shipped or pruned one")
     p.add_argument("--boxes", metavar="FILE",

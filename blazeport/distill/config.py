@@ -61,6 +61,7 @@ class TrainConfig:
     # mid-epoch checkpoints (blazeport.distill.midepoch): last.pt after every N-th step and/or M minutes after the last
     checkpoint_every: int | None = None
     checkpoint_minutes: float | None = None
+    keep_every: int | None = None  # keep the student of every N-th epoch (OUT/epochs/student_eNNNN.safetensors)
     boxes: str | None = None  # hand-drawn faces (blazeport boxes.json or COCO) beside the teacher: blazeport.distill.labels
     boxes_alpha: float = 0.5  # a labelled sample's weight on its boxes; 1 - alpha on the teacher (Hinton's KD)
     fail_at_step: int | None = None  # testing hook: inject a NaN loss at this global step
@@ -113,6 +114,8 @@ class TrainConfig:
         _whole("--workers", self.workers, 0)
         if self.checkpoint_every is not None:
             _whole("--checkpoint-every", self.checkpoint_every, 1, " (optimizer steps)")
+        if self.keep_every is not None:
+            _whole("--keep-every", self.keep_every, 1, " (epochs)")
         if self.checkpoint_minutes is not None:
             _real("--checkpoint-minutes", self.checkpoint_minutes, 0.0, math.inf, True, True)
         _real("--memory-cache-mb", self.memory_cache_mb, 0.0, math.inf, False, True)

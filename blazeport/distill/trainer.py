@@ -41,6 +41,7 @@ error naming the file, never leaving a 0-byte or half-written one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -330,6 +331,7 @@ class Run:
         save_checkpoint(state, self.out / "last.pt")
         if improved:
             save_checkpoint(state, self.out / "best.pt")
+        self._keep_epoch(epoch)
         self.cadence.written()
         self.logs.epoch(self.history, improved, self.joint.student)
 
@@ -345,15 +347,28 @@ class Run:
                             prefix="test_", by_size=True)
         student = student.to("cpu").eval()
         summary = self._summary(student, test)
+        self._write_student(student, self.out / "student.safetensors",
+                            {k: summary[k] for k in ("best", "test", "loss", "epochs")})
+        self.logs.finish(summary)
+        return summary
+
+    def _write_student(self, student: nn.Module, path: Path, record: dict[str, Any]) -> None:
+        """An inference file of ``student`` (spec, weights, ``record`` as its summary): what detect and eval load."""
         spec = self.teacher.spec
         pruned = "_pruned" if getattr(student, "pruned", False) else ""  # fine-tuned from a `blazeport prune` output
         s_spec = student_spec(spec, self.cfg.student, student.family,
                               name=f"{spec.name}_{architecture_name(self.cfg.student)}{pruned}")
-        save_safetensors(student, s_spec, self.out / "student.safetensors",
-                         extra={"teacher": spec.name,
-                                "summary": json.dumps({k: summary[k] for k in ("best", "test", "loss", "epochs")})})
-        self.logs.finish(summary)
-        return summary
+        save_safetensors(student, s_spec, path, extra={"teacher": spec.name, "summary": json.dumps(record)})
+
+    def _keep_epoch(self, epoch: int) -> None:
+        """``--keep-every N``: the student as it stands after epoch ``epoch`` (0-based), for measuring on other
+        photos where more epochs stop helping. Copied to the CPU so training's weights are untouched."""
+        if not self.cfg.keep_every or (epoch + 1) % self.cfg.keep_every:
+            return
+        student = copy.deepcopy(self.joint.student).to("cpu").eval()
+        (self.out / "epochs").mkdir(exist_ok=True)
+        self._write_student(student, self.out / "epochs" / f"student_e{epoch + 1:04d}.safetensors",
+                            {"epoch": epoch + 1, "record": self.history[-1], "loss": self.loss_cfg.describe()})
 
     def _summary(self, student: nn.Module, test: dict[str, float] | None) -> dict[str, Any]:
         history, cfg, spec = self.history, self.cfg, self.teacher.spec
