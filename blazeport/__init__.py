@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from blazeport.detector import Detector, load
 from blazeport.errors import BlazeportError
-from blazeport.landmarks import FaceLandmarker, FaceLandmarks, load_landmarks
-from blazeport.postprocess import Detection
-from blazeport.tracking import FaceMeshTracker, landmarks_on_frames
+from blazeport.pipeline.detector import Detector, load
+from blazeport.pipeline.landmarks import FaceLandmarker, FaceLandmarks, load_landmarks
+from blazeport.pipeline.postprocess import Detection
 from blazeport.version import __version__
+from blazeport.video.tracking import FaceMeshTracker, landmarks_on_frames
 
 __all__ = ["BlazeportError", "Detection", "Detector", "FaceLandmarker", "FaceLandmarks", "FaceMeshTracker", "__version__",
            "landmarks_on_frames", "load", "load_landmarks"]

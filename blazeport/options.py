@@ -23,7 +23,7 @@ import argparse
 __all__ = ["AUTO_BACKEND", "TRUST_FLAG", "add_overwrite", "add_trust_code"]
 
 TRUST_FLAG = "--trust-code"
-AUTO_BACKEND = "default: torch with blazeport[torch] installed, else tflite"  # blazeport.backends.default_runtime
+AUTO_BACKEND = "default: torch with blazeport[torch] installed, else tflite"  # blazeport.modelfiles.backends.default_runtime
 
 
 def add_trust_code(parser: argparse.ArgumentParser) -> None:

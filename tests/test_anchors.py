@@ -1,4 +1,4 @@
-"""blazeport.anchors against MediaPipe's SsdAnchorsCalculator, and the committed anchors/*.npy."""
+"""blazeport.pipeline.anchors against MediaPipe's SsdAnchorsCalculator, and the committed anchors/*.npy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from blazeport.anchors import ANCHORS_DIR, anchors_for, generate_anchors
+from blazeport.pipeline.anchors import ANCHORS_DIR, anchors_for, generate_anchors
 from blazeport.specs import SPECS, AnchorOptions, spec_named
 
 SHORT = AnchorOptions(input_size=128, num_layers=4, strides=(8, 16, 16, 16), min_scale=0.1484375, max_scale=0.75)

@@ -16,6 +16,7 @@ import pytest
 
 from blazeport.bench import android_results as ar
 from blazeport.bench.android import android_commands
+from blazeport.bench.android_log import parse_log
 from blazeport.bench.report import table_rows
 from blazeport.bench.targets import ORIGINAL, Target
 from blazeport.cli import main
@@ -36,7 +37,7 @@ MASK_GPU = DATA / "maskest_android_gpu_t2.log"  # Android, GPU delegate, NNAPI a
 
 
 def test_parse_android_log_without_delegate() -> None:
-    run = ar.parse_log(ESPCN)
+    run = parse_log(ESPCN)
     assert run.graph == "/data/local/tmp/espcn_harmonic_2x_slim_w_cl.tflite"
     assert run.graph_name == "espcn_harmonic_2x_slim_w_cl.tflite"
     assert run.threads == 4
@@ -51,7 +52,7 @@ def test_parse_android_log_without_delegate() -> None:
 
 
 def test_parse_log_with_a_shell_prompt_and_the_default_xnnpack() -> None:
-    run = ar.parse_log(YOLO)
+    run = parse_log(YOLO)
     assert run.graph == run.graph_name == "yolo_best_recall_int8_static.tflite"
     assert run.threads == 4
     assert (run.init_us, run.first_us, run.warmup_avg_us, run.inference_avg_us) == (18777, 64791, 57758.2, 55043.2)
@@ -65,7 +66,7 @@ def test_parse_log_with_a_shell_prompt_and_the_default_xnnpack() -> None:
 
 
 def test_parse_current_build_with_percentiles_and_a_single_warmup_run() -> None:
-    run = ar.parse_log(MASK_CPU)
+    run = parse_log(MASK_CPU)
     assert run.graph == "/data/local/tmp/mask_estimator_phy.tflite" and run.threads == 4
     assert (run.init_us, run.first_us, run.warmup_avg_us, run.inference_avg_us) == (102320, 670083, 670083, 699438)
     assert run.inference == {"count": 50, "first": 591245, "curr": 917186, "min": 502355, "max": 2270688,
@@ -79,7 +80,7 @@ def test_parse_current_build_with_percentiles_and_a_single_warmup_run() -> None:
 
 
 def test_parse_gpu_log_drops_the_delegate_that_took_nothing() -> None:
-    run = ar.parse_log(MASK_GPU)
+    run = parse_log(MASK_GPU)
     assert run.threads == 2
     assert (run.init_us, run.first_us, run.warmup_avg_us, run.inference_avg_us) == (5664363, 328140, 319036, 309350)
     assert run.inference["median"] == 307968 and run.inference["count"] == 50
@@ -91,11 +92,11 @@ def test_parse_gpu_log_drops_the_delegate_that_took_nothing() -> None:
 def test_row_names_each_statistic_as_the_log_does() -> None:
     """avg is the mean, never the p50; p50 is the tool's median, absent where it printed none."""
     original = ar.known_models([], None)["face_detection_short_range.tflite"]
-    new = ar.result_row(ar.parse_log(MASK_CPU), original)
+    new = ar.result_row(parse_log(MASK_CPU), original)
     assert new["stats"] == {"min": 502.355, "max": 2270.688, "mean": 699.438, "std": 325.425, "p5": 502.674,
                             "p50": 576.856, "p95": 1373.207}
     assert (new["init_ms"], new["first_ms"], new["runs"], new["warmup_runs"]) == (102.32, 670.083, 50, 1)
-    old = ar.result_row(ar.parse_log(ESPCN), original)
+    old = ar.result_row(parse_log(ESPCN), original)
     assert old["stats"] == {"min": 32.641, "max": 34.005, "mean": 33.2094, "std": 0.45}
     assert old["peak_rss_mb"] is None  # "Peak memory footprint" is growth since the tool started, not a peak RSS
     head, cells = table_rows([new, old], "model")
@@ -140,7 +141,7 @@ def test_bad_log_is_one_message_naming_the_file(tmp_path, capsys, name) -> None:
     log = tmp_path / name
     log.write_text(text)
     with pytest.raises(BlazeportError, match=re.escape(why)) as exc:
-        ar.parse_log(log)
+        parse_log(log)
     assert str(log) in str(exc.value)
     assert main(["bench", "--android-results", str(log)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -149,9 +150,9 @@ def test_bad_log_is_one_message_naming_the_file(tmp_path, capsys, name) -> None:
 
 def test_missing_log_and_folder(tmp_path) -> None:
     with pytest.raises(BlazeportError, match="no such log file"):
-        ar.parse_log(tmp_path / "nope.log")
+        parse_log(tmp_path / "nope.log")
     with pytest.raises(BlazeportError, match="is a folder"):
-        ar.parse_log(tmp_path)
+        parse_log(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def test_round_trip_script_logs_read_back(tmp_path, monkeypatch, capsys) -> None
     them for these two files (each log's Graph line pointed at the file the script pushed)."""
     pytest.importorskip("ai_edge_litert")
     from blazeport.export.to_tflite import _tflite_with_metadata
-    from blazeport.metadata import file_metadata
+    from blazeport.modelfiles.metadata import file_metadata
 
     spec = spec_named("short_range")
     export = tmp_path / "short_range export.tflite"  # a re-packed original with blazeport's metadata: an export
@@ -252,7 +253,7 @@ def test_round_trip_script_logs_read_back(tmp_path, monkeypatch, capsys) -> None
         graph = next(a.split("=", 1)[1] for a in argv if a.startswith("--graph="))
         log = argv[argv.index(">") + 1]
         text = real.read_text()
-        Path(log).write_text(text.replace(ar.parse_log(real).graph, graph))
+        Path(log).write_text(text.replace(parse_log(real).graph, graph))
     read_back = shlex.split(script.splitlines()[-1])
     assert read_back[:2] == ["blazeport", "bench"] and read_back[2] == str(export)
     logs = sorted(str(p) for p in Path("runs/android").glob("*.log"))

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 import blazeport
-from blazeport import bundle
-from blazeport.bundle import BUNDLE_DIR, bundled_files, check_bundled, read_manifest
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
-from blazeport.runtimes import default_runtime
+from blazeport.modelfiles import bundle
+from blazeport.modelfiles.bundle import BUNDLE_DIR, bundled_files, check_bundled, read_manifest
+from blazeport.modelfiles.runtimes import default_runtime
 from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

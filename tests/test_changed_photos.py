@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blazeport.postprocess import Detection
+from blazeport.pipeline.postprocess import Detection
 from tools.changed_photos import CHANGES, _params, carry, change_photo, main
 
 

@@ -140,7 +140,7 @@ def test_runtime_pipeline_needs_no_torch(tmp_path) -> None:
                                                ("short_range_resnet_large", "short_range"),
                                                ("full_range_sparse_mobilenet", "full_range_sparse")])
 def test_shipped_student_loads_by_name_and_agrees_with_its_teacher(name: str, teacher: str, astronaut, capsys) -> None:
-    from blazeport.weights import load_safetensors
+    from blazeport.modelfiles.weights import load_safetensors
 
     student = blazeport.load(name)
     assert student.spec.architecture == name.removeprefix(f"{teacher}_") and student.spec.teacher == teacher

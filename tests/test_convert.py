@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from blazeport.convert import ConversionError, convert, extract, load_tflite
+from blazeport.modelfiles.verify import passes, verify
+from blazeport.modelfiles.weights import load_safetensors
 from blazeport.models.blazeface import VARIANTS
 from blazeport.tflite import read_tflite
-from blazeport.verify import passes, verify
-from blazeport.weights import load_safetensors
 from tests.conftest import SHORT_RANGE_TFLITE, WEIGHTS
 
 FILES = {"blazeface_short_range": "face_detection_short_range.tflite", "blazeface_back": "face_detection_back.tflite"}
@@ -40,7 +40,7 @@ def test_every_parameter_comes_from_the_tensor_the_graph_feeds_it() -> None:
 
 
 def test_convert_short_range_matches_litert(tmp_path, astronaut) -> None:
-    from blazeport.photos import sample_images
+    from blazeport.pipeline.photos import sample_images
 
     out = tmp_path / "sr.safetensors"
     report = convert(SHORT_RANGE_TFLITE, out, images=sample_images())
@@ -66,7 +66,7 @@ ALL_SPECS = ["short_range", "back", "full_range", "full_range_sparse"]
 
 @pytest.mark.parametrize("name", ALL_SPECS[1:])
 def test_every_other_google_model_converts_and_verifies(name: str, tmp_path) -> None:
-    from blazeport.photos import sample_images
+    from blazeport.pipeline.photos import sample_images
     from blazeport.specs import spec_named
 
     out = tmp_path / f"{name}.safetensors"
@@ -125,8 +125,8 @@ def test_committed_safetensors_equal_a_fresh_conversion(name: str) -> None:
 
 def test_gate_rejects_a_wrong_weight() -> None:
     """A single perturbed bias must fail verification: the gate is not too loose."""
-    from blazeport.backends import TFLiteBackend, TorchBackend
-    from blazeport.photos import sample_images
+    from blazeport.modelfiles.backends import TFLiteBackend, TorchBackend
+    from blazeport.pipeline.photos import sample_images
     from blazeport.specs import spec_named
 
     spec = spec_named("short_range")

@@ -174,7 +174,7 @@ def test_an_unknown_custom_op_is_named_once(tmp_path: Path, capsys) -> None:
         convert(path, tmp_path / "never.safetensors")
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "never.safetensors").exists()
-    from blazeport.backends import TFLiteBackend
+    from blazeport.modelfiles.backends import TFLiteBackend
 
     with pytest.raises(BlazeportError, match="no kernel for the custom op") as exc:
         TFLiteBackend(path)
@@ -186,7 +186,7 @@ def test_an_unknown_custom_op_is_named_once(tmp_path: Path, capsys) -> None:
 
 
 def test_litert_refuses_mediapipes_ops_in_one_line_naming_what_runs_them() -> None:
-    from blazeport.backends import TFLiteBackend
+    from blazeport.modelfiles.backends import TFLiteBackend
 
     with pytest.raises(BlazeportError) as exc:
         TFLiteBackend(ATTENTION)
@@ -220,8 +220,8 @@ def test_mediapipe_reference_runs_a_plain_model_as_litert_does() -> None:
     pytest.importorskip("mediapipe", reason="the parity extra")
     import numpy as np
 
-    from blazeport.backends import TFLiteBackend
-    from blazeport.mediapipe_model import MediaPipeModel
+    from blazeport.modelfiles.backends import TFLiteBackend
+    from blazeport.modelfiles.mediapipe_model import MediaPipeModel
 
     pixels = np.random.default_rng(1).integers(0, 256, (2, 192, 192, 3))
     batch = (pixels * np.float32(1 / 255)).astype(np.float32)

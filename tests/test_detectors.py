@@ -17,9 +17,9 @@ import pytest
 
 from blazeport import load
 from blazeport.convert import convert
-from blazeport.draw import KEYPOINT_COLOURS, draw_detections
 from blazeport.errors import BlazeportError
-from blazeport.preprocess import read_image
+from blazeport.pipeline.draw import KEYPOINT_COLOURS, draw_detections
+from blazeport.pipeline.preprocess import read_image
 from blazeport.specs import ModelSpec, spec_named
 from tests.conftest import WEIGHTS
 

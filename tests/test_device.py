@@ -8,7 +8,7 @@ import pytest
 import blazeport
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
-from blazeport.runtimes import RUNTIMES, check_device
+from blazeport.modelfiles.runtimes import RUNTIMES, check_device
 
 
 def _has_cuda() -> bool:
@@ -48,8 +48,8 @@ def test_explicit_cpu_is_the_default(astronaut: np.ndarray) -> None:
 
 @pytest.mark.skipif(not _has_cuda(), reason="no CUDA GPU here (CI never has one)")
 def test_torch_on_cuda_matches_the_cpu(boxed_photos) -> None:
-    from blazeport.preprocess import read_image
-    from blazeport.verify import ABS_TOL, match_detections
+    from blazeport.modelfiles.verify import ABS_TOL, match_detections
+    from blazeport.pipeline.preprocess import read_image
 
     images = [read_image(p) for p in boxed_photos[:6]]
     cpu = blazeport.load("short_range").detect_batch(images)
@@ -62,7 +62,7 @@ def test_torch_on_cuda_matches_the_cpu(boxed_photos) -> None:
 def test_onnx_without_the_cuda_provider_says_so(tmp_path) -> None:
     import onnxruntime as ort
 
-    from blazeport.backends import OnnxBackend
+    from blazeport.modelfiles.backends import OnnxBackend
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed: the refusal is for the CPU build")

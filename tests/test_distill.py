@@ -17,7 +17,6 @@ import pytest
 import torch
 
 import blazeport
-from blazeport.anchors import anchors_for
 from blazeport.cli import main as cli_main
 from blazeport.distill import trainer
 from blazeport.distill.dataset import DistillDataset, ImageSet, make_input
@@ -27,6 +26,7 @@ from blazeport.distill.trainer import NonFiniteLoss, TrainConfig, train
 from blazeport.errors import BlazeportError
 from blazeport.models import REGISTERED, build_student
 from blazeport.models.resnet import fold_batchnorm
+from blazeport.pipeline.anchors import anchors_for
 from blazeport.specs import spec_named
 
 SPEC = spec_named("short_range")

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from blazeport.anchors import anchors_for
 from blazeport.distill.labels import Labels, batch_labels, labels_for, read_labels, transport
 from blazeport.distill.loss_terms import LossConfig
 from blazeport.distill.losses import DistillLoss
 from blazeport.errors import BlazeportError
+from blazeport.pipeline.anchors import anchors_for
 from blazeport.specs import spec_named
 
 SPEC = spec_named("short_range")

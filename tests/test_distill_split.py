@@ -83,7 +83,8 @@ def test_the_trainers_split_keeps_copies_together(with_copies: Path) -> None:
 
 def test_copies_under_other_keys_or_shards_land_together(originals: list[Path], tmp_path: Path) -> None:
     pytest.importorskip("webdataset")
-    from blazeport.distill.shards import ShardIndex, Spool
+    from blazeport.distill.shards import ShardIndex
+    from blazeport.distill.spool import Spool
 
     for s in range(2):  # shard 1 holds every photo of shard 0 again, under other keys
         with tarfile.open(tmp_path / f"{s:03d}.tar", "w") as tar:

@@ -172,13 +172,13 @@ def test_a_full_disk_costs_the_photo_cache_its_entry_not_the_run(photos: Path, t
 def test_a_full_disk_while_spooling_held_out_shards_is_one_error(photos: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("webdataset")
-    from blazeport.distill import shards
+    from blazeport.distill import shards, spool
 
     with tarfile.open(tmp_path / "000.tar", "w") as tar:
         for f in sorted(photos.glob("*.jpg")):
             tar.add(f, arcname=f.name)
     index = shards.ShardIndex([str(tmp_path / "000.tar")], 0.25, 0.0)
-    real = shards.tempfile.TemporaryFile
-    monkeypatch.setattr(shards.tempfile, "TemporaryFile", lambda *a, **k: _Filling(real(*a, **k)))
+    real = spool.tempfile.TemporaryFile
+    monkeypatch.setattr(spool.tempfile, "TemporaryFile", lambda *a, **k: _Filling(real(*a, **k)))
     with pytest.raises(BlazeportError, match=rf"cannot spool the held-out samples into {tmp_path / 'spool'} \(No space"):
-        shards.Spool(index, "val", 128, str(tmp_path / "spool"))
+        spool.Spool(index, "val", 128, str(tmp_path / "spool"))

@@ -14,8 +14,8 @@ import pytest
 import blazeport
 from blazeport.cli import build_parser, main
 from blazeport.errors import BlazeportError
-from blazeport.evaluate import agreement_with_teacher, coco_ap, evaluate_on_boxes, load_boxes
-from blazeport.postprocess import Detection
+from blazeport.pipeline.evaluate import agreement_with_teacher, coco_ap, evaluate_on_boxes, load_boxes
+from blazeport.pipeline.postprocess import Detection
 
 # pycocotools interpolates precision at the 101 recall points 0.00, 0.01, ..., 1.00
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -261,7 +261,7 @@ def test_evaluate_on_boxes_checks_a_mapping_and_boxes_against_the_image_size(tmp
 
 def test_evaluate_on_boxes_normalizes_by_the_full_size_of_a_reduced_jpeg(tmp_path: Path, monkeypatch) -> None:
     """A big JPEG decoded reduced (here 1600x1200 -> 200x150): boxes are in the file's pixels, not the array's."""
-    from blazeport import preprocess
+    from blazeport.pipeline import preprocess
 
     monkeypatch.setattr(preprocess, "REDUCE_ABOVE_PIXELS", 100_000)
     monkeypatch.setattr(preprocess, "REDUCED_MIN_SIDE", 200)
@@ -280,8 +280,8 @@ def test_evaluate_on_boxes_counts_images_over_max_pixels_as_unreadable(tmp_path:
 
 def test_ap_and_found_by_face_width_and_teacher_score() -> None:
     """A student that finds the teacher's large faces and misses its small ones: AP by band says so."""
-    from blazeport.evaluate import breakdown
-    from blazeport.postprocess import Detection
+    from blazeport.pipeline.evaluate import breakdown
+    from blazeport.pipeline.postprocess import Detection
 
     small = [Detection(0.65, (0.1 * i, 0.1, 0.08, 0.08)) for i in range(3)]  # 8% of the width, teacher 0.65
     large = [Detection(0.9, (0.2, 0.4, 0.5, 0.5))]  # 50%, teacher 0.9
@@ -303,7 +303,7 @@ def test_ap_and_found_by_face_width_and_teacher_score() -> None:
 def test_breakdown_reads_face_width_in_the_letterboxed_input_frame() -> None:
     """Bands are read in the model's input frame: a 200x100 photo fills a 128x64 strip of the 128 input,
     a 100x200 one a 64x128 strip, and a square face's normalized box says different things in each."""
-    from blazeport.evaluate import breakdown
+    from blazeport.pipeline.evaluate import breakdown
 
     wide_face = Detection(0.9, (0.3, 0.2, 0.3, 0.6))  # 60x60 px in 200x100: 38 px, 30% of the input
     tall_face = Detection(0.9, (0.3, 0.3, 0.25, 0.125))  # 25x25 px in 100x200: 16 px, 12.5% of the input

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import blazeport
-from blazeport.backends import OnnxBackend, TorchBackend
 from blazeport.cli import build_parser, main
 from blazeport.errors import BlazeportError
-from blazeport.metadata import SPEC_KEY, spec_from_metadata, tflite_metadata
+from blazeport.modelfiles.backends import OnnxBackend, TorchBackend
+from blazeport.modelfiles.metadata import SPEC_KEY, spec_from_metadata, tflite_metadata
 from blazeport.specs import WEIGHTS_DIR, spec_named
 from tests.conftest import SHARED_DATA
 
@@ -26,7 +26,7 @@ ATOL = 1e-4
 
 def _photo_paths() -> list[Path]:
     """skimage's astronaut plus two photos of faces-boxed when the shared data is there."""
-    from blazeport.photos import sample_image_path
+    from blazeport.pipeline.photos import sample_image_path
 
     boxed = sorted((SHARED_DATA / "faces-boxed" / "images").glob("*.jpg"))[:2] if SHARED_DATA.is_dir() else []
     return [sample_image_path("astronaut"), *boxed]
@@ -63,7 +63,7 @@ def sr_onnx(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def sparse_onnx(tmp_path_factory) -> tuple[Path, dict]:
     from blazeport.export import export
-    from blazeport.preprocess import read_image
+    from blazeport.pipeline.preprocess import read_image
 
     out = tmp_path_factory.mktemp("onnx") / "frs.onnx"
     return out, export("full_range_sparse", "onnx", out, images=[read_image(p) for p in _photo_paths()])
@@ -102,9 +102,9 @@ def test_onnx_metadata_round_trip(sr_onnx) -> None:
 
 
 def test_onnx_dynamic_batch_of_three(sr_onnx) -> None:
-    from blazeport.anchors import anchors_for
-    from blazeport.verify import compare_outputs, passes
-    from blazeport.weights import load_safetensors
+    from blazeport.modelfiles.verify import compare_outputs, passes
+    from blazeport.modelfiles.weights import load_safetensors
+    from blazeport.pipeline.anchors import anchors_for
     from tests.conftest import WEIGHTS
 
     backend = OnnxBackend(sr_onnx[0])
@@ -223,7 +223,7 @@ def sr_tflite(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     pytest.importorskip("litert_torch", reason="TFLite export needs the [export] extra (litert-torch)")
     import blazeport.export.to_tflite as ex
     from blazeport.export import export
-    from blazeport.preprocess import read_image
+    from blazeport.pipeline.preprocess import read_image
 
     images = [read_image(p) for p in _photo_paths()]
     d = tmp_path_factory.mktemp("tflite")

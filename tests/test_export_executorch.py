@@ -21,7 +21,7 @@ pytest.importorskip("executorch.exir", reason="ExecuTorch export needs the [expo
 import blazeport
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
-from blazeport.metadata import SPEC_KEY, spec_from_metadata
+from blazeport.modelfiles.metadata import SPEC_KEY, spec_from_metadata
 from blazeport.specs import spec_named
 from tests.conftest import SHORT_RANGE_TFLITE, WEIGHTS
 from tests.test_export import _assert_same_detections, _photo_paths
@@ -64,7 +64,7 @@ def test_pte_reloads_with_its_spec_and_detects_like_torch(sr_pte, capsys) -> Non
 
 def test_student_safetensors_exports_to_pte(tmp_path) -> None:
     from blazeport.export import export
-    from blazeport.preprocess import read_image
+    from blazeport.pipeline.preprocess import read_image
 
     source = WEIGHTS / "short_range_resnet.safetensors"
     out = tmp_path / "student.pte"
@@ -102,7 +102,7 @@ def test_failing_verification_keeps_the_previous_pte(sr_pte, tmp_path, monkeypat
     monkeypatch.setattr(ex, "lower_to_executorch", lambda program, metadata: lowered)  # skip the slow lowering
     out = tmp_path / "sr.pte"
     out.write_bytes(b"previous good export")
-    monkeypatch.setattr("blazeport.verify.passes", lambda diffs: False)
+    monkeypatch.setattr("blazeport.modelfiles.verify.passes", lambda diffs: False)
     assert main(["export", "short_range", "--format", "executorch", "-o", str(out), "--json", "--overwrite"]) == 1
     assert "nothing written" in capsys.readouterr().err
     assert out.read_bytes() == b"previous good export"
@@ -175,7 +175,7 @@ def test_short_range_int8_pte_meets_the_target_and_reloads(small_calibration, tm
     assert ops["xnnpack:quantized_decomposed_dequantize_per_channel"] == 33 and len(q["float_nodes"]) > 4
     det = blazeport.load(out)
     assert det.backend.name == "executorch" and det.spec == spec_named("short_range")
-    assert det.backend.metadata["blazeport.weights"] == "int8"
+    assert det.backend.metadata["blazeport.modelfiles.weights"] == "int8"
     photo = str(_photo_paths()[0])
     assert main(["detect", "--model", str(out), "--backend", "executorch", "--threads", "1", photo]) == 0
     assert "1 face(s)" in capsys.readouterr().out
@@ -189,8 +189,8 @@ def test_int8_layer_errors_compare_the_torch_programs(small_calibration, tmp_pat
 
     from blazeport.export.calibration import load_calibration
     from blazeport.export.to_executorch import INT8_PROGRAMS, _pt2e, executorch_layer_errors
-    from blazeport.loader import open_module
-    from blazeport.verify import verification_inputs
+    from blazeport.modelfiles.loader import open_module
+    from blazeport.modelfiles.verify import verification_inputs
 
     module, spec, _ = open_module("short_range")
     calib = load_calibration(small_calibration, spec, 20)

@@ -19,7 +19,7 @@ from blazeport.errors import BlazeportError
 from blazeport.export import export
 from blazeport.export.calibration import MIN_CALIBRATION, MIN_VERIFY
 from blazeport.export.fidelity import AP50_TARGET
-from blazeport.photos import sample_image_path
+from blazeport.pipeline.photos import sample_image_path
 
 COUNT = 35
 
@@ -60,7 +60,7 @@ def test_onnx_int8_meets_the_target_and_runs_in_the_pipeline(sr_onnx_int8) -> No
     # through the DequantizeLinear weights, without the QDQ scales (as the float ONNX file counts: 100,442)
     assert macs == m_macs and abs(params - m_params) < 0.01 * m_params
     det = blazeport.load(path, backend="onnx")  # the spec from the file's metadata
-    assert det.spec.name == "short_range" and det.backend.metadata["blazeport.weights"] == "int8"
+    assert det.spec.name == "short_range" and det.backend.metadata["blazeport.modelfiles.weights"] == "int8"
     faces = det.detect(sample_image_path("astronaut"))
     ref = blazeport.load("short_range").detect(sample_image_path("astronaut"))
     assert len(faces) == len(ref) == 1 and np.allclose(faces[0].box, ref[0].box, atol=0.02)

@@ -109,7 +109,7 @@ def test_export_that_fails_verification_keeps_the_previous_file(tmp_path, capsys
 
     out = tmp_path / "sr.onnx"
     out.write_bytes(b"previous good export")
-    monkeypatch.setattr("blazeport.verify.passes", lambda diffs: False)
+    monkeypatch.setattr("blazeport.modelfiles.verify.passes", lambda diffs: False)
     code, _, err = run(capsys, "export", "short_range", "--format", "onnx", "-o", str(out), "--json", "--overwrite")
     assert code == 1 and "nothing written" in err
     assert out.read_bytes() == b"previous good export" and _leftovers(tmp_path) == []

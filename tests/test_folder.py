@@ -10,9 +10,9 @@ import pytest
 
 import blazeport
 from blazeport.cli import build_parser, main
-from blazeport.folder import FolderStats, detect_folder, read_ahead
-from blazeport.photos import list_images
-from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.pipeline.folder import FolderStats, detect_folder, read_ahead
+from blazeport.pipeline.photos import list_images
+from blazeport.pipeline.preprocess import ImageReadError, read_image_sized
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,8 @@ def test_detect_help_lists_batch_and_workers(capsys) -> None:
 
 
 def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_photos: list[Path]) -> None:
-    from blazeport.bench.cli import main as bench_main
     from blazeport.bench.mediapipe import find_mediapipe_python
+    from blazeport.cli.bench import main as bench_main
     from blazeport.specs import WEIGHTS_DIR
 
     folder = tmp_path / "three"
@@ -102,7 +102,7 @@ def test_bench_folder_reports_rates_and_the_ratio_to_mediapipe(tmp_path, boxed_p
 def test_fast_decode_reads_big_jpegs_reduced_and_keeps_the_faces(shared_data: Path) -> None:
     """--fast-decode: a 2280x1588 JPEG decodes at 1/8 (long side 285 >= 2 x 128), the file's size is
     still reported, PNGs decode in full; the same faces are found, close to the full decode's."""
-    from blazeport.verify import match_detections
+    from blazeport.modelfiles.verify import match_detections
 
     big = shared_data / "unlabeled" / "deepface_tests" / "couple.jpg"
     full, size = read_image_sized(big)
@@ -153,7 +153,7 @@ def test_bench_refuses_flags_that_do_not_apply(flags: list[str], named: str, cap
 def test_a_broken_symlink_in_a_folder_is_skipped_counted_and_named(tmp_path: Path, capsys) -> None:
     """A dangling symlink was dropped by list_images (``is_file()`` is False for it): neither read nor
     counted, so a folder with a vanished photo looked complete."""
-    from blazeport.photos import sample_image_path
+    from blazeport.pipeline.photos import sample_image_path
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -95,7 +95,7 @@ def test_segfault_mutant_ends_detect_with_one_line(tmp_path: Path) -> None:
     """The mutant that segfaulted LiteRT, run as a user would: exit status 2 and one line, no signal."""
     model, changes, _, _ = CRASHES["dequantize-output-larger-than-weights"]
     path = _mutant(tmp_path, model, changes)
-    from blazeport.photos import sample_image_path
+    from blazeport.pipeline.photos import sample_image_path
 
     cmd = [sys.executable, "-m", "blazeport.cli", "detect", str(sample_image_path()), "--backend", "tflite",
            "--model", str(path), "--spec", model]
@@ -206,7 +206,7 @@ def test_walker_refuses_graphs_the_module_cannot_run(case: str, walk: str, short
 def test_non_square_input_is_refused_by_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Input width 128 -> 127 (one byte): a consistent graph the reader accepts, that detect cannot feed."""
     from blazeport.cli import main
-    from blazeport.photos import sample_image_path
+    from blazeport.pipeline.photos import sample_image_path
 
     path = _mutant(tmp_path, "short_range", {228888: (128, 127)})
     rc = main(["detect", str(sample_image_path()), "--backend", "tflite", "--model", str(path), "--spec", "short_range"])

@@ -13,10 +13,11 @@ import pytest
 import blazeport
 from blazeport.cli import main
 from blazeport.convert import ConversionError, convert
-from blazeport.landmarks import EYES, FaceLandmarker, _landmarks, _remove_padding, crop_eye, eye_roi, load_landmarks
-from blazeport.loader import open_module
-from blazeport.photos import sample_image_path, sample_images
-from blazeport.roi import (
+from blazeport.modelfiles.loader import open_module
+from blazeport.modelfiles.verify import verify_landmarks
+from blazeport.pipeline.landmarks import EYES, FaceLandmarker, _landmarks, _remove_padding, crop_eye, eye_roi, load_landmarks
+from blazeport.pipeline.photos import sample_image_path, sample_images
+from blazeport.pipeline.roi import (
     Rect,
     associate,
     detection_to_rect,
@@ -28,7 +29,6 @@ from blazeport.roi import (
     warp_rect,
 )
 from blazeport.specs import LANDMARK_SPECS, WEIGHTS_DIR, spec_named
-from blazeport.verify import verify_landmarks
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_landmark_model_converts_and_passes_the_gate_on_real_photos(name: str, t
 def test_landmark_gate_rejects_a_wrong_prelu_slope() -> None:
     import torch
 
-    from blazeport.backends import TFLiteBackend, TorchBackend
+    from blazeport.modelfiles.backends import TFLiteBackend, TorchBackend
 
     module, spec, _ = open_module("face_landmark")
     slope = next(p for n, p in module.named_parameters() if "prelu" in n)
@@ -270,8 +270,8 @@ def test_bundled_landmark_models_are_the_recorded_originals(name: str) -> None:
 def test_onnx_export_runs_the_pipeline(tmp_path, landmarker, astronaut) -> None:
     """``blazeport export face_landmark --format onnx`` passes the landmark gate, and the pipeline on
     onnxruntime finds the landmarks LiteRT does."""
-    from blazeport.backends import OnnxBackend
     from blazeport.export import export
+    from blazeport.modelfiles.backends import OnnxBackend
 
     out = tmp_path / "face_landmark.onnx"
     report = export("face_landmark", "onnx", out)

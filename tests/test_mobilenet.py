@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from blazeport.counting import count_params
 from blazeport.errors import BlazeportError
+from blazeport.modelfiles.counting import count_params
 from blazeport.models.mobilenet import MOBILENETS, MobileNetBackbone, MobileNetConfig, MobileNetStage
 from blazeport.models.resnet import fold_batchnorm
 

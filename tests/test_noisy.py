@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import blazeport
-from blazeport.anchors import anchors_for
 from blazeport.distill.augment import AugmentConfig
 from blazeport.distill.changes import homography
 from blazeport.distill.dataset import make_input, make_input_uint8
 from blazeport.distill.noisy import Change, NoisyStudent, noisy_generator
 from blazeport.errors import BlazeportError
-from blazeport.postprocess import postprocess
-from blazeport.preprocess import Letterbox
+from blazeport.pipeline.anchors import anchors_for
+from blazeport.pipeline.postprocess import postprocess
+from blazeport.pipeline.preprocess import Letterbox
 from blazeport.specs import spec_named
 
 SPEC = spec_named("short_range")

@@ -13,7 +13,7 @@ import blazeport
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
 from blazeport.files import check_output, drawing_paths, free_name, staged, write_atomic
-from blazeport.photos import sample_image_path
+from blazeport.pipeline.photos import sample_image_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_convert_refreshes_its_own_output_but_no_other_file(tmp_path: Path) -> N
     src = ROOT / "weights" / "face_detection_short_range.tflite"
     out = tmp_path / "short_range.safetensors"
     shutil.copy(ROOT / "weights" / "short_range.safetensors", out)
-    images = blazeport.photos.sample_images(("astronaut",))
+    images = blazeport.pipeline.photos.sample_images(("astronaut",))
     report = convert(src, out, images=images)
     assert report["written"] and out.read_bytes() == (ROOT / "weights" / "short_range.safetensors").read_bytes()
     other = tmp_path / "other.safetensors"
@@ -125,7 +125,7 @@ def test_no_clobber_write_leaves_a_file_that_appeared_meanwhile(tmp_path: Path) 
 
 
 def test_a_full_disk_names_the_output_not_the_temporary_file(tmp_path: Path, monkeypatch) -> None:
-    from blazeport.weights import load_safetensors, save_safetensors
+    from blazeport.modelfiles.weights import load_safetensors, save_safetensors
 
     module, spec = load_safetensors(ROOT / "weights" / "short_range.safetensors")
 

@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("mediapipe", reason="MediaPipe is the oracle here; install the optional extra: pip install -e '.[parity]'")
 
-from blazeport.landmarks import load_landmarks
-from blazeport.preprocess import read_image
+from blazeport.pipeline.landmarks import load_landmarks
+from blazeport.pipeline.preprocess import read_image
 from tools.facemesh_parity import DATA, LANDMARK_TOL, compare, default_images, iris_vs_attention_mesh, mediapipe_landmarks
 
 pytestmark = pytest.mark.filterwarnings("ignore:SymbolDatabase.GetPrototype:UserWarning")  # protobuf 4 vs MediaPipe

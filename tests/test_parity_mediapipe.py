@@ -5,7 +5,7 @@ range (model_selection=0) and full range, which MediaPipe runs from the sparse f
 
 Same number of detections; per pair (greedy IoU) score within 0.01 and box and keypoints within
 0.005, normalized. In practice the two agree to ~1e-6: the letterbox reproduces the fixed-point
-``warpPerspective`` MediaPipe links (see ``blazeport.preprocess``); with OpenCV 5's own warp the
+``warpPerspective`` MediaPipe links (see ``blazeport.pipeline.preprocess``); with OpenCV 5's own warp the
 scores were up to 0.013 apart and one borderline face (0.503) went missing.
 
 Needs the optional ``parity`` extra (``pip install -e ".[parity]"``); skipped without it.
@@ -23,8 +23,8 @@ mp = pytest.importorskip(
 )
 
 from blazeport import load  # noqa: E402
-from blazeport.preprocess import read_image  # noqa: E402
-from blazeport.verify import pair_detections  # noqa: E402
+from blazeport.modelfiles.verify import pair_detections  # noqa: E402
+from blazeport.pipeline.preprocess import read_image  # noqa: E402
 from tools.parity_report import (  # noqa: E402
     COORD_TOL,
     MODEL_SELECTION,

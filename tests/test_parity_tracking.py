@@ -1,4 +1,4 @@
-"""End to end against MediaPipe's video mode: :class:`blazeport.tracking.FaceMeshTracker` vs
+"""End to end against MediaPipe's video mode: :class:`blazeport.video.tracking.FaceMeshTracker` vs
 ``mp.solutions.face_mesh.FaceMesh(static_image_mode=False, refine_landmarks=False)`` on the same RGB
 frames, in order: 100 frames of 640x480 made from two real photos by a moving camera (pan, zoom, a
 few degrees of tilt; faces enter and leave, 25 frames show no face, a cut to another photo; see
@@ -27,8 +27,8 @@ import pytest
 
 pytest.importorskip("mediapipe", reason="MediaPipe is the oracle here; install the optional extra: pip install -e '.[parity]'")
 
-from blazeport.landmarks import load_landmarks
-from blazeport.tracking import FaceMeshTracker
+from blazeport.pipeline.landmarks import load_landmarks
+from blazeport.video.tracking import FaceMeshTracker
 from tools.tracking_parity import (
     DATA,
     LANDMARK_TOL,
@@ -94,7 +94,7 @@ def test_same_faces_as_mediapipe_with_four_faces(video, graph_4) -> None:
 
 def test_rotated_crops_are_mediapipes_pixel_for_pixel(video) -> None:
     """MediaPipe's own ImageToTensorCalculator (192x192, [0, 1], as FaceLandmarkCpu sets it) against
-    blazeport.roi.warp_rect on random rotated rects of the video's frames: identical tensors. With
+    blazeport.pipeline.roi.warp_rect on random rotated rects of the video's frames: identical tensors. With
     OpenCV 5's cv2.boxPoints for the corners, 89 of 150 differed by one to four grey levels."""
     import mediapipe as mp
     from google.protobuf import text_format
@@ -102,7 +102,7 @@ def test_rotated_crops_are_mediapipes_pixel_for_pixel(video) -> None:
     from mediapipe.framework.formats import rect_pb2
     from mediapipe.python import packet_creator, packet_getter
 
-    from blazeport.roi import Rect, warp_rect
+    from blazeport.pipeline.roi import Rect, warp_rect
 
     config = text_format.Parse("""
         input_stream: "image" input_stream: "roi" output_stream: "floats"

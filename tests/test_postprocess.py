@@ -1,4 +1,4 @@
-"""blazeport.postprocess on hand-made values: decoding, clipped sigmoid, MediaPipe NMS, letterbox removal."""
+"""blazeport.pipeline.postprocess on hand-made values: decoding, clipped sigmoid, MediaPipe NMS, letterbox removal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from blazeport.postprocess import (
+from blazeport.pipeline.postprocess import (
     Detection,
     decode_boxes,
     decode_scores,
@@ -17,7 +17,7 @@ from blazeport.postprocess import (
     postprocess,
     remove_letterbox,
 )
-from blazeport.preprocess import Letterbox
+from blazeport.pipeline.preprocess import Letterbox
 from blazeport.specs import spec_named
 
 # --------------------------------------------------------------------------- decode
@@ -276,8 +276,8 @@ def test_compiled_postprocess_matches_numpy_on_real_outputs(boxed_photos) -> Non
     import dataclasses
 
     from blazeport import load
-    from blazeport.postprocess import compiled_available
-    from blazeport.preprocess import read_image
+    from blazeport.pipeline.postprocess import compiled_available
+    from blazeport.pipeline.preprocess import read_image
     from blazeport.specs import NMSOptions
 
     if not compiled_available():
@@ -299,7 +299,7 @@ def test_compiled_postprocess_matches_numpy_on_real_outputs(boxed_photos) -> Non
 
 
 def test_postprocess_choice_is_checked(monkeypatch) -> None:
-    import blazeport.postprocess as pp
+    import blazeport.pipeline.postprocess as pp
     from blazeport.errors import BlazeportError
 
     raw_boxes, raw_scores = np.zeros((1, 896, 16), np.float32), np.zeros((1, 896, 1), np.float32)
@@ -317,11 +317,11 @@ def test_compiled_sigmoid_gives_numpys_bits() -> None:
     """The kernel's pre-filter + sigmoid (used where numpy's exp is the C library's) returns the
     anchors and the float32 scores of numpy's path, on 4M random logits and the edge cases
     (tools/check_sigmoid.py walks all 2.24e9 float32 logits in [-100, 100])."""
-    from blazeport.postprocess import candidate_logit, compiled_available
+    from blazeport.pipeline.postprocess import candidate_logit, compiled_available
 
     if not compiled_available():
         pytest.skip("numba is not installed (the 'fast' extra)")
-    from blazeport.compiled_post import kernel_sigmoid_is_exact, select
+    from blazeport.pipeline.compiled_post import kernel_sigmoid_is_exact, select
 
     if not kernel_sigmoid_is_exact():
         pytest.skip("numpy runs its own AVX-512 exp here: the sigmoid stays in numpy")

@@ -1,4 +1,4 @@
-"""blazeport.preprocess (letterbox, ROI transform, image reading) and TF SAME padding."""
+"""blazeport.pipeline.preprocess (letterbox, ROI transform, image reading) and TF SAME padding."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from blazeport import preprocess
 from blazeport.errors import BlazeportError
 from blazeport.models.blocks import same_padding
-from blazeport.postprocess import remove_letterbox
-from blazeport.preprocess import (
+from blazeport.pipeline import preprocess
+from blazeport.pipeline.postprocess import remove_letterbox
+from blazeport.pipeline.preprocess import (
     ImageReadError,
     Letterbox,
     as_rgb,
@@ -445,7 +445,7 @@ def test_empty_images_are_refused(shape: tuple[int, ...]) -> None:
 
 
 def test_detector_refuses_an_empty_image_before_running_the_model() -> None:
-    from blazeport.detector import Detector
+    from blazeport.pipeline.detector import Detector
     from blazeport.specs import spec_named
 
     def backend(_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

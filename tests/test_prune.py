@@ -17,12 +17,12 @@ from blazeport.cli import main as cli_main
 from blazeport.distill.config import init_weights
 from blazeport.distill.trainer import TrainConfig, train
 from blazeport.errors import BlazeportError
+from blazeport.modelfiles.weights import load_safetensors, save_safetensors
 from blazeport.models import build_student
 from blazeport.pruning.prune import conv_widths, prune
 from blazeport.pruning.slimming import batchnorms, gamma_summary, sparsity_step
 from blazeport.pruning.workflow import prune_file
 from blazeport.specs import spec_named, student_spec
-from blazeport.weights import load_safetensors, save_safetensors
 
 SPEC = spec_named("short_range")
 SIZE = SPEC.input_size

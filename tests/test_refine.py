@@ -10,8 +10,8 @@ import pytest
 
 import blazeport
 from blazeport.cli import main
-from blazeport.photos import sample_image_path
-from blazeport.refine import NUM_REFINED_LANDMARKS, REFINEMENTS, refine_landmarks
+from blazeport.pipeline.photos import sample_image_path
+from blazeport.pipeline.refine import NUM_REFINED_LANDMARKS, REFINEMENTS, refine_landmarks
 from blazeport.specs import LANDMARK_SPECS, WEIGHTS_DIR
 
 SPEC = LANDMARK_SPECS["face_landmark_with_attention"]
@@ -122,7 +122,7 @@ def test_the_drawing_shows_the_refined_irises(faces) -> None:
 
     import skimage.data
 
-    from blazeport.draw import draw_landmarks
+    from blazeport.pipeline.draw import draw_landmarks
 
     img = skimage.data.astronaut()
     face = faces[0][0]
@@ -194,7 +194,7 @@ def test_tflite_export_lowers_the_custom_ops_to_builtins(tmp_path) -> None:
     assert report["ok"] and not read_tflite(out).custom_ops()
     assert {"ATAN2", "COS", "SIN", "FLOOR", "GATHER_ND"} <= set(report["op_counts"])
     (face,) = blazeport.load_landmarks(out, backend="tflite", refine=True).process(
-        blazeport.preprocess.read_image(sample_image_path("astronaut")))
+        blazeport.pipeline.preprocess.read_image(sample_image_path("astronaut")))
     assert face.landmarks.shape == (478, 3)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import blazeport
-from blazeport.postprocess import Detection
-from blazeport.smoothing import DetectionSmoother, OneEuroFilter
+from blazeport.pipeline.postprocess import Detection
+from blazeport.video.smoothing import DetectionSmoother, OneEuroFilter
 
 MS = 1_000_000  # ns
 

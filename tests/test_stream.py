@@ -20,8 +20,9 @@ import torch
 
 from blazeport.distill.config import TrainConfig
 from blazeport.distill.dataset import AugmentConfig, DistillDataset, ImageSet, to_unit
-from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, quotas
+from blazeport.distill.shards import ShardIndex, ShardTrain, quotas
 from blazeport.distill.split import content_hash
+from blazeport.distill.spool import Spool
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset
 from blazeport.distill.trainer import train
 from blazeport.errors import BlazeportError

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from blazeport.anchors import head_layout
 from blazeport.errors import BlazeportError
+from blazeport.modelfiles.weights import load_safetensors, save_safetensors
 from blazeport.models import REGISTERED, Student, build_student
 from blazeport.models.backbones import parse_student
+from blazeport.pipeline.anchors import head_layout
 from blazeport.specs import spec_named, student_spec
-from blazeport.weights import load_safetensors, save_safetensors
 
 TEACHERS = ("short_range", "back", "full_range_sparse")
 

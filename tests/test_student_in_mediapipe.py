@@ -17,7 +17,7 @@ mp = pytest.importorskip(
 )
 
 from blazeport import load  # noqa: E402
-from blazeport.preprocess import read_image  # noqa: E402
+from blazeport.pipeline.preprocess import read_image  # noqa: E402
 from blazeport.specs import WEIGHTS_DIR  # noqa: E402
 from examples.student_in_mediapipe import face_detection_with_model  # noqa: E402
 from tools.parity_report import COORD_TOL, SCORE_TOL, blazeport_faces, compare, default_images, mediapipe_faces  # noqa: E402

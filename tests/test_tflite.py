@@ -356,7 +356,7 @@ def test_unreadable_file_says_permission_denied(tmp_path: Path, monkeypatch: pyt
     import os
 
     from blazeport.cli import main
-    from blazeport.photos import sample_image_path
+    from blazeport.pipeline.photos import sample_image_path
 
     path = tmp_path / "locked.tflite"
     path.write_bytes(SHORT_RANGE_TFLITE.read_bytes())
@@ -374,13 +374,13 @@ def test_unreadable_file_says_permission_denied(tmp_path: Path, monkeypatch: pyt
     try:
         with pytest.raises(TFLiteError) as err:
             read_tflite(path)
-        assert str(err.value).startswith(f"cannot read {path}: permission denied.")
+        assert str(err.value).startswith(f"{path}: cannot read the file (Permission denied).")
         assert err.value.__cause__ is None and err.value.__suppress_context__
         for argv in (["convert", str(path), "-o", str(tmp_path / "out.safetensors")],
                      ["detect", str(sample_image_path()), "--backend", "tflite", "--model", str(path), "--spec", "short_range"]):
             assert main(argv) == 2
             lines = capsys.readouterr().err.strip().splitlines()
-            assert len(lines) == 1 and f"cannot read {path}: permission denied" in lines[0], lines
+            assert len(lines) == 1 and f"{path}: cannot read the file (Permission denied)" in lines[0], lines
     finally:
         path.chmod(0o644)
 

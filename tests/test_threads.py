@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import blazeport
-from blazeport.preprocess import read_image
+from blazeport.pipeline.preprocess import read_image
 
 THREADS, CALLS = 4, 200
 
@@ -70,7 +70,7 @@ def test_each_thread_gets_its_own_interpreter() -> None:
 
 def test_tflite_backend_reads_its_file_once(monkeypatch) -> None:
     """LiteRT runs the bytes that were checked: the file is read once (not checked, then read again)."""
-    from blazeport.backends import TFLiteBackend
+    from blazeport.modelfiles.backends import TFLiteBackend
     from blazeport.specs import WEIGHTS_DIR
 
     reads = []

@@ -18,12 +18,12 @@ import torch
 
 import blazeport
 import blazeport.models.fused as runtime
-from blazeport.backends import TFLiteBackend, TorchBackend
-from blazeport.loader import open_module
-from blazeport.photos import sample_images
-from blazeport.preprocess import read_image
+from blazeport.modelfiles.backends import TFLiteBackend, TorchBackend
+from blazeport.modelfiles.loader import open_module
+from blazeport.modelfiles.verify import verification_inputs, verify
+from blazeport.pipeline.photos import sample_images
+from blazeport.pipeline.preprocess import read_image
 from blazeport.specs import WEIGHTS_DIR, spec_named
-from blazeport.verify import verification_inputs, verify
 
 CONVERTED = ["short_range", "back", "full_range", "full_range_sparse"]
 

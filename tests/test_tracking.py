@@ -1,4 +1,4 @@
-"""MediaPipe's video mode (``blazeport.tracking``) without MediaPipe and, but for the last test, without
+"""MediaPipe's video mode (``blazeport.video.tracking``) without MediaPipe and, but for the last test, without
 models: a scripted detector and a stand-in face mesh on synthetic frames, so each rule of the loop
 shows in a few frames.
 
@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 import pytest
 
-from blazeport.landmarks import FaceLandmarker
-from blazeport.postprocess import Detection
-from blazeport.roi import Rect, landmarks_to_box, rect_iou, rect_transform, roi_from_landmarks
+from blazeport.pipeline.landmarks import FaceLandmarker
+from blazeport.pipeline.postprocess import Detection
+from blazeport.pipeline.roi import Rect, landmarks_to_box, rect_iou, rect_transform, roi_from_landmarks
 from blazeport.specs import LANDMARK_SPECS
-from blazeport.tracking import FaceMeshTracker, landmarks_on_frames
+from blazeport.video.tracking import FaceMeshTracker, landmarks_on_frames
 
 W, H = 320, 240
 SPEC = LANDMARK_SPECS["face_landmark"]
@@ -209,7 +209,7 @@ def test_real_models_track_a_photo_with_iris_per_tracked_face() -> None:
     iris model runs on every face kept, as on photos; the tracked landmarks stay on the face."""
     import skimage.data
 
-    from blazeport.landmarks import load_landmarks
+    from blazeport.pipeline.landmarks import load_landmarks
 
     landmarker = load_landmarks(backend="tflite", iris=True)
     photo = skimage.data.astronaut()

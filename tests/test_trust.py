@@ -20,9 +20,9 @@ import torch
 import blazeport
 from blazeport.cli import main
 from blazeport.errors import BlazeportError
+from blazeport.modelfiles.weights import load_safetensors, save_safetensors
 from blazeport.models import build_student
 from blazeport.specs import spec_named, student_spec
-from blazeport.weights import load_safetensors, save_safetensors
 
 TINYNET = '''
 from torch import nn
@@ -127,7 +127,7 @@ def test_a_crafted_file_imports_nothing_without_trust(folder: Path, target: str,
 def test_the_cli_refuses_a_crafted_file_in_one_line_and_runs_nothing(folder: Path, capsys) -> None:
     bad = _naming(_student_file(folder), "evil:Backbone", folder / "crafted.safetensors")
     photo = folder / "photo.png"
-    shutil.copy(blazeport.photos.sample_image_path("astronaut"), photo)
+    shutil.copy(blazeport.pipeline.photos.sample_image_path("astronaut"), photo)
     for argv in (["detect", str(photo), "--model", str(bad)],
                  ["landmarks", str(photo), "--detector", str(bad)],
                  ["eval", "--model", str(bad), "--teacher", "short_range", "--images", str(photo)],
@@ -158,7 +158,7 @@ def test_with_trust_a_user_module_student_loads_and_detects(folder: Path, astron
     assert spec.name == "sr_tiny" and type(module.backbone).__name__ == "TinyNet"
     sys.modules.pop("tinynet", None)
     photo = folder / "photo.png"
-    shutil.copy(blazeport.photos.sample_image_path("astronaut"), photo)
+    shutil.copy(blazeport.pipeline.photos.sample_image_path("astronaut"), photo)
     capsys.readouterr()
     assert main(["detect", str(photo), "--model", str(good), "--trust-code", "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["image"] == str(photo)
@@ -223,4 +223,4 @@ def test_distill_takes_an_unannotated_user_factory(folder: Path, shared_data: Pa
     with pytest.raises(BlazeportError, match="--trust-code"):
         blazeport.load(out / "student.safetensors")
     assert isinstance(blazeport.load(out / "student.safetensors", trust_code=True).detect(
-        blazeport.photos.sample_images(("astronaut",))[0]), list)
+        blazeport.pipeline.photos.sample_images(("astronaut",))[0]), list)

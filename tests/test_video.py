@@ -1,4 +1,4 @@
-"""Video frames (``blazeport.video``): decoded once, in order, exact, streamed, rotated, timed; and what
+"""Video frames (``blazeport.video.frames``): decoded once, in order, exact, streamed, rotated, timed; and what
 a bad source does. The videos are made here from real photos (``tests/videos.py``)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 
 import blazeport
 from blazeport.errors import BlazeportError
-from blazeport.photos import is_video_input, list_inputs
-from blazeport.video import FrameSource, VideoReadError, open_frames
-from blazeport.video_out import VideoOutput
-from blazeport.video_sources import ArrayCapture, OpenCVCapture, VideoInfo
+from blazeport.pipeline.photos import is_video_input, list_inputs
+from blazeport.video.frames import FrameSource, VideoReadError, open_frames
+from blazeport.video.sources import ArrayCapture, OpenCVCapture, VideoInfo
+from blazeport.video.writer import VideoOutput
 from tests.videos import read_all, set_mp4_rotation, write_vfr, write_video
 
 

@@ -168,7 +168,7 @@ def test_landmarks_on_video_track_by_default_and_run_every_frame_with_static(tmp
     assert faces and all({"score", "landmarks", "roi", "detection"} <= set(f) and len(f["landmarks"]) == 468 for f in faces)
     assert frame_count(tmp_path / "out" / "short.mp4")[0] == 8
     assert ", static)" in err  # the summary names the mode
-    # without --static: MediaPipe's tracking loop, as blazeport.tracking runs it on the same frames
+    # without --static: MediaPipe's tracking loop, as blazeport.video.tracking runs it on the same frames
     assert main(["landmarks", str(clip), "--backend", "tflite", "--json"]) == 0
     out, err = capsys.readouterr()
     tracked = [r["faces"] for r in lines(out)]

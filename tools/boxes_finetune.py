@@ -10,7 +10,7 @@ The run folder gets the training photos (each copied ``--copies`` times, so that
 copies have the same bytes, so they share one split, and each copy gets the original's entry) beside the
 unlabeled photos of ``--unlabeled``. Two runs of ``blazeport distill`` start from the shipped student
 (``--init``) with the same seed, schedule and photos: one with the teacher alone, one with ``--boxes``.
-Then ``blazeport eval --boxes``'s measure (:func:`blazeport.evaluate.evaluate_on_boxes`, COCO AP at each
+Then ``blazeport eval --boxes``'s measure (:func:`blazeport.pipeline.evaluate.evaluate_on_boxes`, COCO AP at each
 model's own threshold) on the ``testing`` photos, for the teacher, the shipped student and both
 fine-tuned ones. Writes ``OUT/boxes_finetune.json`` and ``OUT/boxes_finetune.md``; ``--out`` must be a new
 or empty folder (the tool fills it: photos, runs, report), and every file goes through write_atomic.
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import blazeport  # noqa: E402
 from blazeport import files  # noqa: E402
-from blazeport.evaluate import evaluate_on_boxes  # noqa: E402
-from blazeport.photos import list_images  # noqa: E402
+from blazeport.pipeline.evaluate import evaluate_on_boxes  # noqa: E402
+from blazeport.pipeline.photos import list_images  # noqa: E402
 
 
 def prepare(boxed: Path, unlabeled: Path, out: Path, copies: int) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from blazeport.bundle import BUNDLE_DIR, MANIFEST, bundled_files, read_manifest
 from blazeport.files import sha256_of, write_atomic
+from blazeport.modelfiles.bundle import BUNDLE_DIR, MANIFEST, bundled_files, read_manifest
 
 
 def current() -> dict[str, str]:

@@ -9,7 +9,7 @@ light, sensor noise, motion blur, focus blur, JPEG, colour cast, a flip, a quart
 a crop, a tilt) is applied to the photo, the truth is carried through it (a change that moves faces
 maps the boxes with the same homography: :func:`blazeport.distill.changes.homography`, exact for
 flips and turns), and the teacher and each student are scored on the changed photo against it: COCO
-AP50 / AP (:func:`blazeport.evaluate.coco_ap`, pycocotools), every detector at its own spec threshold
+AP50 / AP (:func:`blazeport.pipeline.evaluate.coco_ap`, pycocotools), every detector at its own spec threshold
 (the detector as it ships). A teacher that labelled the changed photo itself would score 1.0 by
 definition; this measures what Noisy Student training (``distill --augment ns_*``) is for: whether a
 model finds on a changed photo what the teacher finds on the clean one.
@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 import blazeport  # noqa: E402
 from blazeport import files  # noqa: E402
 from blazeport.distill.changes import GEOMETRIC, apply_photometric, describe, homography, mirrors  # noqa: E402
-from blazeport.evaluate import coco_ap  # noqa: E402
-from blazeport.photos import list_images  # noqa: E402
-from blazeport.postprocess import Detection  # noqa: E402
-from blazeport.preprocess import ImageReadError, read_image_sized  # noqa: E402
+from blazeport.pipeline.evaluate import coco_ap  # noqa: E402
+from blazeport.pipeline.photos import list_images  # noqa: E402
+from blazeport.pipeline.postprocess import Detection  # noqa: E402
+from blazeport.pipeline.preprocess import ImageReadError, read_image_sized  # noqa: E402
 
 Box = tuple[float, float, float, float]
 

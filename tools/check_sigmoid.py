@@ -1,10 +1,10 @@
 """Check, for every float32 logit in [-100, 100], that the compiled post-processing's sigmoid gives
-the bits of numpy's (:func:`blazeport.postprocess.decode_scores`) on this machine.
+the bits of numpy's (:func:`blazeport.pipeline.postprocess.decode_scores`) on this machine.
 
     python tools/check_sigmoid.py          # ~2.24e9 values, about 80 s on 2 cores
 
 blazeport computes the sigmoid inside the numba kernel only where numpy's float64 ``exp`` is the C
-library's (``blazeport.compiled_post.kernel_sigmoid_is_exact``); this walks every bit pattern to
+library's (``blazeport.pipeline.compiled_post.kernel_sigmoid_is_exact``); this walks every bit pattern to
 show the two agree there. Exit status 1 on any mismatch (printed).
 """
 
@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from blazeport.compiled_post import kernel_sigmoid_is_exact, select
-from blazeport.postprocess import decode_scores
+from blazeport.pipeline.compiled_post import kernel_sigmoid_is_exact, select
+from blazeport.pipeline.postprocess import decode_scores
 
 CHUNK = 1 << 24
 

@@ -3,7 +3,7 @@
 
 ``mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=False,
 max_num_faces=N, min_detection_confidence=0.5)`` is the oracle; blazeport runs
-:func:`blazeport.landmarks.load_landmarks` with the same settings on the torch and tflite backends.
+:func:`blazeport.pipeline.landmarks.load_landmarks` with the same settings on the torch and tflite backends.
 Faces are paired by the distance between their landmark centroids; the report gives the faces
 found by each, the worst landmark difference (x, y; normalized to the image) and the worst z
 difference over the pairs.
@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blazeport.landmarks import load_landmarks  # noqa: E402
-from blazeport.photos import list_images  # noqa: E402
-from blazeport.preprocess import read_image  # noqa: E402
+from blazeport.pipeline.landmarks import load_landmarks  # noqa: E402
+from blazeport.pipeline.photos import list_images  # noqa: E402
+from blazeport.pipeline.preprocess import read_image  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 LANDMARK_TOL = 2e-3  # the tolerance on every normalized landmark coordinate

@@ -198,11 +198,6 @@ def _preload() -> None:
     import safetensors.torch  # noqa: F401
     import torch  # noqa: F401
 
-    import blazeport.cli
-    import blazeport.convert
-    import blazeport.detector
-    import blazeport.export
-    import blazeport.models  # noqa: F401
     from blazeport.tflite import read_tflite
 
     read_tflite(ROOT / "weights" / MODELS["short_range"])  # first-call imports inside the reader
@@ -242,8 +237,8 @@ def fuzz_model(name: str, count: int, seed: int = 0, jobs: int = 1, timeout: flo
     """Run mutants ``seed .. seed+count-1`` of one bundled model; return its report."""
     from tqdm import tqdm
 
-    from blazeport.photos import sample_image_path
-    from blazeport.preprocess import read_image
+    from blazeport.pipeline.photos import sample_image_path
+    from blazeport.pipeline.preprocess import read_image
     from blazeport.progress import progress_bar
 
     tqdm.monitor_interval = 0  # no monitor thread: a fork must not copy a thread holding a lock

@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blazeport.landmarks import load_landmarks  # noqa: E402
-from blazeport.photos import list_images  # noqa: E402
-from blazeport.preprocess import ImageReadError, read_image  # noqa: E402
+from blazeport.pipeline.landmarks import load_landmarks  # noqa: E402
+from blazeport.pipeline.photos import list_images  # noqa: E402
+from blazeport.pipeline.preprocess import ImageReadError, read_image  # noqa: E402
 from tools.facemesh_parity import DATA, pair  # noqa: E402
 
 # eye -> (first refined iris landmark, the eye's corner landmarks, the iris model's points in the refined

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from blazeport.modelfiles.verify import pair_detections
 from blazeport.specs import SPECS
-from blazeport.verify import pair_detections
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -177,7 +177,7 @@ def keep_first(faces: list[Face], model: str) -> list[Face]:
 
 
 def blazeport_faces(detector: Any, rgb: np.ndarray) -> list[Face]:
-    """Run a :class:`blazeport.detector.Detector` on an RGB uint8 image."""
+    """Run a :class:`blazeport.pipeline.detector.Detector` on an RGB uint8 image."""
     return [Face(d.score, np.array(d.box), np.array(d.keypoints)) for d in detector.detect(rgb)]
 
 
@@ -213,7 +213,7 @@ def run(images: Sequence[Path], model: str = "short_range", backends: Sequence[s
         threads: int | None = None) -> dict[str, list[ImageResult]]:
     """Compare every image on every backend; MediaPipe runs once per image."""
     import blazeport
-    from blazeport.preprocess import read_image
+    from blazeport.pipeline.preprocess import read_image
 
     detectors = {b: blazeport.load(model, backend=b, threads=threads) for b in backends}
     results: dict[str, list[ImageResult]] = {b: [] for b in backends}

@@ -30,7 +30,7 @@ from zoo import run  # tools/zoo.py: runs a blazeport command line with this int
 from blazeport.distill.trainer import Data, Teacher, TrainConfig
 from blazeport.distill.validation import validate
 from blazeport.files import write_atomic
-from blazeport.weights import load_safetensors
+from blazeport.modelfiles.weights import load_safetensors
 
 
 def test_split_ap(path: Path, teacher: Teacher, data: Data) -> dict[str, float]:
@@ -96,7 +96,7 @@ def main() -> int:
                 "litert_ratio": {x["threads"]: x["ratios"]["vs_original"] for x in mine}}
 
     base_module, _ = load_safetensors(base)
-    from blazeport.counting import count_macs, count_params
+    from blazeport.modelfiles.counting import count_macs, count_params
 
     table = [{"ratio": 0.0, "params": count_params(base_module), "macs": count_macs(base_module, teacher.spec.input_size),
               **latency(base.stem), "before": test_split_ap(base, teacher, data), "after": None}]

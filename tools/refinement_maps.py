@@ -5,7 +5,7 @@ MediaPipe compiles its subgraphs (``tensors_to_face_landmarks_with_attention.pbt
 ``mediapipe/python/_framework_bindings*.so`` as serialized ``CalculatorGraphConfig`` protos. This finds
 the one whose ``type`` is ``TensorsToFaceLandmarksWithAttention`` (it ends with that name, field 20),
 parses it with MediaPipe's own proto classes and prints its ``LandmarksRefinementCalculator`` options;
-``--check`` compares them with :data:`blazeport.refine.REFINEMENTS` (exit 1 on a difference).
+``--check`` compares them with :data:`blazeport.pipeline.refine.REFINEMENTS` (exit 1 on a difference).
 
     python tools/refinement_maps.py [--check]        # needs the parity extra (mediapipe==0.10.14)
 """
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blazeport.refine import REFINEMENTS, Refinement  # noqa: E402
+from blazeport.pipeline.refine import REFINEMENTS, Refinement  # noqa: E402
 
 SUBGRAPH = "TensorsToFaceLandmarksWithAttention"
 
@@ -71,7 +71,7 @@ def wheel_refinements() -> tuple[Refinement, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="compare with blazeport.refine.REFINEMENTS")
+    ap.add_argument("--check", action="store_true", help="compare with blazeport.pipeline.refine.REFINEMENTS")
     args = ap.parse_args(argv)
     found = wheel_refinements()
     for r in found:
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f" of {r.average_of}" if r.average_of else ""))
     if args.check:
         same = found == REFINEMENTS
-        print("OK: blazeport.refine.REFINEMENTS is the wheel's" if same else "DIFFERS from blazeport.refine.REFINEMENTS")
+        name = "blazeport.pipeline.refine.REFINEMENTS"
+        print(f"OK: {name} is the wheel's" if same else f"DIFFERS from {name}")
         return 0 if same else 1
     return 0
 

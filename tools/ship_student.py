@@ -25,8 +25,8 @@ import torch
 
 import blazeport.export
 from blazeport.files import staged, write_atomic
+from blazeport.modelfiles.weights import load_safetensors, save_safetensors
 from blazeport.specs import WEIGHTS_DIR, spec_named
-from blazeport.weights import load_safetensors, save_safetensors
 
 
 def main() -> int:

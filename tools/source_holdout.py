@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from blazeport.distill.dataset import split_paths  # noqa: E402
 from blazeport.distill.split import CONTENT_RULE, NAME_RULE  # noqa: E402
-from blazeport.evaluate import SIZE_BANDS  # noqa: E402
-from blazeport.photos import list_images  # noqa: E402
+from blazeport.pipeline.evaluate import SIZE_BANDS  # noqa: E402
+from blazeport.pipeline.photos import list_images  # noqa: E402
 
 
 def sources(images: Path) -> list[str]:

@@ -61,7 +61,7 @@ def children() -> list[int]:
 
 
 def sources() -> list[Path]:
-    from blazeport.photos import list_images
+    from blazeport.pipeline.photos import list_images
 
     return list_images([SHARED])
 

@@ -8,7 +8,7 @@ the run). Each teacher face (score >= the spec's threshold) counts as found when
 detection at score >= 0.25 (the AP's prediction threshold) overlaps it at IoU > 0.5, in the model's
 input frame. Also counts the student's false faces (score >= the threshold, no teacher face) and
 the misses by source folder, and prints the COCO AP50 / AP by face-width band that ``blazeport
-distill`` writes for its test split (:func:`blazeport.evaluate.breakdown`).
+distill`` writes for its test split (:func:`blazeport.pipeline.evaluate.breakdown`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 import blazeport
-from blazeport.anchors import anchors_for
 from blazeport.distill.dataset import ImageSet, make_input
 from blazeport.distill.validation import AP_PREDICTION_THRESHOLD
-from blazeport.evaluate import breakdown
-from blazeport.postprocess import postprocess
-from blazeport.preprocess import Letterbox
-from blazeport.verify import iou
+from blazeport.modelfiles.verify import iou
+from blazeport.pipeline.anchors import anchors_for
+from blazeport.pipeline.evaluate import breakdown
+from blazeport.pipeline.postprocess import postprocess
+from blazeport.pipeline.preprocess import Letterbox
 
 WIDTHS = [(0.0, 0.05), (0.05, 0.1), (0.1, 0.15), (0.15, 0.3), (0.3, 0.6), (0.6, 2.0)]
 

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import blazeport  # noqa: E402
-from blazeport.evaluate import breakdown, coco_ap  # noqa: E402
-from blazeport.photos import list_images  # noqa: E402
-from blazeport.postprocess import Detection  # noqa: E402
-from blazeport.preprocess import ImageReadError, read_image_sized  # noqa: E402
+from blazeport.pipeline.evaluate import breakdown, coco_ap  # noqa: E402
+from blazeport.pipeline.photos import list_images  # noqa: E402
+from blazeport.pipeline.postprocess import Detection  # noqa: E402
+from blazeport.pipeline.preprocess import ImageReadError, read_image_sized  # noqa: E402
 
 
 def _flip(image: np.ndarray) -> tuple[np.ndarray, object]:

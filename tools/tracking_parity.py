@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""blazeport's video mode (:mod:`blazeport.tracking`) against MediaPipe's own, frame by frame.
+"""blazeport's video mode (:mod:`blazeport.video.tracking`) against MediaPipe's own, frame by frame.
 
 The oracle is ``mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=N,
 refine_landmarks=False)`` fed the same RGB frames in order; blazeport runs
-:class:`blazeport.tracking.FaceMeshTracker` with the same settings. The video is made in memory
+:class:`blazeport.video.tracking.FaceMeshTracker` with the same settings. The video is made in memory
 from real photos by a moving camera (:func:`camera_frames`: a crop window that pans, zooms and
 tilts a few degrees, drawn with ``cv2.warpAffine``): four faces that enter and leave, a stretch
 without faces, a cut to another photo. Faces are compared in MediaPipe's order (the order is part
@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blazeport.landmarks import load_landmarks  # noqa: E402
-from blazeport.postprocess import Detection  # noqa: E402
-from blazeport.preprocess import read_image  # noqa: E402
-from blazeport.tracking import FaceMeshTracker  # noqa: E402
+from blazeport.pipeline.landmarks import load_landmarks  # noqa: E402
+from blazeport.pipeline.postprocess import Detection  # noqa: E402
+from blazeport.pipeline.preprocess import read_image  # noqa: E402
+from blazeport.video.tracking import FaceMeshTracker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 LANDMARK_TOL = 2e-3  # the issue's tolerance on every normalized landmark coordinate

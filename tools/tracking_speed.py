@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Frames per second of face landmarks in video mode (:class:`blazeport.tracking.FaceMeshTracker`)
+"""Frames per second of face landmarks in video mode (:class:`blazeport.video.tracking.FaceMeshTracker`)
 against static mode (:meth:`FaceLandmarker.process` on every frame) on the same frames, one thread.
 
 The frames are ``tools/tracking_parity.py``'s 100-frame video (640x480, real photos, a moving
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blazeport.landmarks import load_landmarks  # noqa: E402
-from blazeport.tracking import FaceMeshTracker  # noqa: E402
+from blazeport.pipeline.landmarks import load_landmarks  # noqa: E402
+from blazeport.video.tracking import FaceMeshTracker  # noqa: E402
 from tools.tracking_parity import default_video  # noqa: E402
 
 

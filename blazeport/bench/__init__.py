@@ -12,14 +12,14 @@ What is measured, and how:
   ``--rounds R`` splits the runs over R processes per configuration, run round-robin with every
   other round reversed, so a slow spell of a shared host hits every configuration alike.
 - **Times**: ``time.perf_counter_ns``. ``import`` (the runtime module), ``init`` (open the file
-  with :func:`blazeport.loader.open_backend`: interpreter / session / module ready), ``first`` (the
+  with :func:`blazeport.modelfiles.loader.open_backend`: interpreter / session / module ready), ``first`` (the
   first call), then ``--warmup`` untimed calls, then ``--runs`` timed calls: min, p50, p90, p99,
   mean, std, max, and the raw per-run timings in the JSON. CPU time per run (user + system) shows
   how many cores a runtime really kept busy.
 - **Model only** (default): the backend call of the pipeline on a ready letterboxed input
   ``(1, S, S, 3)`` float32 (set input, invoke, read outputs back as numpy), the same call for
   torch, onnxruntime and LiteRT.
-- **End to end** (``--e2e``): exactly :meth:`blazeport.detector.Detector.detect` on an image
+- **End to end** (``--e2e``): exactly :meth:`blazeport.pipeline.detector.Detector.detect` on an image
   *file*, with each stage timed inside the loop: ``read`` (file -> RGB with OpenCV),
   ``preprocess`` (MediaPipe letterbox), ``infer`` (backend), ``postprocess`` (decode, score
   threshold, weighted NMS, un-letterbox). Post-processing's share is ``p50(postprocess) /
@@ -37,7 +37,7 @@ What is measured, and how:
   (:func:`blazeport.bench.mediapipe.mediapipe_face_detection`). MediaPipe runs in any interpreter
   that has it (``--mediapipe-python``, e.g. a separate venv with ``mediapipe==0.10.14``).
 
-Backends (the ``--backend`` labels): the runtimes of :data:`blazeport.backends.RUNTIMES` --
+Backends (the ``--backend`` labels): the runtimes of :data:`blazeport.modelfiles.backends.RUNTIMES` --
 ``torch`` (converted or student ``.safetensors``), ``onnx`` (the file ``blazeport export`` writes,
 made on the fly into ``--cache`` for a spec name), ``tflite`` (a re-export by ``blazeport export``;
 for an original file or a spec name with one, ``tflite`` also runs the original) -- and
@@ -49,7 +49,7 @@ TFLite graph). ``--android`` prints the equivalent ``benchmark_model`` command l
 
 The modules, in the order a run goes through them:
 
-- :mod:`~blazeport.bench.cli`: the ``bench`` subcommand (parser, :func:`~blazeport.bench.cli.cmd_bench`);
+- :mod:`~blazeport.cli.bench`: the ``bench`` subcommand (parser, :func:`~blazeport.cli.bench.cmd_bench`);
 - :mod:`~blazeport.bench.targets`: MODEL arguments -> targets (a file on a backend), baselines, cached exports;
 - :mod:`~blazeport.bench.counts`: params and MACs (the module counter, or the TFLite / ONNX graph);
 - :mod:`~blazeport.bench.rounds`: configurations, one child process each per round, merged into rows;
@@ -60,5 +60,5 @@ The modules, in the order a run goes through them:
 - :mod:`~blazeport.bench.report`: statistics, ratios, target checks, host, tables and the chart;
 - :mod:`~blazeport.bench.android`: TFLite ``benchmark_model`` command lines for a phone.
 
-Nothing here imports :mod:`blazeport.cli` (which imports :func:`~blazeport.bench.cli.add_bench_parser`).
+Nothing here imports :mod:`blazeport.cli` (which imports :func:`~blazeport.cli.bench.add_bench_parser`).
 """

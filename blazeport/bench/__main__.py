@@ -2,6 +2,6 @@
 
 import sys
 
-from blazeport.bench.cli import main
+from blazeport.cli.bench import main
 
 sys.exit(main())

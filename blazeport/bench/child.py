@@ -3,7 +3,7 @@
 ``python -m blazeport.bench.child`` reads the configuration as JSON on stdin and writes one line,
 ``BLAZEPORT_BENCH_RESULT {...}``, on stdout; :func:`spawn` starts it from the parent. The runtime's
 own import is timed (``import``), then opening the file through the one loader,
-:func:`blazeport.loader.open_backend` (``init``). Only a torch configuration imports torch: a
+:func:`blazeport.modelfiles.loader.open_backend` (``init``). Only a torch configuration imports torch: a
 board with LiteRT or onnxruntime alone runs this module.
 """
 
@@ -22,14 +22,14 @@ from blazeport.bench.folder_measure import measure_folder, measure_mediapipe_fol
 from blazeport.bench.mediapipe import MEDIAPIPE, measure_mediapipe
 from blazeport.bench.spawn import RESULT_TAG
 from blazeport.bench.timing import measure, ms, process_facts
-from blazeport.detector import Detector
-from blazeport.loader import open_backend
-from blazeport.postprocess import compiled_available, postprocess
-from blazeport.preprocess import letterbox, read_image
+from blazeport.modelfiles.loader import open_backend
+from blazeport.pipeline.detector import Detector
+from blazeport.pipeline.postprocess import compiled_available, postprocess
+from blazeport.pipeline.preprocess import letterbox, read_image
 from blazeport.specs import LandmarkSpec, spec_from_dict
 
 STAGES = ("read", "preprocess", "infer", "postprocess")
-# what each runtime of blazeport.backends.RUNTIMES imports: timed apart from opening the file
+# what each runtime of blazeport.modelfiles.backends.RUNTIMES imports: timed apart from opening the file
 RUNTIME_LIBRARIES = {"torch": "torch", "onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter",
                      "executorch": "executorch.runtime"}
 

@@ -1,6 +1,6 @@
 """Params and MACs of a benchmarked model.
 
-A PyTorch module is counted by :mod:`blazeport.counting` (the one module counter). Where no module
+A PyTorch module is counted by :mod:`blazeport.modelfiles.counting` (the one module counter). Where no module
 is loaded -- a board without torch, or a target that only runs a file -- the file's graph is
 counted instead, the same way: weights and biases of the convolution and fully connected layers
 (and PReLU slopes), and the MACs of those layers. Neither graph counter needs torch.
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.counting import count_macs, count_params
+from blazeport.modelfiles.counting import count_macs, count_params
 from blazeport.specs import ModelSpec
 from blazeport.tflite import read_tflite
 
@@ -26,7 +26,7 @@ def module_counts(module: Any, spec: ModelSpec) -> Counts:
 
 
 def tflite_counts(path: str | Path) -> tuple[int, int]:
-    """(params, MACs) from a ``.tflite`` graph, counted like :mod:`blazeport.counting` counts a module:
+    """(params, MACs) from a ``.tflite`` graph, counted like :mod:`blazeport.modelfiles.counting` counts a module:
     weights and biases of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (and PRELU slopes); MACs of
     those three ops. Needs no torch (a board with LiteRT only)."""
     model = read_tflite(path)

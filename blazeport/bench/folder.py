@@ -1,7 +1,7 @@
 """``blazeport bench --folder DIR``: images per second over a real folder, blazeport against MediaPipe.
 
 Single-image latency hides what a folder costs: decoding is as slow as the model, and a batch of
-images can share one forward. Here every configuration runs :func:`blazeport.folder.detect_folder`
+images can share one forward. Here every configuration runs :func:`blazeport.pipeline.folder.detect_folder`
 (what ``blazeport detect DIR --batch N --workers K`` runs) over the same files in its own process,
 beside MediaPipe's own ``FaceDetection.process`` loop (the graph of :mod:`blazeport.bench.mediapipe`,
 so its thread count matches) fed by the same reader: ``read_image_sized`` in the same ``--workers``
@@ -24,8 +24,8 @@ from blazeport.bench.report import median_round
 from blazeport.bench.rounds import child_config
 from blazeport.bench.spawn import spawn
 from blazeport.bench.targets import Target, mediapipe_baseline
-from blazeport.postprocess import Detection
-from blazeport.verify import match_detections
+from blazeport.modelfiles.verify import match_detections
+from blazeport.pipeline.postprocess import Detection
 
 
 def folder_configs(targets: list[Target], threads: list[int], batches: list[int], workers: int,
@@ -46,7 +46,7 @@ def folder_configs(targets: list[Target], threads: list[int], batches: list[int]
 def _fast_decode_effects(rows: list[dict[str, Any]]) -> None:
     """Each fast-decode row against the exact-decode row of the same model, backend, threads and batch:
     its images/s ratio, and its detections matched to the exact ones (same count per image, score and
-    coordinate differences: :func:`blazeport.verify.match_detections`). Drops the detection lists."""
+    coordinate differences: :func:`blazeport.modelfiles.verify.match_detections`). Drops the detection lists."""
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         return r["model"], r["backend"], r["path"], r["threads"], r["batch"]

@@ -1,5 +1,5 @@
 """``bench --folder`` in the measured child: images/s over a folder, for blazeport's loop and for
-MediaPipe's ``process(rgb)`` fed by the same reader (:func:`blazeport.folder.read_ahead`). The
+MediaPipe's ``process(rgb)`` fed by the same reader (:func:`blazeport.pipeline.folder.read_ahead`). The
 parent's side (configurations, ratios, the report) is :mod:`blazeport.bench.folder`.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from blazeport.bench.mediapipe import mediapipe_face_detection
 from blazeport.bench.timing import process_facts
 from blazeport.errors import BlazeportError
-from blazeport.folder import FolderStats, detect_folder, read_ahead
-from blazeport.photos import list_images
+from blazeport.pipeline.folder import FolderStats, detect_folder, read_ahead
+from blazeport.pipeline.photos import list_images
 
 __all__ = ["WARMUP_FILES", "folder_paths", "measure_folder", "measure_mediapipe_folder"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from blazeport.bench.timing import measure, ms, process_facts
 from blazeport.errors import BlazeportError
-from blazeport.preprocess import read_image
+from blazeport.pipeline.preprocess import read_image
 
 MEDIAPIPE = "mediapipe"  # the baseline's backend label and runtime
 MP_STAGES = ("read", "process")

@@ -1,8 +1,8 @@
 """What a run measures: MODEL arguments resolved into targets, the baselines added beside them,
 and the exports made (and cached) on the fly.
 
-A *target* is one file on one backend. Every model is opened through :mod:`blazeport.loader`
-(``blazeport.load`` for a file a runtime reads as it is; :func:`~blazeport.loader.open_module` for
+A *target* is one file on one backend. Every model is opened through :mod:`blazeport.modelfiles.loader`
+(``blazeport.load`` for a file a runtime reads as it is; :func:`~blazeport.modelfiles.loader.open_module` for
 the module a torch target loads and re-exports are made from), so a spec name whose converted
 weights are missing gets the loader's one error. Facts come from the spec, never from a name: a
 student's reference original is its ``teacher``, an original is its own reference, and the
@@ -19,23 +19,22 @@ from typing import Any
 import blazeport.export
 from blazeport.bench.counts import Counts, graph_counts, module_counts, tflite_counts
 from blazeport.bench.mediapipe import MEDIAPIPE
-from blazeport.detector import load
 from blazeport.errors import BlazeportError
 from blazeport.files import sha256_of
-from blazeport.loader import open_backend, open_module
-from blazeport.metadata import tflite_metadata
-from blazeport.runtimes import MODEL_SUFFIXES, RUNTIMES, native_runtime
+from blazeport.modelfiles.loader import open_backend, open_module, resolve
+from blazeport.modelfiles.metadata import tflite_metadata
+from blazeport.modelfiles.runtimes import MODEL_SUFFIXES, RUNTIMES
+from blazeport.modelfiles.weights import save_safetensors
+from blazeport.pipeline.detector import load
 from blazeport.specs import (
     SPECS,
     WEIGHTS_DIR,
     LandmarkSpec,
     ModelSpec,
     spec_named,
-    spec_of_original,
     student_spec,
 )
 from blazeport.tflite import read_tflite
-from blazeport.weights import save_safetensors
 
 ORIGINAL = "tflite-original"  # Google's original .tflite in LiteRT: the bench's own pseudo-backend
 BACKENDS = (*RUNTIMES, ORIGINAL)  # the --backend labels
@@ -55,7 +54,7 @@ class Target:
     params: int | None = None
     macs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None  # a blazeport export's precision (its blazeport.weights metadata: int8, float16, ...)
+    weights: str | None = None  # a blazeport export's precision (its blazeport.modelfiles.weights metadata: int8, float16, ...)
     trust_code: bool = False  # --trust-code: the child may import a student file's own backbone module
 
     @property
@@ -78,7 +77,7 @@ class _Model:
     spec_arg: str | None = None  # --spec, for a file
     module: Any = None  # the PyTorch module, once opened
     source: Path | None = None  # the file it was opened from: what torch loads, what exports are made from
-    weights: str | None = None  # blazeport.weights of an exported file (int8 files get their own latency target)
+    weights: str | None = None  # blazeport.modelfiles.weights of an exported file (int8 files get their own latency target)
 
 
 def torch_available() -> bool:
@@ -178,26 +177,23 @@ def _describe(arg: str, spec_name: str | None, cache: Path, has_torch: bool, not
 
 
 def _describe_file(path: Path, spec_name: str | None, has_torch: bool, trust_code: bool = False) -> _Model:
-    if not path.is_file():
-        raise BlazeportError(f"{path}: no such model file")
+    ref = resolve(path, spec_name)  # the file checked, hashed once; its spec if the caller or its bytes say
     if path.suffix == ".safetensors":
         if not has_torch:
             raise BlazeportError(f"{path}: a .safetensors model needs torch (pip install -e .)")
-        module, spec, source = open_module(path, spec_name, trust_code)
+        module, spec, source = open_module(ref, trust_code=trust_code)
         return _Model(path.stem, path.stem, spec, {}, path, spec_name, module, source)
-    runtime = native_runtime(path)
-    original_spec = spec_of_original(path)
-    if isinstance(original_spec, LandmarkSpec):  # Google's landmark file: the original, converted on load for torch
-        if not runs_on_litert(original_spec):
+    runtime, original = ref.runtime, ref.original
+    if isinstance(original, LandmarkSpec):  # Google's landmark file: the original, converted on load for torch
+        if not runs_on_litert(original):
             raise BlazeportError(f"{path}: LiteRT cannot run this file (MediaPipe's custom ops); bench "
-                                 f"{original_spec.name} (its converted model and exports) instead")
-        return _Model(original_spec.name, original_spec.name, original_spec, {ORIGINAL: path}, path, spec_name)
-    known = spec_named(spec_name) if spec_name else original_spec or open_backend(path, runtime)[0]  # metadata
+                                 f"{original.name} (its converted model and exports) instead")
+        return _Model(original.name, original.name, original, {ORIGINAL: path}, path, spec_name)
+    known = ref.spec or open_backend(ref, runtime)[0]  # else the spec stored in the file
     if isinstance(known, LandmarkSpec):  # an exported landmark model: model-only rows on its runtime
         return _Model(path.stem, path.stem, known, {runtime: path}, None)
-    detector = load(path, backend=runtime, spec=spec_name)  # the loader, and the file's outputs checked against the spec
+    detector = load(ref, backend=runtime)  # the loader, and the file's outputs checked against the spec
     spec = detector.spec
-    original = spec_of_original(path, detectors_only=True) if runtime == "tflite" else None
     if original is not None:  # one of Google's files: it runs as the original, and torch converts it on load
         return _Model(original.name, original.name, spec, {ORIGINAL: path}, path, spec_name)
     meta = getattr(detector.backend, "metadata", None) or (tflite_metadata(path) if runtime == "tflite" else {})

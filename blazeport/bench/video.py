@@ -3,10 +3,10 @@
 Each configuration runs in its own child process (``python -m blazeport.bench.child``, mode
 ``video``) over the whole file, after an untimed pass over its first frames:
 
-- **ours** is what ``blazeport detect VIDEO`` runs: :func:`blazeport.video.open_frames` (a reader
+- **ours** is what ``blazeport detect VIDEO`` runs: :func:`blazeport.video.frames.open_frames` (a reader
   thread decoding ahead, RGB converted once) and :meth:`Detector.detect` per frame; with ``draw``
-  also ``--out``'s work, :func:`blazeport.draw.draw_detections` and the ``mp4v`` encoder
-  (:class:`blazeport.video_out.VideoOutput`, into a temporary file deleted after);
+  also ``--out``'s work, :func:`blazeport.pipeline.draw.draw_detections` and the ``mp4v`` encoder
+  (:class:`blazeport.video.writer.VideoOutput`, into a temporary file deleted after);
 - **MediaPipe's own loop**, as its examples write it: ``cv2.VideoCapture.read`` + ``cvtColor`` then
   ``FaceDetection.process`` in one thread (``plain``), and the same ``process`` fed by our reader thread
   (``reader``), so the ratio to it compares detectors, not decoders.
@@ -36,7 +36,7 @@ from blazeport.bench.mediapipe import MEDIAPIPE, mediapipe_face_detection
 from blazeport.bench.report import median_round
 from blazeport.bench.timing import process_facts
 from blazeport.errors import BlazeportError
-from blazeport.video import open_frames
+from blazeport.video.frames import open_frames
 
 WARMUP_FRAMES = 10
 
@@ -57,8 +57,8 @@ def _summary(frames: int, wall_s: float, decode_s: float, wait_s: float, detect:
 
 def measure_video(detector: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """In the child: ``blazeport detect VIDEO``'s loop (``--out``'s drawing too with ``draw``)."""
-    from blazeport.draw import draw_detections
-    from blazeport.video_out import VideoOutput
+    from blazeport.pipeline.draw import draw_detections
+    from blazeport.video.writer import VideoOutput
 
     video, threads = cfg["video"], _decode_threads(cfg)
     with open_frames(video, read_ahead=0) as warm:

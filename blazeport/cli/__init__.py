@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any, TextIO
 
-from blazeport.bench.cli import add_bench_parser
 from blazeport.cli import convert, detect, distill, evaluate, export, landmarks, models, prune
+from blazeport.cli.bench import add_bench_parser
 from blazeport.errors import BlazeportError
 from blazeport.extras import COMMAND_NEEDS, EXTRA_OF, missing_extra, require
 from blazeport.version import __version__

@@ -8,10 +8,11 @@ import sys
 from typing import Any
 
 from blazeport.errors import BlazeportError
+from blazeport.modelfiles.runtimes import RUNTIMES
 from blazeport.options import AUTO_BACKEND
-from blazeport.photos import list_images
-from blazeport.preprocess import MAX_PIXELS, ImageReadError, read_image
-from blazeport.runtimes import RUNTIMES
+from blazeport.pipeline.photos import list_images
+from blazeport.pipeline.postprocess import POSTPROCESSORS
+from blazeport.pipeline.preprocess import MAX_PIXELS, ImageReadError, read_image
 
 
 def add_runtime_options(parser: argparse.ArgumentParser, models: str = "the model") -> None:
@@ -22,6 +23,13 @@ def add_runtime_options(parser: argparse.ArgumentParser, models: str = "the mode
     parser.add_argument("--threads", type=positive_int, help=f"CPU threads for {models} (default: the runtime's own)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: the GPU for the torch and onnx "
                         "backends (a CUDA build of torch, onnxruntime-gpu)")
+
+
+def add_postprocess(parser: argparse.ArgumentParser) -> None:
+    """``--postprocess``: which decode + NMS code runs (:data:`blazeport.pipeline.postprocess.POSTPROCESSORS`)."""
+    parser.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
+                        help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when "
+                        "installed (default: auto); the detections are identical")
 
 
 def positive_int(text: str, least: int = 1) -> int:
@@ -47,8 +55,8 @@ def add_max_pixels(parser: argparse.ArgumentParser) -> None:
 
 
 def print_check(r: dict[str, Any]) -> None:
-    """The differences a verification found (:func:`blazeport.verify.verify`'s report), as convert
-    and export print them; a landmark model's (:func:`blazeport.verify.verify_landmarks`) per output."""
+    """The differences a verification found (:func:`blazeport.modelfiles.verify.verify`'s report), as convert
+    and export print them; a landmark model's (:func:`blazeport.modelfiles.verify.verify_landmarks`) per output."""
     if "detections" not in r:
         for name in r["max_abs_diff"]:
             print(f"  {name:<15} max |diff| {r['max_abs_diff'][name]:.2e}   scaled {r['max_scaled_diff'][name]:.2e}")

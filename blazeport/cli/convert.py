@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from blazeport.cli.common import add_max_pixels, gate_line, print_check, print_json, read_images
 from blazeport.convert import convert
-from blazeport.errors import BlazeportError
 from blazeport.options import add_overwrite
-from blazeport.specs import WEIGHTS_DIR, spec_named
-
-
-def _source(src: str) -> Path:
-    """The .tflite to convert: a path, or a model name whose original ships inside blazeport (what an
-    installed package has instead of a clone's ``weights/``)."""
-    path = Path(src)
-    if path.suffix == ".tflite" or path.exists():
-        return path
-    try:
-        spec = spec_named(src)
-    except BlazeportError:
-        return path  # the reader's "no such file" names it
-    if spec.tflite is None:
-        raise BlazeportError(f"{spec.name} is distilled, not converted: it has no original .tflite")
-    return WEIGHTS_DIR / spec.tflite
+from blazeport.specs import spec_named
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     images = read_images(args.images, args.max_pixels) if args.images else None
     spec = spec_named(args.spec) if args.spec else None
-    report = convert(_source(args.src), args.output, spec, images, overwrite=args.overwrite)
+    report = convert(args.src, args.output, spec, images, overwrite=args.overwrite)
     if not report["written"]:
         print(f"nothing written: {report['output']} was left as it was", file=sys.stderr)
     if args.json:

@@ -1,6 +1,6 @@
 """``blazeport detect``: faces in images and videos, drawn and printed or as JSON.
 
-Photos run through :func:`blazeport.folder.detect_folder`; videos (files, a folder's videos, URLs,
+Photos run through :func:`blazeport.pipeline.folder.detect_folder`; videos (files, a folder's videos, URLs,
 image sequences, ``--camera N``) after them, frame by frame (:mod:`blazeport.cli.video`). With a video
 among the inputs, ``--json`` prints JSON Lines: one object per photo, then one per frame as it is done.
 """
@@ -15,7 +15,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from blazeport.cli.common import add_max_pixels, add_runtime_options, non_negative_int, positive_int, print_json
+from blazeport.cli.common import (
+    add_max_pixels,
+    add_postprocess,
+    add_runtime_options,
+    non_negative_int,
+    positive_int,
+    print_json,
+)
 from blazeport.cli.inputs import plan_inputs
 from blazeport.cli.video import (
     VideoTotals,
@@ -24,12 +31,11 @@ from blazeport.cli.video import (
     run_video,
     video_summary,
 )
-from blazeport.detector import load
-from blazeport.draw import draw_detections, save_rgb
 from blazeport.errors import BlazeportError
-from blazeport.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.options import add_overwrite, add_trust_code
-from blazeport.postprocess import POSTPROCESSORS
+from blazeport.pipeline.detector import load
+from blazeport.pipeline.draw import draw_detections, save_rgb
+from blazeport.pipeline.folder import FAST_DECODE_SIDE, default_workers, detect_folder
 from blazeport.progress import progress_bar
 
 
@@ -47,7 +53,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     bar = progress_bar(total=len(paths), desc="detect", unit="img", enabled=not verbose and not args.quiet
                        and len(paths) > 1)
     t0 = time.perf_counter()
-    # decoding runs ahead in reader threads; results come back in input order (blazeport.folder)
+    # decoding runs ahead in reader threads; results come back in input order (blazeport.pipeline.folder)
     # a JPEG over 50 MP decodes reduced: sizes and pixels are reported in the file's own
     for item, dets in detect_folder(detector, paths, batch=args.batch, workers=args.workers, max_pixels=args.max_pixels,
                                     fast_decode=args.fast_decode) if paths else ():
@@ -76,7 +82,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"{len(results)} image(s), {sum(len(r['detections']) for r in results)} {detector.spec.subject}(s), "
               f"{skipped} skipped, {elapsed:.2f} s ({args.model}, {detector.backend.name}){where}", file=sys.stderr)
     totals = VideoTotals()
-    for job in jobs:  # frame by frame, decoded ahead in a reader thread (blazeport.video)
+    for job in jobs:  # frame by frame, decoded ahead in a reader thread (blazeport.video.frames)
         run_video(job, lambda frames: detector.detect_frames(frames, smooth=args.smooth), draw_detections,
                   lambda d: d.to_dict(), "detections", detector.spec.subject, totals, json_lines=json_lines, verbose=verbose,
                   quiet=args.quiet, overwrite=args.overwrite, fps=args.fps, max_pixels=args.max_pixels)
@@ -111,9 +117,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    f"{FAST_DECODE_SIDE}x the model's input: faster reading, slightly different detections (measured "
                    "by `blazeport bench --folder DIR --fast-decode`); default: decode in full, as MediaPipe does")
     add_runtime_options(p)
-    p.add_argument("--postprocess", choices=POSTPROCESSORS, default="auto",
-                   help="decode + NMS code: numba (compiled, the 'fast' extra), numpy, or auto: numba when installed "
-                   "(default: auto); the detections are identical")
+    add_postprocess(p)
     p.add_argument("--json", action="store_true", help="print detections as JSON (normalized coordinates); with a video "
                    "among the inputs, JSON Lines: one object per image, then one per frame ({\"frame\", \"time_ms\", "
                    "\"video\", \"width\", \"height\", \"detections\"})")

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from blazeport.cli.common import add_max_pixels, add_runtime_options, print_json
-from blazeport.detector import load
 from blazeport.errors import BlazeportError
-from blazeport.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
+from blazeport.modelfiles.runtimes import RUNTIMES
 from blazeport.options import AUTO_BACKEND, add_trust_code
-from blazeport.runtimes import RUNTIMES
+from blazeport.pipeline.detector import load
+from blazeport.pipeline.evaluate import evaluate_against_teacher, evaluate_on_boxes, load_boxes
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from blazeport.cli.video import split_inputs, video_jobs
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths, inputs_outside
-from blazeport.photos import list_inputs, sample_image_path
+from blazeport.pipeline.photos import list_inputs, sample_image_path
 
 __all__ = ["InputPlan", "plan_inputs"]
 

@@ -19,12 +19,12 @@ from blazeport.cli.video import (
     run_video,
     video_summary,
 )
-from blazeport.draw import draw_landmarks, save_rgb
-from blazeport.landmarks import load_landmarks
-from blazeport.landmarks_video import video_landmarks
 from blazeport.options import add_overwrite, add_trust_code
-from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.pipeline.draw import draw_landmarks, save_rgb
+from blazeport.pipeline.landmarks import load_landmarks
+from blazeport.pipeline.preprocess import ImageReadError, read_image_sized
 from blazeport.progress import progress_bar
+from blazeport.video.landmarks import video_landmarks
 
 
 def cmd_landmarks(args: argparse.Namespace) -> int:
@@ -77,7 +77,7 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
         print(f"{len(results)} image(s), {sum(len(r['faces']) for r in results)} face(s), {skipped} skipped, "
               f"{elapsed:.2f} s ({args.model or landmarker.spec.name}, {landmarker.runtime}){where}", file=sys.stderr)
     totals = VideoTotals()
-    for job in jobs:  # frame by frame, decoded ahead in a reader thread (blazeport.video)
+    for job in jobs:  # frame by frame, decoded ahead in a reader thread (blazeport.video.frames)
         run_video(job, lambda frames: video_landmarks(landmarker, frames, static=args.static),
                   lambda rgb, faces: draw_landmarks(rgb, faces, mesh=not args.no_mesh), lambda f: f.to_dict(), "faces",
                   "face", totals, json_lines=json_lines, verbose=verbose, quiet=args.quiet, overwrite=args.overwrite,

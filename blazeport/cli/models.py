@@ -13,9 +13,9 @@ from typing import Any
 
 from blazeport.bench.counts import tflite_counts
 from blazeport.cli.common import print_json
-from blazeport.counting import count_macs, count_params
 from blazeport.extras import installed, missing_extra
-from blazeport.loader import open_module, runtime_file
+from blazeport.modelfiles.counting import count_macs, count_params
+from blazeport.modelfiles.loader import open_module, runtime_file
 from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, spec_named
 
 

@@ -2,9 +2,9 @@
 go, and the loop that streams a video's frames through a command's per-frame work.
 
 One video, start to end (:func:`run_video`): frames decoded ahead in a reader thread
-(:func:`blazeport.video.open_frames`); the command's results per frame printed at once as a JSON line
+(:func:`blazeport.video.frames.open_frames`); the command's results per frame printed at once as a JSON line
 with ``--json`` (``{"frame": i, "time_ms": t, "video": ..., "width": ..., "height": ..., KEY: [...]}``),
-drawn into an ``.mp4`` with ``--out`` (:class:`blazeport.video_out.VideoOutput`), a progress bar in
+drawn into an ``.mp4`` with ``--out`` (:class:`blazeport.video.writer.VideoOutput`), a progress bar in
 frames/s on a terminal. Nothing per frame is kept, so memory does not grow with the video.
 
 How a video ends decides what is kept:
@@ -37,10 +37,10 @@ from tqdm import tqdm
 from blazeport.cli.common import non_negative_int
 from blazeport.errors import BlazeportError
 from blazeport.files import drawing_paths, free_name
-from blazeport.photos import is_video_input
+from blazeport.pipeline.photos import is_video_input
 from blazeport.progress import progress_bar
-from blazeport.video import Frame, FrameSource, VideoReadError, is_sequence_pattern, is_url, open_frames
-from blazeport.video_out import SUFFIX, VideoOutput
+from blazeport.video.frames import Frame, FrameSource, VideoReadError, is_sequence_pattern, is_url, open_frames
+from blazeport.video.writer import SUFFIX, VideoOutput
 
 Process = Callable[[FrameSource], Iterator[tuple[Frame, list[Any]]]]
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -96,7 +96,7 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
 
 
 def split_inputs(inputs: list[Path | str]) -> tuple[list[Path], list[Path | str]]:
-    """(photos, videos) of :func:`blazeport.photos.list_inputs`' list, each in its order."""
+    """(photos, videos) of :func:`blazeport.pipeline.photos.list_inputs`' list, each in its order."""
     videos = [p for p in inputs if is_video_input(p)]
     return [Path(p) for p in inputs if not is_video_input(p)], videos
 

@@ -19,18 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.convert.blazeface import extract
 from blazeport.convert.graph import extract_graph
 from blazeport.convert.walker import ConversionError, Mapping, check_ops
+from blazeport.errors import BlazeportError
 from blazeport.files import check_output, in_source_checkout, sha256_of, staged
-from blazeport.photos import sample_images
-from blazeport.specs import SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec, spec_of_original
+from blazeport.modelfiles.backends import TFLiteBackend, TorchBackend
+from blazeport.modelfiles.metadata import spec_from_metadata, tflite_metadata
+from blazeport.modelfiles.ref import resolve
+from blazeport.modelfiles.verify import verify, verify_landmarks
+from blazeport.modelfiles.weights import load_safetensors, save_safetensors
+from blazeport.pipeline.photos import sample_images
+from blazeport.specs import SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec
 from blazeport.tflite import TFLiteModel, read_tflite
-from blazeport.verify import verify, verify_landmarks
-from blazeport.weights import load_safetensors, save_safetensors
 
-__all__ = ["EXTRACTORS", "ConversionError", "Mapping", "check_ops", "convert", "extract", "extract_graph", "load_tflite"]
+__all__ = ["EXTRACTORS", "ConversionError", "Mapping", "check_ops", "convert", "extract", "extract_graph", "load_tflite",
+           "source_tflite"]
 
 # module family -> the walk that reads its config and weights out of a .tflite graph (tried in this
 # order for a file whose family is not known)
@@ -54,19 +58,17 @@ def build_module(family: str, config: Any) -> Any:
     return FAMILIES[family][1](config)
 
 
-def load_tflite(path: str | Path, family: str | None = None) -> tuple[Any, Mapping]:
+def load_tflite(path: str | Path, family: str | None = None, model: TFLiteModel | None = None) -> tuple[Any, Mapping]:
     """Build the module for a ``.tflite`` file and load its weights, checking every shape.
 
     ``family`` names the walk (:data:`EXTRACTORS`: ``blazeface``, the readable BlazeFace module, or
-    ``graph``, :class:`GraphNet`); by default the spec of a known file decides, and an unknown file
-    gets the first walk that reads it.
+    ``graph``, :class:`GraphNet`); the caller knows it for a known file (its
+    :class:`~blazeport.modelfiles.ref.ModelRef`), and an unknown file gets the first walk that reads it.
+    ``model``: the file already parsed (``convert`` reads it once).
     """
     import torch
 
-    model = read_tflite(path)
-    if family is None:
-        spec = spec_of_original(path)
-        family = spec.family if spec is not None else None
+    model = model if model is not None else read_tflite(path)
     if family is None:
         mapping, family = _first_walk(model)
     elif family in EXTRACTORS:
@@ -104,7 +106,7 @@ def convert(
     leaves any previous ``out`` untouched and writes nothing.
 
     A landmark model (:class:`LandmarkSpec`: face mesh, iris) is verified the same way on its raw
-    outputs (:func:`blazeport.verify.verify_landmarks`), also on ``crops`` (model inputs the
+    outputs (:func:`blazeport.modelfiles.verify.verify_landmarks`), also on ``crops`` (model inputs the
     landmark pipeline made from real photos) when given.
 
     An existing ``out`` is replaced only with ``overwrite``, or when it is this command's own earlier
@@ -113,22 +115,21 @@ def convert(
     other file there is refused before any work.
     """
     t0 = time.perf_counter()
-    src = Path(src)
+    src = source_tflite(src)
     if out is not None:
         out = Path(out)
         if out.suffix != ".safetensors":
             raise ConversionError(f"{out}: converted weights are a .safetensors file; choose an -o name ending in .safetensors")
         check_output(out, [src], "converted weights", overwrite=True)  # names and places; existing files below
-    model = read_tflite(src)
-    spec = spec or spec_of_original(src)
-    module, mapping = load_tflite(src)
+    ref = resolve(src, spec)
+    model = read_tflite(src)  # parsed once: the walk below and the reference reuse it
+    module, mapping = load_tflite(src, ref.family, model)
+    spec = ref.spec or spec_from_metadata(tflite_metadata(src), src)
     if spec is None:
-        spec = next((s for s in SPECS.values() if s.input_size == mapping.config.input_size), None)
-        if spec is None:
-            known = ", ".join(f"{s.name} ({s.input_size}px)" for s in SPECS.values())
-            raise ConversionError(
-                f"{src}: no known spec has input size {mapping.config.input_size}; known specs: {known}. Pass --spec."
-            )
+        fits = ", ".join(s.name for s in SPECS.values() if s.input_size == mapping.config.input_size) or "none"
+        raise ConversionError(f"{src}: not one of Google's original files and no blazeport.spec metadata: pass --spec "
+                              f"NAME to say how to feed and decode it (specs with its {mapping.config.input_size}px "
+                              f"input: {fits})")
     if mapping.config.input_size != spec.input_size:
         raise ConversionError(f"{src}: input is {mapping.config.input_size}px but spec {spec.name} expects {spec.input_size}px")
     out = Path(out) if out else default_output(spec)
@@ -172,10 +173,10 @@ REFERENCES = {"tflite": "LiteRT", "mediapipe": "MediaPipe 0.10.14's InferenceCal
 def _reference(src: Path, model: TFLiteModel, spec: ModelSpec | LandmarkSpec) -> Any:
     """What the converted module is compared with: the file in LiteRT (XNNPACK, as MediaPipe runs
     it), or, for a file with MediaPipe's custom ops, which LiteRT has no kernels for, the file in
-    MediaPipe's own inference (:class:`blazeport.mediapipe_model.MediaPipeModel`, the ``parity`` extra)."""
+    MediaPipe's own inference (:class:`blazeport.modelfiles.mediapipe_model.MediaPipeModel`, the ``parity`` extra)."""
     if not model.custom_ops():
         return TFLiteBackend(src)
-    from blazeport import mediapipe_model
+    from blazeport.modelfiles import mediapipe_model
 
     names = ", ".join(model.custom_ops())
     if not isinstance(spec, LandmarkSpec):
@@ -185,6 +186,25 @@ def _reference(src: Path, model: TFLiteModel, spec: ModelSpec | LandmarkSpec) ->
                               "file is MediaPipe itself, which is not installed: pip install -e '.[parity]' "
                               f"(the converted {spec.name}.safetensors ships with blazeport)")
     return mediapipe_model.MediaPipeModel(src, spec.normalization)
+
+
+def source_tflite(src: str | Path) -> Path:
+    """The ``.tflite`` to convert: a path, or a model name whose original ships inside blazeport (what an
+    installed package has instead of a clone's ``weights/``)."""
+    path = Path(src)
+    if path.suffix != ".tflite" and not path.exists():
+        try:
+            named = resolve(str(src)).named
+        except BlazeportError:
+            named = None  # the reader's "no such file" names it
+        if named is not None:
+            if named.tflite is None:
+                raise BlazeportError(f"{named.name} is distilled, not converted: it has no original .tflite")
+            return WEIGHTS_DIR / named.tflite
+    if path.suffix != ".tflite" and path.is_file():
+        raise ConversionError(f"{path}: convert reads a .tflite file; a {path.suffix or 'file without a suffix'} is "
+                              "not one (a .safetensors is already converted)")
+    return path
 
 
 def default_output(spec: ModelSpec | LandmarkSpec) -> Path:

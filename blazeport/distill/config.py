@@ -192,9 +192,9 @@ class TrainConfig:
 def init_weights(student: torch.nn.Module, path: str, teacher: Any) -> None:
     """Load ``--init``'s weights into ``student``: a student of the same teacher and architecture, every
     tensor of the same shape, or one message naming the file and what differs. Only the file's tensors
-    and spec are read (:func:`~blazeport.weights.read_weights`): its module is never rebuilt, so a
+    and spec are read (:func:`~blazeport.modelfiles.weights.read_weights`): its module is never rebuilt, so a
     backbone module the file names is never imported."""
-    from blazeport.weights import read_weights
+    from blazeport.modelfiles.weights import read_weights
 
     meta, spec, state = read_weights(path)  # checks the file; a user's file is data, never unpickled
     if spec.teacher != teacher.name:

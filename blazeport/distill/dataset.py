@@ -21,7 +21,7 @@ Randomness is seeded per (seed, epoch, sample index), not drawn from a global st
 resumed from a checkpoint, or split across DDP ranks or loader workers, sees exactly the same
 samples as an uninterrupted single-process run.
 
-(Not to be confused with :mod:`blazeport.photos`, which lists image files and the bundled sample
+(Not to be confused with :mod:`blazeport.pipeline.photos`, which lists image files and the bundled sample
 photos; this module turns those photos into training samples.)
 """
 
@@ -40,8 +40,8 @@ from blazeport.distill.split import CONTENT_RULE, file_places, split_places
 from blazeport.distill.split import name_hash as name_hash  # re-exported: tools and tests import it from here
 from blazeport.distill.split import split_by_hash as split_by_hash
 from blazeport.errors import BlazeportError
-from blazeport.photos import list_images
-from blazeport.preprocess import ImageReadError, read_image_sized, roi_transform
+from blazeport.pipeline.photos import list_images
+from blazeport.pipeline.preprocess import ImageReadError, read_image_sized, roi_transform
 
 
 @dataclass
@@ -102,7 +102,7 @@ def load_photo(path: str | Path, input_size: int) -> np.ndarray:
     """A photo as every sample is cut from it: RGB uint8, at most ``2 * input_size`` on the long side.
 
     A JPEG at least twice that size is decoded reduced by libjpeg (1/2, 1/4 or 1/8, its long side kept
-    at ``2 * input_size`` or more: :func:`~blazeport.preprocess.read_image_sized`'s ``reduce_to``), then
+    at ``2 * input_size`` or more: :func:`~blazeport.pipeline.preprocess.read_image_sized`'s ``reduce_to``), then
     shrunk with INTER_AREA; on ``../shared/data/unlabeled`` that decodes in 3.5 ms a photo instead of
     6.0 ms, which matters now that photos are decoded every epoch rather than once. Raises ImageReadError."""
     return downscale(read_image_sized(path, reduce_to=2 * input_size)[0], input_size)

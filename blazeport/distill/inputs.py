@@ -17,14 +17,15 @@ import torch
 from torch import nn
 
 import blazeport
-from blazeport.anchors import anchors_for
 from blazeport.distill.config import TrainConfig
 from blazeport.distill.dataset import AugmentConfig
 from blazeport.distill.labels import Labels, labels_for, read_labels
-from blazeport.distill.shards import ShardIndex, ShardTrain, Spool, is_shard_spec
+from blazeport.distill.shards import ShardIndex, ShardTrain, is_shard_spec
+from blazeport.distill.spool import Spool
 from blazeport.distill.stream import FolderTrain, HeldOut, ImageIndex, StreamDataset
 from blazeport.distill.validation import check_teacher
-from blazeport.preprocess import ImageReadError, read_image_sized
+from blazeport.pipeline.anchors import anchors_for
+from blazeport.pipeline.preprocess import ImageReadError, read_image_sized
 from blazeport.specs import ModelSpec
 
 __all__ = ["VAL_BATCH", "Data", "Teacher"]

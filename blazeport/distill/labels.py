@@ -12,7 +12,7 @@ alone (weight 1). An entry with no boxes says "no face here": every anchor is a 
 loss is :func:`blazeport.distill.losses.ssd_loss` (``--boxes-alpha``, default 0.5).
 
 **Files** (:func:`read_labels`): blazeport's ``boxes.json`` (``{file: {width, height, boxes_xywh:
-[[left, top, w, h], ...]}}``, checked by :func:`blazeport.boxes.validate_boxes`; an entry may add
+[[left, top, w, h], ...]}}``, checked by :func:`blazeport.pipeline.boxes.validate_boxes`; an entry may add
 ``keypoints_xy``: per box 12 numbers, the 6 BlazeFace keypoints x, y in pixels, or null), or COCO
 annotations (``images`` with ``file_name``, ``width``, ``height``; ``annotations`` with ``image_id``
 and ``bbox`` [x, y, w, h], optionally ``keypoints`` [x, y, v] * 6 in BlazeFace's order, v = 0 for a
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from blazeport.boxes import _clean_box, validate_boxes
 from blazeport.distill.changes import MIRROR_KEYPOINTS
 from blazeport.distill.mosaic import tile_boxes
 from blazeport.errors import BlazeportError
+from blazeport.pipeline.boxes import _clean_box, validate_boxes
 
 __all__ = ["Labels", "batch_labels", "read_labels", "transport"]
 

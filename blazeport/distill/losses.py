@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blazeport.anchors import generate_anchors
 from blazeport.distill.loss_terms import ELEMENTARY, LossConfig
 from blazeport.errors import BlazeportError
-from blazeport.postprocess import decode_boxes, nms
+from blazeport.pipeline.anchors import generate_anchors
+from blazeport.pipeline.postprocess import decode_boxes, nms
 
 __all__ = ["DistillLoss", "LossConfig", "ssd_anchor_boxes", "ssd_loss"]
 

@@ -58,9 +58,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from blazeport.anchors import head_layout
 from blazeport.distill.augment import AugmentConfig, noisy_terms
 from blazeport.distill.changes import GEOMETRIC, MIRROR_KEYPOINTS, apply_photometric, draw_params, homography
+from blazeport.pipeline.anchors import head_layout
 
 __all__ = ["Change", "NoisyStudent", "noisy_generator"]
 

@@ -52,8 +52,8 @@ from blazeport.distill.labels import Labels, transport
 from blazeport.distill.midepoch import loader_generator
 from blazeport.distill.split import CONTENT_RULE
 from blazeport.errors import BlazeportError
-from blazeport.photos import list_images
-from blazeport.preprocess import ImageReadError
+from blazeport.pipeline.photos import list_images
+from blazeport.pipeline.preprocess import ImageReadError
 
 # A sample as a loader returns it: uint8 (S, S, 3) and the files that could not be read for it; with --boxes a
 # third item, the photo's hand-drawn faces in the sample's pixels ((M, 16), blazeport.distill.labels) or None

@@ -19,7 +19,7 @@ What makes a run trustworthy, in order:
    before anything is written into the run folder (the lock creates it; a run that stops before
    writing removes it again): a mistyped argument or an empty image folder leaves nothing behind.
 2. The teacher is checked against its original ``.tflite`` on a real photo before training
-   (:func:`~blazeport.distill.validation.check_teacher`, through :func:`blazeport.verify.verify`);
+   (:func:`~blazeport.distill.validation.check_teacher`, through :func:`blazeport.modelfiles.verify.verify`);
    a teacher that silently did not load is the most common failure of distillation tools. Each
    epoch, :func:`~blazeport.distill.validation.validate` measures the student against the teacher
    on the held-out images; the best AP50 chooses ``best.pt``.
@@ -41,12 +41,9 @@ error naming the file, never leaving a 0-byte or half-written one.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import math
 import os
-import platform
 import random
 import signal
 import sys
@@ -61,7 +58,6 @@ import torch.distributed as dist
 from torch import nn
 
 from blazeport import files
-from blazeport.counting import count_macs, count_params
 from blazeport.distill.augment import noisy_terms
 from blazeport.distill.checkpoint import (
     checkpoint_state,
@@ -81,16 +77,15 @@ from blazeport.distill.losses import DistillLoss
 from blazeport.distill.midepoch import CheckpointCadence, Position
 from blazeport.distill.mosaic import mosaic_generator, mosaic_with_plan
 from blazeport.distill.noisy import NoisyStudent
+from blazeport.distill.results import keep_epoch, run_summary, write_student
 from blazeport.distill.shards import ShardTrain
 from blazeport.distill.split import recorded_split_rule
 from blazeport.distill.stream import to_batch
 from blazeport.distill.validation import check_teacher, validate
 from blazeport.errors import BlazeportError
-from blazeport.models import architecture_name, build_student
+from blazeport.models import build_student
 from blazeport.progress import progress_bar
 from blazeport.pruning.slimming import sparsity_step
-from blazeport.specs import student_spec
-from blazeport.weights import save_safetensors
 
 __all__ = ["NonFiniteLoss", "Run", "TrainConfig", "check_teacher", "train", "validate"]
 
@@ -331,7 +326,7 @@ class Run:
         save_checkpoint(state, self.out / "last.pt")
         if improved:
             save_checkpoint(state, self.out / "best.pt")
-        self._keep_epoch(epoch)
+        keep_epoch(self, epoch)
         self.cadence.written()
         self.logs.epoch(self.history, improved, self.joint.student)
 
@@ -346,56 +341,11 @@ class Run:
             test = validate(student, self.teacher.module, self.data.test_batches, self.teacher.spec, self.teacher.anchors,
                             prefix="test_", by_size=True)
         student = student.to("cpu").eval()
-        summary = self._summary(student, test)
-        self._write_student(student, self.out / "student.safetensors",
-                            {k: summary[k] for k in ("best", "test", "loss", "epochs")})
+        summary = run_summary(self, student, test)
+        write_student(self, student, self.out / "student.safetensors",
+                      {k: summary[k] for k in ("best", "test", "loss", "epochs")})
         self.logs.finish(summary)
         return summary
-
-    def _write_student(self, student: nn.Module, path: Path, record: dict[str, Any]) -> None:
-        """An inference file of ``student`` (spec, weights, ``record`` as its summary): what detect and eval load."""
-        spec = self.teacher.spec
-        pruned = "_pruned" if getattr(student, "pruned", False) else ""  # fine-tuned from a `blazeport prune` output
-        s_spec = student_spec(spec, self.cfg.student, student.family,
-                              name=f"{spec.name}_{architecture_name(self.cfg.student)}{pruned}")
-        save_safetensors(student, s_spec, path, extra={"teacher": spec.name, "summary": json.dumps(record)})
-
-    def _keep_epoch(self, epoch: int) -> None:
-        """``--keep-every N``: the student as it stands after epoch ``epoch`` (0-based), for measuring on other
-        photos where more epochs stop helping. Copied to the CPU so training's weights are untouched."""
-        if not self.cfg.keep_every or (epoch + 1) % self.cfg.keep_every:
-            return
-        student = copy.deepcopy(self.joint.student).to("cpu").eval()
-        (self.out / "epochs").mkdir(exist_ok=True)
-        self._write_student(student, self.out / "epochs" / f"student_e{epoch + 1:04d}.safetensors",
-                            {"epoch": epoch + 1, "record": self.history[-1], "loss": self.loss_cfg.describe()})
-
-    def _summary(self, student: nn.Module, test: dict[str, float] | None) -> dict[str, Any]:
-        history, cfg, spec = self.history, self.cfg, self.teacher.spec
-        best_record = max(history, key=lambda h: h["val_AP50"]) if history else {}
-        return {
-            "teacher": spec.name,
-            "teacher_check_max_abs_diff": self.teacher.check["max_abs_diff"],
-            "student": cfg.student,
-            "params": count_params(student),
-            "macs": count_macs(student, spec.input_size),
-            "loss": self.loss_cfg.describe(),
-            "test": test,  # None when --test-fraction left no test images
-            "images": {"train": len(self.data.train_set), "val": len(self.data.val_batches.dataset),
-                       "test": len(self.data.test_batches.dataset), "skipped_unreadable": len(self.skipped)},
-            "epochs": cfg.epochs,
-            "best_epoch": best_record.get("epoch"),
-            "best": best_record,
-            "final": history[-1] if history else {},
-            "train_images_per_second": float(np.mean([h["images_per_second"] for h in history])) if history else None,
-            "seconds_this_session": round(time.perf_counter() - self.t_start, 1),
-            "images_seen_this_session": self.images_seen,
-            "device": str(self.device),
-            "world_size": self.world,
-            "host": {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-                     "threads": torch.get_num_threads()},
-            "config": asdict(cfg),
-        }
 
 
 def _start_process(cfg: TrainConfig, world: int) -> torch.device:

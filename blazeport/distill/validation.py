@@ -1,7 +1,7 @@
 """Validation: the teacher against its original before training, the student against the teacher each epoch.
 
 - :func:`check_teacher` runs the converted teacher and its ``.tflite`` (LiteRT) on a real photo
-  through :func:`blazeport.verify.verify`, the same gate as ``blazeport convert``, and refuses a
+  through :func:`blazeport.modelfiles.verify.verify`, the same gate as ``blazeport convert``, and refuses a
   teacher whose weights did not load.
 - :func:`validate` measures the student against the teacher on the held-out images: MAE of raw
   regressors and sigmoid scores, and COCO AP50 / AP (pycocotools) of the student's detections
@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from blazeport.backends import TFLiteBackend, TorchBackend
 from blazeport.errors import BlazeportError
-from blazeport.evaluate import breakdown, coco_ap
-from blazeport.photos import sample_images
-from blazeport.postprocess import postprocess
-from blazeport.preprocess import Letterbox
+from blazeport.modelfiles.backends import TFLiteBackend, TorchBackend
+from blazeport.modelfiles.verify import verify
+from blazeport.pipeline.evaluate import breakdown, coco_ap
+from blazeport.pipeline.photos import sample_images
+from blazeport.pipeline.postprocess import postprocess
+from blazeport.pipeline.preprocess import Letterbox
 from blazeport.specs import WEIGHTS_DIR, ModelSpec
-from blazeport.verify import verify
 
 __all__ = ["AP_PREDICTION_THRESHOLD", "breakdown", "check_teacher", "validate"]
 

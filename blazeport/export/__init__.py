@@ -2,7 +2,7 @@
 
 One table, :data:`FORMATS`, is the single source of truth for what can be exported (like the
 Ultralytics exporter): format name, file suffix, exporter function, the runtime backend that
-reads the file back (:mod:`blazeport.backends`), its op counter and the install hint. The CLI's
+reads the file back (:mod:`blazeport.modelfiles.backends`), its op counter and the install hint. The CLI's
 ``--format`` choices, the default output names and the verification all come from it. Each format's
 exporter lives in its own module: :mod:`blazeport.export.to_onnx`, :mod:`blazeport.export.to_tflite`,
 :mod:`blazeport.export.to_executorch` (``.pte``, XNNPACK delegate; its spec travels in a constant method).
@@ -11,7 +11,7 @@ exporter lives in its own module: :mod:`blazeport.export.to_onnx`, :mod:`blazepo
 in the spec's range (RGB in [-1, 1], letterboxed) and returns ``regressors (B, N, 16)`` and
 ``classificators (B, N, 1)``: the same contract as Google's ``.tflite`` and as every backend of
 the pipeline. The NCHW transpose for the PyTorch module sits inside the graph, so a file drops
-into a MediaPipe-style pipeline (or :class:`blazeport.backends.OnnxBackend` /
+into a MediaPipe-style pipeline (or :class:`blazeport.modelfiles.backends.OnnxBackend` /
 ``TFLiteBackend``) with no host-side transpose, and ONNX and TFLite files are interchangeable.
 It costs one ``Transpose`` at the ONNX input; LiteRT's layout pass folds it away entirely.
 (``OnnxBackend`` still accepts NCHW ONNX files from elsewhere and transposes on the host.)
@@ -24,7 +24,7 @@ layout, the weight precision and the source, so the file alone says how to feed 
 Verification: the written file runs in its runtime (onnxruntime / LiteRT) on real photos,
 letterboxed like the pipeline does, plus one random input; raw outputs are compared with the
 PyTorch module by the conversion gate, and detections after decode and NMS must agree in count
-and within the same tolerance (:func:`blazeport.verify.verify`, the check ``convert`` makes too).
+and within the same tolerance (:func:`blazeport.modelfiles.verify.verify`, the check ``convert`` makes too).
 Students are exported with their BatchNorm folded into the convs (:func:`blazeport.models.fold_batchnorm`)
 and checked against the unfolded module. Float16 weights are reported, not gated.
 
@@ -51,7 +51,6 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.backends import TorchBackend
 from blazeport.errors import BlazeportError
 from blazeport.export.calibration import DEFAULT_COUNT, MIN_CALIBRATION, MIN_VERIFY, Calibration, load_calibration
 from blazeport.export.fidelity import onnx_layer_errors, tflite_layer_errors, verify_int8
@@ -66,12 +65,13 @@ from blazeport.export.to_executorch import (
 from blazeport.export.to_onnx import ONNX_OPSET, export_onnx, onnx_op_counts
 from blazeport.export.to_tflite import EXPORT_EXTRA, export_tflite, tflite_op_counts
 from blazeport.files import check_output, same_file, staged
-from blazeport.loader import open_module
-from blazeport.metadata import LAYOUT, file_metadata
-from blazeport.photos import sample_images
-from blazeport.runtimes import RUNTIMES
+from blazeport.modelfiles.backends import TorchBackend
+from blazeport.modelfiles.loader import open_module
+from blazeport.modelfiles.metadata import LAYOUT, file_metadata
+from blazeport.modelfiles.runtimes import RUNTIMES
+from blazeport.modelfiles.verify import verification_inputs, verify, verify_landmarks
+from blazeport.pipeline.photos import sample_images
 from blazeport.specs import LANDMARK_SPECS, SPECS, WEIGHTS_DIR, LandmarkSpec, ModelSpec
-from blazeport.verify import verification_inputs, verify, verify_landmarks
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ExportFormat:
     name: str
     suffix: str
     exporter: Callable[..., None]  # (module, spec, out, *, fp16, dynamic_batch, metadata) -> None
-    backend: str  # blazeport.detector.load(..., backend=...) that runs the file
+    backend: str  # blazeport.pipeline.detector.load(..., backend=...) that runs the file
     op_counter: Callable[[Path], dict[str, int]]
     dynamic_batch: bool  # whether --dynamic-batch is supported
     install: str  # what to install when the exporter's packages are missing
@@ -162,7 +162,7 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None, 
            overwrite: bool = False) -> dict[str, Any]:
     """Export, verify, and return the report (the CLI's ``--json``).
 
-    ``ok`` is the float32 gate (:func:`blazeport.verify.verify`: raw outputs, decoded outputs and
+    ``ok`` is the float32 gate (:func:`blazeport.modelfiles.verify.verify`: raw outputs, decoded outputs and
     detections); float16 weights are reported, and ``ok`` only requires finite outputs. With
     ``int8``, ``ok`` is the int8 target instead (:mod:`blazeport.export.fidelity`: AP50 of the int8
     file's detections against the float model's on photos the calibration did not see).
@@ -262,7 +262,7 @@ def _export_int8(f: ExportFormat, module: Any, spec: ModelSpec, source: Path, ou
         folded = fold_batchnorm(module)
         f.exporter(folded, spec, float_path, fp16=False, dynamic_batch=dynamic_batch, metadata=meta)
         facts = f.quantizer(float_path, stage.path, calib, dynamic=dynamic, int8_io=int8_io,
-                            metadata={**meta, "blazeport.weights": weights}, module=folded)
+                            metadata={**meta, "blazeport.modelfiles.weights": weights}, module=folded)
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         check = verify_int8(_read_back(f, stage.path, out, spec), TorchBackend(module), spec, verify_images)

@@ -2,7 +2,7 @@
 
 Static int8 quantization fixes one scale per activation tensor from the ranges the float model
 reaches on sample inputs, so those inputs must be what the pipeline feeds: real photos through
-:func:`blazeport.preprocess.letterbox` (MediaPipe's warp, RGB in the spec's range, -1 border), not
+:func:`blazeport.pipeline.preprocess.letterbox` (MediaPipe's warp, RGB in the spec's range, -1 border), not
 random noise and not a plain resize (its border and interpolation shift the ranges).
 
 The folder is split **deterministically** (sorted paths shuffled with a fixed seed): a held-out part
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from blazeport.errors import BlazeportError
-from blazeport.photos import IMAGE_SUFFIXES, list_images
-from blazeport.preprocess import ImageReadError, letterbox, read_image
+from blazeport.pipeline.photos import IMAGE_SUFFIXES, list_images
+from blazeport.pipeline.preprocess import ImageReadError, letterbox, read_image
 from blazeport.specs import ModelSpec
 
 DEFAULT_COUNT = 300  # "a few hundred": ranges settle by ~200 photos (Percentile/moving-average calibration)

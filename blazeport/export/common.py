@@ -49,7 +49,7 @@ def nhwc(module: Any, named_outputs: bool, names: tuple[str, ...] = ("regressors
 
 def output_names(sizes: list[int], spec: LandmarkSpec) -> list[str]:
     """A landmark model's outputs (floats per image, in the module's order) named by its spec: matched
-    by size, equal sizes in order (as :func:`blazeport.verify.landmark_outputs` reads them back)."""
+    by size, equal sizes in order (as :func:`blazeport.modelfiles.verify.landmark_outputs` reads them back)."""
     unused = list(spec.outputs)
     names = []
     for i, n in enumerate(sizes):

@@ -2,11 +2,11 @@
 
 The float conversion gate (1e-4) cannot apply: int8 moves raw outputs by whole quantization steps.
 What a user of a face detector cares about is whether the same faces come out in the same places,
-so the int8 file is judged like a student against its teacher (:func:`blazeport.evaluate.coco_ap`):
+so the int8 file is judged like a student against its teacher (:func:`blazeport.pipeline.evaluate.coco_ap`):
 COCO AP50 and AP of the int8 model's detections, with the float model's detections on the same
 held-out photos as the ground truth, both at the spec's score threshold (the detector as it ships).
 ``ok`` means AP50 >= :data:`AP50_TARGET` and finite outputs. Raw and decoded differences
-(:func:`blazeport.verify.compare_outputs`, over every anchor, so background anchors count too) and
+(:func:`blazeport.modelfiles.verify.compare_outputs`, over every anchor, so background anchors count too) and
 the worst score / coordinate difference of matched detections are reported beside it.
 
 When the target is missed, :func:`onnx_layer_errors` / :func:`tflite_layer_errors` name the layers
@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.anchors import anchors_for
-from blazeport.backends import _onnx_input_quantization, quantize_input
-from blazeport.evaluate import coco_ap
-from blazeport.postprocess import postprocess
+from blazeport.modelfiles.backends import _onnx_input_quantization, quantize_input
+from blazeport.modelfiles.verify import compare_outputs, match_detections, verification_inputs
+from blazeport.pipeline.anchors import anchors_for
+from blazeport.pipeline.evaluate import coco_ap
+from blazeport.pipeline.postprocess import postprocess
 from blazeport.specs import ModelSpec
 from blazeport.tflite import read_tflite
-from blazeport.verify import compare_outputs, match_detections, verification_inputs
 
 AP50_TARGET = 0.97  # the target for short and full range
 WORST_LAYERS = 5

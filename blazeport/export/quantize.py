@@ -29,7 +29,7 @@ against the float model's detections):
 
 ``--int8-io``: the input tensor is int8; its scale and zero point are in the tensor (TFLite) and in the
 ``blazeport.input_quantization`` metadata (both formats), and the backends quantize the letterboxed
-batch with them (:func:`blazeport.backends.quantize_input`).
+batch with them (:func:`blazeport.modelfiles.backends.quantize_input`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ input permute and the heads' reshapes): one delegate call, no portable kernel le
 methods* (``constant_methods=`` of ``to_edge_transform_and_lower``; the LLM exports store their
 config this way, e.g. ``get_max_seq_len``): a method with no inputs that returns a constant. The
 file gets one, :data:`METADATA_METHOD`, returning the same metadata dict as the other formats
-(:func:`blazeport.metadata.file_metadata`) as one JSON string. Chosen over a sidecar
+(:func:`blazeport.modelfiles.metadata.file_metadata`) as one JSON string. Chosen over a sidecar
 ``NAME.pte.json`` because the file alone then says how to feed and decode it (a copy or a
 download cannot lose half of the model), it is written by the same atomic rename, and any
 ExecuTorch runtime (the C++ ``Module`` on a phone too) reads it with ``execute("blazeport_metadata")``.
@@ -45,12 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from blazeport.backends import ExecuTorchBackend
 from blazeport.errors import BlazeportError
 from blazeport.export.calibration import Calibration
 from blazeport.export.common import nhwc, quiet, sample_input
 from blazeport.files import write_atomic
-from blazeport.metadata import METADATA_METHOD
+from blazeport.modelfiles.backends import ExecuTorchBackend
+from blazeport.modelfiles.metadata import METADATA_METHOD
 from blazeport.specs import ModelSpec
 
 EXECUTORCH_INSTALL = 'pip install -e ".[export]"  (executorch)'

@@ -39,7 +39,7 @@ The module itself is not changed: export traces it, the trainer trains it, ``bla
 writes it. A plan is a snapshot of the weights when it is built (a new backend sees new weights).
 A plan that cannot be built, or whose outputs on a probe input differ from the module's beyond
 the conversion gate, is not used: the module runs as it is. Used by
-:class:`blazeport.backends.TorchBackend` (``optimize=True``, the default).
+:class:`blazeport.modelfiles.backends.TorchBackend` (``optimize=True``, the default).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blazeport.modelfiles.verify import ABS_TOL, REL_TOL
 from blazeport.models.fusion import ConvOp, GemmGroup, Graph, NodeOp, Op, Shape, fuse, graph_of, infer_shapes, is_gemm
 from blazeport.models.graph import run_node
-from blazeport.verify import ABS_TOL, REL_TOL
 
 __all__ = ["FastModule", "available", "graph_of", "prepare"]
 
@@ -314,7 +314,7 @@ class FastModule:
     """Runs ``module``'s forward through :class:`Plan` s, one per input size (built on first use).
 
     Call it inside ``torch.inference_mode()`` with a float32 NCHW batch in channels-last memory,
-    as :class:`blazeport.backends.TorchBackend` does. Any other input (another dtype, layout or
+    as :class:`blazeport.modelfiles.backends.TorchBackend` does. Any other input (another dtype, layout or
     device) runs the module itself.
     """
 
@@ -365,7 +365,7 @@ def _checked_plan(module: nn.Module, graph: Graph, size: tuple[int, int]) -> Pla
             got = plan(probe.contiguous(memory_format=CHANNELS_LAST))
             want = module(probe)
         for a, b in zip(got, want, strict=True):
-            # the conversion gate's rule (blazeport.verify.raw_tolerance: a detector's (B, N, k) outputs take
+            # the conversion gate's rule (blazeport.modelfiles.verify.raw_tolerance: a detector's (B, N, k) outputs take
             # |b| as the largest of its anchor row; other outputs, landmarks, element by element)
             scale = b.abs().amax(-1, keepdim=True) if b.dim() == 3 else b.abs()
             if a.shape != b.shape or not torch.all((a - b).abs() <= ABS_TOL + REL_TOL * scale):

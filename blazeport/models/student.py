@@ -5,7 +5,7 @@ list of NCHW feature maps, shallow to deep (timm's ``features_only`` contract). 
 probes it once at the teacher's input size for each map's channels and stride; :class:`Student`
 then attaches a top-down neck (1x1 lateral adapters where channels differ, nearest upsampling and
 addition, as in FPN) and the teacher's SSD head at the strides of the teacher's anchors
-(:func:`blazeport.anchors.head_layout`). A module that already meets the head contract
+(:func:`blazeport.pipeline.anchors.head_layout`). A module that already meets the head contract
 (``(B, 3, S, S)`` in [-1, 1] -> regressors ``(B, N, 16)``, classificators ``(B, N, 1)``) is used
 as is. Either way the anchor count is checked against the spec before any training step.
 
@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blazeport.anchors import head_layout
 from blazeport.errors import BlazeportError
 from blazeport.models.backbones import (
     REGISTERED,
@@ -37,6 +36,7 @@ from blazeport.models.backbones import (
 )
 from blazeport.models.blocks import SSDHead
 from blazeport.models.resnet import STUDENTS, ConvBN, ResNetBlazeFace
+from blazeport.pipeline.anchors import head_layout
 from blazeport.specs import ModelSpec
 
 __all__ = ["NECK_CHANNELS", "Student", "StudentConfig", "build_student", "plan"]

@@ -16,7 +16,7 @@ library for this) finds those groups by tracing one forward; each group is ranke
 one threshold compares all layers, as in the paper) and pruned as one. The head's classifier and
 regressor outputs (anchors x coordinates) are never pruned.
 
-A pruned student is written like any other (:func:`blazeport.weights.save_safetensors`) plus a
+A pruned student is written like any other (:func:`blazeport.modelfiles.weights.save_safetensors`) plus a
 ``pruned`` metadata entry; loading rebuilds the unpruned architecture from its config and replays
 the widths found in the file's tensors (:func:`apply_widths`), so the same DependencyGraph decides
 the shapes on both sides and nothing but tensors and JSON is stored.
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blazeport.counting import count_macs, count_params
 from blazeport.errors import BlazeportError
+from blazeport.modelfiles.counting import count_macs, count_params
 from blazeport.pruning.slimming import batchnorms
 
 __all__ = ["PrunePlan", "apply_widths", "conv_widths", "plan_macs", "plan_ratio", "prune"]

@@ -1,7 +1,7 @@
 """``blazeport prune``'s workflow: a student file in, a verified pruned file out, and how far the
 pruned student's detections moved. The algorithm (ranking, plans, :func:`~blazeport.pruning.prune.prune`,
 the width replay a loader needs) lives in :mod:`blazeport.pruning.prune`, which imports nothing of
-the pipeline: :mod:`blazeport.weights` replays a pruned file's widths through it, and this module,
+the pipeline: :mod:`blazeport.modelfiles.weights` replays a pruned file's widths through it, and this module,
 which opens, evaluates and writes files, sits above both.
 """
 
@@ -16,16 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from blazeport.backends import TorchBackend
-from blazeport.detector import Detector
 from blazeport.errors import BlazeportError
-from blazeport.evaluate import agreement_with_teacher
 from blazeport.export import protected_inputs
 from blazeport.files import check_output, staged
-from blazeport.loader import open_module
-from blazeport.photos import sample_images
+from blazeport.modelfiles.backends import TorchBackend
+from blazeport.modelfiles.loader import open_module
+from blazeport.modelfiles.weights import load_safetensors, save_safetensors
+from blazeport.pipeline.detector import Detector
+from blazeport.pipeline.evaluate import agreement_with_teacher
+from blazeport.pipeline.photos import sample_images
 from blazeport.pruning.prune import batchnorms, prune, smallest_ratio
-from blazeport.weights import load_safetensors, save_safetensors
 
 __all__ = ["prune_file"]
 

@@ -14,7 +14,7 @@ pose values were read from the graphs compiled into mediapipe 0.10.14 itself (it
 ``min_score_thresh: 0.2``, the 0.10.14 graph that the parity oracle runs says 0.5. Every one of
 these graphs sets ``reverse_output_order: true`` (raw boxes are x, y, w, h), ``sigmoid_score``
 with ``score_clipping_thresh: 100``, x/y/w/h scales equal to the input size, no
-``flip_vertically`` and no ``apply_exponential_on_box_size``: what :mod:`blazeport.postprocess` decodes.
+``flip_vertically`` and no ``apply_exponential_on_box_size``: what :mod:`blazeport.pipeline.postprocess` decodes.
 """
 
 from __future__ import annotations

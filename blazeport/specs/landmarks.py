@@ -1,7 +1,7 @@
 """The landmark models' specs, as data: MediaPipe's face mesh (plain and with attention) and iris.
 
 Not detectors (no anchors), so kept apart from :data:`blazeport.specs.SPECS`, which every detector
-tool iterates. The pipeline that makes their crops and reads their outputs is :mod:`blazeport.landmarks`.
+tool iterates. The pipeline that makes their crops and reads their outputs is :mod:`blazeport.pipeline.landmarks`.
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ class LandmarkSpec:
     """A landmark model (face mesh, iris): one crop in, fixed-size float outputs out; no anchors, no NMS.
 
     The pipeline that makes its crop and reads its outputs (ROI, warp, projection) lives in
-    :mod:`blazeport.landmarks`; the spec only says how to feed the model and how to find its outputs.
+    :mod:`blazeport.pipeline.landmarks`; the spec only says how to feed the model and how to find its outputs.
     ``outputs`` are ``(name, floats per image)`` in the order the pipeline reads them; backends
     return them flattened to ``(B, floats)`` and matched by size, whatever order or shape the file
     gives them (``face_landmark.tflite`` writes ``(1, 1, 1, 1404)``, ``iris_landmark.tflite``

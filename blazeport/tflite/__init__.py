@@ -268,8 +268,8 @@ def read_tflite(path: str | Path) -> TFLiteModel:
     except IsADirectoryError:
         raise TFLiteError(f"{path}: is a folder. Give the path of a .tflite model or a model name.") from None
     except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise TFLiteError(f"cannot read {path}: {reason}. Check the file's permissions, or copy it somewhere readable.") from None
+        raise TFLiteError(f"{path}: cannot read the file ({exc.strerror or exc}). Check the file's permissions, or copy "
+                          "it somewhere readable.") from None
     if len(buf) == 0:
         raise TFLiteError(f"{path}: the file is empty. {_FIX}")
     if len(buf) < 8 or buf[4:8] != _FILE_IDENTIFIER:

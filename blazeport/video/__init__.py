@@ -1,0 +1,1 @@
+"""Video: frames from files, cameras and streams, MediaPipe's tracking loop, smoothing and drawn videos."""
