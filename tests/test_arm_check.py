@@ -1,5 +1,6 @@
-"""tools/arm_check.py: the comparison and wheel checks (fast, no qemu), and the whole check end to end
-under emulation (slow, opt-in: a full emulated pip install takes minutes)."""
+"""tools/arm_check.py and the modules beside it (arm_sysroot, arm_wheel): the comparison and wheel checks
+(fast, no qemu), and the whole check end to end under emulation (slow, opt-in: a full emulated pip install
+takes minutes)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 from tests.conftest import SHORT_RANGE_TFLITE
 
 arm_check = importlib.import_module("tools.arm_check")
+arm_sysroot = importlib.import_module("tools.arm_sysroot")
+arm_wheel = importlib.import_module("tools.arm_wheel")
 
 
 def _face(score: float, x: float) -> dict[str, Any]:
@@ -104,7 +107,7 @@ def test_wheel_problems() -> None:
 
 def test_runtime_requirements_take_the_wheels_constraints() -> None:
     requires = ["numpy>=1.26", "ai-edge-litert>=2.0; python_version >= '3.11'", "tqdm>=4.66"]
-    assert arm_check.runtime_requirements(["numpy", "ai_edge_litert", "flatbuffers"], requires) == [
+    assert arm_wheel.runtime_requirements(["numpy", "ai_edge_litert", "flatbuffers"], requires) == [
         "numpy>=1.26", "ai-edge-litert>=2.0", "flatbuffers"]
 
 
@@ -122,13 +125,13 @@ def test_resolve_packages_follows_depends(monkeypatch: pytest.MonkeyPatch) -> No
         names = tuple(cmd[cmd.index("--no-enhances") + 1:])
         return subprocess.CompletedProcess(cmd, 0, answers[names], "")
 
-    monkeypatch.setattr(arm_check, "_run", fake_run)
-    assert arm_check.resolve_packages([], roots=["python3.11"]) == [
+    monkeypatch.setattr(arm_sysroot, "_run", fake_run)
+    assert arm_sysroot.resolve_packages([], roots=["python3.11"]) == [
         "libc6", "libgcc-s1", "media-types", "python3.11", "python3.11-minimal"]
 
 
 def test_cpuinfo_is_arm() -> None:
-    text = arm_check.cpuinfo_text(3)
+    text = arm_sysroot.cpuinfo_text(3)
     assert text.count("processor\t:") == 3
     assert "CPU implementer\t: 0x41" in text and "CPU part\t: 0xd08" in text and "asimd" in text
 
