@@ -123,12 +123,15 @@ def mutate(data: bytes, seed: int, structure: np.ndarray) -> tuple[bytes, dict[s
 # ---------------------------------------------------------------------------------------- child
 
 
-def _stage_convert(mutant: Path, work: Path, image: np.ndarray) -> dict[str, Any]:
+def _stage_convert(mutant: Path, spec: str, work: Path, image: np.ndarray) -> dict[str, Any]:
+    """``convert`` with the spec named (``--spec``): a mutant's sha256 names none, and convert refuses to
+    guess one, so without it every mutant would stop before the walk."""
     from blazeport.convert import convert
     from blazeport.errors import BlazeportError
+    from blazeport.specs import spec_named
 
     try:
-        report = convert(mutant, out=work / "converted.safetensors", images=[image])
+        report = convert(mutant, out=work / "converted.safetensors", spec=spec_named(spec), images=[image])
     except BlazeportError as exc:
         return {"outcome": "rejected", "message": str(exc)}
     except Exception as exc:
@@ -171,7 +174,7 @@ def _child(mutant: Path, spec: str, work: Path, image: np.ndarray, image_path: P
 
     torch.set_num_threads(1)
     try:
-        for stage, run in (("convert", lambda: _stage_convert(mutant, work, image)),
+        for stage, run in (("convert", lambda: _stage_convert(mutant, spec, work, image)),
                            ("detect", lambda: _stage_detect(mutant, spec, image_path))):
             os.write(wfd, (json.dumps({"stage": stage}) + "\n").encode())
             os.write(wfd, (json.dumps({"stage": stage, **run()}) + "\n").encode())
