@@ -34,10 +34,16 @@ def main() -> int:
     ap.add_argument("run", type=Path, help="the distill run folder")
     ap.add_argument("name", help="the spec name in blazeport.specs.SPECS")
     ap.add_argument("--command", help="the command line that made the run, kept in NAME.json")
+    ap.add_argument("--student", type=Path, metavar="FILE",
+                    help="which of the run's students ships (default: RUN/student.safetensors, the epoch best.pt chose; "
+                    "a kept epoch: RUN/epochs/student_eNNNN.safetensors, from distill --keep-every)")
     args = ap.parse_args()
 
     spec = spec_named(args.name, detectors_only=True)
-    module, run_spec = load_safetensors(args.run / "student.safetensors")
+    student_file = args.student or args.run / "student.safetensors"
+    if student_file.resolve().parent not in (args.run.resolve(), (args.run / "epochs").resolve()):
+        ap.error(f"--student {student_file} is not a student of the run {args.run}")
+    module, run_spec = load_safetensors(student_file)
     summary = json.loads((args.run / "summary.json").read_text())
     if (run_spec.teacher, run_spec.architecture, run_spec.family) != (spec.teacher, spec.architecture, spec.family):
         sys.exit(f"{args.run}: a {run_spec.architecture} student of {run_spec.teacher}, not what {spec.name} names")
@@ -55,6 +61,8 @@ def main() -> int:
         stage.commit()
     history = json.loads((args.run / "metrics.json").read_text())
     extra = {"command": args.command} if args.command else {}
+    if args.student:  # a kept epoch: summary's best/test figures are best.pt's epoch, not this file's
+        extra["shipped_student"] = str(student_file.resolve().relative_to(args.run.resolve()))
     write_atomic(out.with_suffix(".json"), (json.dumps({**summary, **extra, "history": history}, indent=1) + "\n").encode())
     report = blazeport.export.export(out, "tflite", out.with_suffix(".tflite"), overwrite=True)
     if not report["ok"]:
