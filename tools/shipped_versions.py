@@ -7,8 +7,8 @@
 The shipping rule says a new student file ships only if it is not worse than the file it replaces on
 every held-out source; this is the table that shows each replacement. It walks ``git log --follow`` of
 ``blazeport/bundled/weights/NAME.safetensors`` (and its earlier place, ``weights/``), keeps each distinct
-file (by the sha256 of its tensors; a commit that moved the file or only re-wrote its header is folded into
-the first one), writes
+file (by the sha256 of its tensors: a commit that moved the file or only re-wrote its header is folded into
+the one before; a commit that went back to earlier weights is a row that says so), writes
 each to a temporary folder and scores it with ``blazeport eval --teacher --by-size --json`` against its
 teacher on every ``--external`` folder. ``--candidate FILE`` adds a file that is not shipped yet as the last
 row. Prints a Markdown table (commit, date, subject, AP50 / AP per folder, AP50 of faces under 15% of
@@ -44,14 +44,19 @@ def versions(name: str) -> list[dict[str, str]]:
         elif line.strip() and current is not None:
             entries.append({**current, "path": line.strip()})
             current = None
-    seen: dict[str, dict[str, str]] = {}
-    for e in reversed(entries):  # oldest first: a later commit with the same bytes only moved or re-wrote them
+    shipped: list[dict[str, str]] = []
+    first: dict[str, str] = {}  # weights digest -> the commit that first shipped them
+    for e in reversed(entries):  # oldest first: a commit with the previous weights only moved or re-wrote them
         data = subprocess.run(["git", "show", f"{e['commit']}:{e['path']}"], cwd=ROOT, capture_output=True,
                               check=True).stdout
         digest = weights_digest(data)
-        if digest not in seen:
-            seen[digest] = {**e, "sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": digest}
-    return list(seen.values())
+        if shipped and shipped[-1]["weights_sha256"] == digest:
+            continue
+        restores = first.get(digest)  # a commit that went back to weights shipped before is a version of its own
+        shipped.append({**e, "sha256": hashlib.sha256(data).hexdigest(), "weights_sha256": digest,
+                        **({"restores": restores} if restores else {})})
+        first.setdefault(digest, e["commit"])
+    return shipped
 
 
 def weights_digest(data: bytes) -> str:
@@ -109,7 +114,8 @@ def main() -> int:
                                                     for k in folders) + " |")
     print("|---|---|---|" + "---|" * len(folders))
     for row in rows:
-        print(f"| `{row['commit']}` | {row['date']} | {row['subject'][:90]} | "
+        what = (f"restores `{row['restores']}`: " if row.get("restores") else "") + row["subject"][:90]
+        print(f"| `{row['commit']}` | {row['date']} | {what} | "
               + " | ".join(cell(row["scores"][k]) for k in folders) + " |")
     if args.json:
         args.json.write_text(json.dumps({"name": args.name, "teacher": args.teacher, "command": " ".join(sys.argv),
