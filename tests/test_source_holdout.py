@@ -85,3 +85,21 @@ def test_compare_flags_every_held_out_or_external_row_that_got_worse() -> None:
            _row("test split (all)", "test split", 0.5, 80), _row("caltech", "source held out", 1.0, 9)]
     got = {c["scored_on"]: c["worse"] for c in holdout.compare(new, old)}
     assert got == {"wider": False, "voc": True}  # test splits hold other photos; caltech has nothing to compare
+
+
+def test_epoch_selection_weighs_every_runs_kept_epoch_and_prefers_the_later_on_a_tie() -> None:
+    def point(epoch: int, label: str, ap50: float, faces: int) -> dict:
+        return {"epoch": epoch, "scored_on": label, "faces": faces, "AP50": ap50, "AP": ap50 / 2, "by_face_width": {}}
+
+    curves = {"wider": [point(20, "wider", 0.2, 100), point(40, "wider", 0.5, 100), point(60, "wider", 0.5, 100)],
+              "all": [point(20, "voc", 0.9, 100), point(40, "voc", 0.7, 100), point(60, "voc", 0.7, 100),
+                      point(80, "voc", 1.0, 100)]}  # epoch 80: only one run kept it, so it cannot be chosen
+    chosen = holdout.epoch_selection(curves)
+    assert [e["epoch"] for e in chosen["per_epoch"]] == [20, 40, 60]
+    assert [round(e["AP50_weighted"], 3) for e in chosen["per_epoch"]] == [0.55, 0.6, 0.6]
+    assert chosen["chosen_epoch"] == 60
+    kinds = {r["scored_on"]: r["kind"] for r in chosen["chosen_rows"]}
+    assert kinds == {"wider": "source held out", "voc": "external"}
+    old = {"rows": [_row("wider", "source held out", 0.45, 100), _row("voc", "external", 0.75, 100)]}
+    assert {c["scored_on"]: c["worse"] for c in holdout.compare(chosen["chosen_rows"], old)} == {"wider": False,
+                                                                                                 "voc": True}

@@ -153,6 +153,24 @@ def compare(rows: list[dict[str, Any]], old: dict[str, Any]) -> list[dict[str, A
     return out
 
 
+def epoch_selection(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Which kept epoch a recipe should ship, chosen as :func:`selection` chooses: for each epoch every run
+    kept, AP50 over every held-out folder (each fold's student at that epoch) and every external folder
+    (the ``all`` run's) weighted by teacher faces, small faces apart. The chosen epoch has the best
+    weighted AP50 (the later one on a tie: more training for the same score). Its rows, in the shape of
+    :func:`row`, go to :func:`compare` against the file it would replace."""
+    common = set.intersection(*({c["epoch"] for c in curve} for curve in curves.values())) if curves else set()
+    per_epoch = []
+    for epoch in sorted(common):
+        rows = [{**c, "run": name, "kind": "external" if name == "all" else "source held out"}
+                for name, curve in curves.items() for c in curve if c["epoch"] == epoch]
+        per_epoch.append({"epoch": epoch, **selection(rows), "rows": rows})
+    scored = [e for e in per_epoch if e["AP50_weighted"] is not None]
+    chosen = max(scored, key=lambda e: (e["AP50_weighted"], e["epoch"])) if scored else None
+    return {"per_epoch": [{k: v for k, v in e.items() if k != "rows"} for e in per_epoch],
+            "chosen_epoch": chosen["epoch"] if chosen else None, "chosen_rows": chosen["rows"] if chosen else []}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None or v != v else f"{v:.3f}"
@@ -170,8 +188,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=Path, required=True, help="a folder whose subfolders are the sources")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--images", type=Path, help="a folder whose subfolders are the sources (required to train)")
+    ap.add_argument("--out", type=Path, help="the runs and the report (required to train)")
     ap.add_argument("--folds", nargs="*", help="sources to hold out, one run each ('a+b': one run without both); "
                     "default: every subfolder")
     ap.add_argument("--external", nargs="*", default=[], metavar="NAME=DIR",
@@ -192,7 +210,14 @@ def main() -> int:
     ap.add_argument("--cache-dir", type=Path, help="distill's --cache-dir for every run (decoded photos, shared)")
     ap.add_argument("--compare", type=Path, metavar="OLD.json",
                     help="an earlier holdout.json: each held-out and external row against it (the shipping rule)")
+    ap.add_argument("--from-report", type=Path, metavar="HOLDOUT.json",
+                    help="train and score nothing: read a report this tool wrote and print its epoch selection "
+                    "(and, with --compare, the chosen epoch's rows against the earlier report)")
     args = ap.parse_args()
+    if args.from_report:
+        return print_epoch_selection(json.loads(args.from_report.read_text()), args.compare)
+    if args.images is None or args.out is None:
+        ap.error("--images and --out are required (or --from-report to read a report)")
 
     if args.out.resolve() == args.images.resolve() or args.images.resolve() in args.out.resolve().parents:
         ap.error(f"--out {args.out} is inside --images {args.images}: runs would become a source; choose another --out")
@@ -228,7 +253,7 @@ def main() -> int:
               for name, run in runs.items() if (run / "epochs").is_dir()}
     report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs, "augment": args.augment,
               "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
-              "selection": selection(rows), "by_epoch": curves,
+              "selection": selection(rows), "by_epoch": curves, "epoch_selection": epoch_selection(curves),
               "compare": compare(rows, json.loads(args.compare.read_text())) if args.compare else None,
               "validation": {n: {"best_epoch": s["best_epoch"], "val_AP50": s["best"].get("val_AP50"),
                                  "val_AP": s["best"].get("val_AP"), "images": s["images"]} for n, s in summaries.items()}}
@@ -245,6 +270,23 @@ def main() -> int:
         print(f"{c['scored_on']}: AP50 {c['old_AP50']:.3f} -> {c['new_AP50']:.3f}{'  WORSE' if c['worse'] else ''}")
     for name, curve in curves.items():
         print(f"\n{name} by epoch: " + "; ".join(f"e{c['epoch']} {c['scored_on']} {c['AP50']:.3f}" for c in curve))
+    if curves:
+        print_epoch_selection(report, args.compare)
+    return 0
+
+
+def print_epoch_selection(report: dict[str, Any], old: Path | None) -> int:
+    """The per-epoch selection of a report, and the chosen epoch's rows against ``old`` (``--compare``)."""
+    chosen = epoch_selection(report.get("by_epoch") or {})
+    for e in chosen["per_epoch"]:
+        small = e["small_AP50_weighted"]
+        ap50 = e["AP50_weighted"]
+        print(f"epoch {e['epoch']}: AP50 {'-' if ap50 is None else f'{ap50:.3f}'} over {e['faces']} faces; "
+              f"under 15%: {'-' if small is None else f'{small:.3f}'} ({e['small_faces']})")
+    print(f"chosen: epoch {chosen['chosen_epoch']}")
+    if old is not None and chosen["chosen_rows"]:
+        for c in compare(chosen["chosen_rows"], json.loads(old.read_text())):
+            print(f"{c['scored_on']}: AP50 {c['old_AP50']:.3f} -> {c['new_AP50']:.3f}{'  WORSE' if c['worse'] else ''}")
     return 0
 
 
