@@ -29,6 +29,10 @@ from typing import Any
 from safetensors.numpy import load
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tools.source_holdout import named_folders  # noqa: E402
+
 BUNDLED = "blazeport/bundled/weights"
 
 
@@ -87,12 +91,7 @@ def main() -> int:
     ap.add_argument("--candidate", type=Path, help="a student file not shipped yet: the last row")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     args = ap.parse_args()
-    folders = {}
-    for item in args.external:
-        label, _, folder = item.partition("=")
-        if not folder or not Path(folder).expanduser().is_dir():
-            ap.error(f"--external {item}: give NAME=DIR with an existing folder")
-        folders[label] = Path(folder).expanduser()
+    folders = named_folders(args.external, ap)
     rows = versions(args.name)
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:

@@ -83,6 +83,17 @@ def score(student: Path, images: list[Path], args: argparse.Namespace) -> dict[s
     return json.loads(done.stdout)
 
 
+def named_folders(items: list[str], ap: argparse.ArgumentParser) -> dict[str, Path]:
+    """``--external NAME=DIR ...`` as {name: folder}; a missing folder or a missing name is a usage error."""
+    folders = {}
+    for item in items:
+        name, _, folder = item.partition("=")
+        if not name or not folder or not Path(folder).expanduser().is_dir():
+            ap.error(f"--external {item}: give NAME=DIR with an existing folder")
+        folders[name] = Path(folder).expanduser()
+    return folders
+
+
 def test_split(folders: list[Path], rule: str = CONTENT_RULE) -> list[Path]:
     """The photos of ``blazeport distill``'s test split over ``folders`` (its defaults: 0.1 / 0.1), by the
     split ``rule`` the run recorded (``config.json``'s ``split_rule``; runs from before it was recorded
@@ -226,12 +237,7 @@ def main() -> int:
     for name in (n for fold in folds for n in fold):
         if name not in known:
             ap.error(f"--folds: {name} is not a subfolder of {args.images} with photos ({', '.join(known)})")
-    external = {}
-    for item in args.external:
-        name, _, folder = item.partition("=")
-        if not folder or not Path(folder).expanduser().is_dir():
-            ap.error(f"--external {item}: give NAME=DIR with an existing folder")
-        external[name] = Path(folder).expanduser()
+    external = named_folders(args.external, ap)
     jobs = {} if args.no_all else {"all": [args.images / s for s in known]}  # first: the student to ship
     jobs.update({"+".join(fold): [args.images / s for s in known if s not in fold] for fold in folds})
     with ThreadPoolExecutor(args.jobs) as pool:
