@@ -38,25 +38,25 @@ from blazeport.specs import SPECS, LandmarkSpec
 DEFAULT_CACHE = Path("runs") / "bench-cache"
 
 
-def _int_list(text: str) -> list[int]:
+def _whole_list(text: str, least: int) -> list[int]:
+    """Comma-separated whole numbers, each >= ``least``; else the usage error that says so."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(f"expected {'positive integers' if least == 1 else f'integers >= {least}'}, "
+                                         f"got {text!r}")
     return values
+
+
+def _int_list(text: str) -> list[int]:
+    return _whole_list(text, 1)
 
 
 def _count_list(text: str) -> list[int]:
     """Comma-separated whole numbers >= 0 (--decode-threads: 0 is OpenCV's default)."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
-    return values
+    return _whole_list(text, 0)
 
 
 def _backend_list(text: str) -> list[str]:
@@ -244,16 +244,7 @@ def cmd_bench_folder(args: argparse.Namespace) -> int:
     host = host_info()
     rows = run_folder_bench(targets, Path(args.folder), args.limit, args.threads, args.batch, args.workers, mp_python,
                             notes, _bench_image(args.image), _log, rounds=max(1, args.rounds), fast_decode=args.fast_decode)
-    host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    for note in notes:
-        _log(f"note: {note}")
-    print_folder_report(rows)
-    report = {"blazeport_bench_folder": 1, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "command": command_line(args), "host": host, "notes": notes, "results": rows}
-    if args.json:
-        out = write_atomic(args.json, json.dumps(report, indent=1).encode(), args.overwrite)
-        _log(f"report: {out}")
-    return 1 if any(r.get("error") for r in rows) else 0
+    return _finish_report("blazeport_bench_folder", rows, args, host, notes, print_folder_report)
 
 
 def cmd_bench_video(args: argparse.Namespace) -> int:
@@ -282,11 +273,18 @@ def cmd_bench_video(args: argparse.Namespace) -> int:
     host = host_info()
     rows = run_video_bench(video_configs(targets, args.threads, args.decode_threads, args.draw), Path(args.video),
                            max(1, args.rounds), child_config, spawn, _bench_image(args.image), _log)
+    return _finish_report("blazeport_bench_video", rows, args, host, notes, print_video_report)
+
+
+def _finish_report(kind: str, rows: list[dict[str, Any]], args: argparse.Namespace, host: dict[str, Any],
+                   notes: list[str], show: Any) -> int:
+    """What bench --folder and --video end with: the end load average, the notes, the table (``show``), the
+    JSON report (``kind`` names its format), and exit status 1 when a row failed."""
     host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     for note in notes:
         _log(f"note: {note}")
-    print_video_report(rows)
-    report = {"blazeport_bench_video": 1, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    show(rows)
+    report = {kind: 1, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "command": command_line(args), "host": host, "notes": notes, "results": rows}
     if args.json:
         out = write_atomic(args.json, json.dumps(report, indent=1).encode(), args.overwrite)
