@@ -31,6 +31,7 @@ from safetensors.numpy import load
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from blazeport.files import write_atomic  # noqa: E402
 from tools.source_holdout import named_folders  # noqa: E402
 
 BUNDLED = "blazeport/bundled/weights"
@@ -83,6 +84,16 @@ def score(model: Path, teacher: str, folder: Path) -> dict[str, Any]:
             "small_faces": small.get("references", 0)}
 
 
+def _own_report(path: Path) -> bool:
+    """Whether ``path`` is an earlier report of this tool (which ``--json`` may replace); any other existing
+    file is left alone and the write refused."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and {"name", "teacher", "command", "rows"} <= set(old)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", help="a shipped student, e.g. short_range_resnet")
@@ -92,6 +103,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write every figure here")
     args = ap.parse_args()
     folders = named_folders(args.external, ap)
+    if args.json and args.json.exists() and not _own_report(args.json):
+        ap.error(f"--json {args.json}: that file exists and is not a report of this tool; choose another path")
     rows = versions(args.name)
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
@@ -117,8 +130,9 @@ def main() -> int:
         print(f"| `{row['commit']}` | {row['date']} | {what} | "
               + " | ".join(cell(row["scores"][k]) for k in folders) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"name": args.name, "teacher": args.teacher, "command": " ".join(sys.argv),
-                                         "rows": rows}, indent=2))
+        report = json.dumps({"name": args.name, "teacher": args.teacher, "command": " ".join(sys.argv),
+                             "rows": rows}, indent=2).encode()
+        write_atomic(args.json, report, replace=_own_report(args.json))  # never over a file this tool did not write
     return 0
 
 

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from blazeport.distill.dataset import split_paths  # noqa: E402
 from blazeport.distill.split import CONTENT_RULE, NAME_RULE  # noqa: E402
+from blazeport.files import write_atomic  # noqa: E402
 from blazeport.pipeline.evaluate import SIZE_BANDS  # noqa: E402
 from blazeport.pipeline.photos import list_images  # noqa: E402
 
@@ -265,7 +266,7 @@ def main() -> int:
                                  "val_AP": s["best"].get("val_AP"), "images": s["images"]} for n, s in summaries.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     name = "holdout.json" if args.threshold is None else f"holdout_threshold{args.threshold:g}.json"
-    (args.out / name).write_text(json.dumps(report, indent=2))
+    write_atomic(args.out / name, json.dumps(report, indent=2).encode())  # the tool's own report in its own folder
     print(table(rows))
     sel = report["selection"]
     if sel["AP50_weighted"] is not None:
