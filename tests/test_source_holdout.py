@@ -103,3 +103,28 @@ def test_epoch_selection_weighs_every_runs_kept_epoch_and_prefers_the_later_on_a
     old = {"rows": [_row("wider", "source held out", 0.45, 100), _row("voc", "external", 0.75, 100)]}
     assert {c["scored_on"]: c["worse"] for c in holdout.compare(chosen["chosen_rows"], old)} == {"wider": False,
                                                                                                  "voc": True}
+
+
+def test_every_run_gets_the_recipe_and_an_interrupted_one_resumes(tmp_path: Path, monkeypatch) -> None:
+    """The recipe options reach each run's ``blazeport distill`` (an earlier recipe is re-run with its own
+    zoom); a run with ``last.pt`` resumes, and a finished one (``summary.json``) is not trained again."""
+    import argparse
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(holdout.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    args = argparse.Namespace(teacher="full_range_sparse", student="mobilenet", epochs=90, threads=1, workers=1,
+                              seed=0, augment="none", zoom="0.75,1.5", keep_every=30, cache_dir=None)
+    holdout.train("pyfeat", [tmp_path / "a"], tmp_path, args)
+    cmd = calls[-1]
+    for flag, value in (("--teacher", "full_range_sparse"), ("--augment", "none"), ("--zoom", "0.75,1.5"),
+                        ("--keep-every", "30"), ("--epochs", "90")):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "--resume" not in cmd and "--cache-dir" not in cmd
+
+    (tmp_path / "pyfeat" / "last.pt").write_bytes(b"")
+    holdout.train("pyfeat", [tmp_path / "a"], tmp_path, argparse.Namespace(**{**vars(args), "zoom": None}))
+    assert "--resume" in calls[-1] and "--zoom" not in calls[-1]
+
+    (tmp_path / "pyfeat" / "summary.json").write_text("{}")
+    holdout.train("pyfeat", [tmp_path / "a"], tmp_path, args)
+    assert len(calls) == 2

@@ -58,6 +58,8 @@ def train(name: str, folders: list[Path], out: Path, args: argparse.Namespace) -
            str(args.threads), "--workers", str(args.workers), "--seed", str(args.seed), "--json"]
     if args.augment is not None:
         cmd += ["--augment", args.augment]
+    if args.zoom is not None:
+        cmd += ["--zoom", args.zoom]
     if args.keep_every:
         cmd += ["--keep-every", str(args.keep_every)]
     if args.cache_dir:
@@ -211,6 +213,7 @@ def main() -> int:
     ap.add_argument("--student", default="resnet")
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--augment", help="distill's --augment for every run (default: distill's own)")
+    ap.add_argument("--zoom", metavar="MIN,MAX", help="distill's --zoom for every run (default: distill's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--workers", type=int, default=1, help="loader processes per run")
@@ -259,6 +262,7 @@ def main() -> int:
                              else {label: [folder] for label, folder in external.items()}, args)
               for name, run in runs.items() if (run / "epochs").is_dir()}
     report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs, "augment": args.augment,
+              "zoom": args.zoom,
               "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
               "selection": selection(rows), "by_epoch": curves, "epoch_selection": epoch_selection(curves),
               "compare": compare(rows, json.loads(args.compare.read_text())) if args.compare else None,
