@@ -128,3 +128,43 @@ def test_every_run_gets_the_recipe_and_an_interrupted_one_resumes(tmp_path: Path
     (tmp_path / "pyfeat" / "summary.json").write_text("{}")
     holdout.train("pyfeat", [tmp_path / "a"], tmp_path, args)
     assert len(calls) == 2
+
+
+def test_a_shipped_file_takes_the_all_runs_place_on_the_external_folders(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """``--shipped FILE``: no run on every source is trained; the file is scored on each external folder, so
+    an earlier recipe's report (its folds, its shipped file) has every row a new report is compared on."""
+    import json
+    import sys
+
+    for name in ("a", "b"):
+        _folder(tmp_path / "images", name, 3)
+    (tmp_path / "voc").mkdir()
+    shipped = tmp_path / "old.safetensors"
+    shipped.write_bytes(b"x")
+    trained, scored = [], []
+    monkeypatch.setattr(holdout, "train", lambda name, folders, out, args: trained.append(name) or out / name)
+    monkeypatch.setattr(holdout, "score", lambda student, images, args: scored.append((student, images)) or {
+        "images": 3, "references": 4, "AP50": 0.5, "AP": 0.25, "found50": 2})
+    monkeypatch.setattr(holdout, "test_split", lambda folders, rule: [])
+    for run in ("a",):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "summary.json").write_text(json.dumps({"best_epoch": 1, "best": {}, "images": {}}))
+    monkeypatch.setattr(sys, "argv", ["source_holdout.py", "--images", str(tmp_path / "images"), "--out",
+                                      str(tmp_path / "runs"), "--folds", "a", "--shipped", str(shipped),
+                                      "--external", f"voc={tmp_path / 'voc'}"])
+    assert holdout.main() == 0
+    assert trained == ["a"]  # the fold only: no "all" run
+    assert (shipped, [tmp_path / "voc"]) in scored
+    report = json.loads((tmp_path / "runs" / "holdout.json").read_text())
+    assert {(r["scored_on"], r["run"], r["kind"]) for r in report["rows"]} >= {("voc", "shipped", "external"),
+                                                                                ("a", "a", "source held out")}
+    assert report["shipped"] == str(shipped)
+
+    import pytest
+
+    argv = sys.argv
+    monkeypatch.setattr(sys, "argv", [*argv[:argv.index("--shipped")], "--shipped", str(tmp_path / "missing.st")])
+    with pytest.raises(SystemExit):
+        holdout.main()
+    assert "missing.st: no such file" in capsys.readouterr().err

@@ -12,7 +12,9 @@ every subfolder of ``--images`` but the fold's (``a+b`` holds out two folders wi
 ``blazeport eval --teacher --by-size`` then scores that student against the teacher on each
 held-out folder, at the student's spec threshold (the detector as it ships). The run named ``all``
 trains on every folder: the student to ship, scored on its own test split (file-name hash, chose
-nothing) and on the ``--external`` folders, which no run trains on.
+nothing) and on the ``--external`` folders, which no run trains on. To compare a new recipe with the
+file it would replace, re-run the recipe that made that file as folds and pass the file itself as
+``--shipped``: its rows on the external folders take the ``all`` run's place (``--compare``).
 
 Every run's validation split (file-name hash) chooses its epoch; the held-out folders, the test
 split and the external folders choose nothing. Runs whose ``summary.json`` exists are not trained
@@ -209,6 +211,9 @@ def main() -> int:
     ap.add_argument("--external", nargs="*", default=[], metavar="NAME=DIR",
                     help="folders no run trains on, scored with the 'all' run's student")
     ap.add_argument("--no-all", action="store_true", help="skip the run on every source")
+    ap.add_argument("--shipped", type=Path, metavar="STUDENT",
+                    help="no run on every source: score this student file on the --external folders instead (an "
+                    "earlier recipe re-run as folds, beside the file it shipped: the report --compare needs)")
     ap.add_argument("--teacher", default="short_range")
     ap.add_argument("--student", default="resnet")
     ap.add_argument("--epochs", type=int, default=80)
@@ -242,7 +247,9 @@ def main() -> int:
         if name not in known:
             ap.error(f"--folds: {name} is not a subfolder of {args.images} with photos ({', '.join(known)})")
     external = named_folders(args.external, ap)
-    jobs = {} if args.no_all else {"all": [args.images / s for s in known]}  # first: the student to ship
+    if args.shipped is not None and not args.shipped.is_file():
+        ap.error(f"--shipped {args.shipped}: no such file (a student .safetensors)")
+    jobs = {} if args.no_all or args.shipped else {"all": [args.images / s for s in known]}  # first: the one to ship
     jobs.update({"+".join(fold): [args.images / s for s in known if s not in fold] for fold in folds})
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = dict(zip(jobs, pool.map(lambda kv: train(kv[0], kv[1], args.out, args), jobs.items()), strict=True))
@@ -257,12 +264,14 @@ def main() -> int:
         if name == "all":
             for label, folder in external.items():
                 rows.append(row(label, name, "external", score(student, [folder], args)))
+    for label, folder in external.items() if args.shipped else ():
+        rows.append(row(label, "shipped", "external", score(args.shipped, [folder], args)))
     summaries = {n: json.loads((r / "summary.json").read_text()) for n, r in runs.items()}
     curves = {name: by_epoch(run, {held: [args.images / held] for held in name.split("+")} if name != "all"
                              else {label: [folder] for label, folder in external.items()}, args)
               for name, run in runs.items() if (run / "epochs").is_dir()}
     report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs, "augment": args.augment,
-              "zoom": args.zoom,
+              "zoom": args.zoom, "shipped": str(args.shipped) if args.shipped else None,
               "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
               "selection": selection(rows), "by_epoch": curves, "epoch_selection": epoch_selection(curves),
               "compare": compare(rows, json.loads(args.compare.read_text())) if args.compare else None,
