@@ -161,6 +161,14 @@ def test_a_shipped_file_takes_the_all_runs_place_on_the_external_folders(tmp_pat
                                                                                 ("a", "a", "source held out")}
     assert report["shipped"] == str(shipped)
 
+    old = tmp_path / "old.json"  # an earlier report without the external row: said, not passed silently
+    old.write_text(json.dumps({"rows": [r for r in report["rows"] if r["scored_on"] == "a"]}))
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--compare", str(old)])
+    capsys.readouterr()
+    assert holdout.main() == 0
+    out = capsys.readouterr().out
+    assert "a: AP50 0.500 -> 0.500" in out and f"voc: no row in {old}" in out
+
     import pytest
 
     argv = sys.argv

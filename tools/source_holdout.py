@@ -288,6 +288,10 @@ def main() -> int:
               f"faces under 15%: {'-' if small is None else f'{small:.3f}'} ({sel['small_faces']})")
     for c in report["compare"] or []:
         print(f"{c['scored_on']}: AP50 {c['old_AP50']:.3f} -> {c['new_AP50']:.3f}{'  WORSE' if c['worse'] else ''}")
+    compared = {c["scored_on"] for c in report["compare"] or []}
+    for r in rows if args.compare else []:
+        if r["kind"] in ("source held out", "external") and r["scored_on"] not in compared:
+            print(f"{r['scored_on']}: no row in {args.compare} (the rule cannot be checked there)")
     for name, curve in curves.items():
         print(f"\n{name} by epoch: " + "; ".join(f"e{c['epoch']} {c['scored_on']} {c['AP50']:.3f}" for c in curve))
     if curves:
