@@ -64,13 +64,16 @@ def main() -> int:
     if args.student:  # a kept epoch: summary's best/test figures are best.pt's epoch, not this file's
         extra["shipped_student"] = str(student_file.resolve().relative_to(args.run.resolve()))
     write_atomic(out.with_suffix(".json"), (json.dumps({**summary, **extra, "history": history}, indent=1) + "\n").encode())
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bundle_manifest
+
+    # A bundled file is opened only if it matches SHA256SUMS, so the manifest learns the new student (verified
+    # above) before the export opens it, and the export's file after.
+    bundle_manifest.main([])
     report = blazeport.export.export(out, "tflite", out.with_suffix(".tflite"), overwrite=True)
     if not report["ok"]:
         sys.exit(f"{out.with_suffix('.tflite')}: the export failed verification; the previous export was kept, so it "
                  "does not match the new student: fix and run again")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bundle_manifest
-
     bundle_manifest.main([])
     print(f"{out} ({out.stat().st_size:,} bytes), {out.with_suffix('.json')} and {out.with_suffix('.tflite')}: "
           f"{spec.name}, test AP50 {(summary.get('test') or {}).get('test_AP50')}")
