@@ -286,12 +286,8 @@ def main() -> int:
         small = sel["small_AP50_weighted"]
         print(f"\nselection: AP50 {sel['AP50_weighted']:.3f} over {sel['faces']} held-out and external teacher faces; "
               f"faces under 15%: {'-' if small is None else f'{small:.3f}'} ({sel['small_faces']})")
-    for c in report["compare"] or []:
-        print(f"{c['scored_on']}: AP50 {c['old_AP50']:.3f} -> {c['new_AP50']:.3f}{'  WORSE' if c['worse'] else ''}")
-    compared = {c["scored_on"] for c in report["compare"] or []}
-    for r in rows if args.compare else []:
-        if r["kind"] in ("source held out", "external") and r["scored_on"] not in compared:
-            print(f"{r['scored_on']}: no row in {args.compare} (the rule cannot be checked there)")
+    if args.compare:
+        print_compare(rows, args.compare)
     for name, curve in curves.items():
         print(f"\n{name} by epoch: " + "; ".join(f"e{c['epoch']} {c['scored_on']} {c['AP50']:.3f}" for c in curve))
     if curves:
@@ -309,9 +305,20 @@ def print_epoch_selection(report: dict[str, Any], old: Path | None) -> int:
               f"under 15%: {'-' if small is None else f'{small:.3f}'} ({e['small_faces']})")
     print(f"chosen: epoch {chosen['chosen_epoch']}")
     if old is not None and chosen["chosen_rows"]:
-        for c in compare(chosen["chosen_rows"], json.loads(old.read_text())):
-            print(f"{c['scored_on']}: AP50 {c['old_AP50']:.3f} -> {c['new_AP50']:.3f}{'  WORSE' if c['worse'] else ''}")
+        print_compare(chosen["chosen_rows"], old)
     return 0
+
+
+def print_compare(rows: list[dict[str, Any]], old: Path) -> None:
+    """Each held-out and external row against ``old`` (:func:`compare`), and every such row ``old`` lacks named:
+    the rule cannot be checked there, which must not pass unsaid."""
+    compared = compare(rows, json.loads(old.read_text()))
+    for c in compared:
+        print(f"{c['scored_on']}: AP50 {c['old_AP50']:.3f} -> {c['new_AP50']:.3f}{'  WORSE' if c['worse'] else ''}")
+    done = {c["scored_on"] for c in compared}
+    for r in rows:
+        if r["kind"] in ("source held out", "external") and r["scored_on"] not in done:
+            print(f"{r['scored_on']}: no row in {old} (the rule cannot be checked there)")
 
 
 if __name__ == "__main__":
