@@ -13,11 +13,11 @@ import argparse
 import sys
 
 from blazeport.files import sha256_of, write_atomic
-from blazeport.modelfiles.bundle import BUNDLE_DIR, MANIFEST, bundled_files, read_manifest
+from blazeport.modelfiles import bundle
 
 
 def current() -> dict[str, str]:
-    return {p.relative_to(BUNDLE_DIR).as_posix(): sha256_of(p) for p in bundled_files()}
+    return {p.relative_to(bundle.BUNDLE_DIR).as_posix(): sha256_of(p) for p in bundle.bundled_files()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     now = current()
     if args.check:
-        listed = read_manifest() if MANIFEST.is_file() else {}
+        listed = bundle.read_manifest() if bundle.MANIFEST.is_file() else {}
         diff = sorted(k for k in set(now) | set(listed) if now.get(k) != listed.get(k))
         for name in diff:
             print(f"differs: {name}", file=sys.stderr)
         return 1 if diff else 0
-    write_atomic(MANIFEST, "".join(f"{digest}  {name}\n" for name, digest in sorted(now.items())).encode())
-    print(f"{MANIFEST}: {len(now)} files")
+    write_atomic(bundle.MANIFEST, "".join(f"{digest}  {name}\n" for name, digest in sorted(now.items())).encode())
+    print(f"{bundle.MANIFEST}: {len(now)} files")
     return 0
 
 

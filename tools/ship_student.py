@@ -29,7 +29,7 @@ from blazeport.modelfiles.weights import load_safetensors, save_safetensors
 from blazeport.specs import WEIGHTS_DIR, spec_named
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="the distill run folder")
     ap.add_argument("name", help="the spec name in blazeport.specs.SPECS")
@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--student", type=Path, metavar="FILE",
                     help="which of the run's students ships (default: RUN/student.safetensors, the epoch best.pt chose; "
                     "a kept epoch: RUN/epochs/student_eNNNN.safetensors, from distill --keep-every)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     spec = spec_named(args.name, detectors_only=True)
     student_file = args.student or args.run / "student.safetensors"

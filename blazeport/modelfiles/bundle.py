@@ -26,8 +26,9 @@ MANIFEST = BUNDLE_DIR / "SHA256SUMS"
 BUNDLED_KINDS = ("weights", "anchors", "photos")  # the folders whose every file is listed
 
 
-def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
-    """``relative path -> sha256`` from a ``sha256sum``-format file."""
+def read_manifest(path: Path | None = None) -> dict[str, str]:
+    """``relative path -> sha256`` from a ``sha256sum``-format file (default: the bundled list)."""
+    path = MANIFEST if path is None else path  # looked up per call, so a test can point it at a copy
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
@@ -41,8 +42,9 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
     return out
 
 
-def bundled_files(root: Path = BUNDLE_DIR) -> list[Path]:
+def bundled_files(root: Path | None = None) -> list[Path]:
     """Every file under the bundled folders (what the manifest must list)."""
+    root = BUNDLE_DIR if root is None else root
     return sorted(p for kind in BUNDLED_KINDS for p in (root / kind).rglob("*") if p.is_file())
 
 
