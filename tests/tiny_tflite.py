@@ -1,4 +1,5 @@
-"""Write small TFLite flatbuffers for error-path tests (a graph no real model file has)."""
+"""Write small TFLite flatbuffers for error-path tests (a graph no real model file has), and read a
+file's ops with the ``tflite`` package alone (no blazeport code) to check what blazeport reads."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ from pathlib import Path
 
 import flatbuffers
 import tflite
+
+
+def raw_ops(path: Path, op: int) -> tuple[tflite.Model, tflite.SubGraph, list[tflite.Operator]]:
+    """The flatbuffer itself (no blazeport code) and its ops of builtin type ``op``."""
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    sg = model.Subgraphs(0)
+    ops = []
+    for i in range(sg.OperatorsLength()):
+        raw = sg.Operators(i)
+        code = model.OperatorCodes(raw.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == op:
+            ops.append(raw)
+    return model, sg, ops
 
 
 def _int_vector(b: flatbuffers.Builder, start, values: list[int]) -> int:
