@@ -17,7 +17,7 @@ import tflite
 
 from blazeport.tflite import TFLiteError, TFLiteModel, read_tflite
 from tests.conftest import WEIGHTS
-from tests.tiny_tflite import raw_ops
+from tests.tiny_tflite import finish_model, raw_ops
 
 SPARSE_TFLITE = WEIGHTS / "face_detection_full_range_sparse.tflite"
 
@@ -176,15 +176,7 @@ def build_sparse_model(values: list[float], shape: tuple[int, ...], order: list[
             tflite.BufferAddData(b, data)
         buffers.append(tflite.BufferEnd(b))
     buffers_v = _table_vector(b, tflite.ModelStartBuffersVector, buffers)
-    desc = b.CreateString("blazeport test: sparse constant")
-    tflite.ModelStart(b)
-    tflite.ModelAddVersion(b, 3)
-    tflite.ModelAddOperatorCodes(b, codes_v)
-    tflite.ModelAddSubgraphs(b, subgraphs_v)
-    tflite.ModelAddBuffers(b, buffers_v)
-    tflite.ModelAddDescription(b, desc)
-    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return finish_model(b, codes_v, subgraphs_v, buffers_v, "blazeport test: sparse constant")
 
 
 SPARSE_CASES = {

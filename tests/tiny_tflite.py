@@ -22,6 +22,19 @@ def raw_ops(path: Path, op: int) -> tuple[tflite.Model, tflite.SubGraph, list[tf
     return model, sg, ops
 
 
+def finish_model(b: flatbuffers.Builder, codes: int, subgraphs: int, buffers: int, description: str) -> bytes:
+    """The Model table (schema version 3) around built vectors, with the ``TFL3`` identifier."""
+    desc = b.CreateString(description)
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    tflite.ModelAddOperatorCodes(b, codes)
+    tflite.ModelAddSubgraphs(b, subgraphs)
+    tflite.ModelAddBuffers(b, buffers)
+    tflite.ModelAddDescription(b, desc)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
 def _int_vector(b: flatbuffers.Builder, start, values: list[int]) -> int:
     start(b, len(values))
     for v in reversed(values):
@@ -85,13 +98,5 @@ def write_single_op_model(path: Path, op: str = "TANH", shape: tuple[int, ...] =
     tflite.ModelStartBuffersVector(b, 1)
     b.PrependUOffsetTRelative(empty)
     buffers = b.EndVector()
-    desc = b.CreateString("blazeport test model")
-    tflite.ModelStart(b)
-    tflite.ModelAddVersion(b, 3)
-    tflite.ModelAddOperatorCodes(b, codes)
-    tflite.ModelAddSubgraphs(b, subgraphs)
-    tflite.ModelAddBuffers(b, buffers)
-    tflite.ModelAddDescription(b, desc)
-    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
-    path.write_bytes(b.Output())
+    path.write_bytes(finish_model(b, codes, subgraphs, buffers, "blazeport test model"))
     return path
