@@ -148,8 +148,10 @@ def test_a_shipped_file_takes_the_all_runs_place_on_the_external_folders(tmp_pat
         "images": 3, "references": 4, "AP50": 0.5, "AP": 0.25, "found50": 2})
     monkeypatch.setattr(holdout, "test_split", lambda folders, rule: [])
     for run in ("a",):
-        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "epochs").mkdir(parents=True)
         (tmp_path / "runs" / run / "summary.json").write_text(json.dumps({"best_epoch": 1, "best": {}, "images": {}}))
+    for epoch in (20, 40):  # kept students: scored on the fold's held-out source, one curve point each
+        (tmp_path / "runs" / "a" / "epochs" / f"student_e{epoch:04d}.safetensors").write_bytes(b"x")
     monkeypatch.setattr(sys, "argv", ["source_holdout.py", "--images", str(tmp_path / "images"), "--out",
                                       str(tmp_path / "runs"), "--folds", "a", "--shipped", str(shipped),
                                       "--external", f"voc={tmp_path / 'voc'}"])
@@ -160,6 +162,9 @@ def test_a_shipped_file_takes_the_all_runs_place_on_the_external_folders(tmp_pat
     assert {(r["scored_on"], r["run"], r["kind"]) for r in report["rows"]} >= {("voc", "shipped", "external"),
                                                                                 ("a", "a", "source held out")}
     assert report["shipped"] == str(shipped)
+    assert [(c["epoch"], c["scored_on"], c["AP50"]) for c in report["by_epoch"]["a"]] == [(20, "a", 0.5), (40, "a", 0.5)]
+    assert (tmp_path / "runs" / "a" / "epochs" / "student_e0040.safetensors", [tmp_path / "images" / "a"]) in scored
+    assert report["epoch_selection"]["chosen_epoch"] == 40  # a tie: the later epoch
 
     old = tmp_path / "old.json"  # an earlier report without the external row: said, not passed silently
     old.write_text(json.dumps({"rows": [r for r in report["rows"] if r["scored_on"] == "a"]}))

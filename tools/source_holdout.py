@@ -123,16 +123,9 @@ def row(label: str, run: str, kind: str, result: dict[str, Any]) -> dict[str, An
             "by_teacher_score": result.get("breakdown", {}).get("by_teacher_score", {})}
 
 
-def by_epoch(run: Path, targets: dict[str, list[Path]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every student a run kept (``distill --keep-every``: ``epochs/student_eNNNN.safetensors``) scored on each of
-    ``targets`` (label -> folders): where more epochs stop helping on photos that chose nothing."""
-    curve = []
-    for snapshot in sorted((run / "epochs").glob("student_e*.safetensors")):
-        epoch = int(snapshot.stem.removeprefix("student_e"))
-        for label, folders in targets.items():
-            r = row(label, run.name, f"epoch {epoch}", score(snapshot, folders, args))
-            curve.append({"epoch": epoch, **{k: r[k] for k in ("scored_on", "faces", "AP50", "AP", "by_face_width")}})
-    return curve
+def kept_students(run: Path) -> list[tuple[int, Path]]:
+    """(epoch, file) for every student a run kept (``distill --keep-every``: ``epochs/student_eNNNN.safetensors``)."""
+    return [(int(p.stem.removeprefix("student_e")), p) for p in sorted((run / "epochs").glob("student_e*.safetensors"))]
 
 
 def selection(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -222,7 +215,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--workers", type=int, default=1, help="loader processes per run")
-    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="runs at once")
+    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 2),
+                    help="runs at once, and evals at once after them")
     ap.add_argument("--threshold", type=float, help="the student's score threshold when scored (default: its spec's)")
     ap.add_argument("--keep-every", type=int, metavar="N",
                     help="distill --keep-every N for every run, and each kept student scored on the run's held-out "
@@ -254,22 +248,32 @@ def main() -> int:
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = dict(zip(jobs, pool.map(lambda kv: train(kv[0], kv[1], args.out, args), jobs.items()), strict=True))
 
-    rows = []
+    # Every eval at once, --jobs at a time: (run, label, kind, student, images); kind "epoch N" is a curve point.
+    evals: list[tuple[str, str, str, Path, list[Path]]] = []
     for name, run in runs.items():
         student = run / "student.safetensors"
-        for held in ([] if name == "all" else name.split("+")):
-            rows.append(row(held, name, "source held out", score(student, [args.images / held], args)))
-        rows.append(row(f"test split ({name})", name, "test split",
-                        score(student, test_split(jobs[name], run_split_rule(run)), args)))
-        if name == "all":
-            for label, folder in external.items():
-                rows.append(row(label, name, "external", score(student, [folder], args)))
-    for label, folder in external.items() if args.shipped else ():
-        rows.append(row(label, "shipped", "external", score(args.shipped, [folder], args)))
+        targets = ({held: [args.images / held] for held in name.split("+")} if name != "all"
+                   else {label: [folder] for label, folder in external.items()})
+        evals += [(name, held, "source held out", student, [args.images / held]) for held in name.split("+")
+                  if name != "all"]
+        evals.append((name, f"test split ({name})", "test split", student,
+                      test_split(jobs[name], run_split_rule(run))))
+        evals += [(name, label, "external", student, [folder]) for label, folder in external.items() if name == "all"]
+        evals += [(name, label, f"epoch {epoch}", snapshot, folders)
+                  for epoch, snapshot in kept_students(run) for label, folders in targets.items()]
+    evals += [("shipped", label, "external", args.shipped, [folder]) for label, folder in external.items()
+              if args.shipped]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda e: score(e[3], e[4], args), evals))
+    rows, curves = [], {}
+    for (name, label, kind, _, _), result in zip(evals, results, strict=True):
+        r = row(label, name, kind, result)
+        if kind.startswith("epoch "):  # where more epochs stop helping, on photos that chose nothing
+            curves.setdefault(name, []).append({"epoch": int(kind.removeprefix("epoch ")),
+                                                **{k: r[k] for k in ("scored_on", "faces", "AP50", "AP", "by_face_width")}})
+        else:
+            rows.append(r)
     summaries = {n: json.loads((r / "summary.json").read_text()) for n, r in runs.items()}
-    curves = {name: by_epoch(run, {held: [args.images / held] for held in name.split("+")} if name != "all"
-                             else {label: [folder] for label, folder in external.items()}, args)
-              for name, run in runs.items() if (run / "epochs").is_dir()}
     report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs, "augment": args.augment,
               "zoom": args.zoom, "shipped": str(args.shipped) if args.shipped else None,
               "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
