@@ -113,7 +113,8 @@ def test_every_run_gets_the_recipe_and_an_interrupted_one_resumes(tmp_path: Path
     calls: list[list[str]] = []
     monkeypatch.setattr(holdout.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     args = argparse.Namespace(teacher="full_range_sparse", student="mobilenet", epochs=90, threads=1, workers=1,
-                              seed=0, augment="none", zoom="0.75,1.5", keep_every=30, cache_dir=None)
+                              seed=0, augment="none", zoom="0.75,1.5", keep_every=30, cache_dir=None, lr=None,
+                              init_runs=None, init_epoch=None)
     holdout.train("pyfeat", [tmp_path / "a"], tmp_path, args)
     cmd = calls[-1]
     for flag, value in (("--teacher", "full_range_sparse"), ("--augment", "none"), ("--zoom", "0.75,1.5"),
@@ -128,6 +129,14 @@ def test_every_run_gets_the_recipe_and_an_interrupted_one_resumes(tmp_path: Path
     (tmp_path / "pyfeat" / "summary.json").write_text("{}")
     holdout.train("pyfeat", [tmp_path / "a"], tmp_path, args)
     assert len(calls) == 2
+
+    # --init-runs: a fold finishes the same fold of an earlier recipe, never another run's student
+    earlier = tmp_path / "earlier"
+    holdout.train("wider", [tmp_path / "a"], tmp_path, argparse.Namespace(**{**vars(args), "init_runs": earlier,
+                                                                           "init_epoch": 200, "lr": 0.001}))
+    cmd = calls[-1]
+    assert cmd[cmd.index("--init") + 1] == str(earlier / "wider" / "epochs" / "student_e0200.safetensors")
+    assert cmd[cmd.index("--lr") + 1] == "0.001"
 
 
 def test_a_shipped_file_takes_the_all_runs_place_on_the_external_folders(tmp_path: Path, monkeypatch,
@@ -181,3 +190,9 @@ def test_a_shipped_file_takes_the_all_runs_place_on_the_external_folders(tmp_pat
     with pytest.raises(SystemExit):
         holdout.main()
     assert "missing.st: no such file" in capsys.readouterr().err
+
+    # a run whose earlier student is missing is refused before anything trains
+    monkeypatch.setattr(sys, "argv", [*argv, "--init-runs", str(tmp_path / "runs"), "--init-epoch", "60"])
+    with pytest.raises(SystemExit):
+        holdout.main()
+    assert "a/epochs/student_e0060.safetensors" in capsys.readouterr().err

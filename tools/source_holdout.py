@@ -66,6 +66,10 @@ def train(name: str, folders: list[Path], out: Path, args: argparse.Namespace) -
         cmd += ["--keep-every", str(args.keep_every)]
     if args.cache_dir:
         cmd += ["--cache-dir", str(args.cache_dir)]
+    if args.lr is not None:
+        cmd += ["--lr", str(args.lr)]
+    if args.init_runs:
+        cmd += ["--init", str(init_student(args.init_runs, name, args.init_epoch))]
     if (run / "last.pt").exists():
         cmd.append("--resume")
     run.mkdir(parents=True, exist_ok=True)
@@ -74,6 +78,12 @@ def train(name: str, folders: list[Path], out: Path, args: argparse.Namespace) -
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     print(f"trained {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return run
+
+
+def init_student(runs: Path, name: str, epoch: int | None) -> Path:
+    """The student run ``name`` of an earlier report starts from (``--init-runs``): the epoch it kept, or the one
+    its validation chose. A fold starts from the same fold, so it never sees its held-out source."""
+    return runs / name / ("student.safetensors" if epoch is None else f"epochs/student_e{epoch:04d}.safetensors")
 
 
 def score(student: Path, images: list[Path], args: argparse.Namespace) -> dict[str, Any]:
@@ -222,6 +232,12 @@ def main() -> int:
                     help="distill --keep-every N for every run, and each kept student scored on the run's held-out "
                     "folders (the all run: the external ones): where more epochs stop helping")
     ap.add_argument("--cache-dir", type=Path, help="distill's --cache-dir for every run (decoded photos, shared)")
+    ap.add_argument("--lr", type=float, help="distill's --lr for every run (default: distill's own)")
+    ap.add_argument("--init-runs", type=Path, metavar="DIR",
+                    help="an earlier --out: each run starts (distill --init) from the same-named run's student there, "
+                    "so a recipe can finish another one's runs fold by fold")
+    ap.add_argument("--init-epoch", type=int, metavar="N",
+                    help="with --init-runs: start from that run's kept epoch N (default: its student.safetensors)")
     ap.add_argument("--compare", type=Path, metavar="OLD.json",
                     help="an earlier holdout.json: each held-out and external row against it (the shipping rule)")
     ap.add_argument("--from-report", type=Path, metavar="HOLDOUT.json",
@@ -243,8 +259,14 @@ def main() -> int:
     external = named_folders(args.external, ap)
     if args.shipped is not None and not args.shipped.is_file():
         ap.error(f"--shipped {args.shipped}: no such file (a student .safetensors)")
+    if args.init_epoch is not None and args.init_runs is None:
+        ap.error("--init-epoch needs --init-runs")
     jobs = {} if args.no_all or args.shipped else {"all": [args.images / s for s in known]}  # first: the one to ship
     jobs.update({"+".join(fold): [args.images / s for s in known if s not in fold] for fold in folds})
+    missing = [str(f) for f in (init_student(args.init_runs, n, args.init_epoch) for n in jobs if args.init_runs)
+               if not f.is_file()]
+    if missing:
+        ap.error(f"--init-runs: no student {', '.join(missing)} (each run starts from the same-named run there)")
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = dict(zip(jobs, pool.map(lambda kv: train(kv[0], kv[1], args.out, args), jobs.items()), strict=True))
 
@@ -275,7 +297,9 @@ def main() -> int:
             rows.append(r)
     summaries = {n: json.loads((r / "summary.json").read_text()) for n, r in runs.items()}
     report = {"teacher": args.teacher, "student": args.student, "epochs": args.epochs, "augment": args.augment,
-              "zoom": args.zoom, "shipped": str(args.shipped) if args.shipped else None,
+              "zoom": args.zoom, "lr": args.lr,
+              "init": {"runs": str(args.init_runs), "epoch": args.init_epoch} if args.init_runs else None,
+              "shipped": str(args.shipped) if args.shipped else None,
               "threshold": args.threshold, "command": " ".join(sys.argv), "rows": rows,
               "selection": selection(rows), "by_epoch": curves, "epoch_selection": epoch_selection(curves),
               "compare": compare(rows, json.loads(args.compare.read_text())) if args.compare else None,
