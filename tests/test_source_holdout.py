@@ -192,7 +192,11 @@ def test_a_shipped_file_takes_the_all_runs_place_on_the_external_folders(tmp_pat
     assert "missing.st: no such file" in capsys.readouterr().err
 
     # a run whose earlier student is missing is refused before anything trains
-    monkeypatch.setattr(sys, "argv", [*argv, "--init-runs", str(tmp_path / "runs"), "--init-epoch", "60"])
+    monkeypatch.setattr(sys, "argv", [*argv, "--init-runs", str(tmp_path / "earlier"), "--init-epoch", "60"])
     with pytest.raises(SystemExit):
         holdout.main()
     assert "a/epochs/student_e0060.safetensors" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", [*argv, "--init-runs", str(tmp_path / "runs")])  # the --out itself
+    with pytest.raises(SystemExit):
+        holdout.main()
+    assert "is --out" in capsys.readouterr().err

@@ -11,13 +11,16 @@ it trained on; a user's photos come from elsewhere. Each fold is a plain ``blaze
 every subfolder of ``--images`` but the fold's (``a+b`` holds out two folders with one run), and
 ``blazeport eval --teacher --by-size`` then scores that student against the teacher on each
 held-out folder, at the student's spec threshold (the detector as it ships). The run named ``all``
-trains on every folder: the student to ship, scored on its own test split (file-name hash, chose
-nothing) and on the ``--external`` folders, which no run trains on. To compare a new recipe with the
-file it would replace, re-run the recipe that made that file as folds and pass the file itself as
-``--shipped``: its rows on the external folders take the ``all`` run's place (``--compare``).
+trains on every folder: the student to ship, scored on its own test split (the split rule the run
+recorded: a content hash, or file names for runs made before it; chose nothing) and on the
+``--external`` folders, which no run trains on. To compare a new recipe with the file it would
+replace, re-run the recipe that made that file as folds and pass the file itself as ``--shipped``:
+its rows on the external folders take the ``all`` run's place (``--compare``). ``--init-runs``
+makes a recipe that finishes an earlier one: each run starts from the same-named run there.
 
-Every run's validation split (file-name hash) chooses its epoch; the held-out folders, the test
-split and the external folders choose nothing. Runs whose ``summary.json`` exists are not trained
+Every run's validation split chooses its ``best.pt``; with ``--keep-every``, ``epoch_selection``
+chooses the epoch to ship over the held-out and external folders, which are then validation. The
+test split chooses nothing. Runs whose ``summary.json`` exists are not trained
 again (an interrupted one resumes from its ``last.pt``), so the tool can be re-run to finish or to
 re-score. Writes ``OUT/holdout.json`` (``OUT/holdout_thresholdT.json`` with ``--threshold T``) and
 prints one table row per scored folder.
@@ -263,6 +266,9 @@ def main() -> int:
         ap.error("--init-epoch needs --init-runs")
     jobs = {} if args.no_all or args.shipped else {"all": [args.images / s for s in known]}  # first: the one to ship
     jobs.update({"+".join(fold): [args.images / s for s in known if s not in fold] for fold in folds})
+    if args.init_runs is not None and args.init_runs.resolve() == args.out.resolve():
+        ap.error(f"--init-runs {args.init_runs} is --out: a run would start from, and then write over, its own "
+                 "students; finish an earlier report into a new --out")
     missing = [str(f) for f in (init_student(args.init_runs, n, args.init_epoch) for n in jobs if args.init_runs)
                if not f.is_file()]
     if missing:
